@@ -1,0 +1,68 @@
+/*
+ * backend.h - the interface every compute backend of the worker implements
+ * (CPU in cpu_backend.c, CUDA in cuda/ behind cuda_backend.h).
+ *
+ * A backend owns the per-sequence KV cache and scratch memory; the weights
+ * belong to the struct st_model (shared memory or a file mapping) or, for
+ * CUDA, to the loader's device allocation. One forward call processes a
+ * batch of tokens that may mix sequences and positions (llama.cpp calls this
+ * a ubatch): prompt chunks of new sequences and single decode tokens of
+ * running ones go through the same call.
+ *
+ * Threading: a backend is used from one thread at a time; it may use worker
+ * threads of its own inside forward.
+ */
+#ifndef STAGED_BACKEND_H
+#define STAGED_BACKEND_H
+
+#include "common/err.h"
+#include "common/model.h"
+
+#include <stdint.h>
+
+struct backend_config {
+    int n_threads;   /* CPU threads (0 = number of cores) */
+    int max_seqs;    /* KV-cache sequence slots, seq ids are 0..max_seqs-1 */
+    int max_ctx;     /* maximum positions per sequence */
+    int max_batch;   /* maximum tokens per forward call */
+    int device;      /* CUDA device ordinal */
+    /* CUDA: device address of the loader's copy of the tensor data region
+     * (tensor i at dev_weights + gguf->tensors[i].offset), mapped from its
+     * IPC handle; NULL means upload a private copy. */
+    void *dev_weights;
+};
+
+/* One batch of tokens. Token i is at position pos[i] of sequence seq[i];
+ * within a sequence, positions must be contiguous after what the KV cache
+ * already holds (pos == current length), and ascending within the batch. */
+struct batch {
+    int n_tokens;
+    const int32_t *token;  /* [n_tokens] token ids, < n_vocab */
+    const int32_t *pos;    /* [n_tokens] */
+    const int32_t *seq;    /* [n_tokens] */
+    const int8_t *logits;  /* [n_tokens] 1 = write logits for this token */
+};
+
+struct backend;
+
+struct backend_ops {
+    const char *name; /* "cpu", "cuda" */
+    /* Build a backend for model m. Returns 0 or a negative st_err with eb set. */
+    int (*create)(const struct st_model *m, const struct backend_config *cfg,
+                  struct backend **out, struct st_errbuf *eb);
+    /* Run the batch. logits receives n_vocab floats per token with
+     * logits[i] == 1, in batch order. Returns 0, ST_EINVAL for a batch that
+     * breaks the rules above (nothing is changed), or ST_EDEVICE / ST_ENOMEM. */
+    int (*forward)(struct backend *b, const struct batch *bt, float *logits);
+    /* Forget sequence seq's KV cache from position keep onwards (0 = all). */
+    int (*seq_truncate)(struct backend *b, int seq, int keep);
+    /* Current length (positions held) of sequence seq. */
+    int (*seq_len)(struct backend *b, int seq);
+    void (*destroy)(struct backend **b);
+};
+
+extern const struct backend_ops cpu_backend_ops;
+/* NULL when staged was built without CUDA. */
+const struct backend_ops *cuda_backend_ops(void);
+
+#endif
