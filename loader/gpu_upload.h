@@ -1,0 +1,49 @@
+/*
+ * gpu_upload.h - the loader's device copy of the weights (C API; CUDA inside
+ * loader/gpu_upload.cu, or loader/gpu_upload_none.c in builds without CUDA,
+ * where gpu_upload_create returns ST_EUNSUPPORTED with a message).
+ *
+ * This is the API contract loader/ctl.c calls. The loader uploads the
+ * segment's tensor-data region once (few large allocations, pinned staging
+ * buffers, copies overlapped with reading), exports a CUDA IPC handle for it,
+ * and keeps the allocation alive for as long as it runs, across any number of
+ * worker restarts. Offsets inside the device region equal offsets inside the
+ * segment's data region (seg_data()).
+ */
+#ifndef STAGED_GPU_UPLOAD_H
+#define STAGED_GPU_UPLOAD_H
+
+#include "common/err.h"
+#include "shm/seg.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* cudaIpcMemHandle_t is 64 bytes: 128 hex digits. */
+#define GPU_IPC_HEX_LEN 128
+
+struct gpu_weights;
+
+/* Upload len bytes at host (the segment's data region) to device `device`.
+ * Logs the achieved GB/s. Returns 0 or ST_EDEVICE / ST_ENOMEM /
+ * ST_EUNSUPPORTED with eb set. */
+int gpu_upload_create(const void *host, size_t len, int device, struct gpu_weights **out,
+                      struct st_errbuf *eb);
+
+/* Write the IPC handle of the device region as GPU_IPC_HEX_LEN hex digits + NUL. */
+void gpu_upload_ipc_handle(const struct gpu_weights *w, char *hex_out);
+
+/* Recompute every tensor's wsum (common/wsum.h) on the device, compare with
+ * the segment directory, and re-copy mismatching tensors from the segment.
+ * Writes up to max_bad directory indices of mismatches into bad, stores the
+ * number repaired in *repaired, returns the number of mismatches found
+ * (or a negative st_err). */
+int gpu_upload_verify_repair(struct gpu_weights *w, const struct seg *seg, uint32_t *bad,
+                             int max_bad, int *repaired);
+
+/* Fault injection: flip one byte of the device copy at offset. */
+int gpu_upload_flip_byte(struct gpu_weights *w, size_t offset);
+
+void gpu_upload_destroy(struct gpu_weights **w);
+
+#endif
