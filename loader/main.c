@@ -1,0 +1,109 @@
+/*
+ * staged-loader: validate the GGUF file, stage it into the shared-memory
+ * segment (or re-attach to an intact one without reading the file), upload
+ * it to the GPU when configured, then serve the control endpoint until
+ * SIGTERM/SIGINT. A clean shutdown unlinks the segment; a crash leaves it for
+ * the next loader.
+ *
+ *   staged-loader [--config FILE] [--check-config] [--keep-segment]
+ */
+#include "common/log.h"
+#include "conf/config.h"
+#include "loader/ctl.h"
+#include "shm/seg.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t stop_flag;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_flag = 1;
+}
+
+struct progress {
+    bool tty;
+    int last_pct;
+};
+
+static void show_progress(uint64_t done, uint64_t total, void *ctx)
+{
+    struct progress *p = ctx;
+    int pct = total ? (int)(done * 100 / total) : 100;
+    if (p->tty) {
+        fprintf(stderr, "\rstaging: %3d%% (%llu / %llu MiB)", pct,
+                (unsigned long long)(done >> 20), (unsigned long long)(total >> 20));
+        if (done == total) fputc('\n', stderr);
+    } else if (pct / 25 != p->last_pct / 25 || done == total) {
+        log_info("staging: %d%% (%llu of %llu bytes)", pct, (unsigned long long)done,
+                 (unsigned long long)total);
+    }
+    p->last_pct = pct;
+}
+
+int main(int argc, char **argv)
+{
+    struct staged_config cfg;
+    log_set_name("loader");
+    int rc = config_from_args(&argc, argv, &cfg);
+    if (rc) return rc > 0 ? 0 : 1;
+    bool keep_segment = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--keep-segment")) {
+            keep_segment = true;
+        } else {
+            fprintf(stderr, "usage: staged-loader [--config FILE] [--check-config] [--keep-segment]\n");
+            return 2;
+        }
+    }
+    enum log_level lvl;
+    if (log_parse_level(cfg.log.level, &lvl)) log_min_level = lvl;
+
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct progress prog = {.tty = isatty(2), .last_pct = -1};
+    struct seg *seg = NULL;
+    struct seg_stats stats;
+    struct st_errbuf eb = {{0}};
+    rc = seg_stage(cfg.shm.name, cfg.model.path, cfg.loader.verify_on_attach, show_progress, &prog,
+                   &seg, &stats, &eb);
+    if (rc) {
+        log_error("cannot stage %s: %s", cfg.model.path, eb.msg);
+        return 1;
+    }
+    const struct seg_header *h = seg_header(seg);
+    if (stats.reattached)
+        log_info("re-attached segment %s (generation %llx) in %.3f s; model file bytes read: %llu",
+                 cfg.shm.name, (unsigned long long)h->generation, stats.seconds,
+                 (unsigned long long)stats.file_bytes_read);
+    else
+        log_info("staged %s into %s: %llu tensors, %.1f MiB in %.3f s (%.2f GB/s); file bytes "
+                 "read: %llu",
+                 cfg.model.path, cfg.shm.name, (unsigned long long)h->n_tensors,
+                 h->data_size / 1048576.0, stats.seconds,
+                 stats.seconds > 0 ? h->data_size / stats.seconds / 1e9 : 0.0,
+                 (unsigned long long)stats.file_bytes_read);
+
+    struct loader_ctl *ctl = NULL;
+    rc = loader_ctl_new(&cfg, seg, &stats, &ctl, &eb);
+    if (rc) {
+        log_error("%s", eb.msg);
+        seg_detach(&seg);
+        return 1;
+    }
+    log_info("ready: serving control on %s", cfg.loader.endpoint);
+    while (!stop_flag) loader_ctl_poll(ctl, 200);
+
+    log_info("shutting down%s", keep_segment ? " (segment kept)" : ", unlinking the segment");
+    loader_ctl_destroy(&ctl);
+    seg_detach(&seg);
+    if (!keep_segment) seg_unlink(cfg.shm.name);
+    return 0;
+}

@@ -1,0 +1,3 @@
+# loader/: stages the model into shared memory, uploads it to the GPU, serves the manifest.
+PROGRAMS += staged-loader
+staged-loader_SRC := loader/main.c loader/ctl.c loader/gpu_upload_none.c
