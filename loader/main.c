@@ -8,6 +8,7 @@
  *   staged-loader [--config FILE] [--check-config] [--keep-segment]
  */
 #include "common/log.h"
+#include "common/ready.h"
 #include "conf/config.h"
 #include "loader/ctl.h"
 #include "shm/seg.h"
@@ -99,6 +100,7 @@ int main(int argc, char **argv)
         return 1;
     }
     log_info("ready: serving control on %s", cfg.loader.endpoint);
+    ready_signal();
     while (!stop_flag) loader_ctl_poll(ctl, 200);
 
     log_info("shutting down%s", keep_segment ? " (segment kept)" : ", unlinking the segment");

@@ -1,0 +1,23 @@
+#include "ready.h"
+
+#include "err.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+int ready_signal(void)
+{
+    const char *path = getenv("STAGED_READY_FILE");
+    if (!path || !*path) return 0;
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) return ST_EIO;
+    fprintf(f, "%d\n", (int)getpid());
+    if (fclose(f) != 0 || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return ST_EIO;
+    }
+    return 0;
+}
