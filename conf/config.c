@@ -74,6 +74,7 @@ static const struct key_desc keys[] = {
     STR("http", "api_keys", http.api_keys, ""),
     INT("http", "max_body_bytes", http.max_body_bytes, 1024, 1 << 30, "1048576"),
     INT("http", "threads", http.threads, 1, 256, "4"),
+    BOOL("http", "enabled", http.enabled, "true"),
     INT("supervisor", "max_restarts", supervisor.max_restarts, 1, 1000, "5"),
     INT("supervisor", "backoff_ms", supervisor.backoff_ms, 1, 600000, "100"),
     INT("supervisor", "backoff_max_ms", supervisor.backoff_max_ms, 1, 3600000, "5000"),
@@ -218,10 +219,12 @@ static char *read_line(char *str, int num, void *stream)
 static void resolve_relative(char *path, size_t cap, const char *ini_path)
 {
     if (!path[0] || path[0] == '/') return;
+    char dir[PATH_MAX], buf[PATH_MAX + CONF_STR];
     const char *slash = strrchr(ini_path, '/');
-    if (!slash) return;
-    char buf[CONF_STR * 2];
-    int n = snprintf(buf, sizeof(buf), "%.*s/%s", (int)(slash - ini_path), ini_path, path);
+    int dl = slash ? (int)(slash - ini_path) : 1;
+    snprintf(buf, sizeof(buf), "%.*s", dl, slash ? ini_path : ".");
+    if (!realpath(buf, dir)) return;
+    int n = snprintf(buf, sizeof(buf), "%s/%s", dir, path);
     if (n > 0 && (size_t)n < cap) memcpy(path, buf, (size_t)n + 1);
 }
 
@@ -258,7 +261,7 @@ int config_load(const char *path, struct staged_config *cfg, struct st_errbuf *e
 int config_from_args(int *argc, char **argv, struct staged_config *cfg)
 {
     const char *file = NULL;
-    bool check = false;
+    bool check = false, print = false;
     int out = 1;
     for (int i = 1; i < *argc; i++) {
         if (!strcmp(argv[i], "--config")) {
@@ -271,6 +274,8 @@ int config_from_args(int *argc, char **argv, struct staged_config *cfg)
             file = argv[i] + 9;
         } else if (!strcmp(argv[i], "--check-config")) {
             check = true;
+        } else if (!strcmp(argv[i], "--print-config")) {
+            print = true;
         } else {
             argv[out++] = argv[i];
         }
@@ -284,6 +289,10 @@ int config_from_args(int *argc, char **argv, struct staged_config *cfg)
     if (rc) {
         fprintf(stderr, "config error: %s\n", eb.msg);
         return rc;
+    }
+    if (print) {
+        config_print(cfg, stdout);
+        return 1;
     }
     if (check) {
         printf("config OK: %s\n", file);

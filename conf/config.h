@@ -81,6 +81,7 @@ struct staged_config {
         char api_keys[CONF_STR];       /* comma-separated Bearer keys ("" = none) */
         int64_t max_body_bytes;
         int64_t threads;
+        bool enabled;                  /* scripts/staged starts the gateway */
     } http;
     struct {
         int64_t max_restarts;          /* quick failures before a stage is marked failed */
@@ -104,6 +105,7 @@ int config_load(const char *path, struct staged_config *cfg, struct st_errbuf *e
  * `--config FILE` and `--check-config` (removing them from argv), loads the
  * file (default: $STAGED_CONFIG, else conf/default.ini), and for
  * --check-config prints "config OK: FILE" and returns 1 (caller exits 0).
+ * `--print-config` prints the effective configuration as INI and returns 1.
  * Returns 0 to go on, 1 to exit 0, or a negative error after printing it to
  * stderr (caller exits non-zero).
  */

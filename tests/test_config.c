@@ -42,7 +42,8 @@ static void test_default_ini(void **state)
     assert_int_equal(config_load("conf/default.ini", &cfg, &eb), 0);
     assert_string_equal(cfg.worker.backend, "cpu");
     assert_string_equal(cfg.shm.name, "/staged-model");
-    assert_non_null(strstr(cfg.model.path, "conf/../../shared/models/stories260K.gguf"));
+    assert_non_null(strstr(cfg.model.path, "/conf/../../shared/models/stories260K.gguf"));
+    assert_true(cfg.model.path[0] == '/');
     assert_int_equal(cfg.worker.max_seqs, 64);
     assert_true(cfg.loader.verify_on_attach);
     assert_false(cfg.worker.faults.bad_kernel);
