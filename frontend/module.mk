@@ -1,3 +1,7 @@
 # frontend/: the client-facing stage.
 PROGRAMS += staged-frontend
 staged-frontend_SRC := frontend/main.c frontend/fe.c frontend/request.c
+
+# A load generator over the raw client protocol (tests, recovery timing).
+PROGRAMS += staged-loadgen
+staged-loadgen_SRC := frontend/loadgen.c
