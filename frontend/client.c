@@ -69,6 +69,8 @@ struct client {
     struct client_counters counters;
 };
 
+static void *client_io_main(void *arg);
+
 /* ---- helpers ---- */
 
 static void wake(struct client *c)
@@ -197,13 +199,12 @@ int client_new(const struct client_opts *opts, struct client **out, struct st_er
         rc = st_errf(eb, ST_EIO, "client_new: zmq_socket: %s", zmq_strerror(errno));
         goto err;
     }
-    int linger = 0, hwm = 100000, rcvmax_ok = 1;
+    int linger = 0, hwm = 100000;
     int64_t maxmsg = MAX_WIRE_MSG;
     zmq_setsockopt(c->dealer, ZMQ_LINGER, &linger, sizeof(linger));
     zmq_setsockopt(c->dealer, ZMQ_SNDHWM, &hwm, sizeof(hwm));
     zmq_setsockopt(c->dealer, ZMQ_RCVHWM, &hwm, sizeof(hwm));
     zmq_setsockopt(c->dealer, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
-    (void)rcvmax_ok;
     if (zmq_connect(c->dealer, c->endpoint) < 0) {
         rc = st_errf(eb, ST_EIO, "client_new: cannot connect to '%s': %s", c->endpoint,
                      zmq_strerror(errno));
@@ -214,7 +215,6 @@ int client_new(const struct client_opts *opts, struct client **out, struct st_er
         rc = st_errf(eb, ST_EIO, "client_new: eventfd: %s", strerror(errno));
         goto err;
     }
-    extern void *client_io_main(void *arg);
     if (pthread_create(&c->thread, NULL, client_io_main, c) != 0) {
         rc = st_errf(eb, ST_EIO, "client_new: cannot start the I/O thread");
         goto err;
@@ -278,7 +278,6 @@ static int check_int_field(const json_t *p, const char *key, int64_t lo, int64_t
 int client_submit(struct client *c, const json_t *params, client_cb cb, void *user,
                   uint64_t *req_out, struct st_errbuf *eb)
 {
-    assert_cb:
     if (!cb) return st_errf(eb, ST_EINVAL, "client_submit: no callback");
     if (!json_is_object(params))
         return st_errf(eb, ST_EINVAL, "client_submit: params must be a JSON object");
@@ -618,7 +617,7 @@ static int do_sends_and_timers(struct client *c)
     return d < 1 ? 1 : d > 1000 ? 1000 : (int)d;
 }
 
-void *client_io_main(void *arg)
+static void *client_io_main(void *arg)
 {
     struct client *c = arg;
     for (;;) {

@@ -1,0 +1,4 @@
+# http/: the OpenAI-compatible HTTP gateway, and the frontend client library
+# (frontend/client.c) with its command-line client.
+PROGRAMS += staged-client
+staged-client_SRC := frontend/client_main.c frontend/client.c
