@@ -52,6 +52,24 @@ struct server {
     json_t *items;
 };
 
+/*
+ * Injected faults fire once per deployment: when the supervisor sets
+ * STAGED_FAULT_MARK, a fault fires only if that file does not exist yet, and
+ * creates it first (so the restarted worker runs clean). Without the
+ * variable a fault fires in every run.
+ */
+static bool fault_fire(const char *what)
+{
+    const char *mark = getenv("STAGED_FAULT_MARK");
+    if (mark && *mark) {
+        if (access(mark, F_OK) == 0) return false;
+        FILE *f = fopen(mark, "w");
+        if (f) fclose(f);
+    }
+    log_error("fault injection: %s", what);
+    return true;
+}
+
 static void send(struct server *s, json_t *m)
 {
     json_object_set_new(m, "instance", json_string(s->instance));
@@ -75,10 +93,8 @@ static void *job_alloc(struct server *s, size_t n)
 {
     s->n_allocs++;
     int64_t at = s->cfg->worker.faults.fail_alloc_at;
-    if (at > 0 && s->n_allocs == (uint64_t)at) {
-        log_error("fault injection: allocation %" PRIu64 " fails", s->n_allocs);
+    if (at > 0 && s->n_allocs == (uint64_t)at && fault_fire("this allocation fails"))
         return NULL;
-    }
     return calloc(1, n);
 }
 
@@ -209,8 +225,7 @@ static int on_message(struct server *s, json_t *m)
     } else if (!strcmp(op, "gen")) {
         s->n_gen_requests++;
         int64_t hang = s->cfg->worker.faults.hang_at_request;
-        if (hang > 0 && s->n_gen_requests == (uint64_t)hang) {
-            log_error("fault injection: hanging at request %" PRIu64, s->n_gen_requests);
+        if (hang > 0 && s->n_gen_requests == (uint64_t)hang && fault_fire("hanging")) {
             s->hung = true;
             return 0;
         }
@@ -303,10 +318,8 @@ static int step(struct server *s)
     }
     s->steps++;
     int64_t abort_at = s->cfg->worker.faults.abort_at_step;
-    if (abort_at > 0 && s->steps == (uint64_t)abort_at) {
-        log_error("fault injection: abort at decode step %" PRIu64, s->steps);
+    if (abort_at > 0 && s->steps == (uint64_t)abort_at && fault_fire("abort at this decode step"))
         abort();
-    }
     /* account fed tokens */
     for (int k = 0; k < n; k++) s->slots[s->bt_seq[k]]->n_fed++;
     json_array_clear(s->items);
