@@ -14,20 +14,8 @@ export BIN
 S=$(dirname "$0")/../scripts/staged
 EP=ipc://$T/frontend.sock
 CFG=$T/c.ini
-write_config "$CFG" "$MODEL" "[http]
-enabled = false
-[worker]
-max_seqs = 64
-max_batch = 256"
-# write_config already has a [worker] section: merge ours into it
-python3 - "$CFG" <<'PY'
-import sys, re
-p = sys.argv[1]; s = open(p).read()
-extra = "max_seqs = 64\nmax_batch = 256\n"
-s = s.replace("[worker]\nmax_seqs = 64\nmax_batch = 256\n", "")
-s = s.replace("max_seqs = 16\n", "").replace("[worker]\n", "[worker]\n" + extra, 1)
-open(p, "w").write(s)
-PY
+MAX_SEQS=64 MAX_BATCH=256 write_config "$CFG" "$MODEL" "[http]
+enabled = false"
 CURRENT_CFG=$CFG
 trap '"$S" stop "$CURRENT_CFG" >/dev/null 2>&1; cleanup' EXIT
 

@@ -17,7 +17,7 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 skip() { echo "SKIP: $*"; exit 77; }
 
-# write_config FILE MODEL [extra ini text]
+# write_config FILE MODEL [extra ini text]   (MAX_SEQS, MAX_BATCH override the worker's)
 write_config() {
     cat >"$1" <<INI
 [model]
@@ -33,7 +33,8 @@ endpoint = ipc://$T/tokenizer.sock
 [worker]
 endpoint = ipc://$T/worker.sock
 threads = 1
-max_seqs = 16
+max_seqs = ${MAX_SEQS:-16}
+max_batch = ${MAX_BATCH:-512}
 max_ctx = 512
 [frontend]
 endpoint = ipc://$T/frontend.sock
