@@ -2,3 +2,5 @@
 # (frontend/client.c) with its command-line client.
 PROGRAMS += staged-client
 staged-client_SRC := frontend/client_main.c frontend/client.c
+TESTS += test_client
+test_client_SRC := tests/test_client.c frontend/client.c
