@@ -51,6 +51,8 @@ CORE_LIBS := -lzmq -linih -ljansson -lxxhash
 all:
 
 include $(sort $(wildcard */module.mk))
+# gpu_worker/cuda/ adds CUDA objects to other folders' programs: after them.
+include gpu_worker/cuda/module.mk
 
 define program_rules
 $(BIN)/$(1): $$(patsubst %.c,$(BUILD)/%.o,$$(filter %.c,$$($(1)_SRC))) $$($(1)_DEPS) $(CORE_LIB)
@@ -85,12 +87,17 @@ bench: all $(addprefix $(BIN)/,$(BENCHES))
 
 FUZZ_TIME ?= 90
 fuzz:
-	@mkdir -p build/fuzz
+	@mkdir -p build/fuzz/corpus
 	clang -g -O1 -I. -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
-	    -o build/fuzz/fuzz_gguf tests/fuzz_gguf.c common/gguf.c common/err.c common/model.c
+	    -fno-sanitize-recover=undefined \
+	    -o build/fuzz/fuzz_gguf tests/fuzz_gguf.c common/gguf.c common/gguf_write.c \
+	    common/err.c common/model.c
 	tests/bad-gguf/make-corpus build/fuzz/seed >/dev/null
-	build/fuzz/fuzz_gguf -max_total_time=$(FUZZ_TIME) -max_len=65536 -timeout=10 \
-	    -rss_limit_mb=2048 build/fuzz/corpus build/fuzz/seed 2>&1 | tail -n 12
+	@build/fuzz/fuzz_gguf -max_total_time=$(FUZZ_TIME) -max_len=65536 -timeout=10 \
+	    -rss_limit_mb=2048 -artifact_prefix=build/fuzz/ build/fuzz/corpus build/fuzz/seed \
+	    >build/fuzz/fuzz.log 2>&1; rc=$$?; tail -n 12 build/fuzz/fuzz.log; \
+	    if [ $$rc -ne 0 ]; then echo "fuzz: FINDING (exit $$rc), see build/fuzz/fuzz.log"; \
+	    exit 1; fi; echo "fuzz: no findings in $(FUZZ_TIME) s"
 
 deps:
 	scripts/install-deps

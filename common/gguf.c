@@ -36,7 +36,10 @@ static const char *type_name_any(uint32_t t)
                                   [16] = "IQ2_XXS", [17] = "IQ2_XS", [18] = "IQ3_XXS",
                                   [19] = "IQ1_S", [20] = "IQ4_NL", [21] = "IQ3_S",
                                   [22] = "IQ2_S", [23] = "IQ4_XS", [24] = "I8", [25] = "I16",
-                                  [26] = "I32", [27] = "I64", [28] = "F64", [29] = "IQ1_M"};
+                                  [26] = "I32", [27] = "I64", [28] = "F64", [29] = "IQ1_M",
+                                  [31] = "Q4_0_4_4", [32] = "Q4_0_4_8", [33] = "Q4_0_8_8",
+                                  [34] = "TQ1_0", [35] = "TQ2_0", [36] = "IQ4_NL_4_4",
+                                  [37] = "IQ4_NL_4_8", [38] = "IQ4_NL_8_8", [39] = "MXFP4"};
     if (ggml_type_supported(t)) return type_table[t].name;
     if (t < sizeof(other) / sizeof(other[0]) && other[t]) return other[t];
     return NULL;
@@ -211,6 +214,22 @@ static void set_what_tensor(struct cursor *c, uint64_t i, const struct gguf_str 
         snprintf(c->what, sizeof(c->what), "tensor info %" PRIu64, i);
 }
 
+/* Keys and tensor names are text: a NUL or other control byte in one is a
+ * corrupt or crafted file (and would cut it short in messages and C APIs). */
+static int check_name(struct cursor *c, const struct gguf_str *s, const char *what)
+{
+    for (uint64_t i = 0; i < s->len; i++) {
+        unsigned char ch = (unsigned char)s->p[i];
+        if (ch < 0x20 || ch == 0x7f) {
+            char why[80];
+            snprintf(why, sizeof(why), "%s contains control byte 0x%02x at index %" PRIu64, what,
+                     ch, i);
+            return cur_fail(c, why);
+        }
+    }
+    return 0;
+}
+
 /* ---- hashing for duplicate detection ---- */
 
 static uint64_t str_hash(const char *p, uint64_t len)
@@ -257,6 +276,7 @@ static int parse_kv(struct gguf *g, struct cursor *c, uint64_t i)
     set_what_key(c, i, NULL);
     int rc = cur_str(c, &kv->key);
     if (rc) return rc;
+    if ((rc = check_name(c, &kv->key, "key"))) return rc;
     set_what_key(c, i, &kv->key);
     if (kv->key.len == 0) return cur_fail(c, "empty key");
     rc = cur_u32(c, &kv->type);
@@ -298,8 +318,9 @@ static int parse_tensor_info(struct gguf *g, struct cursor *c, uint64_t i)
     t->info_off = c->pos;
     int rc = cur_str(c, &t->name);
     if (rc) return rc;
-    set_what_tensor(c, i, &t->name);
     if (t->name.len == 0 || t->name.len >= 64) return cur_fail(c, "name empty or 64 bytes or longer");
+    if ((rc = check_name(c, &t->name, "name"))) return rc;
+    set_what_tensor(c, i, &t->name);
     rc = cur_u32(c, &t->n_dims);
     if (rc) return rc;
     if (t->n_dims < 1 || t->n_dims > GGUF_MAX_DIMS) {
@@ -420,8 +441,15 @@ int gguf_parse(const uint8_t *buf, uint64_t buf_len, uint64_t file_size, struct 
         return st_errf(eb, ST_EUNSUPPORTED,
                        "header at byte 4: GGUF version 1 is not supported (staged reads versions 2 "
                        "and 3; convert the file with a current tool)");
-    if (version != 2 && version != 3)
+    if (version != 2 && version != 3) {
+        uint32_t swapped = __builtin_bswap32(version);
+        if (swapped >= 1 && swapped <= 3)
+            return st_errf(eb, ST_EUNSUPPORTED,
+                           "header at byte 4: GGUF version %u in big-endian byte order; staged "
+                           "reads little-endian files only",
+                           swapped);
         return st_errf(eb, ST_EUNSUPPORTED, "header at byte 4: unknown GGUF version %u", version);
+    }
 
     struct gguf *g = calloc(1, sizeof(*g));
     if (!g) return st_errf(eb, ST_ENOMEM, "out of memory");
@@ -433,12 +461,12 @@ int gguf_parse(const uint8_t *buf, uint64_t buf_len, uint64_t file_size, struct 
 
     if ((rc = cur_u64(&c, &g->n_tensors)) || (rc = cur_u64(&c, &g->n_kv))) goto err;
     /* every kv takes >= 8+1+4+1 bytes, every tensor info >= 8+1+4+8+4+8 */
-    if (g->n_kv > (buf_len - c.pos) / 14) {
+    if (g->n_kv > (buf_len - c.pos) / 14 || g->n_kv > GGUF_MAX_KV) {
         c.pos = 16;
         rc = cur_fail(&c, "metadata count larger than the file could hold");
         goto err;
     }
-    if (g->n_tensors > (buf_len - c.pos) / 33) {
+    if (g->n_tensors > (buf_len - c.pos) / 33 || g->n_tensors > GGUF_MAX_TENSORS) {
         c.pos = 8;
         rc = cur_fail(&c, "tensor count larger than the file could hold");
         goto err;
@@ -459,7 +487,8 @@ int gguf_parse(const uint8_t *buf, uint64_t buf_len, uint64_t file_size, struct 
         if (strset_insert(&set, &g->kv[0].key, sizeof(struct gguf_kv), i)) {
             const struct gguf_kv *kv = &g->kv[i];
             rc = st_errf(eb, ST_EFORMAT, "metadata key '%.*s' at byte %" PRIu64 ": duplicate key",
-                         (int)kv->key.len, kv->key.p, (uint64_t)(kv->key.p - (const char *)buf) - 8);
+                         (int)(kv->key.len > 96 ? 96 : kv->key.len), kv->key.p,
+                         (uint64_t)(kv->key.p - (const char *)buf) - 8);
             free(set.slots);
             goto err;
         }

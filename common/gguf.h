@@ -96,6 +96,10 @@ const char *gguf_vtype_name(uint32_t vt);
 
 #define GGUF_MAX_DIMS 4
 #define GGUF_DEFAULT_ALIGNMENT 32
+/* Hard limits on the header counts, beyond the bound the file size gives
+ * (real models have a few hundred tensors and a few dozen keys). */
+#define GGUF_MAX_KV 65536
+#define GGUF_MAX_TENSORS 65536
 
 struct gguf_str {
     const char *p; /* points into the buffer; NOT NUL-terminated */

@@ -70,17 +70,17 @@ int model_hparams_read(const struct gguf *g, struct model_hparams *hp, struct st
     struct gguf_str a;
     if (!gguf_get_str(g, "general.architecture", &a))
         return st_errf(eb, ST_EFORMAT, "metadata key 'general.architecture': missing or not a string");
-    char arch[32];
-    if (a.len >= sizeof(arch)) a.len = sizeof(arch) - 1;
-    memcpy(arch, a.p, a.len);
-    arch[a.len] = 0;
-    if (strcmp(arch, "llama") == 0) hp->arch = ARCH_LLAMA;
-    else if (strcmp(arch, "qwen2") == 0) hp->arch = ARCH_QWEN2;
-    else if (strcmp(arch, "qwen3") == 0) hp->arch = ARCH_QWEN3;
+    /* compare the whole string: a name with an embedded NUL or a long tail
+     * must not pass as "llama" */
+    if (gguf_str_eq(a, "llama")) hp->arch = ARCH_LLAMA;
+    else if (gguf_str_eq(a, "qwen2")) hp->arch = ARCH_QWEN2;
+    else if (gguf_str_eq(a, "qwen3")) hp->arch = ARCH_QWEN3;
     else
         return st_errf(eb, ST_EUNSUPPORTED,
-                       "metadata key 'general.architecture': architecture '%s' is not supported "
-                       "(staged serves llama, qwen2, qwen3)", arch);
+                       "metadata key 'general.architecture': architecture '%.*s' is not supported "
+                       "(staged serves llama, qwen2, qwen3)",
+                       (int)(a.len > 32 ? 32 : a.len), a.p);
+    const char *arch = model_arch_name(hp->arch);
 
     int rc;
     if ((rc = need_u32(g, arch, "embedding_length", &hp->dim, true, 0, eb)) ||
@@ -95,6 +95,10 @@ int model_hparams_read(const struct gguf *g, struct model_hparams *hp, struct st
     if (hp->n_layers > 1024)
         return st_errf(eb, ST_EFORMAT, "metadata key '%s.block_count': %u layers is more than 1024",
                        arch, hp->n_layers);
+    if (hp->n_heads > hp->dim)
+        return st_errf(eb, ST_EFORMAT,
+                       "metadata key '%s.attention.head_count': %u heads for embedding_length %u",
+                       arch, hp->n_heads, hp->dim);
     uint32_t dflt_hd = hp->dim / hp->n_heads;
     if ((rc = need_u32(g, arch, "attention.key_length", &hp->head_dim, false, dflt_hd, eb)))
         return rc;

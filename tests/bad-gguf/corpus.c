@@ -630,7 +630,7 @@ CASE(tensor_name_too_long)
     uint64_t p = gguf_writer_tensor_info_pos(b->w, 0);
     /* make the name swallow the following bytes: 17 -> 70 */
     put_u64(f, p, 70);
-    expect(f, "at byte %" PRIu64 ": name empty or 64 bytes or longer", p + 8 + 70);
+    expect(f, "tensor info 0 at byte %" PRIu64 ": name empty or 64 bytes or longer", p + 8 + 70);
     return 0;
 }
 

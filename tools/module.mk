@@ -1,0 +1,10 @@
+# tools/: staged-make-model (random test models of real size) and the GGUF
+# test tooling: test_gguf, the bad-GGUF corpus generator.
+TESTS += test_gguf
+test_gguf_SRC := tests/test_gguf.c tests/bad-gguf/corpus.c
+
+# tests/bad-gguf/make-corpus DIR (the script) builds and runs this.
+$(BUILD)/tests/bad-gguf/make-corpus: $(BUILD)/tests/bad-gguf/make_corpus.o \
+                                     $(BUILD)/tests/bad-gguf/corpus.o $(CORE_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(CORE_LIB) $(CORE_LIBS) $(LDLIBS)
