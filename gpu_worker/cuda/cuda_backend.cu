@@ -1,0 +1,483 @@
+/* The CUDA backend of the worker (see cuda_backend.h and gpu_worker/backend.h). */
+#include "gpu_worker/cuda/cuda_util.cuh"
+#include "gpu_worker/cuda/kernels.cuh"
+#include "gpu_worker/cuda/quant.cuh"
+
+#include <cublas_v2.h>
+
+extern "C" {
+#include "common/model.h"
+#include "gpu_worker/backend.h"
+}
+#include "gpu_worker/cuda/cuda_backend.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A weight matrix on the device: N rows of K elements in ggml type `type`. */
+struct cmat {
+    const void *w;
+    int type;
+    int N, K;
+};
+
+struct clayer {
+    struct cmat q, k, v, o, gate, up, down;
+    const float *attn_norm, *ffn_norm; /* [dim] */
+    const float *bq, *bk, *bv;         /* [q_dim], [kv_dim] or NULL */
+    const float *qn, *kn;              /* [head_dim] (qwen3) or NULL */
+};
+
+struct backend {
+    struct model_hparams hp;
+    struct backend_config cfg;
+    int q_dim, kv_dim;
+    uint8_t *base; /* device tensor-data region */
+    bool own_base;
+    cudaStream_t st;
+    cublasHandle_t cb;
+    struct cmat embd, out;
+    const float *out_norm;
+    struct clayer *L;
+    __half *kc, *vc; /* [layer][seq][pos][kv_dim] */
+    size_t layer_kv; /* elements per layer */
+    /* scratch, [max_batch][...] floats */
+    float *x, *xn, *q, *k, *v, *att, *g, *u, *tmp, *xr, *xo, *lg;
+    void *a16;       /* activations as half / bfloat16 for cuBLAS */
+    __half *wdeq;    /* one decoded matrix */
+    int32_t *d_meta, *h_meta; /* tok | pos | seq | out rows */
+    int *seq_len, *seq_cnt;
+    bool dead;
+    bool fault;
+};
+
+static volatile int g_inject_fault;
+
+extern "C" void cuda_backend_inject_bad_kernel(void)
+{
+    g_inject_fault = 1;
+}
+
+extern "C" int cuda_device_count(struct st_errbuf *eb)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        st_errf(eb, ST_EDEVICE, "no CUDA device: %s", cudaGetErrorString(e));
+        return 0;
+    }
+    if (n == 0) st_errf(eb, ST_EDEVICE, "no CUDA device");
+    return n;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+extern "C" int cuda_ipc_open(const char *hex, int device, void **dev_ptr, struct st_errbuf *eb)
+{
+    cudaIpcMemHandle_t h;
+    static_assert(sizeof(h) == 64, "IPC handle is 64 bytes");
+    *dev_ptr = NULL;
+    if (!hex || strlen(hex) != 2 * sizeof(h))
+        return st_errf(eb, ST_EFORMAT, "cuda_ipc_open: handle must be %d hex digits, got %zu",
+                       (int)(2 * sizeof(h)), hex ? strlen(hex) : (size_t)0);
+    unsigned char *p = (unsigned char *)&h;
+    for (size_t i = 0; i < sizeof(h); i++) {
+        int a = hexval(hex[2 * i]), b = hexval(hex[2 * i + 1]);
+        if (a < 0 || b < 0)
+            return st_errf(eb, ST_EFORMAT, "cuda_ipc_open: bad hex digit at position %zu",
+                           2 * i + (a < 0 ? 0 : 1));
+        p[i] = (unsigned char)(a << 4 | b);
+    }
+    cudaError_t e = cudaSetDevice(device);
+    if (e == cudaSuccess) e = cudaIpcOpenMemHandle(dev_ptr, h, cudaIpcMemLazyEnablePeerAccess);
+    if (e != cudaSuccess) {
+        *dev_ptr = NULL;
+        return st_errf(eb, ST_EDEVICE, "cuda_ipc_open on device %d: %s", device,
+                       cudaGetErrorString(e));
+    }
+    return 0;
+}
+
+extern "C" void cuda_ipc_close(void *dev_ptr)
+{
+    if (dev_ptr) {
+        cudaError_t e = cudaIpcCloseMemHandle(dev_ptr);
+        if (e != cudaSuccess) log_warn("cuda: cudaIpcCloseMemHandle: %s", cudaGetErrorString(e));
+    }
+}
+
+/* ---- model setup ---- */
+
+static int bind_mat(const struct st_model *m, const struct backend *b, const char *name,
+                    int layer, struct cmat *out, struct st_errbuf *eb)
+{
+    struct model_tensor t;
+    bool ok = layer < 0 ? model_tensor(m, name, &t) : model_tensor_l(m, (uint32_t)layer, name, &t);
+    if (!ok) return st_errf(eb, ST_EFORMAT, "cuda: tensor %s (layer %d) missing", name, layer);
+    out->w = b->base + ((const uint8_t *)t.data - m->data);
+    out->type = (int)t.type;
+    out->K = (int)t.ne[0];
+    out->N = (int)t.ne[1];
+    if (!ggml_type_supported(t.type))
+        return st_errf(eb, ST_EUNSUPPORTED, "cuda: tensor %s has unsupported type %u", name,
+                       t.type);
+    bool is_float = t.type == GGML_TYPE_F32 || t.type == GGML_TYPE_F16 ||
+                    t.type == GGML_TYPE_BF16;
+    if (!is_float && out->K % 8 != 0)
+        return st_errf(eb, ST_EFORMAT, "cuda: tensor %s row length %d", name, out->K);
+    return 0;
+}
+
+static int bind_vec(const struct st_model *m, const struct backend *b, const char *name, int layer,
+                    uint64_t n, bool required, const float **out, struct st_errbuf *eb)
+{
+    struct model_tensor t;
+    bool ok = layer < 0 ? model_tensor(m, name, &t) : model_tensor_l(m, (uint32_t)layer, name, &t);
+    *out = NULL;
+    if (!ok) {
+        if (required)
+            return st_errf(eb, ST_EFORMAT, "cuda: tensor %s (layer %d) missing", name, layer);
+        return 0;
+    }
+    if (t.type != GGML_TYPE_F32 || t.ne[0] != n)
+        return st_errf(eb, ST_EUNSUPPORTED,
+                       "cuda: tensor %s (layer %d) must be F32 of %llu elements", name, layer,
+                       (unsigned long long)n);
+    *out = (const float *)(b->base + ((const uint8_t *)t.data - m->data));
+    return 0;
+}
+
+static size_t mat_elems_quant(const struct cmat *c)
+{
+    bool direct = c->type == QT_F32 || c->type == QT_F16 || c->type == QT_BF16;
+    return direct ? 0 : (size_t)c->N * c->K;
+}
+
+#define CREATE_CUDA(call)                                                                          \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            log_error("cuda: %s failed at %s:%d: %s", #call, __FILE__, __LINE__,                   \
+                      cudaGetErrorString(e_));                                                     \
+            rc = st_errf(eb, ST_EDEVICE, "cuda: %s: %s", #call, cudaGetErrorString(e_));           \
+            goto fail;                                                                             \
+        }                                                                                          \
+    } while (0)
+
+#define CREATE_TRY(call)                                                                           \
+    do {                                                                                           \
+        rc = (call);                                                                               \
+        if (rc < 0) goto fail;                                                                     \
+    } while (0)
+
+static void cuda_destroy(struct backend **pb);
+
+static int cuda_create(const struct st_model *m, const struct backend_config *cfg,
+                       struct backend **out, struct st_errbuf *eb)
+{
+    *out = NULL;
+    const struct model_hparams *hp = &m->hp;
+    if (hp->arch != ARCH_LLAMA && hp->arch != ARCH_QWEN2 && hp->arch != ARCH_QWEN3)
+        return st_errf(eb, ST_EUNSUPPORTED, "cuda: architecture %s not supported",
+                       model_arch_name(hp->arch));
+    if (cfg->max_seqs < 1 || cfg->max_ctx < 1 || cfg->max_batch < 1)
+        return st_errf(eb, ST_ERANGE, "cuda: max_seqs %d, max_ctx %d, max_batch %d must be >= 1",
+                       cfg->max_seqs, cfg->max_ctx, cfg->max_batch);
+    if (hp->n_kv_heads == 0 || hp->n_heads % hp->n_kv_heads != 0 || hp->head_dim > 256 ||
+        hp->rope_dim > hp->head_dim || hp->rope_dim % 2 != 0)
+        return st_errf(eb, ST_EUNSUPPORTED, "cuda: heads %u/%u, head_dim %u, rope_dim %u",
+                       hp->n_heads, hp->n_kv_heads, hp->head_dim, hp->rope_dim);
+
+    int rc = 0;
+    struct backend *b = (struct backend *)calloc(1, sizeof(*b));
+    if (!b) return st_errf(eb, ST_ENOMEM, "cuda: out of memory");
+    b->hp = *hp;
+    b->cfg = *cfg;
+    b->q_dim = (int)(hp->n_heads * hp->head_dim);
+    b->kv_dim = (int)(hp->n_kv_heads * hp->head_dim);
+    b->fault = getenv("STAGED_CUDA_FAULT") && strcmp(getenv("STAGED_CUDA_FAULT"), "1") == 0;
+    b->L = (struct clayer *)calloc(hp->n_layers, sizeof(*b->L));
+    b->seq_len = (int *)calloc((size_t)cfg->max_seqs, sizeof(int));
+    b->seq_cnt = (int *)calloc((size_t)cfg->max_seqs, sizeof(int));
+    if (!b->L || !b->seq_len || !b->seq_cnt) {
+        rc = st_errf(eb, ST_ENOMEM, "cuda: out of memory");
+        goto fail;
+    }
+
+    CREATE_CUDA(cudaSetDevice(cfg->device));
+    CREATE_CUDA(cudaStreamCreateWithFlags(&b->st, cudaStreamNonBlocking));
+
+    /* weights: the loader's copy, or a private upload of the data region */
+    if (cfg->dev_weights) {
+        b->base = (uint8_t *)cfg->dev_weights;
+    } else {
+        uint64_t region = 0;
+        for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
+            uint64_t end = m->gguf->tensors[i].offset + m->gguf->tensors[i].size;
+            if (end > region) region = end;
+        }
+        CREATE_CUDA(cudaMalloc((void **)&b->base, region));
+        b->own_base = true;
+        const size_t chunk = 64u << 20;
+        for (uint64_t off = 0; off < region; off += chunk) {
+            size_t len = region - off < chunk ? (size_t)(region - off) : chunk;
+            CREATE_CUDA(cudaMemcpy(b->base + off, m->data + off, len, cudaMemcpyHostToDevice));
+        }
+    }
+
+    /* tensors */
+    {
+        size_t deq = 0;
+        CREATE_TRY(bind_mat(m, b, "token_embd.weight", -1, &b->embd, eb));
+        if (hp->tied_output) b->out = b->embd;
+        else CREATE_TRY(bind_mat(m, b, "output.weight", -1, &b->out, eb));
+        CREATE_TRY(bind_vec(m, b, "output_norm.weight", -1, hp->dim, true, &b->out_norm, eb));
+        deq = mat_elems_quant(&b->out);
+        for (int l = 0; l < (int)hp->n_layers; l++) {
+            struct clayer *L = &b->L[l];
+            CREATE_TRY(bind_mat(m, b, "attn_q.weight", l, &L->q, eb));
+            CREATE_TRY(bind_mat(m, b, "attn_k.weight", l, &L->k, eb));
+            CREATE_TRY(bind_mat(m, b, "attn_v.weight", l, &L->v, eb));
+            CREATE_TRY(bind_mat(m, b, "attn_output.weight", l, &L->o, eb));
+            CREATE_TRY(bind_mat(m, b, "ffn_gate.weight", l, &L->gate, eb));
+            CREATE_TRY(bind_mat(m, b, "ffn_up.weight", l, &L->up, eb));
+            CREATE_TRY(bind_mat(m, b, "ffn_down.weight", l, &L->down, eb));
+            CREATE_TRY(bind_vec(m, b, "attn_norm.weight", l, hp->dim, true, &L->attn_norm, eb));
+            CREATE_TRY(bind_vec(m, b, "ffn_norm.weight", l, hp->dim, true, &L->ffn_norm, eb));
+            CREATE_TRY(bind_vec(m, b, "attn_q.bias", l, b->q_dim, false, &L->bq, eb));
+            CREATE_TRY(bind_vec(m, b, "attn_k.bias", l, b->kv_dim, false, &L->bk, eb));
+            CREATE_TRY(bind_vec(m, b, "attn_v.bias", l, b->kv_dim, false, &L->bv, eb));
+            CREATE_TRY(bind_vec(m, b, "attn_q_norm.weight", l, hp->head_dim, hp->has_qk_norm != 0,
+                                &L->qn, eb));
+            CREATE_TRY(bind_vec(m, b, "attn_k_norm.weight", l, hp->head_dim, hp->has_qk_norm != 0,
+                                &L->kn, eb));
+            const struct cmat *ms[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+            for (int i = 0; i < 7; i++)
+                if (mat_elems_quant(ms[i]) > deq) deq = mat_elems_quant(ms[i]);
+        }
+        if (deq && cfg->max_batch > MATVEC_MAX_N)
+            CREATE_CUDA(cudaMalloc((void **)&b->wdeq, deq * sizeof(__half)));
+    }
+
+    /* KV cache and scratch */
+    {
+        size_t B = (size_t)cfg->max_batch, D = hp->dim, F = hp->ffn_dim, V = hp->n_vocab;
+        b->layer_kv = (size_t)cfg->max_seqs * cfg->max_ctx * b->kv_dim;
+        size_t kv_bytes = b->layer_kv * hp->n_layers * sizeof(__half);
+        CREATE_CUDA(cudaMalloc((void **)&b->kc, kv_bytes));
+        CREATE_CUDA(cudaMalloc((void **)&b->vc, kv_bytes));
+        size_t wmax = D;
+        if ((size_t)b->q_dim > wmax) wmax = b->q_dim;
+        if (F > wmax) wmax = F;
+        CREATE_CUDA(cudaMalloc((void **)&b->x, B * D * 4));
+        CREATE_CUDA(cudaMalloc((void **)&b->xn, B * D * 4));
+        CREATE_CUDA(cudaMalloc((void **)&b->xo, B * D * 4));
+        CREATE_CUDA(cudaMalloc((void **)&b->q, B * b->q_dim * 4));
+        CREATE_CUDA(cudaMalloc((void **)&b->att, B * b->q_dim * 4));
+        CREATE_CUDA(cudaMalloc((void **)&b->k, B * b->kv_dim * 4));
+        CREATE_CUDA(cudaMalloc((void **)&b->v, B * b->kv_dim * 4));
+        CREATE_CUDA(cudaMalloc((void **)&b->g, B * F * 4));
+        CREATE_CUDA(cudaMalloc((void **)&b->u, B * F * 4));
+        CREATE_CUDA(cudaMalloc((void **)&b->tmp, B * wmax * 4));
+        CREATE_CUDA(cudaMalloc((void **)&b->xr, B * wmax * 4));
+        CREATE_CUDA(cudaMalloc((void **)&b->a16, B * wmax * 2));
+        CREATE_CUDA(cudaMalloc((void **)&b->lg, B * V * 4));
+        CREATE_CUDA(cudaMalloc((void **)&b->d_meta, B * 4 * sizeof(int32_t)));
+        CREATE_CUDA(cudaMallocHost((void **)&b->h_meta, B * 4 * sizeof(int32_t)));
+    }
+    if (cublasCreate(&b->cb) != CUBLAS_STATUS_SUCCESS || cublasSetStream(b->cb, b->st) != 0) {
+        rc = st_errf(eb, ST_EDEVICE, "cuda: cublasCreate failed");
+        goto fail;
+    }
+    CREATE_CUDA(cudaStreamSynchronize(b->st));
+    *out = b;
+    return 0;
+fail:
+    cuda_destroy(&b);
+    return rc;
+}
+
+static void cuda_destroy(struct backend **pb)
+{
+    struct backend *b = *pb;
+    if (!b) return;
+    if (b->cb) cublasDestroy(b->cb);
+    void *dev[] = {b->kc, b->vc, b->x, b->xn, b->xo, b->q, b->att, b->k, b->v, b->g, b->u,
+                   b->tmp, b->xr, b->a16, b->lg, b->d_meta, b->wdeq};
+    for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
+        if (dev[i]) cudaFree(dev[i]);
+    if (b->h_meta) cudaFreeHost(b->h_meta);
+    if (b->own_base && b->base) cudaFree(b->base);
+    if (b->st) cudaStreamDestroy(b->st);
+    free(b->L);
+    free(b->seq_len);
+    free(b->seq_cnt);
+    free(b);
+    *pb = NULL;
+}
+
+/* ---- forward ---- */
+
+/* y[n][W.N] = x[n][W.K] W^T with the reference's activation rounding. */
+static int mm(struct backend *b, const struct cmat *W, const float *x, float *y, int n)
+{
+    const float *xa;
+    ST_TRY(k_act_round(b->st, W->type, x, b->xr, n, W->K, &xa));
+    if (n <= MATVEC_MAX_N) return k_matvec(b->st, W->w, W->type, W->N, W->K, xa, y, n);
+    const float one = 1.f, zero = 0.f;
+    if (W->type == QT_F32) {
+        CUBLAS_TRY(cublasSgemm(b->cb, CUBLAS_OP_T, CUBLAS_OP_N, W->N, n, W->K, &one,
+                               (const float *)W->w, W->K, xa, W->K, &zero, y, W->N));
+        return 0;
+    }
+    const void *A = W->w;
+    cudaDataType_t ty = CUDA_R_16F;
+    if (W->type == QT_BF16) {
+        ty = CUDA_R_16BF;
+        ST_TRY(k_to_bf16(b->st, xa, b->a16, (size_t)n * W->K));
+    } else {
+        if (W->type != QT_F16) {
+            ST_TRY(k_dequant_f16(b->st, W->w, W->type, W->N, W->K, b->wdeq));
+            A = b->wdeq;
+        }
+        ST_TRY(k_to_f16(b->st, xa, (__half *)b->a16, (size_t)n * W->K));
+    }
+    CUBLAS_TRY(cublasGemmEx(b->cb, CUBLAS_OP_T, CUBLAS_OP_N, W->N, n, W->K, &one, A, ty, W->K,
+                            b->a16, ty, W->K, &zero, y, CUDA_R_32F, W->N, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
+                      const int32_t *d_pos, const int32_t *d_seq, const int32_t *d_out)
+{
+    const struct model_hparams *hp = &b->hp;
+    cudaStream_t st = b->st;
+    int D = (int)hp->dim, hd = (int)hp->head_dim, F = (int)hp->ffn_dim;
+    if (b->fault || g_inject_fault) ST_TRY(k_fault(st));
+    ST_TRY(k_embed(st, b->embd.w, b->embd.type, D, d_tok, n, b->x));
+    for (int l = 0; l < (int)hp->n_layers; l++) {
+        const struct clayer *L = &b->L[l];
+        ST_TRY(k_rmsnorm(st, b->x, L->attn_norm, b->xn, n, D, hp->rms_eps));
+        ST_TRY(mm(b, &L->q, b->xn, b->q, n));
+        ST_TRY(mm(b, &L->k, b->xn, b->k, n));
+        ST_TRY(mm(b, &L->v, b->xn, b->v, n));
+        if (L->bq) ST_TRY(k_add_bias(st, b->q, L->bq, n, b->q_dim));
+        if (L->bk) ST_TRY(k_add_bias(st, b->k, L->bk, n, b->kv_dim));
+        if (L->bv) ST_TRY(k_add_bias(st, b->v, L->bv, n, b->kv_dim));
+        if (L->qn) {
+            ST_TRY(k_rmsnorm(st, b->q, L->qn, b->q, n * (int)hp->n_heads, hd, hp->rms_eps));
+            ST_TRY(k_rmsnorm(st, b->k, L->kn, b->k, n * (int)hp->n_kv_heads, hd, hp->rms_eps));
+        }
+        ST_TRY(k_rope(st, b->q, n, (int)hp->n_heads, hd, (int)hp->rope_dim, (int)hp->rope_kind,
+                      hp->rope_base, d_pos));
+        ST_TRY(k_rope(st, b->k, n, (int)hp->n_kv_heads, hd, (int)hp->rope_dim,
+                      (int)hp->rope_kind, hp->rope_base, d_pos));
+        __half *kc = b->kc + (size_t)l * b->layer_kv, *vc = b->vc + (size_t)l * b->layer_kv;
+        ST_TRY(k_kv_store(st, b->k, b->v, kc, vc, n, b->kv_dim, b->cfg.max_ctx, d_pos, d_seq));
+        ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
+                           b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq));
+        ST_TRY(mm(b, &L->o, b->att, b->tmp, n));
+        ST_TRY(k_add(st, b->x, b->tmp, (size_t)n * D));
+        ST_TRY(k_rmsnorm(st, b->x, L->ffn_norm, b->xn, n, D, hp->rms_eps));
+        ST_TRY(mm(b, &L->gate, b->xn, b->g, n));
+        ST_TRY(mm(b, &L->up, b->xn, b->u, n));
+        ST_TRY(k_swiglu(st, b->g, b->u, b->g, (size_t)n * F));
+        ST_TRY(mm(b, &L->down, b->g, b->tmp, n));
+        ST_TRY(k_add(st, b->x, b->tmp, (size_t)n * D));
+    }
+    if (n_out > 0) {
+        ST_TRY(k_gather_rows(st, b->x, d_out, b->xo, n_out, D));
+        ST_TRY(k_rmsnorm(st, b->xo, b->out_norm, b->xo, n_out, D, hp->rms_eps));
+        ST_TRY(mm(b, &b->out, b->xo, b->lg, n_out));
+    }
+    return 0;
+}
+
+static int cuda_forward(struct backend *b, const struct batch *bt, float *logits)
+{
+    if (b->dead) return ST_EDEVICE;
+    int n = bt->n_tokens;
+    if (n < 1 || n > b->cfg.max_batch) {
+        log_warn("cuda: batch of %d tokens (max %d)", n, b->cfg.max_batch);
+        return ST_EINVAL;
+    }
+    memset(b->seq_cnt, 0, sizeof(int) * (size_t)b->cfg.max_seqs);
+    int n_out = 0;
+    int32_t *tok = b->h_meta, *pos = tok + n, *seq = pos + n, *orow = seq + n;
+    for (int i = 0; i < n; i++) {
+        int s = bt->seq[i];
+        if (bt->token[i] < 0 || (uint32_t)bt->token[i] >= b->hp.n_vocab || s < 0 ||
+            s >= b->cfg.max_seqs || bt->pos[i] != b->seq_len[s] + b->seq_cnt[s] ||
+            bt->pos[i] >= b->cfg.max_ctx) {
+            log_warn("cuda: batch token %d (id %d, seq %d, pos %d) breaks the batch rules", i,
+                     bt->token[i], s, bt->pos[i]);
+            return ST_EINVAL;
+        }
+        b->seq_cnt[s]++;
+        tok[i] = bt->token[i];
+        pos[i] = bt->pos[i];
+        seq[i] = s;
+        if (bt->logits && bt->logits[i]) orow[n_out++] = i;
+    }
+    int32_t *d_tok = b->d_meta, *d_pos = d_tok + n, *d_seq = d_pos + n, *d_out = d_seq + n;
+    int rc = 0;
+    cudaError_t e = cudaMemcpyAsync(b->d_meta, b->h_meta, sizeof(int32_t) * (size_t)(3 * n + n_out),
+                                    cudaMemcpyHostToDevice, b->st);
+    if (e != cudaSuccess) {
+        log_error("cuda: metadata copy: %s", cudaGetErrorString(e));
+        rc = ST_EDEVICE;
+    }
+    if (rc == 0) rc = run_layers(b, n, n_out, d_tok, d_pos, d_seq, d_out);
+    if (rc == 0) {
+        e = cudaStreamSynchronize(b->st);
+        if (e != cudaSuccess) {
+            log_error("cuda: forward: cudaStreamSynchronize at %s:%d: %s (%s)", __FILE__, __LINE__,
+                      cudaGetErrorString(e), cudaGetErrorName(e));
+            rc = ST_EDEVICE;
+        }
+    }
+    if (rc == 0 && n_out > 0) {
+        e = cudaMemcpy(logits, b->lg, sizeof(float) * (size_t)n_out * b->hp.n_vocab,
+                       cudaMemcpyDeviceToHost);
+        if (e != cudaSuccess) {
+            log_error("cuda: logits copy: %s", cudaGetErrorString(e));
+            rc = ST_EDEVICE;
+        }
+    }
+    if (rc < 0) {
+        b->dead = true;
+        return rc == ST_EUNSUPPORTED ? rc : ST_EDEVICE;
+    }
+    for (int s = 0; s < b->cfg.max_seqs; s++) b->seq_len[s] += b->seq_cnt[s];
+    return 0;
+}
+
+static int cuda_seq_truncate(struct backend *b, int seq, int keep)
+{
+    if (seq < 0 || seq >= b->cfg.max_seqs || keep < 0) return ST_EINVAL;
+    if (keep < b->seq_len[seq]) b->seq_len[seq] = keep;
+    return 0;
+}
+
+static int cuda_seq_len(struct backend *b, int seq)
+{
+    if (seq < 0 || seq >= b->cfg.max_seqs) return ST_EINVAL;
+    return b->seq_len[seq];
+}
+
+static const struct backend_ops g_cuda_ops = {
+    "cuda", cuda_create, cuda_forward, cuda_seq_truncate, cuda_seq_len, cuda_destroy,
+};
+
+extern "C" const struct backend_ops *cuda_backend_ops(void)
+{
+    return &g_cuda_ops;
+}

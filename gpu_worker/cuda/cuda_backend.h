@@ -1,0 +1,60 @@
+/*
+ * cuda_backend.h - the CUDA compute backend of the worker (C API; the CUDA
+ * code sits in the .cu files of gpu_worker/cuda/, and no CUDA header is visible here).
+ *
+ * cuda_backend_ops() (declared in gpu_worker/backend.h) returns the backend's
+ * struct backend_ops, or NULL in builds without CUDA. create() uses
+ * cfg->dev_weights (the loader's device copy, mapped with cuda_ipc_open) when
+ * set, else uploads a private copy of the model's tensor-data region (tensor
+ * i at base + gguf->tensors[i].offset; the region ends with the last
+ * tensor). The backend allocates its own KV cache (half precision,
+ * [layer][seq][pos][n_kv_heads * head_dim] for K and for V) and scratch.
+ *
+ * Numerics: activations stay float32; before a product with weights of type
+ * T they are rounded the way llama.cpp's CPU backend rounds them (F16 or BF16
+ * for those weight types, 8-bit blocks for quantized ones), so logits follow
+ * the reference closely. Batches of up to 8 tokens use matrix-vector kernels
+ * that read the quantized blocks in place; larger ones decode one matrix at a
+ * time to half precision in scratch and call cuBLAS.
+ *
+ * Errors: every CUDA call is checked and logged with statement, file and
+ * line. After any device error the backend is dead: forward returns
+ * ST_EDEVICE from then on; the worker must exit non-zero (a sticky CUDA error
+ * leaves the context unusable).
+ */
+#ifndef STAGED_CUDA_BACKEND_H
+#define STAGED_CUDA_BACKEND_H
+
+#include "common/err.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Map a device allocation exported by another process (128 hex digits of a
+ * cudaIpcMemHandle_t, as gpu_upload_ipc_handle writes them) on device
+ * `device`. Returns 0 with *dev_ptr set, ST_EFORMAT for a malformed string,
+ * ST_EDEVICE if CUDA refuses (message in eb). */
+int cuda_ipc_open(const char *hex, int device, void **dev_ptr, struct st_errbuf *eb);
+/* Unmap what cuda_ipc_open mapped (NULL is ignored). */
+void cuda_ipc_close(void *dev_ptr);
+
+/* Number of usable CUDA devices (0 when none or no driver); the reason for 0
+ * goes into eb. */
+int cuda_device_count(struct st_errbuf *eb);
+
+/* Fault injection: the next forward call of every CUDA backend of this
+ * process first launches a kernel that writes through an invalid address
+ * (the environment variable STAGED_CUDA_FAULT=1 at create() does the same).
+ * Used to check that a device fault ends the worker and leaves the loader's
+ * copy of the weights intact. */
+void cuda_backend_inject_bad_kernel(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

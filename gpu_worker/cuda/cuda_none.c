@@ -1,0 +1,30 @@
+/* Builds without CUDA (NO_CUDA=1, SAN=1 or no nvcc): no CUDA backend. */
+#include "gpu_worker/backend.h"
+#include "gpu_worker/cuda/cuda_backend.h"
+
+#ifndef STAGED_CUDA
+const struct backend_ops *cuda_backend_ops(void)
+{
+    return NULL;
+}
+
+int cuda_ipc_open(const char *hex, int device, void **dev_ptr, struct st_errbuf *eb)
+{
+    *dev_ptr = NULL;
+    return st_errf(eb, ST_EUNSUPPORTED, "this staged was built without CUDA");
+}
+
+void cuda_ipc_close(void *dev_ptr)
+{
+}
+
+int cuda_device_count(struct st_errbuf *eb)
+{
+    st_errf(eb, ST_EUNSUPPORTED, "this staged was built without CUDA");
+    return 0;
+}
+
+void cuda_backend_inject_bad_kernel(void)
+{
+}
+#endif

@@ -1,0 +1,66 @@
+/*
+ * kernels.cuh - the CUDA kernels of the worker's forward pass, behind
+ * launchers (C++ linkage, used only inside gpu_worker/cuda/).
+ *
+ * Activations are float32, row-major [n_tokens][width]. Weight matrices are
+ * GGUF tensors read in place: ne[0] = K (row length, contiguous), ne[1] = N
+ * rows; y[t][r] = sum_k W[r][k] * x[t][k]. The KV cache is half precision,
+ * [seq][pos][n_kv_heads * head_dim] per layer.
+ *
+ * Every launcher returns 0 or ST_EDEVICE (launch errors are checked with
+ * cudaGetLastError right after the launch and logged with file and line).
+ */
+#ifndef STAGED_CUDA_KERNELS_CUH
+#define STAGED_CUDA_KERNELS_CUH
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+/* Token-embedding rows: x[t] = row tok[t] of w (any supported type). */
+int k_embed(cudaStream_t st, const void *w, int type, int dim, const int32_t *tok, int n,
+            float *x);
+/* y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, rows of dim (y may equal x). */
+int k_rmsnorm(cudaStream_t st, const float *x, const float *w, float *y, int n, int dim,
+              float eps);
+/* Round activations the way the reference engine does before a dot product
+ * with weights of type wtype: F16/BF16 rounding, or 8-bit quantization
+ * (32-element blocks with a half scale for Q4_0..Q8_0, 256-element blocks
+ * with a float scale for K-quants), written back as float in xq.
+ * F32 weights: plain copy is skipped, returns xq unchanged = not written;
+ * *used is set to xq when written, else to x. */
+int k_act_round(cudaStream_t st, int wtype, const float *x, float *xq, int n, int K,
+                const float **used);
+/* y[n][N] = x[n][K] * W^T for n <= MATVEC_MAX_N, reading W's blocks directly. */
+#define MATVEC_MAX_N 8
+int k_matvec(cudaStream_t st, const void *w, int type, int N, int K, const float *x, float *y,
+             int n);
+/* Decode a whole matrix (N rows of K) into half precision. */
+int k_dequant_f16(cudaStream_t st, const void *w, int type, int N, int K, __half *out);
+/* Convert n floats to half / bfloat16. */
+int k_to_f16(cudaStream_t st, const float *x, __half *out, size_t n);
+int k_to_bf16(cudaStream_t st, const float *x, void *out, size_t n);
+/* y[t][i] += b[i]. */
+int k_add_bias(cudaStream_t st, float *y, const float *b, int n, int N);
+/* x += y, n floats. */
+int k_add(cudaStream_t st, float *x, const float *y, size_t n);
+/* h = silu(g) * u, n floats. */
+int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n);
+/* Rotary embedding in place on x[n][n_heads*hd]; kind 0 = adjacent pairs,
+ * 1 = halves (NEOX); the first rope_dim elements of each head rotate. */
+int k_rope(cudaStream_t st, float *x, int n, int n_heads, int hd, int rope_dim, int kind,
+           float base, const int32_t *pos);
+/* Store k[t], v[t] (n_kv*hd floats each) at (seq[t], pos[t]) of a layer's cache. */
+int k_kv_store(cudaStream_t st, const float *k, const float *v, __half *kc, __half *vc, int n,
+               int kv_dim, int max_ctx, const int32_t *pos, const int32_t *seq);
+/* Causal attention of each token over its sequence's positions 0..pos[t]:
+ * out[t][h*hd..] = softmax(q.K^T * scale) V, with GQA (kv head = h / (n_heads/n_kv)). */
+int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half *vc, float *out,
+                int n, int n_heads, int n_kv, int hd, int max_ctx, float scale,
+                const int32_t *pos, const int32_t *seq);
+/* out[i] = x[idx[i]] rows of dim. */
+int k_gather_rows(cudaStream_t st, const float *x, const int32_t *idx, float *out, int n_out,
+                  int dim);
+/* Fault injection: a kernel that writes through an invalid address. */
+int k_fault(cudaStream_t st);
+#endif

@@ -1,0 +1,37 @@
+# gpu_worker/cuda/: the CUDA backend of the worker, and the loader's GPU upload
+# (loader/gpu_upload.cu). Included by the top Makefile after every */module.mk,
+# so the += below add to what gpu_worker/ and loader/ define.
+#
+# With nvcc (HAVE_CUDA): .cu files compile with nvcc for sm_90 (+ compute_90
+# PTX), cudart is linked statically, cuBLAS dynamically, and every C file sees
+# -DSTAGED_CUDA=1. Without: gpu_worker/cuda/cuda_none.c gives
+# cuda_backend_ops() == NULL and test_cuda skips.
+
+CUDA_CU_OBJ := $(BUILD)/gpu_worker/cuda/cuda_backend.cu.o $(BUILD)/gpu_worker/cuda/kernels.cu.o
+GPU_UPLOAD_OBJ := $(BUILD)/loader/gpu_upload.cu.o
+CUDA_HDRS := $(wildcard gpu_worker/cuda/*.cuh gpu_worker/cuda/*.h) gpu_worker/backend.h \
+             loader/gpu_upload.h common/model.h common/gguf.h common/err.h shm/seg.h
+NVCCFLAGS ?= -O3 -lineinfo -std=c++17 \
+             -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+CUDA_LINK := -L$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lrt -lstdc++
+
+staged-worker_SRC += gpu_worker/cuda/cuda_none.c
+
+TESTS += test_cuda
+test_cuda_SRC := tests/test_cuda.c gpu_worker/cuda/cuda_none.c
+
+ifeq ($(HAVE_CUDA),1)
+CFLAGS += -DSTAGED_CUDA=1
+
+$(BUILD)/%.cu.o: %.cu $(CUDA_HDRS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -I. -D_GNU_SOURCE -DSTAGED_CUDA=1 \
+	    -Xcompiler -Wall,-Wextra,-Wno-unused-parameter -c -o $@ $<
+
+staged-worker_DEPS += $(CUDA_CU_OBJ)
+staged-worker_LIBS += $(CUDA_LINK)
+staged-loader_DEPS += $(GPU_UPLOAD_OBJ)
+staged-loader_LIBS += $(CUDA_LINK)
+test_cuda_DEPS := $(CUDA_CU_OBJ) $(GPU_UPLOAD_OBJ)
+test_cuda_LIBS := $(CUDA_LINK)
+endif

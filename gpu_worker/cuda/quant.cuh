@@ -1,0 +1,170 @@
+/*
+ * quant.cuh - device-side decoding of the GGUF tensor types staged serves.
+ *
+ * deq8<T>(row, e, out) writes the 8 values of elements e..e+7 (e a multiple
+ * of 8) of a row stored in ggml type T. Blocks are read in place: nothing is
+ * ever dequantized into a copy of the whole model. Byte layouts of one block
+ * (f16 = IEEE half, little-endian; qs/ql/qh/scales are byte arrays):
+ *
+ *   type  elems bytes  layout (byte offset: field)
+ *   Q4_0   32    18    0:d f16, 2:qs[16]            x = (nibble - 8) * d
+ *   Q4_1   32    20    0:d, 2:m, 4:qs[16]           x = nibble * d + m
+ *   Q5_0   32    22    0:d, 2:qh u32, 6:qs[16]      x = (nibble | bit<<4 - 16) * d
+ *   Q5_1   32    24    0:d, 2:m, 4:qh u32, 8:qs[16] x = (nibble | bit<<4) * d + m
+ *   Q8_0   32    34    0:d, 2:qs[32] int8           x = q * d
+ *       (32-element blocks: element i < 16 is the low nibble of qs[i], element
+ *        i + 16 the high nibble; its 5th bit is bit i / i + 16 of qh)
+ *   Q2_K  256    84    0:scales[16] (lo4 scale, hi4 min), 16:qs[64], 80:d, 82:dmin
+ *   Q3_K  256   110    0:hmask[32], 32:qs[64], 96:scales[12] (16 x 6 bit), 108:d
+ *   Q4_K  256   144    0:d, 2:dmin, 4:scales[12] (8 x 6-bit scale + min), 16:qs[128]
+ *   Q5_K  256   176    0:d, 2:dmin, 4:scales[12], 16:qh[32], 48:qs[128]
+ *   Q6_K  256   210    0:ql[128], 128:qh[64], 192:scales[16] int8, 208:d
+ *
+ * Element e of a K-quant super-block (256 elements):
+ *   Q2_K: n = e/128, j = e%128/32, l = e%32: q = qs[32n+l] >> 2j & 3,
+ *         s = scales[8n+2j+l/16]: x = d*(s&15)*q - dmin*(s>>4)
+ *   Q3_K: as Q2_K for the low 2 bits; 3rd bit hmask[l] bit 4n+j (clear: -4);
+ *         6-bit signed scale k = 8n+2j+l/16 (low 4 bits: scales[k%8] nibble
+ *         k/8, high 2 bits: scales[8+k%4] >> 2(k/4)) minus 32
+ *   Q4_K: c = e/64, h = e%64/32, l = e%32: nibble h of qs[32c+l],
+ *         scale/min pair 2c+h (6-bit, packed as below)
+ *   Q5_K: as Q4_K plus 5th bit qh[l] bit 2c+h
+ *   Q6_K: n = e/128, g = e%128/32, l = e%32: 4 low bits = nibble (g/2) of
+ *         ql[64n+l+32(g%2)], 2 high bits = qh[32n+l] >> 2g & 3, minus 32;
+ *         scale scales[8n+l/16+2g]
+ * Q4_K/Q5_K scale j (0..7): j < 4: sc = s[j] & 63, m = s[j+4] & 63;
+ *   else sc = s[j+4] & 15 | (s[j-4] >> 6) << 4, m = s[j+4] >> 4 | (s[j] >> 6) << 4.
+ */
+#ifndef STAGED_QUANT_CUH
+#define STAGED_QUANT_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+/* ggml type numbers (common/gguf.h). */
+enum {
+    QT_F32 = 0, QT_F16 = 1, QT_Q4_0 = 2, QT_Q4_1 = 3, QT_Q5_0 = 6, QT_Q5_1 = 7, QT_Q8_0 = 8,
+    QT_Q2_K = 10, QT_Q3_K = 11, QT_Q4_K = 12, QT_Q5_K = 13, QT_Q6_K = 14, QT_BF16 = 30
+};
+
+template <int T> struct qtraits;
+template <> struct qtraits<QT_F32> { enum { QK = 1, BS = 4 }; };
+template <> struct qtraits<QT_F16> { enum { QK = 1, BS = 2 }; };
+template <> struct qtraits<QT_BF16> { enum { QK = 1, BS = 2 }; };
+template <> struct qtraits<QT_Q4_0> { enum { QK = 32, BS = 18 }; };
+template <> struct qtraits<QT_Q4_1> { enum { QK = 32, BS = 20 }; };
+template <> struct qtraits<QT_Q5_0> { enum { QK = 32, BS = 22 }; };
+template <> struct qtraits<QT_Q5_1> { enum { QK = 32, BS = 24 }; };
+template <> struct qtraits<QT_Q8_0> { enum { QK = 32, BS = 34 }; };
+template <> struct qtraits<QT_Q2_K> { enum { QK = 256, BS = 84 }; };
+template <> struct qtraits<QT_Q3_K> { enum { QK = 256, BS = 110 }; };
+template <> struct qtraits<QT_Q4_K> { enum { QK = 256, BS = 144 }; };
+template <> struct qtraits<QT_Q5_K> { enum { QK = 256, BS = 176 }; };
+template <> struct qtraits<QT_Q6_K> { enum { QK = 256, BS = 210 }; };
+
+static __device__ __forceinline__ float ld_f16(const uint8_t *p)
+{
+    return __half2float(*(const __half *)p);
+}
+
+static __device__ __forceinline__ uint32_t ld_u32_unaligned(const uint8_t *p)
+{
+    /* 2-byte aligned at least (all block sizes and offsets are even). */
+    const uint16_t *h = (const uint16_t *)p;
+    return (uint32_t)h[0] | (uint32_t)h[1] << 16;
+}
+
+static __device__ __forceinline__ void k4_scale_min(const uint8_t *s, int j, int &sc, int &m)
+{
+    if (j < 4) {
+        sc = s[j] & 63;
+        m = s[j + 4] & 63;
+    } else {
+        sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+        m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+/* Decode elements e..e+7 of a quantized row. */
+template <int T> static __device__ __forceinline__ void deq8(const uint8_t *row, int e, float *o)
+{
+    const int QK = qtraits<T>::QK, BS = qtraits<T>::BS;
+    const uint8_t *b = row + (size_t)(e / QK) * BS;
+    const int i = e % QK;
+    if (T == QT_Q4_0 || T == QT_Q4_1 || T == QT_Q5_0 || T == QT_Q5_1) {
+        const bool has_m = (T == QT_Q4_1 || T == QT_Q5_1);
+        const bool has_h = (T == QT_Q5_0 || T == QT_Q5_1);
+        float d = ld_f16(b), m = has_m ? ld_f16(b + 2) : 0.f;
+        int qs_off = 2 + (has_m ? 2 : 0) + (has_h ? 4 : 0);
+        uint32_t qh = has_h ? ld_u32_unaligned(b + 2 + (has_m ? 2 : 0)) : 0;
+        const uint8_t *qs = b + qs_off;
+        int hi = i >= 16, base = i & 15;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            int q = hi ? qs[base + k] >> 4 : qs[base + k] & 15;
+            if (has_h) q |= ((qh >> (i + k)) & 1) << 4;
+            if (T == QT_Q4_0) o[k] = (q - 8) * d;
+            else if (T == QT_Q5_0) o[k] = (q - 16) * d;
+            else o[k] = q * d + m;
+        }
+    } else if (T == QT_Q8_0) {
+        float d = ld_f16(b);
+        const int8_t *qs = (const int8_t *)(b + 2);
+#pragma unroll
+        for (int k = 0; k < 8; k++) o[k] = qs[i + k] * d;
+    } else if (T == QT_Q2_K) {
+        int n = i / 128, j = (i % 128) / 32, l = i % 32;
+        int s = b[8 * n + 2 * j + l / 16];
+        float dl = ld_f16(b + 80) * (s & 15), ml = ld_f16(b + 82) * (s >> 4);
+        const uint8_t *q = b + 16 + 32 * n + l;
+#pragma unroll
+        for (int k = 0; k < 8; k++) o[k] = dl * ((q[k] >> (2 * j)) & 3) - ml;
+    } else if (T == QT_Q3_K) {
+        int n = i / 128, j = (i % 128) / 32, l = i % 32;
+        int si = 8 * n + 2 * j + l / 16;
+        const uint8_t *sc = b + 96;
+        int lo = (si < 8) ? (sc[si] & 15) : (sc[si - 8] >> 4);
+        int hi = (sc[8 + si % 4] >> (2 * (si / 4))) & 3;
+        float dl = ld_f16(b + 108) * (float)((lo | hi << 4) - 32);
+        const uint8_t *q = b + 32 + 32 * n + l;
+        const uint8_t *hm = b + l;
+        int mask = 1 << (4 * n + j);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            o[k] = dl * (float)(((q[k] >> (2 * j)) & 3) - ((hm[k] & mask) ? 0 : 4));
+    } else if (T == QT_Q4_K || T == QT_Q5_K) {
+        int c = i / 64, h = (i % 64) / 32, l = i % 32;
+        int sc, mn;
+        k4_scale_min(b + 4, 2 * c + h, sc, mn);
+        float d = ld_f16(b) * sc, m = ld_f16(b + 2) * mn;
+        const uint8_t *q = b + (T == QT_Q4_K ? 16 : 48) + 32 * c + l;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            int v = h ? q[k] >> 4 : q[k] & 15;
+            if (T == QT_Q5_K) v += ((b[16 + l + k] >> (2 * c + h)) & 1) << 4;
+            o[k] = d * v - m;
+        }
+    } else if (T == QT_Q6_K) {
+        int n = i / 128, g = (i % 128) / 32, l = i % 32;
+        const uint8_t *ql = b + 64 * n + l + 32 * (g & 1);
+        const uint8_t *qh = b + 128 + 32 * n + l;
+        float d = ld_f16(b + 208) * (float)(int8_t)b[192 + 8 * n + l / 16 + 2 * g];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            int lo = g >= 2 ? ql[k] >> 4 : ql[k] & 15;
+            int v = (lo | (((qh[k] >> (2 * g)) & 3) << 4)) - 32;
+            o[k] = d * v;
+        }
+    }
+}
+
+/* One element of a float-type row (F32, F16, BF16). */
+template <int T> static __device__ __forceinline__ float deq1(const void *row, int e)
+{
+    if (T == QT_F32) return ((const float *)row)[e];
+    if (T == QT_F16) return __half2float(((const __half *)row)[e]);
+    return __bfloat162float(((const __nv_bfloat16 *)row)[e]);
+}
+
+#endif

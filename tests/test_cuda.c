@@ -1,0 +1,512 @@
+/*
+ * Tests of the CUDA backend (gpu_worker/cuda/) and the loader's GPU upload
+ * (loader/gpu_upload.cu). They need a CUDA device: without one (or in builds
+ * without CUDA) every test is skipped with the reason.
+ *
+ *  - every reference model of $STAGED_MODELS/ref: the logits at all 16 prompt
+ *    positions (one batch), the prompt run for two more sequences interleaved
+ *    in one batch, and 16 decode steps of three sequences together, each
+ *    within the type's bound (relative RMS error) of llama.cpp's logits
+ *    NAME.TYPE.logits;
+ *  - stories260K: 60 greedy tokens after BOS + "Once upon a time" equal the
+ *    reference, and the top-5 logits after the prompt match it;
+ *  - upload + device checksums: the device wsum of every tensor equals the
+ *    CPU's, a flipped byte is found and repaired;
+ *  - IPC + fault: a child process maps the upload through its IPC handle and
+ *    computes the reference logits; a child whose kernel faults exits
+ *    non-zero, and the parent then verifies its copy intact.
+ * Model files absent from $STAGED_MODELS skip their test (the GPU machine
+ * gets the models in parts).
+ */
+#include "common/model.h"
+#include "gpu_worker/backend.h"
+#include "gpu_worker/cuda/cuda_backend.h"
+#include "loader/gpu_upload.h"
+#include "shm/seg.h"
+
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+static const int32_t k_prompt[16] = {5, 17, 300, 1000, 42, 7, 2048, 99,
+                                     123, 4000, 8, 64, 1, 511, 777, 3333};
+
+struct ref_case {
+    const char *name;
+    double bound;
+};
+
+/* Bounds: a quarter of the quantization error of each type, at least 1e-3. */
+static const struct ref_case k_cases[] = {
+    {"ref-qwen2.F32", 1e-3},     {"ref-qwen2.F16", 1e-3},     {"ref-qwen2.BF16", 0.002},
+    {"ref-qwen2.Q8_0", 0.0075},  {"ref-qwen2.Q6_K", 0.0175},  {"ref-qwen2.Q5_1", 0.0375},
+    {"ref-qwen2.Q5_0", 0.0375},  {"ref-qwen2.Q4_1", 0.0375},  {"ref-qwen2.Q4_0", 0.0375},
+    {"ref-qwen2.Q5_K_S", 0.0375}, {"ref-qwen2.Q4_K_S", 0.0375}, {"ref-qwen2.Q4_K_M", 0.0375},
+    {"ref-qwen2.Q3_K_S", 0.15},  {"ref-qwen2.Q2_K", 0.15},    {"ref-llama.F32", 1e-3},
+    {"ref-llama.F16", 1e-3},     {"ref-llama.Q8_0", 0.0075},  {"ref-llama.Q6_K", 0.0175},
+    {"ref-llama.Q4_K_M", 0.0375},
+};
+
+static const char *models_dir(void)
+{
+    const char *m = getenv("STAGED_MODELS");
+    return m && *m ? m : "../shared/models";
+}
+
+static bool file_exists(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+#ifdef STAGED_CUDA
+
+static bool gpu_or_skip(void)
+{
+    struct st_errbuf eb = {{0}};
+    if (cuda_device_count(&eb) > 0) return true;
+    print_message("skipped: %s\n", eb.msg);
+    return false;
+}
+
+/* The reference logits file (see shared/models/README.md). */
+struct ref_logits {
+    int32_t n_vocab, n_prompt, n_gen;
+    float *logits; /* (n_prompt + n_gen) * n_vocab */
+    int32_t *gen;  /* n_gen greedy tokens */
+};
+
+static int ref_read(const char *path, struct ref_logits *r)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    int32_t h[3];
+    int rc = -1;
+    if (fread(h, 4, 3, f) == 3 && h[0] > 0 && h[1] > 0 && h[2] >= 0 && h[0] < (1 << 20) &&
+        h[1] <= 64 && h[2] <= 64) {
+        r->n_vocab = h[0];
+        r->n_prompt = h[1];
+        r->n_gen = h[2];
+        size_t nl = (size_t)(h[1] + h[2]) * h[0];
+        r->logits = malloc(nl * 4);
+        r->gen = malloc((size_t)(h[2] + 1) * 4);
+        if (r->logits && r->gen && fread(r->logits, 4, nl, f) == nl &&
+            fread(r->gen, 4, (size_t)h[2], f) == (size_t)h[2])
+            rc = 0;
+    }
+    fclose(f);
+    return rc;
+}
+
+static void ref_free(struct ref_logits *r)
+{
+    free(r->logits);
+    free(r->gen);
+}
+
+static double rel_rms(const float *a, const float *ref, int n)
+{
+    double num = 0, den = 0;
+    for (int i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+static int argmax(const float *x, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+/* Runs the 16-token prompt on seq 0 and returns the worst relative error. */
+static double prompt_error(const struct backend_ops *ops, struct backend *be,
+                           const struct ref_logits *r, int seq, float *out)
+{
+    int32_t pos[16], sq[16];
+    int8_t lg[16];
+    for (int i = 0; i < 16; i++) {
+        pos[i] = i;
+        sq[i] = seq;
+        lg[i] = 1;
+    }
+    struct batch bt = {16, k_prompt, pos, sq, lg};
+    assert_int_equal(ops->forward(be, &bt, out), 0);
+    double worst = 0;
+    for (int i = 0; i < 16; i++) {
+        double e = rel_rms(out + (size_t)i * r->n_vocab, r->logits + (size_t)i * r->n_vocab,
+                           r->n_vocab);
+        if (e > worst) worst = e;
+    }
+    return worst;
+}
+
+static void test_ref_model(void **state)
+{
+    const struct ref_case *c = *state;
+    if (!gpu_or_skip()) skip();
+    char gpath[512], lpath[512];
+    snprintf(gpath, sizeof(gpath), "%s/ref/%s.gguf", models_dir(), c->name);
+    snprintf(lpath, sizeof(lpath), "%s/ref/%s.logits", models_dir(), c->name);
+    if (!file_exists(gpath) || !file_exists(lpath)) {
+        print_message("skipped: %s not in %s/ref\n", c->name, models_dir());
+        skip();
+    }
+    struct ref_logits r = {0};
+    assert_int_equal(ref_read(lpath, &r), 0);
+    assert_int_equal(r.n_prompt, 16);
+    struct st_model *m = NULL;
+    struct st_errbuf eb = {{0}};
+    assert_int_equal(model_open_file(gpath, &m, &eb), 0);
+    assert_int_equal((int)m->hp.n_vocab, r.n_vocab);
+    const struct backend_ops *ops = cuda_backend_ops();
+    assert_non_null(ops);
+    struct backend_config cfg = {.max_seqs = 3, .max_ctx = 64, .max_batch = 48, .device = 0};
+    struct backend *be = NULL;
+    int rc = ops->create(m, &cfg, &be, &eb);
+    if (rc) print_message("create: %s\n", eb.msg);
+    assert_int_equal(rc, 0);
+    const int V = r.n_vocab;
+    float *out = malloc(sizeof(float) * 48 * (size_t)V);
+    assert_non_null(out);
+
+    /* 1. prompt on seq 0, logits at every position */
+    double e_prompt = prompt_error(ops, be, &r, 0, out);
+
+    /* 2. the prompt for seqs 1 and 2 interleaved in one batch, last logits */
+    int32_t tok[32], pos[32], sq[32];
+    int8_t lg[32];
+    for (int i = 0; i < 32; i++) {
+        tok[i] = k_prompt[i / 2];
+        pos[i] = i / 2;
+        sq[i] = 1 + (i & 1);
+        lg[i] = i >= 30;
+    }
+    struct batch bt2 = {32, tok, pos, sq, lg};
+    assert_int_equal(ops->forward(be, &bt2, out), 0);
+    double e_multi = 0;
+    for (int s = 0; s < 2; s++) {
+        double e = rel_rms(out + (size_t)s * V, r.logits + (size_t)15 * V, V);
+        if (e > e_multi) e_multi = e;
+    }
+    assert_int_equal(ops->seq_len(be, 1), 16);
+
+    /* 3. decode: the reference's greedy tokens fed to all three sequences */
+    double e_dec = 0;
+    int agree = 0;
+    int prev_pick = argmax(out, V);
+    for (int s = 0; s < r.n_gen; s++) {
+        if (prev_pick == r.gen[s]) agree++;
+        for (int q = 0; q < 3; q++) {
+            tok[q] = r.gen[s];
+            pos[q] = 16 + s;
+            sq[q] = q;
+            lg[q] = 1;
+        }
+        struct batch bt3 = {3, tok, pos, sq, lg};
+        assert_int_equal(ops->forward(be, &bt3, out), 0);
+        const float *ref = r.logits + (size_t)(16 + s) * V;
+        for (int q = 0; q < 3; q++) {
+            double e = rel_rms(out + (size_t)q * V, ref, V);
+            if (e > e_dec) e_dec = e;
+        }
+        prev_pick = argmax(out, V);
+    }
+    print_message("%-18s prompt %.2e  2-seq batch %.2e  3-seq decode %.2e  (bound %.2e)  "
+                  "greedy picks equal %d/%d\n",
+                  c->name, e_prompt, e_multi, e_dec, c->bound, agree, r.n_gen);
+    assert_true(e_prompt <= c->bound);
+    assert_true(e_multi <= c->bound);
+    assert_true(e_dec <= c->bound);
+
+    /* a batch that breaks the rules is refused without changing anything */
+    pos[0] = 5;
+    struct batch bad = {1, tok, pos, sq, lg};
+    assert_int_equal(ops->forward(be, &bad, out), ST_EINVAL);
+    assert_int_equal(ops->seq_len(be, 0), 16 + r.n_gen);
+    /* truncate + re-run the prompt reproduces the first result */
+    assert_int_equal(ops->seq_truncate(be, 0, 0), 0);
+    double e_again = prompt_error(ops, be, &r, 0, out);
+    assert_true(fabs(e_again - e_prompt) < 1e-6);
+
+    free(out);
+    ops->destroy(&be);
+    assert_null(be);
+    model_close(&m);
+    ref_free(&r);
+}
+
+/* Parses "tokens: [1, 403, ...]" and "top5 logits after prompt: [(17.7994, 432), ...]". */
+static int read_greedy_ref(const char *path, int32_t *toks, int *n, float top_l[5], int top_id[5])
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char line[8192];
+    *n = 0;
+    int got_top = 0;
+    while (fgets(line, sizeof(line), f)) {
+        if (strncmp(line, "tokens: [", 9) == 0) {
+            char *p = line + 9;
+            while (*p && *p != ']' && *n < 128) {
+                toks[(*n)++] = (int32_t)strtol(p, &p, 10);
+                while (*p == ',' || *p == ' ') p++;
+            }
+        } else if (strncmp(line, "top5 logits after prompt: [", 27) == 0) {
+            char *p = line + 27;
+            for (int i = 0; i < 5; i++) {
+                if (sscanf(p, " (%f, %d)", &top_l[i], &top_id[i]) != 2) break;
+                got_top++;
+                p = strchr(p, ')');
+                if (!p) break;
+                p++;
+                if (*p == ',') p++;
+            }
+        }
+    }
+    fclose(f);
+    return *n > 5 && got_top == 5 ? 0 : -1;
+}
+
+static void test_stories_greedy(void **state)
+{
+    if (!gpu_or_skip()) skip();
+    char gpath[512], rpath[512];
+    snprintf(gpath, sizeof(gpath), "%s/stories260K.gguf", models_dir());
+    snprintf(rpath, sizeof(rpath), "%s/stories260K.reference-greedy.txt", models_dir());
+    if (!file_exists(gpath) || !file_exists(rpath)) {
+        print_message("skipped: stories260K not in %s\n", models_dir());
+        skip();
+    }
+    int32_t ref[128];
+    int n_ref;
+    float top_l[5];
+    int top_id[5];
+    assert_int_equal(read_greedy_ref(rpath, ref, &n_ref, top_l, top_id), 0);
+    assert_int_equal(n_ref, 65);
+    struct st_model *m = NULL;
+    struct st_errbuf eb = {{0}};
+    assert_int_equal(model_open_file(gpath, &m, &eb), 0);
+    const struct backend_ops *ops = cuda_backend_ops();
+    struct backend_config cfg = {.max_seqs = 1, .max_ctx = 128, .max_batch = 16, .device = 0};
+    struct backend *be = NULL;
+    assert_int_equal(ops->create(m, &cfg, &be, &eb), 0);
+    int V = (int)m->hp.n_vocab;
+    float *out = malloc(sizeof(float) * V);
+    int32_t pos[5], sq[5] = {0};
+    int8_t lg[5] = {0, 0, 0, 0, 1};
+    for (int i = 0; i < 5; i++) pos[i] = i;
+    struct batch bt = {5, ref, pos, sq, lg};
+    assert_int_equal(ops->forward(be, &bt, out), 0);
+    double worst_top = 0;
+    for (int i = 0; i < 5; i++) {
+        double d = fabs(out[top_id[i]] - top_l[i]);
+        if (d > worst_top) worst_top = d;
+    }
+    int32_t gen[60];
+    for (int s = 0; s < 60; s++) {
+        gen[s] = argmax(out, V);
+        int32_t p = 5 + s;
+        int8_t one = 1;
+        struct batch b1 = {1, &gen[s], &p, sq, &one};
+        assert_int_equal(ops->forward(be, &b1, out), 0);
+    }
+    int same = 0;
+    while (same < 60 && gen[same] == ref[5 + same]) same++;
+    print_message("stories260K: %d/60 greedy tokens equal the reference; top-5 logits after the "
+                  "prompt within %.1e\n", same, worst_top);
+    assert_int_equal(same, 60);
+    assert_true(worst_top < 2e-3); /* the reference prints 4 decimals */
+    free(out);
+    ops->destroy(&be);
+    model_close(&m);
+}
+
+static char g_seg_name[64];
+
+static struct seg *stage(const char *path)
+{
+    snprintf(g_seg_name, sizeof(g_seg_name), "/staged-test-cuda-%d", (int)getpid());
+    seg_unlink(g_seg_name);
+    struct seg *s = NULL;
+    struct seg_stats stats;
+    struct st_errbuf eb = {{0}};
+    int rc = seg_stage(g_seg_name, path, false, NULL, NULL, &s, &stats, &eb);
+    if (rc) print_message("seg_stage: %s\n", eb.msg);
+    assert_int_equal(rc, 0);
+    return s;
+}
+
+static void test_upload_verify_repair(void **state)
+{
+    if (!gpu_or_skip()) skip();
+    char gpath[512];
+    snprintf(gpath, sizeof(gpath), "%s/ref/ref-qwen2.Q3_K_S.gguf", models_dir());
+    if (!file_exists(gpath)) snprintf(gpath, sizeof(gpath), "%s/stories260K.gguf", models_dir());
+    if (!file_exists(gpath)) skip();
+    struct seg *s = stage(gpath);
+    const struct seg_header *h = seg_header(s);
+    struct gpu_weights *w = NULL;
+    struct st_errbuf eb = {{0}};
+    assert_int_equal(gpu_upload_create(seg_data(s), h->data_size, 0, &w, &eb), 0);
+    uint32_t bad[8];
+    int repaired = -1;
+    /* device checksums equal the CPU's (the directory's) for every tensor */
+    assert_int_equal(gpu_upload_verify_repair(w, s, bad, 8, &repaired), 0);
+    assert_int_equal(repaired, 0);
+    /* a flipped byte in tensor 3 is found and repaired */
+    const struct seg_tensor *dir = seg_dir(s);
+    assert_int_equal(gpu_upload_flip_byte(w, dir[3].offset + dir[3].size / 2), 0);
+    assert_int_equal(gpu_upload_verify_repair(w, s, bad, 8, &repaired), 1);
+    assert_int_equal(bad[0], 3);
+    assert_int_equal(repaired, 1);
+    assert_int_equal(gpu_upload_verify_repair(w, s, bad, 8, &repaired), 0);
+    /* the last byte of the last tensor too (tail words) */
+    uint64_t last = h->n_tensors - 1;
+    assert_int_equal(gpu_upload_flip_byte(w, dir[last].offset + dir[last].size - 1), 0);
+    assert_int_equal(gpu_upload_verify_repair(w, s, bad, 8, &repaired), 1);
+    assert_int_equal(bad[0], (uint32_t)last);
+    print_message("upload/verify: %llu tensors, device wsum == CPU wsum, flips found and "
+                  "repaired\n", (unsigned long long)h->n_tensors);
+    gpu_upload_destroy(&w);
+    seg_detach(&s);
+    seg_unlink(g_seg_name);
+}
+
+/* Child process: map the handle, run the prompt, compare with the reference;
+ * with fault = 1 inject a faulting kernel first. Exit status: 0 ok, 3 device
+ * error from forward (expected with fault), other = failure. */
+static int child_main(const char *mode, const char *hex, const char *gpath, const char *lpath)
+{
+    struct st_errbuf eb = {{0}};
+    void *dev = NULL;
+    if (cuda_ipc_open(hex, 0, &dev, &eb)) {
+        fprintf(stderr, "child: %s\n", eb.msg);
+        return 10;
+    }
+    struct st_model *m = NULL;
+    if (model_open_file(gpath, &m, &eb)) return 11;
+    struct ref_logits r = {0};
+    if (ref_read(lpath, &r)) return 12;
+    const struct backend_ops *ops = cuda_backend_ops();
+    struct backend_config cfg = {.max_seqs = 1, .max_ctx = 32, .max_batch = 16, .dev_weights = dev};
+    struct backend *be = NULL;
+    if (ops->create(m, &cfg, &be, &eb)) {
+        fprintf(stderr, "child: %s\n", eb.msg);
+        return 13;
+    }
+    if (strcmp(mode, "fault") == 0) cuda_backend_inject_bad_kernel();
+    float *out = malloc(sizeof(float) * 16 * (size_t)r.n_vocab);
+    int32_t pos[16], sq[16] = {0};
+    int8_t lg[16];
+    for (int i = 0; i < 16; i++) {
+        pos[i] = i;
+        lg[i] = 1;
+    }
+    struct batch bt = {16, k_prompt, pos, sq, lg};
+    int rc = ops->forward(be, &bt, out);
+    if (rc == ST_EDEVICE) {
+        fprintf(stderr, "child: forward: %s, exiting\n", st_strerror(rc));
+        return 3;
+    }
+    if (rc) return 14;
+    double worst = 0;
+    for (int i = 0; i < 16; i++) {
+        double e = rel_rms(out + (size_t)i * r.n_vocab, r.logits + (size_t)i * r.n_vocab,
+                           r.n_vocab);
+        if (e > worst) worst = e;
+    }
+    fprintf(stderr, "child: logits through the IPC mapping: worst rel error %.2e\n", worst);
+    ops->destroy(&be);
+    cuda_ipc_close(dev);
+    return worst <= 0.0375 ? 0 : 15;
+}
+
+static int run_child(const char *mode, const char *hex, const char *gpath, const char *lpath)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/proc/self/exe", "test_cuda", "--child", mode, hex, gpath, lpath, (char *)NULL);
+        _exit(127);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void test_ipc_fault(void **state)
+{
+    if (!gpu_or_skip()) skip();
+    char gpath[512], lpath[512];
+    snprintf(gpath, sizeof(gpath), "%s/ref/ref-qwen2.Q4_K_M.gguf", models_dir());
+    snprintf(lpath, sizeof(lpath), "%s/ref/ref-qwen2.Q4_K_M.logits", models_dir());
+    if (!file_exists(gpath) || !file_exists(lpath)) skip();
+    struct seg *s = stage(gpath);
+    struct gpu_weights *w = NULL;
+    struct st_errbuf eb = {{0}};
+    assert_int_equal(gpu_upload_create(seg_data(s), seg_header(s)->data_size, 0, &w, &eb), 0);
+    char hex[GPU_IPC_HEX_LEN + 1];
+    gpu_upload_ipc_handle(w, hex);
+    assert_int_equal(strlen(hex), GPU_IPC_HEX_LEN);
+    /* a worker on the loader's copy computes the reference logits */
+    assert_int_equal(run_child("ok", hex, gpath, lpath), 0);
+    /* a worker whose kernel faults ends with a non-zero status... */
+    int st = run_child("fault", hex, gpath, lpath);
+    print_message("faulting worker exited with status %d\n", st);
+    assert_int_equal(st, 3);
+    /* ...and the loader's copy is intact: checksums, then a new worker */
+    uint32_t bad[4];
+    int repaired = -1;
+    assert_int_equal(gpu_upload_verify_repair(w, s, bad, 4, &repaired), 0);
+    assert_int_equal(run_child("ok", hex, gpath, lpath), 0);
+    gpu_upload_destroy(&w);
+    seg_detach(&s);
+    seg_unlink(g_seg_name);
+}
+
+#else /* !STAGED_CUDA */
+
+static void test_ref_model(void **state)
+{
+    print_message("skipped: staged was built without CUDA\n");
+    skip();
+}
+#define test_stories_greedy test_ref_model
+#define test_upload_verify_repair test_ref_model
+#define test_ipc_fault test_ref_model
+static int child_main(const char *mode, const char *hex, const char *gpath, const char *lpath)
+{
+    return 1;
+}
+#endif
+
+int main(int argc, char **argv)
+{
+    if (argc == 6 && strcmp(argv[1], "--child") == 0)
+        return child_main(argv[2], argv[3], argv[4], argv[5]);
+    struct CMUnitTest tests[sizeof(k_cases) / sizeof(k_cases[0]) + 3];
+    size_t n = 0;
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_upload_verify_repair);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_stories_greedy);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_ipc_fault);
+    for (size_t i = 0; i < sizeof(k_cases) / sizeof(k_cases[0]); i++) {
+        struct CMUnitTest t = cmocka_unit_test_prestate(test_ref_model, (void *)&k_cases[i]);
+        t.name = k_cases[i].name;
+        tests[n++] = t;
+    }
+    (void)file_exists;
+    return _cmocka_run_group_tests("test_cuda", tests, n, NULL, NULL);
+}
