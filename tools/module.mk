@@ -8,3 +8,7 @@ $(BUILD)/tests/bad-gguf/make-corpus: $(BUILD)/tests/bad-gguf/make_corpus.o \
                                      $(BUILD)/tests/bad-gguf/corpus.o $(CORE_LIB)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(CORE_LIB) $(CORE_LIBS) $(LDLIBS)
+
+TESTS += test_quantize
+test_quantize_SRC := tests/test_quantize.c gpu_worker/quantize.c gpu_worker/quant.c
+gpu_worker/quantize_CFLAGS := -O3
