@@ -4,3 +4,6 @@ PROGRAMS += staged-client
 staged-client_SRC := frontend/client_main.c frontend/client.c
 TESTS += test_client
 test_client_SRC := tests/test_client.c frontend/client.c
+PROGRAMS += staged-http
+staged-http_SRC := http/main.c http/gateway.c http/openai.c http/metrics.c frontend/client.c
+staged-http_LIBS := -lmicrohttpd
