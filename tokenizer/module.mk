@@ -1,6 +1,9 @@
 # tokenizer/: the tokenizer stage and its library (vocab, encoders, chat templates, detokenizer).
 TOK_LIB_SRC := tokenizer/vocab.c tokenizer/spm.c tokenizer/bpe.c tokenizer/pretok.c \
                tokenizer/detok.c tokenizer/chat.c
+PROGRAMS += staged-tokenizer
+staged-tokenizer_SRC := tokenizer/main.c tokenizer/server.c $(TOK_LIB_SRC)
+staged-tokenizer_LIBS := -lpcre2-8
 TESTS += test_tokenizer
 test_tokenizer_SRC := tests/test_tokenizer.c $(TOK_LIB_SRC)
 test_tokenizer_LIBS := -lpcre2-8
