@@ -1,5 +1,9 @@
 # tools/: staged-make-model (random test models of real size) and the GGUF
 # test tooling: test_gguf, the bad-GGUF corpus generator.
+PROGRAMS += staged-make-model
+staged-make-model_SRC := tools/make_model_main.c tools/make_model.c gpu_worker/quantize.c \
+                         gpu_worker/quant.c
+
 TESTS += test_gguf
 test_gguf_SRC := tests/test_gguf.c tests/bad-gguf/corpus.c
 
