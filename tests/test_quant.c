@@ -7,6 +7,7 @@
  * activations must agree with the float dot product of the dequantized row.
  */
 #include "common/model.h"
+#include "gpu_worker/kernels.h"
 #include "gpu_worker/quant.h"
 
 #include <math.h>
@@ -122,6 +123,16 @@ static void check_case(const struct qcase *c)
                 den += want * want;
             }
             double de = sqrt(num / den);
+            /* the SIMD kernel agrees with the scalar reference to rounding */
+            kernels_dot_fn fast = kernels_dot(a.type, false);
+            for (int64_t r = 0; r < rows; r++) {
+                const uint8_t *wr = (const uint8_t *)a.data + r * rb;
+                float want = quant_vec_dot_ref(a.type, n, wr, xq), got = fast(n, wr, xq);
+                if (fabsf(got - want) > 1e-4f * (fabsf(want) + 1.f))
+                    print_message("%s row %ld: SIMD %g, reference %g\n", c->file, (long)r, got,
+                                  want);
+                assert_true(fabsf(got - want) <= 1e-4f * (fabsf(want) + 1.f));
+            }
             /* 8-bit activations: ~0.5% relative error on random data */
             double bound = at == GGML_TYPE_F16 ? 1e-3 : at == GGML_TYPE_BF16 ? 8e-3 : 0.02;
             if (de > bound)

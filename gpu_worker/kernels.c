@@ -1,0 +1,304 @@
+/* kernels.c - AVX2 dot-product kernels; see kernels.h. */
+#include "kernels.h"
+
+#include "quant.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+static inline float hsum_ps(__m256 v)
+{
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+    return _mm_cvtss_f32(lo);
+}
+
+static inline __m256i load32(const void *p)
+{
+    return _mm256_loadu_si256((const __m256i *)p);
+}
+
+/* ---- float types ---- */
+
+static float dot_f32(int64_t n, const void *w, const void *act)
+{
+    const float *a = w, *b = act;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    float s = hsum_ps(_mm256_add_ps(s0, s1));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static float dot_f16(int64_t n, const void *w, const void *act)
+{
+    const uint16_t *a = w, *b = act;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 a0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i)));
+        __m256 b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i)));
+        __m256 a1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i + 8)));
+        __m256 b1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i + 8)));
+        s0 = _mm256_fmadd_ps(a0, b0, s0);
+        s1 = _mm256_fmadd_ps(a1, b1, s1);
+    }
+    float s = hsum_ps(_mm256_add_ps(s0, s1));
+    for (; i < n; i++)
+        s += quant_f16_to_f32(a[i]) * quant_f16_to_f32(b[i]);
+    return s;
+}
+
+static inline __m256 bf16x8(const uint16_t *p)
+{
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static float dot_bf16(int64_t n, const void *w, const void *act)
+{
+    const uint16_t *a = w, *b = act;
+    __m256 s0 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(bf16x8(a + i), bf16x8(b + i), s0);
+    float s = hsum_ps(s0);
+    for (; i < n; i++)
+        s += quant_bf16_to_f32(a[i]) * quant_bf16_to_f32(b[i]);
+    return s;
+}
+
+/* ---- 8-bit helpers ---- */
+
+/* signed int8 x signed int8 -> 8 int32 partial sums */
+static inline __m256i mul_s8(__m256i x, __m256i y)
+{
+    __m256i ax = _mm256_sign_epi8(x, x);
+    __m256i sy = _mm256_sign_epi8(y, x);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1));
+}
+
+static float dot_q8_0(int64_t n, const void *w, const void *act)
+{
+    const struct block_q8_0 *x = w, *y = act;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK; b++) {
+        __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
+        __m256i p = mul_s8(load32(x[b].qs), load32(y[b].qs));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    return hsum_ps(acc);
+}
+
+static inline __m256i unpack_nib(const uint8_t *qs)
+{
+    __m128i t = _mm_loadu_si128((const __m128i *)qs);
+    __m256i v = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+    return _mm256_and_si256(v, _mm256_set1_epi8(15));
+}
+
+static float dot_q4_0(int64_t n, const void *w, const void *act)
+{
+    const struct block_q4_0 *x = w;
+    const struct block_q8_0 *y = act;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK; b++) {
+        __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
+        __m256i q = _mm256_sub_epi8(unpack_nib(x[b].qs), _mm256_set1_epi8(8));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(mul_s8(q, load32(y[b].qs))), acc);
+    }
+    return hsum_ps(acc);
+}
+
+/* ---- k-quants ---- */
+
+static inline void scales_k4(const uint8_t *s, uint8_t *sc, uint8_t *mn)
+{
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+    }
+    for (int j = 4; j < 8; j++) {
+        sc[j] = (uint8_t)((s[j + 4] & 15) | ((s[j - 4] >> 6) << 4));
+        mn[j] = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    }
+}
+
+static float dot_q4_K(int64_t n, const void *w, const void *act)
+{
+    const struct block_q4_K *x = w;
+    const struct block_q8_K *y = act;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256 acc = _mm256_setzero_ps();
+    float summ = 0;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        uint8_t sc[8], mn[8];
+        scales_k4(x[b].scales, sc, mn);
+        int msum = 0;
+        for (int j = 0; j < 8; j++)
+            msum += mn[j] * (y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
+        summ += y[b].d * quant_f16_to_f32(x[b].dmin) * (float)msum;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int g = 0; g < 4; g++) {
+            __m256i q4 = load32(x[b].qs + 32 * g);
+            __m256i lo = _mm256_and_si256(q4, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+            __m256i plo = _mm256_maddubs_epi16(lo, load32(y[b].qs + 64 * g));
+            __m256i phi = _mm256_maddubs_epi16(hi, load32(y[b].qs + 64 * g + 32));
+            plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * g]));
+            phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * g + 1]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+        }
+        __m256 d = _mm256_set1_ps(y[b].d * quant_f16_to_f32(x[b].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc) - summ;
+}
+
+static float dot_q5_K(int64_t n, const void *w, const void *act)
+{
+    const struct block_q5_K *x = w;
+    const struct block_q8_K *y = act;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m256i bit = _mm256_set1_epi8(16);
+    __m256 acc = _mm256_setzero_ps();
+    float summ = 0;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        uint8_t sc[8], mn[8];
+        scales_k4(x[b].scales, sc, mn);
+        int msum = 0;
+        for (int j = 0; j < 8; j++)
+            msum += mn[j] * (y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
+        summ += y[b].d * quant_f16_to_f32(x[b].dmin) * (float)msum;
+        __m256i qh = load32(x[b].qh);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int g = 0; g < 4; g++) {
+            __m256i q4 = load32(x[b].qs + 32 * g);
+            /* bit 2g of qh -> 16 for the low half, bit 2g+1 for the high half */
+            __m256i hl = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * g), 4), bit);
+            __m256i hh =
+                _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * g + 1), 4), bit);
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(q4, m4), hl);
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), hh);
+            __m256i plo = _mm256_maddubs_epi16(lo, load32(y[b].qs + 64 * g));
+            __m256i phi = _mm256_maddubs_epi16(hi, load32(y[b].qs + 64 * g + 32));
+            plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * g]));
+            phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * g + 1]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+        }
+        __m256 d = _mm256_set1_ps(y[b].d * quant_f16_to_f32(x[b].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc) - summ;
+}
+
+static inline __m256i scale_pair(int a, int b)
+{
+    return _mm256_set_m128i(_mm_set1_epi16((short)b), _mm_set1_epi16((short)a));
+}
+
+static float dot_q6_K(int64_t n, const void *w, const void *act)
+{
+    const struct block_q6_K *x = w;
+    const struct block_q8_K *y = act;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m256i m3 = _mm256_set1_epi8(3);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const int8_t *sc = x[b].scales;
+        int bsum = 0;
+        for (int s = 0; s < 16; s++)
+            bsum += sc[s] * y[b].bsums[s];
+        float d = y[b].d * quant_f16_to_f32(x[b].d);
+        /* the -32 offset: subtract 32 * sum(scale * bsum) in the integer domain */
+        __m256i sumi = _mm256_setr_epi32(-32 * bsum, 0, 0, 0, 0, 0, 0, 0);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x[b].ql + 64 * h;
+            const int8_t *qa = y[b].qs + 128 * h;
+            __m256i l0 = load32(ql), l1 = load32(ql + 32), qh = load32(x[b].qh + 32 * h);
+            __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                         _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
+            __m256i q1 = _mm256_or_si256(
+                _mm256_and_si256(l1, m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
+            __m256i q2 = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
+            __m256i q3 = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+            const int8_t *s = sc + 8 * h;
+            __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q0, load32(qa)),
+                                           scale_pair(s[0], s[1]));
+            __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, load32(qa + 32)),
+                                           scale_pair(s[2], s[3]));
+            __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(q2, load32(qa + 64)),
+                                           scale_pair(s[4], s[5]));
+            __m256i p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(q3, load32(qa + 96)),
+                                           scale_pair(s[6], s[7]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_add_epi32(p0, p1),
+                                                           _mm256_add_epi32(p2, p3)));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc);
+}
+
+/* ---- reference wrappers ---- */
+
+#define REF(T, NAME)                                                     \
+    static float NAME(int64_t n, const void *w, const void *act)         \
+    {                                                                    \
+        return quant_vec_dot_ref(T, n, w, act);                          \
+    }
+REF(GGML_TYPE_F32, ref_f32)
+REF(GGML_TYPE_F16, ref_f16)
+REF(GGML_TYPE_BF16, ref_bf16)
+REF(GGML_TYPE_Q4_0, ref_q4_0)
+REF(GGML_TYPE_Q4_1, ref_q4_1)
+REF(GGML_TYPE_Q5_0, ref_q5_0)
+REF(GGML_TYPE_Q5_1, ref_q5_1)
+REF(GGML_TYPE_Q8_0, ref_q8_0)
+REF(GGML_TYPE_Q2_K, ref_q2_K)
+REF(GGML_TYPE_Q3_K, ref_q3_K)
+REF(GGML_TYPE_Q4_K, ref_q4_K)
+REF(GGML_TYPE_Q5_K, ref_q5_K)
+REF(GGML_TYPE_Q6_K, ref_q6_K)
+
+kernels_dot_fn kernels_dot(uint32_t w, bool reference)
+{
+    switch (w) {
+    case GGML_TYPE_F32: return reference ? ref_f32 : dot_f32;
+    case GGML_TYPE_F16: return reference ? ref_f16 : dot_f16;
+    case GGML_TYPE_BF16: return reference ? ref_bf16 : dot_bf16;
+    case GGML_TYPE_Q4_0: return reference ? ref_q4_0 : dot_q4_0;
+    case GGML_TYPE_Q4_1: return ref_q4_1;
+    case GGML_TYPE_Q5_0: return ref_q5_0;
+    case GGML_TYPE_Q5_1: return ref_q5_1;
+    case GGML_TYPE_Q8_0: return reference ? ref_q8_0 : dot_q8_0;
+    case GGML_TYPE_Q2_K: return ref_q2_K;
+    case GGML_TYPE_Q3_K: return ref_q3_K;
+    case GGML_TYPE_Q4_K: return reference ? ref_q4_K : dot_q4_K;
+    case GGML_TYPE_Q5_K: return reference ? ref_q5_K : dot_q5_K;
+    case GGML_TYPE_Q6_K: return reference ? ref_q6_K : dot_q6_K;
+    }
+    return NULL;
+}
+
+kernels_dot4_fn kernels_dot4(uint32_t w)
+{
+    (void)w;
+    return NULL;
+}
+
+const char *kernels_isa(void)
+{
+    return "avx2";
+}

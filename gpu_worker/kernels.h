@@ -1,0 +1,36 @@
+/*
+ * kernels.h - CPU dot-product kernels for weight rows of every served type.
+ *
+ * A kernel computes the dot product of one weight row (n elements of type
+ * w, read in place from the model) with one activation row already
+ * quantized to quant_vec_dot_type(w) by quant_quantize_row. The fast
+ * kernels use AVX2/FMA/F16C (the build baseline); where the CPU has
+ * AVX512-VNNI some use it (chosen at run time with __builtin_cpu_supports).
+ * kernels_dot(w, true) returns the scalar reference (quant_vec_dot_ref)
+ * so tests can compare the two.
+ *
+ * kernels_dot4: the same dot of one weight row with 4 activation rows
+ * (stride act_stride bytes apart), writing out[0..3]; used by batched
+ * prompt processing so the weight row is decoded once per 4 tokens.
+ */
+#ifndef STAGED_KERNELS_H
+#define STAGED_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef float (*kernels_dot_fn)(int64_t n, const void *w, const void *act);
+typedef void (*kernels_dot4_fn)(int64_t n, const void *w, const void *act, size_t act_stride,
+                                float *out);
+
+/* The kernel for weight type w; reference = the scalar path. Never NULL for
+ * a served type. */
+kernels_dot_fn kernels_dot(uint32_t w, bool reference);
+/* A 4-row kernel for w, or NULL when w has none (callers loop kernels_dot). */
+kernels_dot4_fn kernels_dot4(uint32_t w);
+
+/* Name of the instruction set the fast kernels use ("avx2", "avx512vnni"). */
+const char *kernels_isa(void);
+
+#endif

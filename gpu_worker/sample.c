@@ -1,0 +1,252 @@
+/* sample.c - token sampling; see sample.h. */
+#include "sample.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void sample_params_default(struct sample_params *p)
+{
+    p->temperature = 1.0f;
+    p->top_k = 0;
+    p->top_p = 1.0f;
+    p->min_p = 0.0f;
+    p->repeat_penalty = 1.0f;
+    p->repeat_last_n = 64;
+    p->presence_penalty = 0.0f;
+    p->frequency_penalty = 0.0f;
+    p->seed = 0;
+}
+
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+double sample_uniform(uint64_t seed, int64_t position)
+{
+    uint64_t z = mix64(seed + 0x9e3779b97f4a7c15ULL) ^ ((uint64_t)position * 0xd1b54a32d192ed69ULL);
+    z = mix64(z + 0x9e3779b97f4a7c15ULL);
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+int32_t sample_argmax(const float *logits, int n_vocab)
+{
+    int32_t best = 0;
+    for (int i = 1; i < n_vocab; i++)
+        if (logits[i] > logits[best])
+            best = i;
+    return best;
+}
+
+bool sample_is_stop_token(int32_t token, int32_t eos, const int32_t *stop_ids, int n)
+{
+    if (token == eos)
+        return true;
+    for (int i = 0; i < n; i++)
+        if (stop_ids[i] == token)
+            return true;
+    return false;
+}
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+void sample_apply_penalties(const struct sample_params *p, float *logits, int n_vocab,
+                            const int32_t *history, int n_history)
+{
+    if (p->repeat_penalty == 1.0f && p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f)
+        return;
+    int n = p->repeat_last_n < 0 ? n_history : p->repeat_last_n;
+    if (n > n_history)
+        n = n_history;
+    if (n <= 0)
+        return;
+    int32_t *w = malloc(sizeof(int32_t) * (size_t)n);
+    if (!w)
+        return; /* penalties are best effort under memory exhaustion */
+    memcpy(w, history + (n_history - n), sizeof(int32_t) * (size_t)n);
+    qsort(w, (size_t)n, sizeof(int32_t), cmp_i32);
+    for (int i = 0; i < n;) {
+        int j = i;
+        while (j < n && w[j] == w[i])
+            j++;
+        int32_t t = w[i];
+        int count = j - i;
+        i = j;
+        if (t < 0 || t >= n_vocab)
+            continue;
+        float l = logits[t];
+        if (p->repeat_penalty != 1.0f)
+            l = l > 0 ? l / p->repeat_penalty : l * p->repeat_penalty;
+        l -= p->frequency_penalty * (float)count + p->presence_penalty;
+        logits[t] = l;
+    }
+    free(w);
+}
+
+struct cand {
+    float logit;
+    int32_t id;
+};
+
+static int cmp_cand(const void *a, const void *b)
+{
+    const struct cand *x = a, *y = b;
+    if (x->logit != y->logit)
+        return x->logit < y->logit ? 1 : -1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/* The k best candidates (sorted, best first) of logits; returns the count. */
+static int best_k(const float *logits, int n_vocab, int k, struct cand *c)
+{
+    if (k <= 0 || k > n_vocab)
+        k = n_vocab;
+    if (k == n_vocab) {
+        for (int i = 0; i < n_vocab; i++)
+            c[i] = (struct cand){logits[i], i};
+        qsort(c, (size_t)n_vocab, sizeof(*c), cmp_cand);
+        return n_vocab;
+    }
+    /* keep a sorted buffer of k: insertion with a threshold (k is small) */
+    int n = 0;
+    for (int i = 0; i < n_vocab; i++) {
+        struct cand x = {logits[i], i};
+        if (n == k && cmp_cand(&x, &c[k - 1]) >= 0)
+            continue;
+        int j = n < k ? n++ : k - 1;
+        while (j > 0 && cmp_cand(&x, &c[j - 1]) < 0) {
+            c[j] = c[j - 1];
+            j--;
+        }
+        c[j] = x;
+    }
+    return n;
+}
+
+static void fill_logprobs(const float *logits, int n_vocab, int32_t token, int n_top,
+                          struct sample_result *out)
+{
+    float mx = logits[sample_argmax(logits, n_vocab)];
+    double sum = 0;
+    for (int i = 0; i < n_vocab; i++)
+        sum += exp((double)logits[i] - mx);
+    double lse = mx + log(sum);
+    out->logprob = (float)(logits[token] - lse);
+    out->n_top = 0;
+    if (n_top > SAMPLE_MAX_TOP)
+        n_top = SAMPLE_MAX_TOP;
+    if (n_top <= 0)
+        return;
+    struct cand c[SAMPLE_MAX_TOP];
+    int n = best_k(logits, n_vocab, n_top < n_vocab ? n_top : n_vocab, c);
+    for (int i = 0; i < n; i++) {
+        out->top_ids[i] = c[i].id;
+        out->top_logprobs[i] = (float)(c[i].logit - lse);
+    }
+    out->n_top = n;
+}
+
+int32_t sample_next(const struct sample_params *p, float *logits, int n_vocab,
+                    const int32_t *history, int n_history, int64_t position, int n_top,
+                    struct sample_result *out)
+{
+    struct sample_result tmp;
+    if (!out)
+        out = &tmp;
+    sample_apply_penalties(p, logits, n_vocab, history, n_history);
+    int32_t tok;
+    if (p->temperature <= 0.0f) {
+        tok = sample_argmax(logits, n_vocab);
+    } else {
+        struct cand *c = malloc(sizeof(*c) * (size_t)n_vocab);
+        if (!c) {
+            tok = sample_argmax(logits, n_vocab);
+            goto done;
+        }
+        int n = best_k(logits, n_vocab, p->top_k, c);
+        /* probabilities at temperature 1 over the kept candidates */
+        float mx = c[0].logit;
+        double sum = 0;
+        for (int i = 0; i < n; i++)
+            sum += exp((double)c[i].logit - mx);
+        if (p->top_p < 1.0f) {
+            double cum = 0;
+            int keep = n;
+            for (int i = 0; i < n; i++) {
+                cum += exp((double)c[i].logit - mx) / sum;
+                if (cum >= p->top_p) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            n = keep;
+        }
+        if (p->min_p > 0.0f) {
+            /* p_i / p_max = exp(l_i - l_max) */
+            int keep = 1;
+            while (keep < n && exp((double)c[keep].logit - mx) >= p->min_p)
+                keep++;
+            n = keep;
+        }
+        double tsum = 0;
+        for (int i = 0; i < n; i++)
+            tsum += exp(((double)c[i].logit - mx) / p->temperature);
+        double u = sample_uniform(p->seed, position) * tsum, acc = 0;
+        tok = c[n - 1].id;
+        for (int i = 0; i < n; i++) {
+            acc += exp(((double)c[i].logit - mx) / p->temperature);
+            if (u < acc) {
+                tok = c[i].id;
+                break;
+            }
+        }
+        free(c);
+    }
+done:
+    out->token = tok;
+    fill_logprobs(logits, n_vocab, tok, n_top, out);
+    return tok;
+}
+
+int sample_stop_find(const char *text, size_t len, const char *const *stops, int n_stops,
+                     size_t *at)
+{
+    int best = -1;
+    size_t best_at = 0;
+    for (int s = 0; s < n_stops; s++) {
+        size_t sl = strlen(stops[s]);
+        if (sl == 0 || sl > len)
+            continue;
+        const char *hit = memmem(text, len, stops[s], sl);
+        if (hit && (best < 0 || (size_t)(hit - text) < best_at)) {
+            best = s;
+            best_at = (size_t)(hit - text);
+        }
+    }
+    if (best >= 0 && at)
+        *at = best_at;
+    return best;
+}
+
+size_t sample_stop_holdback(const char *text, size_t len, const char *const *stops, int n_stops)
+{
+    size_t hold = 0;
+    for (int s = 0; s < n_stops; s++) {
+        size_t sl = strlen(stops[s]);
+        /* longest k < sl with text's last k bytes == stop's first k bytes */
+        for (size_t k = sl - (sl > 0); k > hold; k--) {
+            if (k <= len && memcmp(text + len - k, stops[s], k) == 0) {
+                hold = k;
+                break;
+            }
+        }
+    }
+    return hold;
+}
