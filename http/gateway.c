@@ -267,7 +267,7 @@ static void on_event(const struct client_event *ev)
     h->terminal = true;
     const char *fin = ev->type == CLIENT_FINAL ? ev->finish_reason : NULL;
     if (fin && (!strcmp(fin, "stop") || !strcmp(fin, "length"))) {
-        h->outcome = fin;
+        h->outcome = !strcmp(fin, "stop") ? "stop" : "length"; /* static: fin dies with ev */
         json_t *u = json_object_get(ev->msg, "usage");
         metrics_tokens(&g->metrics, json_integer_value(json_object_get(u, "prompt_tokens")),
                        json_integer_value(json_object_get(u, "completion_tokens")));
