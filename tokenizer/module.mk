@@ -7,3 +7,6 @@ staged-tokenizer_LIBS := -lpcre2-8
 TESTS += test_tokenizer
 test_tokenizer_SRC := tests/test_tokenizer.c $(TOK_LIB_SRC)
 test_tokenizer_LIBS := -lpcre2-8
+TESTS += test_tokenizer_server
+test_tokenizer_server_SRC := tests/test_tokenizer_server.c tokenizer/server.c $(TOK_LIB_SRC)
+test_tokenizer_server_LIBS := -lpcre2-8
