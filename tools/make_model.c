@@ -351,7 +351,8 @@ static int write_zeros(FILE *f, uint64_t n)
     return 0;
 }
 
-static int add_metadata(struct gguf_writer *w, const struct make_model_opts *o, uint32_t ftype)
+static int add_metadata(struct gguf_writer *w, const struct make_model_opts *o, uint32_t ftype,
+                        uint64_t n_params)
 {
     const struct mm_shape *s = o->shape;
     char name[96], key[96];
@@ -360,6 +361,7 @@ static int add_metadata(struct gguf_writer *w, const struct make_model_opts *o, 
     if (!rc) rc = gguf_writer_add_str(w, "general.name", name);
     if (!rc) rc = gguf_writer_add_u32(w, "general.file_type", ftype);
     if (!rc) rc = gguf_writer_add_u32(w, "general.quantization_version", 2);
+    if (!rc) rc = gguf_writer_add_u64(w, "general.parameter_count", n_params);
     if (!rc) rc = gguf_writer_add_u64(w, "staged.make_model.seed", o->seed);
     if (!rc) rc = gguf_writer_add_str(w, "staged.make_model.shape", s->name);
 #define KEY(suffix) (snprintf(key, sizeof(key), "%s.%s", s->arch, suffix), key)
@@ -380,6 +382,78 @@ static int add_metadata(struct gguf_writer *w, const struct make_model_opts *o, 
         if (!rc) rc = gguf_writer_add_u32(w, KEY("vocab_size"), s->n_vocab);
     }
 #undef KEY
+    return rc;
+}
+
+/* The writer with all metadata (tokenizer keys from vocab, if not NULL)
+ * and tensor infos of plan t. */
+static int build_writer(const struct make_model_opts *o, const struct plan_tensor *t, int n_t,
+                        uint32_t ftype, const struct gguf *vocab, struct gguf_writer **out,
+                        struct st_errbuf *eb)
+{
+    uint64_t n_params = 0;
+    for (int i = 0; i < n_t; i++) n_params += t[i].ne0 * (t[i].ne1 ? t[i].ne1 : 1);
+    struct gguf_writer *w = gguf_writer_new(3, 32);
+    if (!w) return st_errf(eb, ST_ENOMEM, "out of memory");
+    int rc = add_metadata(w, o, ftype, n_params);
+    if (rc) {
+        st_errf(eb, rc, "metadata: %s", st_strerror(rc));
+        goto err;
+    }
+    if (vocab && (rc = copy_tokenizer(w, vocab, o->shape->n_vocab, eb))) goto err;
+    for (int i = 0; i < n_t; i++) {
+        uint64_t ne[2] = {t[i].ne0, t[i].ne1};
+        int64_t idx = gguf_writer_add_tensor(w, t[i].name, t[i].type, t[i].ne1 ? 2 : 1, ne, NULL);
+        if (idx < 0) {
+            rc = st_errf(eb, (int)idx, "tensor %s: %s", t[i].name, st_strerror((int)idx));
+            goto err;
+        }
+    }
+    *out = w;
+    return 0;
+err:
+    gguf_writer_destroy(&w);
+    return rc;
+}
+
+int make_model_plan(const struct make_model_opts *o, FILE *out, struct st_errbuf *eb)
+{
+    struct plan_tensor *t = NULL;
+    int n_t = 0, rc;
+    uint32_t ftype;
+    struct gguf_writer *w = NULL;
+    uint8_t *hdr = NULL;
+    uint64_t hdr_len;
+    struct gguf *g = NULL;
+    if ((rc = plan_tensors(o->shape, &t, &n_t))) return st_errf(eb, rc, "out of memory");
+    if ((rc = assign_types(o->mix, t, n_t, &ftype))) {
+        st_errf(eb, ST_EINVAL, "unknown --type '%s' (f16, q4_k_m or a tensor type name)", o->mix);
+        goto out;
+    }
+    if ((rc = build_writer(o, t, n_t, ftype, NULL, &w, eb))) goto out;
+    if ((rc = gguf_writer_header(w, &hdr, &hdr_len))) {
+        st_errf(eb, rc, "out of memory");
+        goto out;
+    }
+    /* read back what the header says, with the reader */
+    if ((rc = gguf_parse(hdr, hdr_len, gguf_writer_file_size(w), &g, eb))) goto out;
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        char v[512];
+        gguf_format_value(g, (int64_t)i, v, sizeof(v));
+        fprintf(out, "kv %.*s %s\n", (int)g->kv[i].key.len, g->kv[i].key.p, v);
+    }
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const struct gguf_tensor *gt = &g->tensors[i];
+        fprintf(out, "tensor %.*s %s", (int)gt->name.len, gt->name.p, ggml_type_name(gt->type));
+        for (uint32_t d = 0; d < gt->n_dims; d++) fprintf(out, " %" PRIu64, gt->ne[d]);
+        fprintf(out, "\n");
+    }
+    fprintf(out, "size %" PRIu64 "\n", gguf_writer_file_size(w));
+out:
+    gguf_destroy(&g);
+    free(hdr);
+    gguf_writer_destroy(&w);
+    free(t);
     return rc;
 }
 
@@ -404,23 +478,7 @@ int make_model_write(const struct make_model_opts *o, struct st_errbuf *eb)
     char vpath[4096];
     snprintf(vpath, sizeof(vpath), "%s/%s", o->vocab_dir, s->vocab_file);
     if ((rc = model_open_file(vpath, &vocab, eb))) goto out;
-    if (!(w = gguf_writer_new(3, 32))) {
-        rc = st_errf(eb, ST_ENOMEM, "out of memory");
-        goto out;
-    }
-    if ((rc = add_metadata(w, o, ftype))) {
-        st_errf(eb, rc, "metadata: %s", st_strerror(rc));
-        goto out;
-    }
-    if ((rc = copy_tokenizer(w, vocab->gguf, s->n_vocab, eb))) goto out;
-    for (int i = 0; i < n_t; i++) {
-        uint64_t ne[2] = {t[i].ne0, t[i].ne1};
-        int64_t idx = gguf_writer_add_tensor(w, t[i].name, t[i].type, t[i].ne1 ? 2 : 1, ne, NULL);
-        if (idx < 0) {
-            rc = st_errf(eb, (int)idx, "tensor %s: %s", t[i].name, st_strerror((int)idx));
-            goto out;
-        }
-    }
+    if ((rc = build_writer(o, t, n_t, ftype, vocab->gguf, &w, eb))) goto out;
     uint64_t hdr_len;
     if ((rc = gguf_writer_header(w, &hdr, &hdr_len))) {
         st_errf(eb, rc, "out of memory");

@@ -65,6 +65,11 @@ struct make_model_opts {
  * ST_EFORMAT (vocab file unusable) with eb naming the problem. */
 int make_model_write(const struct make_model_opts *o, struct st_errbuf *eb);
 
+/* Print what make_model_write would write, without tokenizer keys and
+ * data: "kv KEY VALUE" lines, "tensor NAME TYPE NE0 [NE1]" lines and
+ * "size BYTES" (of the file without tokenizer keys). 0 or an error. */
+int make_model_plan(const struct make_model_opts *o, FILE *out, struct st_errbuf *eb);
+
 /*
  * Re-read a file made by make_model_write: regenerate every tensor's source
  * values from the seed in its metadata, dequantize what the file holds

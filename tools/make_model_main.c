@@ -3,6 +3,7 @@
  *
  *   staged-make-model --shape NAME [--type f16|q4_k_m|TYPE] [--seed N]
  *                     [--threads N] [--vocab-dir DIR] -o OUT.gguf
+ *   staged-make-model --plan --shape NAME [--type T]   (metadata and tensor table only)
  *   staged-make-model --check FILE.gguf
  *   staged-make-model --list
  *
@@ -10,6 +11,7 @@
  * to ../shared/models). Exit 0 on success, 1 on failure, 2 on bad usage. */
 #include "tools/make_model.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +21,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: staged-make-model --shape NAME [--type f16|q4_k_m|TYPE] [--seed N]\n"
                     "                         [--threads N] [--vocab-dir DIR] -o OUT.gguf\n"
+                    "       staged-make-model --plan --shape NAME [--type T]\n"
                     "       staged-make-model --check FILE.gguf\n"
                     "       staged-make-model --list\n");
 }
@@ -27,6 +30,7 @@ int main(int argc, char **argv)
 {
     struct make_model_opts o = {.mix = "q4_k_m", .seed = 1, .n_threads = 2};
     const char *shape = NULL, *check = NULL;
+    bool plan = false;
     char vocab_dir[4096];
     const char *models = getenv("STAGED_MODELS");
     snprintf(vocab_dir, sizeof(vocab_dir), "%s/vocab", models && *models ? models : "../shared/models");
@@ -36,6 +40,10 @@ int main(int argc, char **argv)
         if (strcmp(a, "--list") == 0) {
             make_model_list_shapes(stdout);
             return 0;
+        }
+        if (strcmp(a, "--plan") == 0) {
+            plan = true;
+            continue;
         }
         if (!v) {
             usage();
@@ -67,7 +75,7 @@ int main(int argc, char **argv)
         }
         return 0;
     }
-    if (!shape || !o.out || o.n_threads < 1 || o.n_threads > 16) {
+    if (!shape || (!o.out && !plan) || o.n_threads < 1 || o.n_threads > 16) {
         usage();
         return 2;
     }
@@ -75,6 +83,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "staged-make-model: unknown shape '%s'; shapes:\n", shape);
         make_model_list_shapes(stderr);
         return 2;
+    }
+    if (plan) {
+        if (make_model_plan(&o, stdout, &eb)) {
+            fprintf(stderr, "staged-make-model: %s\n", eb.msg);
+            return 1;
+        }
+        return 0;
     }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
