@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -563,6 +565,92 @@ static void test_all_shared_models(void **state)
     assert_int_equal(v1, 1);
 }
 
+/* ---- the staged-gguf command ---- */
+
+/* Run $BIN/staged-gguf on path; its exit status, the verdict line in
+ * verdict (cap bytes) and whether a tensor table was printed. */
+static int run_staged_gguf(const char *path, char *verdict, size_t cap, bool *table)
+{
+    const char *bin = getenv("BIN");
+    char cmd[8192];
+    snprintf(cmd, sizeof(cmd), "'%s/staged-gguf' '%s' 2>&1", bin && *bin ? bin : "bin", path);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char line[4096];
+    verdict[0] = 0;
+    *table = false;
+    while (fgets(line, sizeof(line), p)) {
+        if (strncmp(line, "verdict: ", 9) == 0) {
+            size_t n = strlen(line) < cap ? strlen(line) : cap - 1;
+            memcpy(verdict, line, n);
+            verdict[n] = 0;
+        }
+        if (strncmp(line, "tensors: ", 9) == 0) *table = true;
+    }
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_staged_gguf_command(void **state)
+{
+    const char *bin = getenv("BIN");
+    char exe[4096];
+    snprintf(exe, sizeof(exe), "%s/staged-gguf", bin && *bin ? bin : "bin");
+    if (access(exe, X_OK) != 0) {
+        print_message("no %s: skipped\n", exe);
+        skip();
+    }
+    char dir[] = "/tmp/staged-test-gguf-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[4096], verdict[1024];
+    bool table;
+    for (size_t i = 0; i < corpus_n_cases; i++) {
+        struct corpus_file f;
+        assert_int_equal(corpus_cases[i].build(&f), 0);
+        snprintf(path, sizeof(path), "%s/%s.gguf", dir, corpus_cases[i].name);
+        FILE *o = fopen(path, "wb");
+        assert_non_null(o);
+        assert_int_equal(fwrite(f.buf, 1, f.len, o), f.len);
+        assert_int_equal(fclose(o), 0);
+        int rc = run_staged_gguf(path, verdict, sizeof(verdict), &table);
+        if (rc != 1 || strncmp(verdict, "verdict: REJECTED: ", 19) || !strstr(verdict, f.expect))
+            fail_msg("%s: exit %d, '%s', expected REJECTED with '%s'", corpus_cases[i].name, rc,
+                     verdict, f.expect);
+        unlink(path);
+        corpus_file_free(&f);
+    }
+    /* a file that parses but fails validation still shows its table */
+    struct corpus_file f;
+    assert_int_equal(corpus_good_model("qwen2", 3, &f), 0);
+    snprintf(path, sizeof(path), "%s/good.gguf", dir);
+    FILE *o = fopen(path, "wb");
+    assert_non_null(o);
+    assert_int_equal(fwrite(f.buf, 1, f.len, o), f.len);
+    assert_int_equal(fclose(o), 0);
+    assert_int_equal(run_staged_gguf(path, verdict, sizeof(verdict), &table), 0);
+    assert_non_null(strstr(verdict, "verdict: OK"));
+    assert_true(table);
+    unlink(path);
+    corpus_file_free(&f);
+    rmdir(dir);
+
+    const char *p;
+    if ((p = model_path("stories260K.gguf"))) {
+        assert_int_equal(run_staged_gguf(p, verdict, sizeof(verdict), &table), 0);
+        assert_non_null(strstr(verdict, "verdict: OK"));
+    }
+    if ((p = model_path("vocab/ggml-vocab-qwen2.gguf"))) {
+        assert_int_equal(run_staged_gguf(p, verdict, sizeof(verdict), &table), 1);
+        assert_non_null(strstr(verdict, "verdict: VOCAB-ONLY"));
+    }
+    if ((p = model_path("legacy/tinyllamas-stories-260k-f32.gguf"))) {
+        assert_int_equal(run_staged_gguf(p, verdict, sizeof(verdict), &table), 1);
+        assert_non_null(strstr(verdict, "GGUF version 1 is not supported"));
+    }
+    assert_int_equal(run_staged_gguf("/nonexistent.gguf", verdict, sizeof(verdict), &table), 1);
+    assert_non_null(strstr(verdict, "REJECTED"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -579,6 +667,7 @@ int main(void)
         cmocka_unit_test(test_vocab_only),
         cmocka_unit_test(test_ref_models),
         cmocka_unit_test(test_all_shared_models),
+        cmocka_unit_test(test_staged_gguf_command),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
