@@ -159,6 +159,28 @@ static int check_tensor(const struct gguf *g, const char *name, uint64_t ne0, ui
     return 0;
 }
 
+/* A tensor of a layer the hyperparameters do not have (blk.N with N >=
+ * block_count) means block_count and the tensors disagree. */
+static int check_layer_numbers(const struct gguf *g, const struct model_hparams *hp,
+                               struct st_errbuf *eb)
+{
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const struct gguf_tensor *t = &g->tensors[i];
+        if (t->name.len < 5 || memcmp(t->name.p, "blk.", 4) != 0) continue;
+        uint64_t layer = 0, k = 4;
+        while (k < t->name.len && k < 12 && t->name.p[k] >= '0' && t->name.p[k] <= '9')
+            layer = layer * 10 + (uint64_t)(t->name.p[k++] - '0');
+        if (k == 4) continue;
+        if (layer >= hp->n_layers)
+            return st_errf(eb, ST_EFORMAT,
+                           "tensor %.*s (info at byte %" PRIu64 "): layer %" PRIu64
+                           " but %s.block_count is %u",
+                           (int)t->name.len, t->name.p, t->info_off, layer,
+                           model_arch_name(hp->arch), hp->n_layers);
+    }
+    return 0;
+}
+
 int model_validate(const struct gguf *g, const struct model_hparams *hp, struct st_errbuf *eb)
 {
     uint64_t d = hp->dim, q = (uint64_t)hp->n_heads * hp->head_dim,
@@ -168,6 +190,7 @@ int model_validate(const struct gguf *g, const struct model_hparams *hp, struct 
         (rc = check_tensor(g, "output_norm.weight", d, 0, false, eb)) ||
         (rc = check_tensor(g, "output.weight", d, v, true, eb)))
         return rc;
+    if ((rc = check_layer_numbers(g, hp, eb))) return rc;
     for (uint32_t l = 0; l < hp->n_layers; l++) {
         struct {
             const char *suffix;

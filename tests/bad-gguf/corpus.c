@@ -879,6 +879,17 @@ SPEC_CASE(layers_missing, "llama", "%s",
     s->u32_val = 2;
 }
 
+CASE(extra_layer_tensor)
+{
+    /* blk.0.ffn_up.weight renamed blk.7.ffn_up.weight: block_count is 1 */
+    int64_t i = tensor_index(b, "blk.0.ffn_up.weight");
+    uint64_t p = gguf_writer_tensor_info_pos(b->w, i);
+    f->buf[p + 8 + 4] = '7';
+    expect(f, "tensor blk.7.ffn_up.weight (info at byte %" PRIu64
+              "): layer 7 but llama.block_count is 1", p);
+    return 0;
+}
+
 static int wrong_shape_case(struct corpus_file *f, const char *arch, const char *tensor,
                             const char *want)
 {
@@ -995,6 +1006,7 @@ const struct corpus_case corpus_cases[] = {
     {"qwen2-missing-v-bias", qwen2_missing_v_bias},
     {"qwen3-missing-k-norm", qwen3_missing_k_norm},
     {"layers-missing", layers_missing},
+    {"extra-layer-tensor", extra_layer_tensor},
     {"wrong-shape-attn-k", wrong_shape_attn_k},
     {"wrong-shape-ffn-down", wrong_shape_ffn_down},
     {"wrong-shape-q-bias", wrong_shape_q_bias},
