@@ -56,7 +56,7 @@ static int start(struct fixture *f, const char *rel, size_t max_bytes)
     assert_non_null(mkdtemp(f->dir));
     snprintf(f->endpoint, sizeof(f->endpoint), "ipc://%s/tok.sock", f->dir);
     f->zctx = zmq_ctx_new();
-    struct tok_server_opts o = {f->endpoint, 3, max_bytes, rel};
+    struct tok_server_opts o = {f->endpoint, 3, max_bytes, rel, 0};
     int rc = tok_server_new(f->zctx, &o, f->v, &f->srv, &eb);
     if (rc) fprintf(stderr, "%s\n", eb.msg);
     assert_int_equal(rc, 0);

@@ -64,6 +64,18 @@ R=$("$BIN/staged-ctl" "$EP" '{"id":"x","op":"decode","tokens":[1,403,407,261,378
 kill -TERM $T1; wait $T1; rc=$?
 [ $rc -eq 0 ] || fail "tokenizer exit status $rc after SIGTERM"
 
+# --- fault injection: stop answering from the 3rd request on ---
+CFG2=$T/hang.ini
+write_config "$CFG2" "$MODEL" "[tokenizer]
+fault_hang_at_request = 3"
+EP2=ipc://$T/tokenizer.sock
+"$TOK" --config "$CFG2" --model "$MODEL" 2>"$T/th.log" & PIDS+=($!); TH=$!
+wait_ready "$EP2" || fail "hang tokenizer not ready: $(cat $T/th.log)"   # request 1
+"$BIN/staged-ctl" "$EP2" '{"op":"health"}' >/dev/null || fail "request 2 not answered"
+"$BIN/staged-ctl" "$EP2" '{"op":"health"}' --timeout 500 >/dev/null; rc=$?
+[ $rc -eq 2 ] || fail "request 3 answered despite fault_hang_at_request = 3 (rc $rc)"
+kill -TERM $TH; wait $TH
+
 # --- served mode: vocab from the loader's segment ---
 if [ -x "$BIN/staged-loader" ]; then
     "$BIN/staged-loader" --config "$CFG" 2>"$T/l.log" & PIDS+=($!); L=$!

@@ -223,7 +223,8 @@ int main(int argc, char **argv)
     void *zctx = zmq_ctx_new();
     struct tok_server *srv = NULL;
     struct tok_server_opts o = {cfg.tokenizer.endpoint, (int)cfg.tokenizer.threads,
-                                (size_t)cfg.tokenizer.max_request_bytes, name};
+                                (size_t)cfg.tokenizer.max_request_bytes, name,
+                                (long long)cfg.tokenizer.faults.hang_at_request};
     rc = tok_server_new(zctx, &o, v, &srv, &eb);
     if (rc) {
         log_error("%s", eb.msg);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <zmq.h>
 
 #define MAX_IDENT 256
@@ -26,6 +27,8 @@ struct tok_server {
     char *bos_text, *eos_text;
     size_t max_bytes;
     char model[128];
+    long long hang_at;   /* fault injection (0 = off) */
+    long long n_requests;
     int n_threads;
     pthread_t *threads;
     int n_started;
@@ -465,6 +468,7 @@ int tok_server_new(void *zctx, const struct tok_server_opts *o, const struct voc
     s->zctx = zctx;
     s->v = v;
     s->max_bytes = o->max_request_bytes;
+    s->hang_at = o->hang_at_request;
     s->family = chat_detect(vocab_chat_template(v));
     snprintf(s->model, sizeof(s->model), "%s", o->model_name ? o->model_name : "");
     size_t l;
@@ -481,6 +485,10 @@ int tok_server_new(void *zctx, const struct tok_server_opts *o, const struct voc
     }
     zmq_setsockopt(s->front, ZMQ_LINGER, &linger, sizeof(linger));
     zmq_setsockopt(s->back, ZMQ_LINGER, &linger, sizeof(linger));
+    /* a message somewhat over the limit gets a "too_large" reply; one far over
+     * it makes ZeroMQ drop the connection before buffering it all */
+    int64_t maxmsg = (int64_t)s->max_bytes * 4 + 65536;
+    zmq_setsockopt(s->front, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
     if (zmq_bind(s->front, o->endpoint) < 0) {
         st_errf(eb, ST_EIO, "[tokenizer] endpoint %s: bind: %s", o->endpoint,
                 zmq_strerror(zmq_errno()));
@@ -519,6 +527,14 @@ int tok_server_run(struct tok_server *s, volatile sig_atomic_t *stop)
         if (n < 0) {
             if (zmq_errno() == EINTR) continue;
             return ST_EIO;
+        }
+        if ((it[0].revents & ZMQ_POLLIN) && s->hang_at > 0 && ++s->n_requests >= s->hang_at) {
+            log_warn("fault injection: request %lld, no longer answering", s->n_requests);
+            while (!*stop) {
+                struct timespec ts = {0, 100 * 1000 * 1000};
+                nanosleep(&ts, NULL);
+            }
+            break;
         }
         if ((it[0].revents & ZMQ_POLLIN) && forward(s->front, s->back)) return ST_EIO;
         if ((it[1].revents & ZMQ_POLLIN) && forward(s->back, s->front)) return ST_EIO;

@@ -27,6 +27,8 @@ struct tok_server_opts {
     int threads;              /* worker threads, >= 1 */
     size_t max_request_bytes; /* larger messages are answered "too_large" */
     const char *model_name;   /* reported by health */
+    long long hang_at_request; /* fault injection: stop answering from the N-th request on
+                                  (0 = off; [tokenizer] fault_hang_at_request) */
 };
 
 struct tok_server;
