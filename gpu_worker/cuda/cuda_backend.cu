@@ -50,6 +50,8 @@ struct backend {
     int *seq_len, *seq_cnt;
     bool dead;
     bool fault;
+    bool act_float; /* STAGED_CUDA_ACT=float: no reference-style activation rounding */
+    bool attn_ref;  /* STAGED_CUDA_ATTN=ref: attention with the reference's half rounding */
 };
 
 static volatile int g_inject_fault;
@@ -203,6 +205,8 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
     b->q_dim = (int)(hp->n_heads * hp->head_dim);
     b->kv_dim = (int)(hp->n_kv_heads * hp->head_dim);
     b->fault = getenv("STAGED_CUDA_FAULT") && strcmp(getenv("STAGED_CUDA_FAULT"), "1") == 0;
+    b->act_float = getenv("STAGED_CUDA_ACT") && strcmp(getenv("STAGED_CUDA_ACT"), "float") == 0;
+    b->attn_ref = getenv("STAGED_CUDA_ATTN") && strcmp(getenv("STAGED_CUDA_ATTN"), "ref") == 0;
     b->L = (struct clayer *)calloc(hp->n_layers, sizeof(*b->L));
     b->seq_len = (int *)calloc((size_t)cfg->max_seqs, sizeof(int));
     b->seq_cnt = (int *)calloc((size_t)cfg->max_seqs, sizeof(int));
@@ -329,7 +333,8 @@ static void cuda_destroy(struct backend **pb)
 static int mm(struct backend *b, const struct cmat *W, const float *x, float *y, int n)
 {
     const float *xa;
-    ST_TRY(k_act_round(b->st, W->type, x, b->xr, n, W->K, &xa));
+    if (b->act_float) xa = x;
+    else ST_TRY(k_act_round(b->st, W->type, x, b->xr, n, W->K, &xa));
     if (n <= MATVEC_MAX_N) return k_matvec(b->st, W->w, W->type, W->N, W->K, xa, y, n);
     const float one = 1.f, zero = 0.f;
     if (W->type == QT_F32) {
@@ -383,7 +388,7 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
         __half *kc = b->kc + (size_t)l * b->layer_kv, *vc = b->vc + (size_t)l * b->layer_kv;
         ST_TRY(k_kv_store(st, b->k, b->v, kc, vc, n, b->kv_dim, b->cfg.max_ctx, d_pos, d_seq));
         ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
-                           b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq));
+                           b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->attn_ref));
         ST_TRY(mm(b, &L->o, b->att, b->tmp, n));
         ST_TRY(k_add(st, b->x, b->tmp, (size_t)n * D));
         ST_TRY(k_rmsnorm(st, b->x, L->ffn_norm, b->xn, n, D, hp->rms_eps));

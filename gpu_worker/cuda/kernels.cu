@@ -532,15 +532,85 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     }
 }
 
+/* The reference's numerics (llama.cpp's CPU flash attention with an F16
+ * cache): q rounded to half, positions visited in order with an online
+ * softmax, the weighted sum of V kept in half precision after every step.
+ * One warp per (head, token); sequential over positions. */
+static __global__ void attention_ref_kernel(const float *q, const __half *kc, const __half *vc,
+                                            float *out, int n_heads, int n_kv, int hd,
+                                            int max_ctx, float scale, const int32_t *pos,
+                                            const int32_t *seq)
+{
+    int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x;
+    int kvh = h / (n_heads / n_kv);
+    int kv_dim = n_kv * hd;
+    int nd = (hd + 31) / 32;
+    const float *qh = q + ((size_t)t * n_heads + h) * hd;
+    float qv[ATT_MAXD];
+    __half acc[ATT_MAXD];
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; i++) {
+        int e = lane + 32 * i;
+        qv[i] = (i < nd && e < hd) ? __half2float(__float2half_rn(qh[e])) : 0.f;
+        acc[i] = __float2half_rn(0.f);
+    }
+    const __half *kb = kc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
+    const __half *vb = vc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
+    float M = -INFINITY, S = 0.f;
+    int np = pos[t] + 1;
+    for (int p = 0; p < np; p++) {
+        const __half *kp = kb + (size_t)p * kv_dim;
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < ATT_MAXD; i++) {
+            int e = lane + 32 * i;
+            if (i < nd && e < hd) s += qv[i] * __half2float(kp[e]);
+        }
+        s = warp_sum(s) * scale;
+        float ms = 1.f, vs = 1.f;
+        if (s > M) {
+            float mold = M;
+            M = s;
+            ms = expf(mold - M);
+#pragma unroll
+            for (int i = 0; i < ATT_MAXD; i++)
+                if (i < nd) acc[i] = __float2half_rn(__half2float(acc[i]) * ms);
+        } else {
+            vs = expf(s - M);
+        }
+        const __half *vp = vb + (size_t)p * kv_dim;
+#pragma unroll
+        for (int i = 0; i < ATT_MAXD; i++) {
+            int e = lane + 32 * i;
+            if (i < nd && e < hd)
+                acc[i] = __float2half_rn(fmaf(__half2float(vp[e]), vs, __half2float(acc[i])));
+        }
+        S = S * ms + vs;
+    }
+    float inv = 1.f / S;
+    float *oh = out + ((size_t)t * n_heads + h) * hd;
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; i++) {
+        int e = lane + 32 * i;
+        if (i < nd && e < hd) oh[e] = __half2float(acc[i]) * inv;
+    }
+}
+
 int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half *vc, float *out,
                 int n, int n_heads, int n_kv, int hd, int max_ctx, float scale,
-                const int32_t *pos, const int32_t *seq)
+                const int32_t *pos, const int32_t *seq, bool ref)
 {
     if (hd > 32 * ATT_MAXD) {
         log_error("cuda: attention: head_dim %d > %d unsupported", hd, 32 * ATT_MAXD);
         return ST_EUNSUPPORTED;
     }
     dim3 grid(n_heads, n);
+    if (ref) {
+        attention_ref_kernel<<<grid, 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd, max_ctx,
+                                                  scale, pos, seq);
+        CUDA_LAUNCHED("attention_ref");
+        return 0;
+    }
     attention_kernel<<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd, max_ctx,
                                                       scale, pos, seq);
     CUDA_LAUNCHED("attention");

@@ -54,10 +54,13 @@ int k_rope(cudaStream_t st, float *x, int n, int n_heads, int hd, int rope_dim, 
 int k_kv_store(cudaStream_t st, const float *k, const float *v, __half *kc, __half *vc, int n,
                int kv_dim, int max_ctx, const int32_t *pos, const int32_t *seq);
 /* Causal attention of each token over its sequence's positions 0..pos[t]:
- * out[t][h*hd..] = softmax(q.K^T * scale) V, with GQA (kv head = h / (n_heads/n_kv)). */
+ * out[t][h*hd..] = softmax(q.K^T * scale) V, with GQA (kv head = h / (n_heads/n_kv)).
+ * ref = false: float accumulation, positions split over warps (fast);
+ * ref = true: the reference engine's rounding (q and the running sum of V in
+ * half precision, positions in order), one warp per head and token. */
 int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half *vc, float *out,
                 int n, int n_heads, int n_kv, int hd, int max_ctx, float scale,
-                const int32_t *pos, const int32_t *seq);
+                const int32_t *pos, const int32_t *seq, bool ref);
 /* out[i] = x[idx[i]] rows of dim. */
 int k_gather_rows(cudaStream_t st, const float *x, const int32_t *idx, float *out, int n_out,
                   int dim);

@@ -26,7 +26,7 @@ CFLAGS += -DSTAGED_CUDA=1
 $(BUILD)/%.cu.o: %.cu $(CUDA_HDRS)
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -I. -D_GNU_SOURCE -DSTAGED_CUDA=1 \
-	    -Xcompiler -Wall,-Wextra,-Wno-unused-parameter -c -o $@ $<
+	    -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-Wno-unknown-pragmas -c -o $@ $<
 
 staged-worker_DEPS += $(CUDA_CU_OBJ)
 staged-worker_LIBS += $(CUDA_LINK)
@@ -34,4 +34,9 @@ staged-loader_DEPS += $(GPU_UPLOAD_OBJ)
 staged-loader_LIBS += $(CUDA_LINK)
 test_cuda_DEPS := $(CUDA_CU_OBJ) $(GPU_UPLOAD_OBJ)
 test_cuda_LIBS := $(CUDA_LINK)
+
+BENCHES += bench-cuda
+bench-cuda_SRC := gpu_worker/cuda/bench_cuda.c
+bench-cuda_DEPS := $(CUDA_CU_OBJ) $(GPU_UPLOAD_OBJ)
+bench-cuda_LIBS := $(CUDA_LINK)
 endif

@@ -63,19 +63,19 @@ template <> struct qtraits<QT_Q4_K> { enum { QK = 256, BS = 144 }; };
 template <> struct qtraits<QT_Q5_K> { enum { QK = 256, BS = 176 }; };
 template <> struct qtraits<QT_Q6_K> { enum { QK = 256, BS = 210 }; };
 
-static __device__ __forceinline__ float ld_f16(const uint8_t *p)
+static __host__ __device__ __forceinline__ float ld_f16(const uint8_t *p)
 {
     return __half2float(*(const __half *)p);
 }
 
-static __device__ __forceinline__ uint32_t ld_u32_unaligned(const uint8_t *p)
+static __host__ __device__ __forceinline__ uint32_t ld_u32_unaligned(const uint8_t *p)
 {
     /* 2-byte aligned at least (all block sizes and offsets are even). */
     const uint16_t *h = (const uint16_t *)p;
     return (uint32_t)h[0] | (uint32_t)h[1] << 16;
 }
 
-static __device__ __forceinline__ void k4_scale_min(const uint8_t *s, int j, int &sc, int &m)
+static __host__ __device__ __forceinline__ void k4_scale_min(const uint8_t *s, int j, int &sc, int &m)
 {
     if (j < 4) {
         sc = s[j] & 63;
@@ -87,7 +87,7 @@ static __device__ __forceinline__ void k4_scale_min(const uint8_t *s, int j, int
 }
 
 /* Decode elements e..e+7 of a quantized row. */
-template <int T> static __device__ __forceinline__ void deq8(const uint8_t *row, int e, float *o)
+template <int T> static __host__ __device__ __forceinline__ void deq8(const uint8_t *row, int e, float *o)
 {
     const int QK = qtraits<T>::QK, BS = qtraits<T>::BS;
     const uint8_t *b = row + (size_t)(e / QK) * BS;
@@ -160,7 +160,7 @@ template <int T> static __device__ __forceinline__ void deq8(const uint8_t *row,
 }
 
 /* One element of a float-type row (F32, F16, BF16). */
-template <int T> static __device__ __forceinline__ float deq1(const void *row, int e)
+template <int T> static __host__ __device__ __forceinline__ float deq1(const void *row, int e)
 {
     if (T == QT_F32) return ((const float *)row)[e];
     if (T == QT_F16) return __half2float(((const __half *)row)[e]);
