@@ -25,9 +25,14 @@
  * (magic through the last tensor info). Every count is bounded by the bytes
  * left before it is used to allocate; every length and offset is checked with
  * overflow-safe arithmetic against the buffer and against the file size; keys
- * and tensor names must be unique; tensor data must be aligned, inside the
- * file and non-overlapping; shapes must not overflow. Each error names the
- * key or tensor and the byte offset where it was found.
+ * and tensor names must be unique, non-empty and free of control bytes (names
+ * under 64 bytes); counts are also capped (GGUF_MAX_KV, GGUF_MAX_TENSORS);
+ * arrays nest at most 8 deep; bools are 0 or 1; general.alignment is an
+ * integer power of two up to 65536; tensor data must be aligned, inside the
+ * file and non-overlapping; each dimension is 1..2^40 and their product at
+ * most 2^48; a row must be a whole number of blocks. Each error names the
+ * key or tensor and the byte offset where it was found. Version 1 and
+ * big-endian files are rejected with messages saying so.
  *
  * Values are not copied: strings and arrays point into the buffer, which must
  * outlive the struct gguf.
