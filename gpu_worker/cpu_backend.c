@@ -156,19 +156,37 @@ static inline float dot_f32_f16(const float *q, const uint16_t *k, int n)
     return s;
 }
 
-static inline void axpy_f16(float *o, float a, const uint16_t *v, int n)
+/* ---------------- attention ----------------
+ * binary16 accumulator helpers: every element is rounded to binary16 after
+ * each operation, as llama.cpp's CPU flash attention does. */
+
+static inline void scale_f16(uint16_t *acc, float s, int n)
 {
     int i = 0;
-    __m256 va = _mm256_set1_ps(a);
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(o + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128(
-                                                        (const __m128i *)(v + i))),
-                                                _mm256_loadu_ps(o + i)));
+    __m256 vs = _mm256_set1_ps(s);
+    for (; i + 8 <= n; i += 8) {
+        __m256 a = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(acc + i)));
+        _mm_storeu_si128((__m128i *)(acc + i),
+                         _mm256_cvtps_ph(_mm256_mul_ps(a, vs), _MM_FROUND_TO_NEAREST_INT));
+    }
     for (; i < n; i++)
-        o[i] += a * quant_f16_to_f32(v[i]);
+        acc[i] = quant_f32_to_f16(quant_f16_to_f32(acc[i]) * s);
 }
 
-/* ---------------- attention ---------------- */
+/* acc = round16(v * s + acc) */
+static inline void mad_f16(uint16_t *acc, const uint16_t *v, float s, int n)
+{
+    int i = 0;
+    __m256 vs = _mm256_set1_ps(s);
+    for (; i + 8 <= n; i += 8) {
+        __m256 a = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(acc + i)));
+        __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i)));
+        _mm_storeu_si128((__m128i *)(acc + i),
+                         _mm256_cvtps_ph(_mm256_fmadd_ps(x, vs, a), _MM_FROUND_TO_NEAREST_INT));
+    }
+    for (; i < n; i++)
+        acc[i] = quant_f32_to_f16(fmaf(quant_f16_to_f32(v[i]), s, quant_f16_to_f32(acc[i])));
+}
 
 struct att_job {
     struct backend *b;
@@ -182,7 +200,6 @@ static void att_run(void *arg, int ith, int nth)
     const struct model_hparams *hp = &b->hp;
     int hd = (int)hp->head_dim, nh = (int)hp->n_heads, group = nh / (int)hp->n_kv_heads;
     float scale = 1.0f / sqrtf((float)hd);
-    float *sc = b->scores + (size_t)ith * b->cfg.max_ctx;
     size_t seq_stride = (size_t)b->cfg.max_ctx * b->kv_dim;
     size_t layer_stride = (size_t)b->cfg.max_seqs * seq_stride;
     for (int task = ith; task < j->n_tok * nh; task += nth) {
@@ -194,12 +211,9 @@ static void att_run(void *arg, int ith, int nth)
         /* llama.cpp's CPU flash attention, whose rounding we follow so that
          * logits track the reference: q rounded to binary16, online softmax,
          * the output accumulated in binary16 */
-        uint16_t qh16[512];
         float qr[512];
-        for (int d = 0; d < hd; d++) {
-            qh16[d] = quant_f32_to_f16(qh[d]);
-            qr[d] = quant_f16_to_f32(qh16[d]);
-        }
+        for (int d = 0; d < hd; d++)
+            qr[d] = quant_f16_to_f32(quant_f32_to_f16(qh[d]));
         float *o = b->att + (size_t)t * b->q_dim + (size_t)h * hd;
         uint16_t acc[512];
         memset(acc, 0, sizeof(uint16_t) * hd);
@@ -211,21 +225,16 @@ static void att_run(void *arg, int ith, int nth)
                 float Mold = M;
                 M = sv;
                 ms = expf(Mold - M);
-                for (int d = 0; d < hd; d++)
-                    acc[d] = quant_f32_to_f16(quant_f16_to_f32(acc[d]) * ms);
+                scale_f16(acc, ms, hd);
             } else {
                 vs = expf(sv - M);
             }
-            const uint16_t *vr = vb + (size_t)i * b->kv_dim;
-            for (int d = 0; d < hd; d++)
-                acc[d] = quant_f32_to_f16(
-                    fmaf(quant_f16_to_f32(vr[d]), vs, quant_f16_to_f32(acc[d])));
+            mad_f16(acc, vb + (size_t)i * b->kv_dim, vs, hd);
             S = S * ms + vs;
         }
         float inv = 1.0f / S;
         for (int d = 0; d < hd; d++)
             o[d] = quant_f16_to_f32(acc[d]) * inv;
-        (void)sc;
     }
 }
 

@@ -88,13 +88,22 @@ static inline __m256i mul_s8(__m256i x, __m256i y)
 static float dot_q8_0(int64_t n, const void *w, const void *act)
 {
     const struct block_q8_0 *x = w, *y = act;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / QK; b++) {
-        __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
-        __m256i p = mul_s8(load32(x[b].qs), load32(y[b].qs));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t nb = n / QK, b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m256i p0 = mul_s8(load32(x[b].qs), load32(y[b].qs));
+        __m256i p1 = mul_s8(load32(x[b + 1].qs), load32(y[b + 1].qs));
+        __m256 d0 = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
+        __m256 d1 = _mm256_set1_ps(quant_f16_to_f32(x[b + 1].d) * quant_f16_to_f32(y[b + 1].d));
+        acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(p1), acc1);
     }
-    return hsum_ps(acc);
+    for (; b < nb; b++) {
+        __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
+        acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(mul_s8(load32(x[b].qs), load32(y[b].qs))),
+                               acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
 static inline __m256i unpack_nib(const uint8_t *qs)
@@ -115,6 +124,85 @@ static float dot_q4_0(int64_t n, const void *w, const void *act)
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(mul_s8(q, load32(y[b].qs))), acc);
     }
     return hsum_ps(acc);
+}
+
+/* 32 bits -> 32 bytes: 0xFF where the bit is set */
+static inline __m256i bits_to_bytes(const uint8_t *qh)
+{
+    uint32_t x;
+    memcpy(&x, qh, 4);
+    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2,
+                                          2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i sel = _mm256_set1_epi64x(0x8040201008040201LL);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), shuf);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel);
+}
+
+static inline __m256i q5_0_quants(const struct block_q5_0 *x)
+{
+    /* (nib | bit << 4) - 16 == nib | 0xF0 (as int8) when the bit is clear, nib when set */
+    return _mm256_or_si256(unpack_nib(x->qs),
+                           _mm256_andnot_si256(bits_to_bytes(x->qh), _mm256_set1_epi8((char)0xF0)));
+}
+
+static float dot_q5_0(int64_t n, const void *w, const void *act)
+{
+    const struct block_q5_0 *x = w;
+    const struct block_q8_0 *y = act;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t nb = n / QK, b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m256i p0 = mul_s8(q5_0_quants(&x[b]), load32(y[b].qs));
+        __m256i p1 = mul_s8(q5_0_quants(&x[b + 1]), load32(y[b + 1].qs));
+        __m256 d0 = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
+        __m256 d1 = _mm256_set1_ps(quant_f16_to_f32(x[b + 1].d) * quant_f16_to_f32(y[b + 1].d));
+        acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(p1), acc1);
+    }
+    for (; b < nb; b++) {
+        __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
+        acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(mul_s8(q5_0_quants(&x[b]), load32(y[b].qs))),
+                               acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+/* unsigned quants (0..31) x int8 -> 8 int32 */
+static inline __m256i mul_u8s8(__m256i q, __m256i y)
+{
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), _mm256_set1_epi16(1));
+}
+
+static float dot_q4_1(int64_t n, const void *w, const void *act)
+{
+    const struct block_q4_1 *x = w;
+    const struct block_q8_1 *y = act;
+    __m256 acc = _mm256_setzero_ps();
+    float summ = 0;
+    for (int64_t b = 0; b < n / QK; b++) {
+        __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
+        summ += quant_f16_to_f32(x[b].m) * quant_f16_to_f32(y[b].s);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(mul_u8s8(unpack_nib(x[b].qs), load32(y[b].qs))),
+                              acc);
+    }
+    return hsum_ps(acc) + summ;
+}
+
+static float dot_q5_1(int64_t n, const void *w, const void *act)
+{
+    const struct block_q5_1 *x = w;
+    const struct block_q8_1 *y = act;
+    const __m256i b4 = _mm256_set1_epi8(0x10);
+    __m256 acc = _mm256_setzero_ps();
+    float summ = 0;
+    for (int64_t b = 0; b < n / QK; b++) {
+        __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
+        summ += quant_f16_to_f32(x[b].m) * quant_f16_to_f32(y[b].s);
+        __m256i q = _mm256_or_si256(unpack_nib(x[b].qs),
+                                    _mm256_and_si256(bits_to_bytes(x[b].qh), b4));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(mul_u8s8(q, load32(y[b].qs))), acc);
+    }
+    return hsum_ps(acc) + summ;
 }
 
 /* ---- k-quants ---- */
@@ -279,9 +367,9 @@ kernels_dot_fn kernels_dot(uint32_t w, bool reference)
     case GGML_TYPE_F16: return reference ? ref_f16 : dot_f16;
     case GGML_TYPE_BF16: return reference ? ref_bf16 : dot_bf16;
     case GGML_TYPE_Q4_0: return reference ? ref_q4_0 : dot_q4_0;
-    case GGML_TYPE_Q4_1: return ref_q4_1;
-    case GGML_TYPE_Q5_0: return ref_q5_0;
-    case GGML_TYPE_Q5_1: return ref_q5_1;
+    case GGML_TYPE_Q4_1: return reference ? ref_q4_1 : dot_q4_1;
+    case GGML_TYPE_Q5_0: return reference ? ref_q5_0 : dot_q5_0;
+    case GGML_TYPE_Q5_1: return reference ? ref_q5_1 : dot_q5_1;
     case GGML_TYPE_Q8_0: return reference ? ref_q8_0 : dot_q8_0;
     case GGML_TYPE_Q2_K: return ref_q2_K;
     case GGML_TYPE_Q3_K: return ref_q3_K;

@@ -18,3 +18,6 @@ test_sample_SRC := tests/test_sample.c gpu_worker/sample.c
 
 TESTS += test_cpu_backend
 test_cpu_backend_SRC := tests/test_cpu_backend.c $(WORKER_CPU_SRC)
+
+BENCHES += bench-worker
+bench-worker_SRC := gpu_worker/bench_main.c $(WORKER_CPU_SRC)

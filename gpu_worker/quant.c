@@ -6,16 +6,6 @@
 #include <math.h>
 #include <string.h>
 
-float quant_f16_to_f32(uint16_t h)
-{
-    return _cvtsh_ss(h);
-}
-
-uint16_t quant_f32_to_f16(float f)
-{
-    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
-}
-
 float quant_bf16_to_f32(uint16_t h)
 {
     uint32_t u = (uint32_t)h << 16;

@@ -64,6 +64,7 @@
 
 #include "common/gguf.h"
 
+#include <immintrin.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -160,9 +161,16 @@ struct block_q8_K {
 };
 _Static_assert(sizeof(struct block_q8_K) == 292, "Q8_K block");
 
-/* binary16 / bfloat16 <-> float (round to nearest even). */
-float quant_f16_to_f32(uint16_t h);
-uint16_t quant_f32_to_f16(float f);
+/* binary16 / bfloat16 <-> float (round to nearest even). The binary16
+ * conversions are single F16C instructions (part of the build baseline). */
+static inline float quant_f16_to_f32(uint16_t h)
+{
+    return _cvtsh_ss(h);
+}
+static inline uint16_t quant_f32_to_f16(float f)
+{
+    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+}
 float quant_bf16_to_f32(uint16_t h);
 uint16_t quant_f32_to_bf16(float f);
 
