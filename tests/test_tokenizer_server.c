@@ -248,6 +248,47 @@ static void test_many_in_flight(void **st)
     stop(&f);
 }
 
+/* A slow request (1 MB of spaces: one pre-token word, ~1M BPE merges, about
+ * a second) does not hold up a small one sent after it from another client:
+ * the small reply arrives first. With one worker thread this fails. */
+static void test_slow_request_does_not_block(void **st)
+{
+    (void)st;
+    struct fixture f = {0};
+    START_OR_SKIP(&f, "vocab/ggml-vocab-qwen2.gguf", 2 << 20);
+    size_t n = 1000000;
+    char *big = malloc(n + 64);
+    int l = sprintf(big, "{\"id\":\"big\",\"op\":\"encode\",\"text\":\"");
+    memset(big + l, ' ', n);
+    strcpy(big + l + n, "\"}");
+    assert_int_equal(zmq_send(f.client, big, strlen(big), 0), (int)strlen(big));
+    free(big);
+    void *c2 = zmq_socket(f.zctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(c2, ZMQ_LINGER, &linger, sizeof(linger));
+    assert_int_equal(zmq_connect(c2, f.endpoint), 0);
+    usleep(20000); /* let the big one reach a worker first */
+    const char *small = "{\"id\":\"small\",\"op\":\"encode\",\"text\":\"Hello\"}";
+    assert_int_equal(zmq_send(c2, small, strlen(small), 0), (int)strlen(small));
+    zmq_pollitem_t it[2] = {{.socket = f.client, .events = ZMQ_POLLIN},
+                            {.socket = c2, .events = ZMQ_POLLIN}};
+    assert_true(zmq_poll(it, 2, 10000) >= 1);
+    assert_true(it[1].revents & ZMQ_POLLIN);   /* the small reply is there ... */
+    bool big_first = it[0].revents & ZMQ_POLLIN; /* ... and came before the big one */
+    assert_false(big_first);
+    char buf[256];
+    int r = zmq_recv(c2, buf, sizeof(buf) - 1, 0);
+    assert_true(r > 0);
+    buf[r] = 0;
+    assert_non_null(strstr(buf, "\"small\""));
+    json_t *j = recv_reply(&f); /* the big one completes too */
+    assert_string_equal(json_string_value(json_object_get(j, "id")), "big");
+    assert_true(json_array_size(json_object_get(j, "tokens")) > 1000);
+    json_decref(j);
+    zmq_close(c2);
+    stop(&f);
+}
+
 /* Stateless streaming: the caller carries "pending" between calls. */
 static void test_detok_pending(void **st)
 {
@@ -321,6 +362,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_encode_and_bad_requests),
         cmocka_unit_test(test_many_in_flight),
+        cmocka_unit_test(test_slow_request_does_not_block),
         cmocka_unit_test(test_detok_pending),
         cmocka_unit_test(test_chat_bos_once),
     };

@@ -20,7 +20,7 @@
 struct tok_server {
     void *zctx;
     void *front;   /* ROUTER, clients */
-    void *back;    /* DEALER, inproc to the workers */
+    void *back;    /* ROUTER, inproc to the workers */
     char inproc[64];
     const struct vocab *v;
     enum chat_family family;
@@ -28,6 +28,12 @@ struct tok_server {
     size_t max_bytes;
     char model[128];
     long long hang_at;   /* fault injection (0 = off) */
+    /* routing ids of the workers waiting for a request (a FIFO ring) */
+    struct {
+        uint8_t id[MAX_IDENT];
+        size_t len;
+    } *idle;
+    int idle_head, n_idle;
     long long n_requests;
     int n_threads;
     pthread_t *threads;
@@ -428,7 +434,7 @@ static void *worker_main(void *arg)
     if (!sock) return NULL;
     int linger = 0;
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof(linger));
-    if (zmq_connect(sock, s->inproc) < 0) {
+    if (zmq_connect(sock, s->inproc) < 0 || zmq_send(sock, "", 0, 0) < 0) {
         log_error("worker: connect %s: %s", s->inproc, zmq_strerror(zmq_errno()));
         zmq_close(sock);
         return NULL;
@@ -443,7 +449,7 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* Move one whole multipart message from a to b. */
+/* Move the rest of a multipart message from a to b. */
 static int forward(void *a, void *b)
 {
     for (;;) {
@@ -478,7 +484,7 @@ int tok_server_new(void *zctx, const struct tok_server_opts *o, const struct voc
     snprintf(s->inproc, sizeof(s->inproc), "inproc://tokenizer-workers-%p", (void *)s);
     int linger = 0, rc = ST_EIO;
     s->front = zmq_socket(zctx, ZMQ_ROUTER);
-    s->back = zmq_socket(zctx, ZMQ_DEALER);
+    s->back = zmq_socket(zctx, ZMQ_ROUTER);
     if (!s->front || !s->back) {
         st_errf(eb, ST_EIO, "zmq_socket: %s", zmq_strerror(zmq_errno()));
         goto err;
@@ -500,7 +506,8 @@ int tok_server_new(void *zctx, const struct tok_server_opts *o, const struct voc
     }
     s->n_threads = o->threads > 0 ? o->threads : 1;
     s->threads = calloc((size_t)s->n_threads, sizeof(*s->threads));
-    if (!s->threads) {
+    s->idle = calloc((size_t)s->n_threads, sizeof(*s->idle));
+    if (!s->threads || !s->idle) {
         rc = st_errf(eb, ST_ENOMEM, "out of memory");
         goto err;
     }
@@ -518,17 +525,61 @@ err:
     return rc;
 }
 
+/* A worker's message on the back socket: [worker][client][reply] (or
+ * [worker][""] when it starts). Either way the worker is idle again. */
+static int from_worker(struct tok_server *s)
+{
+    zmq_msg_t wid;
+    zmq_msg_init(&wid);
+    if (zmq_msg_recv(&wid, s->back, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&wid);
+        return zmq_errno() == EAGAIN ? 0 : ST_EIO;
+    }
+    int slot = (s->idle_head + s->n_idle) % s->n_threads;
+    size_t wl = zmq_msg_size(&wid) < MAX_IDENT ? zmq_msg_size(&wid) : MAX_IDENT;
+    memcpy(s->idle[slot].id, zmq_msg_data(&wid), wl);
+    s->idle[slot].len = wl;
+    s->n_idle++;
+    zmq_msg_close(&wid);
+    if (!more(s->back)) return 0;
+    zmq_msg_t first;
+    zmq_msg_init(&first);
+    if (zmq_msg_recv(&first, s->back, 0) < 0) {
+        zmq_msg_close(&first);
+        return ST_EIO;
+    }
+    if (!more(s->back)) { /* the start-up "ready" frame */
+        zmq_msg_close(&first);
+        return 0;
+    }
+    if (zmq_msg_send(&first, s->front, ZMQ_SNDMORE) < 0) zmq_msg_close(&first);
+    return forward(s->back, s->front);
+}
+
+/* A client's request goes to the longest-idle worker: [worker][client][frames...]. */
+static int to_worker(struct tok_server *s)
+{
+    int slot = s->idle_head;
+    if (zmq_send(s->back, s->idle[slot].id, s->idle[slot].len, ZMQ_SNDMORE) < 0) return ST_EIO;
+    s->idle_head = (s->idle_head + 1) % s->n_threads;
+    s->n_idle--;
+    return forward(s->front, s->back);
+}
+
 int tok_server_run(struct tok_server *s, volatile sig_atomic_t *stop)
 {
     while (!*stop) {
-        zmq_pollitem_t it[2] = {{.socket = s->front, .events = ZMQ_POLLIN},
-                                {.socket = s->back, .events = ZMQ_POLLIN}};
-        int n = zmq_poll(it, 2, 100);
+        /* requests wait in the front socket's queue while every worker is busy */
+        zmq_pollitem_t it[2] = {{.socket = s->back, .events = ZMQ_POLLIN},
+                                {.socket = s->front, .events = ZMQ_POLLIN}};
+        int n = zmq_poll(it, s->n_idle > 0 ? 2 : 1, 100);
         if (n < 0) {
             if (zmq_errno() == EINTR) continue;
             return ST_EIO;
         }
-        if ((it[0].revents & ZMQ_POLLIN) && s->hang_at > 0 && ++s->n_requests >= s->hang_at) {
+        if ((it[0].revents & ZMQ_POLLIN) && from_worker(s)) return ST_EIO;
+        if (s->n_idle == 0 || !(it[1].revents & ZMQ_POLLIN)) continue;
+        if (s->hang_at > 0 && ++s->n_requests >= s->hang_at) {
             log_warn("fault injection: request %lld, no longer answering", s->n_requests);
             while (!*stop) {
                 struct timespec ts = {0, 100 * 1000 * 1000};
@@ -536,8 +587,7 @@ int tok_server_run(struct tok_server *s, volatile sig_atomic_t *stop)
             }
             break;
         }
-        if ((it[0].revents & ZMQ_POLLIN) && forward(s->front, s->back)) return ST_EIO;
-        if ((it[1].revents & ZMQ_POLLIN) && forward(s->back, s->front)) return ST_EIO;
+        if (to_worker(s)) return ST_EIO;
     }
     return 0;
 }
@@ -549,6 +599,7 @@ void tok_server_destroy(struct tok_server **sp)
     atomic_store(&s->stopping, 1);
     for (int i = 0; i < s->n_started; i++) pthread_join(s->threads[i], NULL);
     free(s->threads);
+    free(s->idle);
     if (s->front) zmq_close(s->front);
     if (s->back) zmq_close(s->back);
     free(s->bos_text);

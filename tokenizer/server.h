@@ -4,9 +4,12 @@
  *
  * A ROUTER socket is bound at the endpoint; clients connect DEALER sockets and
  * send ONE frame holding a JSON object; each reply is ONE JSON frame. The
- * thread calling tok_server_run forwards requests to `threads` worker threads
- * (inproc DEALER fan-out, round robin) and their replies back, so requests
- * are handled in parallel and a long one does not stall the others.
+ * thread calling tok_server_run hands each request to an idle worker thread
+ * (`threads` of them, over an inproc ROUTER; a worker announces itself with
+ * an empty frame, then each reply marks it idle again) and passes the replies
+ * back. Requests are handled in parallel; while every worker is busy new ones
+ * wait in the socket queue, so a slow request (a 1 MiB text takes ~1-2 s)
+ * holds up only its own worker, never requests queued behind it elsewhere.
  *
  * Every malformed request (frame count, size over max_request_bytes, invalid
  * UTF-8, bad JSON, unknown op or field, values of the wrong type or range)
