@@ -31,11 +31,22 @@ struct spec {
 /* The writer plus where it put things, to patch and to name positions. */
 struct built {
     struct gguf_writer *w;
-    const char *keys[48];
+    const char *keys[48]; /* in the order written */
     int n_keys;
+    char key_store[48][64];
     const char *tensors[64];
     int n_tensors;
+    char tensor_store[64][64];
 };
+
+/* Remember a key (copied) in the order it is written; returns the copy. */
+static const char *note_key(struct built *b, const char *key)
+{
+    if (b->n_keys == 48) abort();
+    snprintf(b->key_store[b->n_keys], 64, "%s", key);
+    b->keys[b->n_keys] = b->key_store[b->n_keys];
+    return b->keys[b->n_keys++];
+}
 
 static int64_t key_index(const struct built *b, const char *key)
 {
@@ -73,21 +84,17 @@ static int hp_u32(struct built *b, const struct spec *s, const char *suffix, uin
 {
     if (s->omit_key && strcmp(s->omit_key, suffix) == 0) return 0;
     if (s->u32_key && strcmp(s->u32_key, suffix) == 0) v = s->u32_val;
-    static char names[16][64];
-    char *key = names[b->n_keys % 16];
-    snprintf(key, 64, "%s.%s", s->arch, suffix);
-    b->keys[b->n_keys++] = key;
-    return gguf_writer_add_u32(b->w, key, v);
+    char key[64];
+    snprintf(key, sizeof(key), "%s.%s", s->arch, suffix);
+    return gguf_writer_add_u32(b->w, note_key(b, key), v);
 }
 
 static int hp_f32(struct built *b, const struct spec *s, const char *suffix, float v)
 {
     if (s->omit_key && strcmp(s->omit_key, suffix) == 0) return 0;
-    static char names[4][64];
-    char *key = names[b->n_keys % 4];
-    snprintf(key, 64, "%s.%s", s->arch, suffix);
-    b->keys[b->n_keys++] = key;
-    return gguf_writer_add_f32(b->w, key, v);
+    char key[64];
+    snprintf(key, sizeof(key), "%s.%s", s->arch, suffix);
+    return gguf_writer_add_f32(b->w, note_key(b, key), v);
 }
 
 static int add_t(struct built *b, const struct spec *s, const char *name, uint64_t ne0,
@@ -99,10 +106,10 @@ static int add_t(struct built *b, const struct spec *s, const char *name, uint64
     if (s->reshape && strcmp(s->reshape, name) == 0) ne[nd - 1] *= 2;
     uint32_t type = s->f16_tensor && strcmp(s->f16_tensor, name) == 0 ? GGML_TYPE_F16
                                                                        : GGML_TYPE_F32;
-    static char names[64][64];
-    char *copy = names[b->n_tensors % 64];
-    snprintf(copy, 64, "%s", name);
-    b->tensors[b->n_tensors++] = copy;
+    if (b->n_tensors == 64) abort();
+    snprintf(b->tensor_store[b->n_tensors], 64, "%s", name);
+    b->tensors[b->n_tensors] = b->tensor_store[b->n_tensors];
+    b->n_tensors++;
     int64_t i = gguf_writer_add_tensor(b->w, name, type, nd, ne, NULL);
     return i < 0 ? (int)i : 0;
 }
@@ -113,14 +120,14 @@ static int build_base(const struct spec *s, struct built *b)
     b->w = gguf_writer_new(s->version, s->alignment);
     if (!b->w) return ST_ENOMEM;
     int rc = 0;
-    if (s->alignment != 32) b->keys[b->n_keys++] = "general.alignment";
+    if (s->alignment != 32) note_key(b, "general.alignment");
     if (!(s->omit_key && strcmp(s->omit_key, "general.architecture") == 0)) {
-        b->keys[b->n_keys++] = "general.architecture";
+        note_key(b, "general.architecture");
         rc = gguf_writer_add_str(b->w, "general.architecture", s->arch);
     }
-    b->keys[b->n_keys++] = "general.name";
+    note_key(b, "general.name");
     if (!rc) rc = gguf_writer_add_str(b->w, "general.name", "bad-gguf corpus base");
-    b->keys[b->n_keys++] = "general.file_type";
+    note_key(b, "general.file_type");
     if (!rc) rc = gguf_writer_add_u32(b->w, "general.file_type", 0);
     uint32_t hd = s->dim / s->heads;
     if (!rc) rc = hp_u32(b, s, "context_length", 256);
@@ -132,15 +139,15 @@ static int build_base(const struct spec *s, struct built *b)
     if (!rc) rc = hp_u32(b, s, "rope.dimension_count", hd);
     if (!rc) rc = hp_f32(b, s, "attention.layer_norm_rms_epsilon", 1e-5f);
     if (!rc) rc = hp_f32(b, s, "rope.freq_base", 10000.0f);
-    b->keys[b->n_keys++] = "tokenizer.ggml.model";
+    note_key(b, "tokenizer.ggml.model");
     if (!rc) rc = gguf_writer_add_str(b->w, "tokenizer.ggml.model", "llama");
-    b->keys[b->n_keys++] = "tokenizer.ggml.tokens";
+    note_key(b, "tokenizer.ggml.tokens");
     if (!rc) rc = gguf_writer_add_arr_str(b->w, "tokenizer.ggml.tokens", tokens, 8);
-    b->keys[b->n_keys++] = "tokenizer.ggml.scores";
+    note_key(b, "tokenizer.ggml.scores");
     if (!rc) rc = gguf_writer_add_arr(b->w, "tokenizer.ggml.scores", GGUF_F32, scores, 8);
-    b->keys[b->n_keys++] = "tokenizer.ggml.add_bos_token";
+    note_key(b, "tokenizer.ggml.add_bos_token");
     if (!rc) rc = gguf_writer_add_bool(b->w, "tokenizer.ggml.add_bos_token", true);
-    b->keys[b->n_keys++] = "tokenizer.ggml.bos_token_id";
+    note_key(b, "tokenizer.ggml.bos_token_id");
     if (!rc) rc = gguf_writer_add_u32(b->w, "tokenizer.ggml.bos_token_id", 1);
     if (rc) goto err;
 
