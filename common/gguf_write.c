@@ -14,7 +14,8 @@ static int bytes_put(struct bytes *b, const void *src, uint64_t n)
 {
     if (n > b->cap - b->len) {
         uint64_t cap = b->cap ? b->cap : 256;
-        while (cap - b->len < n) cap *= 2;
+        while (cap - b->len < n)
+            cap *= 2;
         uint8_t *p = realloc(b->p, cap);
         if (!p) return ST_ENOMEM;
         b->p = p;
@@ -52,12 +53,12 @@ struct wtensor {
 struct gguf_writer {
     uint32_t version;
     uint32_t alignment;
-    struct bytes kv;    /* serialized metadata entries */
+    struct bytes kv; /* serialized metadata entries */
     uint64_t n_kv;
-    char **keys;        /* for the duplicate check */
-    uint64_t *key_rel;  /* where each entry starts in kv */
+    char **keys;       /* for the duplicate check */
+    uint64_t *key_rel; /* where each entry starts in kv */
     uint64_t keys_cap;
-    struct bytes ti;    /* serialized tensor infos */
+    struct bytes ti; /* serialized tensor infos */
     struct wtensor *t;
     uint64_t n_t, t_cap;
     uint64_t data_size; /* end of the last tensor's data, relative */
@@ -83,10 +84,12 @@ void gguf_writer_destroy(struct gguf_writer **wp)
 {
     struct gguf_writer *w = *wp;
     if (!w) return;
-    for (uint64_t i = 0; i < w->n_kv; i++) free(w->keys[i]);
+    for (uint64_t i = 0; i < w->n_kv; i++)
+        free(w->keys[i]);
     free(w->keys);
     free(w->key_rel);
-    for (uint64_t i = 0; i < w->n_t; i++) free(w->t[i].name);
+    for (uint64_t i = 0; i < w->n_t; i++)
+        free(w->t[i].name);
     free(w->t);
     free(w->kv.p);
     free(w->ti.p);
@@ -213,10 +216,21 @@ int gguf_writer_add_str(struct gguf_writer *w, const char *key, const char *v)
 static uint32_t elem_size(uint32_t vt)
 {
     switch (vt) {
-    case GGUF_U8: case GGUF_I8: case GGUF_BOOL: return 1;
-    case GGUF_U16: case GGUF_I16: return 2;
-    case GGUF_U32: case GGUF_I32: case GGUF_F32: return 4;
-    case GGUF_U64: case GGUF_I64: case GGUF_F64: return 8;
+    case GGUF_U8:
+    case GGUF_I8:
+    case GGUF_BOOL:
+        return 1;
+    case GGUF_U16:
+    case GGUF_I16:
+        return 2;
+    case GGUF_U32:
+    case GGUF_I32:
+    case GGUF_F32:
+        return 4;
+    case GGUF_U64:
+    case GGUF_I64:
+    case GGUF_F64:
+        return 8;
     }
     return 0;
 }
@@ -280,7 +294,8 @@ static uint64_t value_len(const uint8_t *buf, uint64_t off, uint32_t vt)
     memcpy(&et, buf + off, 4);
     memcpy(&n, buf + off + 4, 8);
     if (elem_size(et)) return 12 + n * elem_size(et);
-    for (uint64_t i = 0; i < n; i++) p += value_len(buf, p, et);
+    for (uint64_t i = 0; i < n; i++)
+        p += value_len(buf, p, et);
     return p - off;
 }
 
@@ -319,15 +334,16 @@ static int64_t add_tensor(struct gguf_writer *w, const char *name, uint32_t type
     }
     struct wtensor *t = &w->t[w->n_t];
     t->size = n / be * ggml_type_block_bytes(type);
-    t->offset = explicit_off ? offset
-                             : (w->data_size + w->alignment - 1) / w->alignment * w->alignment;
+    t->offset =
+        explicit_off ? offset : (w->data_size + w->alignment - 1) / w->alignment * w->alignment;
     t->data = data;
     if (!(t->name = strdup(name))) return ST_ENOMEM;
     uint64_t mark = w->ti.len;
     t->info_rel = mark;
     int rc = bytes_str(&w->ti, name, strlen(name));
     if (!rc) rc = bytes_u32(&w->ti, n_dims);
-    for (uint32_t d = 0; d < n_dims && !rc; d++) rc = bytes_u64(&w->ti, ne[d]);
+    for (uint32_t d = 0; d < n_dims && !rc; d++)
+        rc = bytes_u64(&w->ti, ne[d]);
     if (!rc) rc = bytes_u32(&w->ti, type);
     if (!rc) rc = bytes_u64(&w->ti, t->offset);
     if (rc) {

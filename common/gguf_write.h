@@ -72,8 +72,8 @@ int gguf_writer_add_arr_str(struct gguf_writer *w, const char *key, const char *
  * bytes verbatim. Used to copy an entry from a parsed file (value bytes from
  * gguf_kv.value_off to the end of the value) and to craft bad files. The
  * key is still checked for duplicates. */
-int gguf_writer_add_raw(struct gguf_writer *w, const char *key, uint32_t type,
-                        const void *value, uint64_t len);
+int gguf_writer_add_raw(struct gguf_writer *w, const char *key, uint32_t type, const void *value,
+                        uint64_t len);
 
 /* Copy entry kv_idx of a parsed file, value and type unchanged. */
 int gguf_writer_copy_kv(struct gguf_writer *w, const struct gguf *g, int64_t kv_idx);

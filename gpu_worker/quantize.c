@@ -33,7 +33,8 @@ static float sse_sym(const float *x, int n, float d, int lo, int hi)
 {
     if (d == 0) {
         float e = 0;
-        for (int i = 0; i < n; i++) e += x[i] * x[i];
+        for (int i = 0; i < n; i++)
+            e += x[i] * x[i];
         return e;
     }
     float id = 1.0f / d, e = 0;
@@ -90,7 +91,8 @@ static float sse_aff(const float *x, int n, float s, float m, int nmax)
 {
     float e = 0;
     if (s <= 0) {
-        for (int i = 0; i < n; i++) e += (x[i] - m) * (x[i] - m);
+        for (int i = 0; i < n; i++)
+            e += (x[i] - m) * (x[i] - m);
         return e;
     }
     float is = 1.0f / s;
@@ -155,10 +157,12 @@ static void q8_0(const float *x, struct block_q8_0 *y, int64_t nb)
 {
     for (int64_t b = 0; b < nb; b++, x += QK) {
         float amax = 0;
-        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < QK; j++)
+            amax = fmaxf(amax, fabsf(x[j]));
         float d = as_half(amax / 127.0f), id = d ? 1.0f / d : 0;
         y[b].d = quant_f32_to_f16(d);
-        for (int j = 0; j < QK; j++) y[b].qs[j] = (int8_t)round_q(x[j] * id, -127, 127);
+        for (int j = 0; j < QK; j++)
+            y[b].qs[j] = (int8_t)round_q(x[j] * id, -127, 127);
     }
 }
 
@@ -169,7 +173,8 @@ static void sym_32(const float *x, int bits, uint16_t *d_out, uint8_t *q)
     float d = as_half(fit_sym(x, QK, -bias, bias - 1, true));
     *d_out = quant_f32_to_f16(d);
     float id = d ? 1.0f / d : 0;
-    for (int j = 0; j < QK; j++) q[j] = (uint8_t)(round_q(x[j] * id, -bias, bias - 1) + bias);
+    for (int j = 0; j < QK; j++)
+        q[j] = (uint8_t)(round_q(x[j] * id, -bias, bias - 1) + bias);
 }
 
 /* Q4_1 / Q5_1: x = d * q + m. */
@@ -182,18 +187,21 @@ static void aff_32(const float *x, int bits, uint16_t *d_out, uint16_t *m_out, u
     *d_out = quant_f32_to_f16(d);
     *m_out = quant_f32_to_f16(mh);
     float id = d ? 1.0f / d : 0;
-    for (int j = 0; j < QK; j++) q[j] = (uint8_t)round_q((x[j] - mh) * id, 0, nmax);
+    for (int j = 0; j < QK; j++)
+        q[j] = (uint8_t)round_q((x[j] - mh) * id, 0, nmax);
 }
 
 static void pack_nibbles_32(const uint8_t *q, uint8_t *qs)
 {
-    for (int j = 0; j < QK / 2; j++) qs[j] = (uint8_t)((q[j] & 15) | (q[j + 16] & 15) << 4);
+    for (int j = 0; j < QK / 2; j++)
+        qs[j] = (uint8_t)((q[j] & 15) | (q[j + 16] & 15) << 4);
 }
 
 static void pack_high_32(const uint8_t *q, uint8_t *qh)
 {
     uint32_t h = 0;
-    for (int j = 0; j < QK; j++) h |= (uint32_t)((q[j] >> 4) & 1) << j;
+    for (int j = 0; j < QK; j++)
+        h |= (uint32_t)((q[j] >> 4) & 1) << j;
     memcpy(qh, &h, 4);
 }
 
@@ -341,7 +349,8 @@ static void q2_K(const float *x, struct block_q2_K *y, int64_t nb)
         kquant_aff(x, 16, 16, 3, 15, &d, &dmin, q, sc, mn);
         y[b].d = quant_f32_to_f16(d);
         y[b].dmin = quant_f32_to_f16(dmin);
-        for (int s = 0; s < 16; s++) y[b].scales[s] = (uint8_t)(sc[s] | mn[s] << 4);
+        for (int s = 0; s < 16; s++)
+            y[b].scales[s] = (uint8_t)(sc[s] | mn[s] << 4);
         memset(y[b].qs, 0, sizeof(y[b].qs));
         for (int e = 0; e < QK_K; e++) {
             int h = e / 128, r = e % 128;
@@ -381,7 +390,8 @@ static void q6_K(const float *x, struct block_q6_K *y, int64_t nb)
     for (int64_t b = 0; b < nb; b++, x += QK_K) {
         float d = kquant_sym(x, -32, 31, 127, q, sc);
         y[b].d = quant_f32_to_f16(d);
-        for (int s = 0; s < 16; s++) y[b].scales[s] = (int8_t)sc[s];
+        for (int s = 0; s < 16; s++)
+            y[b].scales[s] = (int8_t)sc[s];
         memset(y[b].ql, 0, sizeof(y[b].ql));
         memset(y[b].qh, 0, sizeof(y[b].qh));
         for (int e = 0; e < QK_K; e++) {
@@ -402,12 +412,14 @@ static void to_f16(const float *x, uint16_t *y, int64_t n)
         __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT);
         _mm_storeu_si128((__m128i *)(y + i), h);
     }
-    for (; i < n; i++) y[i] = quant_f32_to_f16(x[i]);
+    for (; i < n; i++)
+        y[i] = quant_f32_to_f16(x[i]);
 }
 
 static void to_bf16(const float *x, uint16_t *y, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++) y[i] = quant_f32_to_bf16(x[i]);
+    for (int64_t i = 0; i < n; i++)
+        y[i] = quant_f32_to_bf16(x[i]);
 }
 
 bool quantize_supported(uint32_t type)
@@ -421,20 +433,47 @@ int quantize_row(uint32_t type, const float *x, void *dst, int64_t n)
     if (!quantize_supported(type) || n < 0 || n % be) return ST_EINVAL;
     int64_t nb = n / be;
     switch (type) {
-    case GGML_TYPE_F32: memcpy(dst, x, (size_t)n * 4); break;
-    case GGML_TYPE_F16: to_f16(x, dst, n); break;
-    case GGML_TYPE_BF16: to_bf16(x, dst, n); break;
-    case GGML_TYPE_Q8_0: q8_0(x, dst, nb); break;
-    case GGML_TYPE_Q4_0: q4_0(x, dst, nb); break;
-    case GGML_TYPE_Q4_1: q4_1(x, dst, nb); break;
-    case GGML_TYPE_Q5_0: q5_0(x, dst, nb); break;
-    case GGML_TYPE_Q5_1: q5_1(x, dst, nb); break;
-    case GGML_TYPE_Q2_K: q2_K(x, dst, nb); break;
-    case GGML_TYPE_Q3_K: q3_K(x, dst, nb); break;
-    case GGML_TYPE_Q4_K: q4_K(x, dst, nb); break;
-    case GGML_TYPE_Q5_K: q5_K(x, dst, nb); break;
-    case GGML_TYPE_Q6_K: q6_K(x, dst, nb); break;
-    default: return ST_EINVAL;
+    case GGML_TYPE_F32:
+        memcpy(dst, x, (size_t)n * 4);
+        break;
+    case GGML_TYPE_F16:
+        to_f16(x, dst, n);
+        break;
+    case GGML_TYPE_BF16:
+        to_bf16(x, dst, n);
+        break;
+    case GGML_TYPE_Q8_0:
+        q8_0(x, dst, nb);
+        break;
+    case GGML_TYPE_Q4_0:
+        q4_0(x, dst, nb);
+        break;
+    case GGML_TYPE_Q4_1:
+        q4_1(x, dst, nb);
+        break;
+    case GGML_TYPE_Q5_0:
+        q5_0(x, dst, nb);
+        break;
+    case GGML_TYPE_Q5_1:
+        q5_1(x, dst, nb);
+        break;
+    case GGML_TYPE_Q2_K:
+        q2_K(x, dst, nb);
+        break;
+    case GGML_TYPE_Q3_K:
+        q3_K(x, dst, nb);
+        break;
+    case GGML_TYPE_Q4_K:
+        q4_K(x, dst, nb);
+        break;
+    case GGML_TYPE_Q5_K:
+        q5_K(x, dst, nb);
+        break;
+    case GGML_TYPE_Q6_K:
+        q6_K(x, dst, nb);
+        break;
+    default:
+        return ST_EINVAL;
     }
     return 0;
 }
@@ -467,16 +506,18 @@ int quantize_rows(uint32_t type, const float *x, void *dst, int64_t n_rows, int6
     pthread_t tids[64];
     bool started[64] = {false};
     for (int t = 0; t < n_threads; t++) {
-        jobs[t] = (struct rows_job){type, x, dst, n_rows * t / n_threads,
-                                    n_rows * (t + 1) / n_threads, n_per_row, rb};
+        jobs[t] = (struct rows_job){
+            type, x, dst, n_rows * t / n_threads, n_rows * (t + 1) / n_threads, n_per_row, rb};
         if (t > 0) {
             started[t] = pthread_create(&tids[t], NULL, rows_thread, &jobs[t]) == 0;
         }
     }
     rows_thread(&jobs[0]);
     for (int t = 1; t < n_threads; t++) {
-        if (started[t]) pthread_join(tids[t], NULL);
-        else rows_thread(&jobs[t]); /* no thread: do its share here */
+        if (started[t])
+            pthread_join(tids[t], NULL);
+        else
+            rows_thread(&jobs[t]); /* no thread: do its share here */
     }
     return 0;
 }

@@ -55,8 +55,8 @@ static void test_corpus_rejected(void **state)
         char msg[512];
         int rc = corpus_check(f.buf, f.len, msg, sizeof(msg));
         if (rc == 0 || !strstr(msg, f.expect))
-            fail_msg("%s: rc %d, message '%s', expected it to contain '%s'",
-                     corpus_cases[i].name, rc, msg, f.expect);
+            fail_msg("%s: rc %d, message '%s', expected it to contain '%s'", corpus_cases[i].name,
+                     rc, msg, f.expect);
         corpus_file_free(&f);
     }
     print_message("%zu bad files rejected with their expected messages\n", corpus_n_cases);
@@ -172,8 +172,7 @@ static void test_writer_all_value_types(void **state)
         memcpy(p, &et, 4), memcpy(p + 4, &n, 8), p += 12;
         memcpy(p, &et2, 4), memcpy(p + 4, &n1, 8), memcpy(p + 12, &v7, 2), p += 14;
         memcpy(p, &et2, 4), memcpy(p + 4, &n2, 8), memcpy(p + 12, &v8, 2), memcpy(p + 14, &v9, 2);
-        assert_int_equal(gguf_writer_add_raw(w, "t.nested", GGUF_ARRAY, nested, sizeof(nested)),
-                         0);
+        assert_int_equal(gguf_writer_add_raw(w, "t.nested", GGUF_ARRAY, nested, sizeof(nested)), 0);
         /* writer refuses duplicates and bad input */
         assert_int_equal(gguf_writer_add_u8(w, "t.u8", 1), ST_EEXIST);
         assert_int_equal(gguf_writer_add_u8(w, "", 1), ST_EINVAL);
@@ -216,7 +215,8 @@ static void test_writer_all_value_types(void **state)
         assert_true(gguf_get_bool(g, "t.bool", &b) && b);
         assert_false(gguf_get_u64(g, "t.bool", &u));
         assert_true(gguf_get_str(g, "t.str", &str) && gguf_str_eq(str, "h\xc3\xa9llo"));
-        assert_true(gguf_get_str(g, "t.bin", &str) && str.len == 3 && memcmp(str.p, "a\0b", 3) == 0);
+        assert_true(gguf_get_str(g, "t.bin", &str) && str.len == 3 &&
+                    memcmp(str.p, "a\0b", 3) == 0);
         assert_true(gguf_get_str(g, "t.empty", &str) && str.len == 0);
         assert_false(gguf_get_str(g, "t.u8", &str));
         assert_false(gguf_get_str(g, "absent", &str));
@@ -253,8 +253,10 @@ static void test_writer_alignment_and_copy(void **state)
     struct gguf_writer *w = gguf_writer_new(3, 64);
     assert_non_null(w);
     float a[40], b[64];
-    for (int i = 0; i < 40; i++) a[i] = (float)i;
-    for (int i = 0; i < 64; i++) b[i] = -(float)i;
+    for (int i = 0; i < 40; i++)
+        a[i] = (float)i;
+    for (int i = 0; i < 64; i++)
+        b[i] = -(float)i;
     uint64_t ne_a[1] = {40}, ne_b[2] = {32, 2};
     assert_int_equal(gguf_writer_add_tensor(w, "a", GGML_TYPE_F32, 1, ne_a, a), 0);
     assert_int_equal(gguf_writer_add_tensor(w, "b", GGML_TYPE_F32, 2, ne_b, b), 1);
@@ -279,7 +281,8 @@ static void test_writer_alignment_and_copy(void **state)
 
     /* copy every entry into a second file: the values are byte-identical */
     struct gguf_writer *w2 = gguf_writer_new(3, 32);
-    for (uint64_t i = 0; i < g->n_kv; i++) assert_int_equal(gguf_writer_copy_kv(w2, g, i), 0);
+    for (uint64_t i = 0; i < g->n_kv; i++)
+        assert_int_equal(gguf_writer_copy_kv(w2, g, i), 0);
     uint8_t *buf2;
     uint64_t len2;
     assert_int_equal(gguf_writer_to_mem(w2, &buf2, &len2), 0);
@@ -303,11 +306,11 @@ static void test_type_table(void **state)
         uint32_t t;
         const char *name;
         uint32_t elems, bytes;
-    } want[] = {{GGML_TYPE_F32, "F32", 1, 4},      {GGML_TYPE_F16, "F16", 1, 2},
-                {GGML_TYPE_BF16, "BF16", 1, 2},    {GGML_TYPE_Q4_0, "Q4_0", 32, 18},
-                {GGML_TYPE_Q4_1, "Q4_1", 32, 20},  {GGML_TYPE_Q5_0, "Q5_0", 32, 22},
-                {GGML_TYPE_Q5_1, "Q5_1", 32, 24},  {GGML_TYPE_Q8_0, "Q8_0", 32, 34},
-                {GGML_TYPE_Q2_K, "Q2_K", 256, 84}, {GGML_TYPE_Q3_K, "Q3_K", 256, 110},
+    } want[] = {{GGML_TYPE_F32, "F32", 1, 4},       {GGML_TYPE_F16, "F16", 1, 2},
+                {GGML_TYPE_BF16, "BF16", 1, 2},     {GGML_TYPE_Q4_0, "Q4_0", 32, 18},
+                {GGML_TYPE_Q4_1, "Q4_1", 32, 20},   {GGML_TYPE_Q5_0, "Q5_0", 32, 22},
+                {GGML_TYPE_Q5_1, "Q5_1", 32, 24},   {GGML_TYPE_Q8_0, "Q8_0", 32, 34},
+                {GGML_TYPE_Q2_K, "Q2_K", 256, 84},  {GGML_TYPE_Q3_K, "Q3_K", 256, 110},
                 {GGML_TYPE_Q4_K, "Q4_K", 256, 144}, {GGML_TYPE_Q5_K, "Q5_K", 256, 176},
                 {GGML_TYPE_Q6_K, "Q6_K", 256, 210}};
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
@@ -373,7 +376,8 @@ static void test_stories260k(void **state)
     assert_int_equal(t.ne[1], 32);
     assert_false(model_tensor_l(m, 5, "attn_k.weight", &t));
     uint64_t total = 0;
-    for (uint64_t i = 0; i < g->n_tensors; i++) total += g->tensors[i].size;
+    for (uint64_t i = 0; i < g->n_tensors; i++)
+        total += g->tensors[i].size;
     assert_int_equal(total, 292800 * 4); /* 292,800 F32 parameters */
     /* tokenizer facts from the README */
     uint32_t et;
@@ -463,7 +467,7 @@ static void test_vocab_only(void **state)
 
 static void test_ref_models(void **state)
 {
-    const char *types_q[] = {"F32",  "F16",  "BF16", "Q8_0",   "Q4_0",   "Q4_1",   "Q5_0",
+    const char *types_q[] = {"F32",  "F16",  "BF16",   "Q8_0",   "Q4_0",   "Q4_1", "Q5_0",
                              "Q5_1", "Q2_K", "Q3_K_S", "Q4_K_S", "Q5_K_S", "Q6_K", "Q4_K_M"};
     const char *types_l[] = {"F32", "F16", "Q8_0", "Q6_K", "Q4_K_M"};
     for (int a = 0; a < 2; a++) {
@@ -547,8 +551,10 @@ static int walk(const char *dir, int *n_ok, int *n_vocab, int *n_v1)
             (*n_v1)++;
             continue;
         }
-        if (gguf_is_vocab_only(m->gguf)) (*n_vocab)++;
-        else (*n_ok)++;
+        if (gguf_is_vocab_only(m->gguf))
+            (*n_vocab)++;
+        else
+            (*n_ok)++;
         model_close(&m);
     }
     closedir(d);

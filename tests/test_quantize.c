@@ -60,10 +60,10 @@ struct bound {
 
 /* Gaussian data, 64 rows of 4096. */
 static const struct bound gauss_bounds[] = {
-    {GGML_TYPE_F32, 0.0},      {GGML_TYPE_F16, 0.00025},  {GGML_TYPE_BF16, 0.003},
-    {GGML_TYPE_Q8_0, 0.010},   {GGML_TYPE_Q6_K, 0.020},  {GGML_TYPE_Q5_0, 0.046},
-    {GGML_TYPE_Q5_1, 0.040},   {GGML_TYPE_Q5_K, 0.040},  {GGML_TYPE_Q4_0, 0.090},
-    {GGML_TYPE_Q4_1, 0.080},   {GGML_TYPE_Q4_K, 0.080},  {GGML_TYPE_Q3_K, 0.165},
+    {GGML_TYPE_F32, 0.0},    {GGML_TYPE_F16, 0.00025}, {GGML_TYPE_BF16, 0.003},
+    {GGML_TYPE_Q8_0, 0.010}, {GGML_TYPE_Q6_K, 0.020},  {GGML_TYPE_Q5_0, 0.046},
+    {GGML_TYPE_Q5_1, 0.040}, {GGML_TYPE_Q5_K, 0.040},  {GGML_TYPE_Q4_0, 0.090},
+    {GGML_TYPE_Q4_1, 0.080}, {GGML_TYPE_Q4_K, 0.080},  {GGML_TYPE_Q3_K, 0.165},
     {GGML_TYPE_Q2_K, 0.310},
 };
 
@@ -73,7 +73,8 @@ static void test_gaussian_error_bounds(void **state)
     float *x = malloc(n * rows * sizeof(float)), *y = malloc(n * sizeof(float));
     assert_non_null(x);
     assert_non_null(y);
-    for (int64_t i = 0; i < n * rows; i++) x[i] = 0.02f * gauss();
+    for (int64_t i = 0; i < n * rows; i++)
+        x[i] = 0.02f * gauss();
     for (size_t k = 0; k < sizeof(gauss_bounds) / sizeof(gauss_bounds[0]); k++) {
         uint32_t t = gauss_bounds[k].type;
         double worst = 0, sum = 0;
@@ -104,20 +105,25 @@ static void test_special_rows(void **state)
         for (int i = 0; i < n; i++)
             if (y[i] != 0) fail_msg("%s: zero row gives %g at %d", ggml_type_name(t), y[i], i);
         /* a constant row (all elements equal) */
-        for (int i = 0; i < n; i++) x[i] = 0.75f;
+        for (int i = 0; i < n; i++)
+            x[i] = 0.75f;
         double e = round_trip(t, x, y, n);
         if (e > 0.01) fail_msg("%s: constant row error %g", ggml_type_name(t), e);
         /* one outlier per block: the others may lose precision, the outlier not */
-        for (int i = 0; i < n; i++) x[i] = 0.01f * gauss();
-        for (int i = 0; i < n; i += 256) x[i] = 5.0f;
+        for (int i = 0; i < n; i++)
+            x[i] = 0.01f * gauss();
+        for (int i = 0; i < n; i += 256)
+            x[i] = 5.0f;
         round_trip(t, x, y, n);
         for (int i = 0; i < n; i += 256)
             if (fabsf(y[i] - 5.0f) > 0.05f)
                 fail_msg("%s: outlier 5.0 comes back as %g", ggml_type_name(t), y[i]);
         /* scaled data: the relative error does not depend on the scale */
-        for (int i = 0; i < n; i++) x[i] = gauss();
+        for (int i = 0; i < n; i++)
+            x[i] = gauss();
         double e1 = round_trip(t, x, y, n);
-        for (int i = 0; i < n; i++) x[i] *= 1e-3f;
+        for (int i = 0; i < n; i++)
+            x[i] *= 1e-3f;
         double e2 = round_trip(t, x, y, n);
         if (fabs(e1 - e2) > 0.02 + 0.2 * e1)
             fail_msg("%s: error %g at scale 1, %g at scale 1e-3", ggml_type_name(t), e1, e2);
@@ -133,7 +139,8 @@ static void test_threads_same_bytes(void **state)
     const int64_t n = 1024, rows = 37;
     float *x = malloc(n * rows * sizeof(float));
     assert_non_null(x);
-    for (int64_t i = 0; i < n * rows; i++) x[i] = gauss();
+    for (int64_t i = 0; i < n * rows; i++)
+        x[i] = gauss();
     uint32_t types[3] = {GGML_TYPE_Q4_K, GGML_TYPE_Q6_K, GGML_TYPE_Q5_0};
     for (int k = 0; k < 3; k++) {
         uint64_t bytes = ggml_row_bytes(types[k], n) * rows;
@@ -200,13 +207,19 @@ static void test_against_llama_cpp(void **state)
         uint32_t type;
         double factor; /* ours may be at most this much worse than llama.cpp's */
     } cases[] = {
-        {"ref-qwen2.Q8_0.gguf", GGML_TYPE_Q8_0, 1.05},   {"ref-qwen2.Q6_K.gguf", GGML_TYPE_Q6_K, 1.10},
-        {"ref-qwen2.Q5_0.gguf", GGML_TYPE_Q5_0, 1.10},   {"ref-qwen2.Q5_1.gguf", GGML_TYPE_Q5_1, 1.10},
-        {"ref-qwen2.Q5_K_S.gguf", GGML_TYPE_Q5_K, 1.10}, {"ref-qwen2.Q4_0.gguf", GGML_TYPE_Q4_0, 1.10},
-        {"ref-qwen2.Q4_1.gguf", GGML_TYPE_Q4_1, 1.10},   {"ref-qwen2.Q4_K_S.gguf", GGML_TYPE_Q4_K, 1.10},
-        {"ref-qwen2.Q3_K_S.gguf", GGML_TYPE_Q3_K, 1.15}, {"ref-qwen2.Q2_K.gguf", GGML_TYPE_Q2_K, 1.15},
+        {"ref-qwen2.Q8_0.gguf", GGML_TYPE_Q8_0, 1.05},
+        {"ref-qwen2.Q6_K.gguf", GGML_TYPE_Q6_K, 1.10},
+        {"ref-qwen2.Q5_0.gguf", GGML_TYPE_Q5_0, 1.10},
+        {"ref-qwen2.Q5_1.gguf", GGML_TYPE_Q5_1, 1.10},
+        {"ref-qwen2.Q5_K_S.gguf", GGML_TYPE_Q5_K, 1.10},
+        {"ref-qwen2.Q4_0.gguf", GGML_TYPE_Q4_0, 1.10},
+        {"ref-qwen2.Q4_1.gguf", GGML_TYPE_Q4_1, 1.10},
+        {"ref-qwen2.Q4_K_S.gguf", GGML_TYPE_Q4_K, 1.10},
+        {"ref-qwen2.Q3_K_S.gguf", GGML_TYPE_Q3_K, 1.15},
+        {"ref-qwen2.Q2_K.gguf", GGML_TYPE_Q2_K, 1.15},
     };
-    const char *tensors[3] = {"blk.0.ffn_up.weight", "blk.1.attn_q.weight", "blk.3.ffn_down.weight"};
+    const char *tensors[3] = {"blk.0.ffn_up.weight", "blk.1.attn_q.weight",
+                              "blk.3.ffn_down.weight"};
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         const char *path = ref_path(cases[c].file);
         if (!path) skip();

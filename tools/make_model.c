@@ -127,10 +127,15 @@ static uint32_t type_by_name(const char *name)
 static uint32_t fallback(uint32_t type)
 {
     switch (type) {
-    case GGML_TYPE_Q2_K: case GGML_TYPE_Q3_K: return GGML_TYPE_Q4_0;
-    case GGML_TYPE_Q4_K: return GGML_TYPE_Q5_0;
-    case GGML_TYPE_Q5_K: return GGML_TYPE_Q5_1;
-    case GGML_TYPE_Q6_K: return GGML_TYPE_Q8_0;
+    case GGML_TYPE_Q2_K:
+    case GGML_TYPE_Q3_K:
+        return GGML_TYPE_Q4_0;
+    case GGML_TYPE_Q4_K:
+        return GGML_TYPE_Q5_0;
+    case GGML_TYPE_Q5_K:
+        return GGML_TYPE_Q5_1;
+    case GGML_TYPE_Q6_K:
+        return GGML_TYPE_Q8_0;
     }
     return GGML_TYPE_F16;
 }
@@ -144,9 +149,10 @@ static int assign_types(const char *mix, struct plan_tensor *t, int n, uint32_t 
     /* llama.cpp's file type numbers, for tools that show them */
     static const struct {
         uint32_t type, ftype;
-    } ft[] = {{GGML_TYPE_F32, 0},   {GGML_TYPE_F16, 1},   {GGML_TYPE_Q4_0, 2},  {GGML_TYPE_Q4_1, 3},
-              {GGML_TYPE_Q8_0, 7},  {GGML_TYPE_Q5_0, 8},  {GGML_TYPE_Q5_1, 9},  {GGML_TYPE_Q2_K, 10},
-              {GGML_TYPE_Q3_K, 11}, {GGML_TYPE_Q4_K, 14}, {GGML_TYPE_Q5_K, 16}, {GGML_TYPE_Q6_K, 18},
+    } ft[] = {{GGML_TYPE_F32, 0},   {GGML_TYPE_F16, 1},   {GGML_TYPE_Q4_0, 2},
+              {GGML_TYPE_Q4_1, 3},  {GGML_TYPE_Q8_0, 7},  {GGML_TYPE_Q5_0, 8},
+              {GGML_TYPE_Q5_1, 9},  {GGML_TYPE_Q2_K, 10}, {GGML_TYPE_Q3_K, 11},
+              {GGML_TYPE_Q4_K, 14}, {GGML_TYPE_Q5_K, 16}, {GGML_TYPE_Q6_K, 18},
               {GGML_TYPE_BF16, 32}};
     *file_type = 0;
     for (size_t i = 0; i < sizeof(ft) / sizeof(ft[0]); i++)
@@ -179,7 +185,8 @@ static uint64_t splitmix64(uint64_t x)
 static uint64_t name_hash(const char *s)
 {
     uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ull;
     return h;
 }
 
@@ -189,7 +196,8 @@ static void gen_row(uint64_t seed, uint64_t name_h, enum role role, uint64_t row
                     uint64_t n)
 {
     if (role == R_NORM) {
-        for (uint64_t i = 0; i < n; i++) x[i] = 1.0f;
+        for (uint64_t i = 0; i < n; i++)
+            x[i] = 1.0f;
         return;
     }
     uint64_t s = splitmix64(seed ^ splitmix64(name_h ^ splitmix64(row)));
@@ -217,9 +225,8 @@ static uint64_t arr_end(const struct gguf *g, const struct gguf_kv *kv)
         memcpy(&len, g->buf + p, 8);
         return p + 8 + len;
     }
-    uint32_t es = kv->arr_type == GGUF_F32 || kv->arr_type == GGUF_I32 || kv->arr_type == GGUF_U32
-                      ? 4
-                      : 0;
+    uint32_t es =
+        kv->arr_type == GGUF_F32 || kv->arr_type == GGUF_I32 || kv->arr_type == GGUF_U32 ? 4 : 0;
     return kv->arr_data_off + kv->arr_n * es;
 }
 
@@ -230,7 +237,9 @@ static int copy_padded(struct gguf_writer *w, const struct gguf *g, const struct
     uint64_t have = kv->arr_n, body = arr_end(g, kv) - kv->arr_data_off, extra = 0;
     for (uint64_t i = have; i < n_vocab; i++) {
         char pad[32];
-        extra += kv->arr_type == GGUF_STRING ? 8 + (uint64_t)snprintf(pad, sizeof(pad), "[PAD%" PRIu64 "]", i) : 4;
+        extra += kv->arr_type == GGUF_STRING
+                     ? 8 + (uint64_t)snprintf(pad, sizeof(pad), "[PAD%" PRIu64 "]", i)
+                     : 4;
     }
     uint8_t *v = malloc(12 + body + extra);
     if (!v) return ST_ENOMEM;
@@ -275,8 +284,7 @@ static int copy_tokenizer(struct gguf_writer *w, const struct gguf *g, uint64_t 
         const struct gguf_kv *kv = &g->kv[i];
         if (kv->key.len < 10 || memcmp(kv->key.p, "tokenizer.", 10) != 0) continue;
         char key[128];
-        snprintf(key, sizeof(key), "%.*s", (int)(kv->key.len > 127 ? 127 : kv->key.len),
-                 kv->key.p);
+        snprintf(key, sizeof(key), "%.*s", (int)(kv->key.len > 127 ? 127 : kv->key.len), kv->key.p);
         bool pad = n_tok < n_vocab && kv->type == GGUF_ARRAY && kv->arr_n == n_tok &&
                    (strcmp(key, "tokenizer.ggml.tokens") == 0 ||
                     (strcmp(key, "tokenizer.ggml.token_type") == 0 && kv->arr_type == GGUF_I32) ||
@@ -326,15 +334,24 @@ static int fill_chunk(uint64_t seed, const struct plan_tensor *t, uint64_t base,
     if (n_threads > 16) n_threads = 16;
     uint64_t rb = ggml_row_bytes(t->type, t->ne0), name_h = name_hash(t->name);
     for (int i = 0; i < n_threads; i++) {
-        jobs[i] = (struct fill_job){seed, name_h, t, rows * (uint64_t)i / (uint64_t)n_threads,
-                                    rows * (uint64_t)(i + 1) / (uint64_t)n_threads, base, out, rb, 0};
+        jobs[i] = (struct fill_job){seed,
+                                    name_h,
+                                    t,
+                                    rows * (uint64_t)i / (uint64_t)n_threads,
+                                    rows * (uint64_t)(i + 1) / (uint64_t)n_threads,
+                                    base,
+                                    out,
+                                    rb,
+                                    0};
         if (i > 0) started[i] = pthread_create(&tid[i], NULL, fill_rows, &jobs[i]) == 0;
     }
     fill_rows(&jobs[0]);
     int rc = jobs[0].rc;
     for (int i = 1; i < n_threads; i++) {
-        if (started[i]) pthread_join(tid[i], NULL);
-        else fill_rows(&jobs[i]);
+        if (started[i])
+            pthread_join(tid[i], NULL);
+        else
+            fill_rows(&jobs[i]);
         if (jobs[i].rc) rc = jobs[i].rc;
     }
     return rc;
@@ -392,7 +409,8 @@ static int build_writer(const struct make_model_opts *o, const struct plan_tenso
                         struct st_errbuf *eb)
 {
     uint64_t n_params = 0;
-    for (int i = 0; i < n_t; i++) n_params += t[i].ne0 * (t[i].ne1 ? t[i].ne1 : 1);
+    for (int i = 0; i < n_t; i++)
+        n_params += t[i].ne0 * (t[i].ne1 ? t[i].ne1 : 1);
     struct gguf_writer *w = gguf_writer_new(3, 32);
     if (!w) return st_errf(eb, ST_ENOMEM, "out of memory");
     int rc = add_metadata(w, o, ftype, n_params);
@@ -445,7 +463,8 @@ int make_model_plan(const struct make_model_opts *o, FILE *out, struct st_errbuf
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         const struct gguf_tensor *gt = &g->tensors[i];
         fprintf(out, "tensor %.*s %s", (int)gt->name.len, gt->name.p, ggml_type_name(gt->type));
-        for (uint32_t d = 0; d < gt->n_dims; d++) fprintf(out, " %" PRIu64, gt->ne[d]);
+        for (uint32_t d = 0; d < gt->n_dims; d++)
+            fprintf(out, " %" PRIu64, gt->ne[d]);
         fprintf(out, "\n");
     }
     fprintf(out, "size %" PRIu64 "\n", gguf_writer_file_size(w));
@@ -544,15 +563,28 @@ out:
 static double type_bound(uint32_t type)
 {
     switch (type) {
-    case GGML_TYPE_F32: return 0;
-    case GGML_TYPE_F16: return 3e-4;
-    case GGML_TYPE_BF16: return 3e-3;
-    case GGML_TYPE_Q8_0: return 0.010;
-    case GGML_TYPE_Q6_K: return 0.020;
-    case GGML_TYPE_Q5_0: case GGML_TYPE_Q5_1: case GGML_TYPE_Q5_K: return 0.046;
-    case GGML_TYPE_Q4_0: case GGML_TYPE_Q4_1: case GGML_TYPE_Q4_K: return 0.090;
-    case GGML_TYPE_Q3_K: return 0.165;
-    case GGML_TYPE_Q2_K: return 0.310;
+    case GGML_TYPE_F32:
+        return 0;
+    case GGML_TYPE_F16:
+        return 3e-4;
+    case GGML_TYPE_BF16:
+        return 3e-3;
+    case GGML_TYPE_Q8_0:
+        return 0.010;
+    case GGML_TYPE_Q6_K:
+        return 0.020;
+    case GGML_TYPE_Q5_0:
+    case GGML_TYPE_Q5_1:
+    case GGML_TYPE_Q5_K:
+        return 0.046;
+    case GGML_TYPE_Q4_0:
+    case GGML_TYPE_Q4_1:
+    case GGML_TYPE_Q4_K:
+        return 0.090;
+    case GGML_TYPE_Q3_K:
+        return 0.165;
+    case GGML_TYPE_Q2_K:
+        return 0.310;
     }
     return 0;
 }

@@ -54,7 +54,7 @@ void make_model_list_shapes(FILE *out);
 
 struct make_model_opts {
     const struct mm_shape *shape;
-    const char *mix;       /* "f16", "q4_k_m" or a type name */
+    const char *mix; /* "f16", "q4_k_m" or a type name */
     uint64_t seed;
     int n_threads;         /* >= 1 */
     const char *vocab_dir; /* folder holding the shape's vocab file */

@@ -33,7 +33,8 @@ int main(int argc, char **argv)
     bool plan = false;
     char vocab_dir[4096];
     const char *models = getenv("STAGED_MODELS");
-    snprintf(vocab_dir, sizeof(vocab_dir), "%s/vocab", models && *models ? models : "../shared/models");
+    snprintf(vocab_dir, sizeof(vocab_dir), "%s/vocab",
+             models && *models ? models : "../shared/models");
     o.vocab_dir = vocab_dir;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -50,13 +51,20 @@ int main(int argc, char **argv)
             return 2;
         }
         char *end = NULL;
-        if (strcmp(a, "--shape") == 0) shape = v;
-        else if (strcmp(a, "--type") == 0) o.mix = v;
-        else if (strcmp(a, "--seed") == 0) o.seed = strtoull(v, &end, 0);
-        else if (strcmp(a, "--threads") == 0) o.n_threads = (int)strtol(v, &end, 10);
-        else if (strcmp(a, "--vocab-dir") == 0) o.vocab_dir = v;
-        else if (strcmp(a, "-o") == 0) o.out = v;
-        else if (strcmp(a, "--check") == 0) check = v;
+        if (strcmp(a, "--shape") == 0)
+            shape = v;
+        else if (strcmp(a, "--type") == 0)
+            o.mix = v;
+        else if (strcmp(a, "--seed") == 0)
+            o.seed = strtoull(v, &end, 0);
+        else if (strcmp(a, "--threads") == 0)
+            o.n_threads = (int)strtol(v, &end, 10);
+        else if (strcmp(a, "--vocab-dir") == 0)
+            o.vocab_dir = v;
+        else if (strcmp(a, "-o") == 0)
+            o.out = v;
+        else if (strcmp(a, "--check") == 0)
+            check = v;
         else {
             usage();
             return 2;

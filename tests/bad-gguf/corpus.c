@@ -16,16 +16,16 @@
 
 /* What to build and what to break while building. */
 struct spec {
-    const char *arch;          /* "llama", "qwen2", "qwen3" */
-    uint32_t version;          /* 2 or 3 */
-    uint32_t alignment;        /* 32 unless testing general.alignment */
+    const char *arch;   /* "llama", "qwen2", "qwen3" */
+    uint32_t version;   /* 2 or 3 */
+    uint32_t alignment; /* 32 unless testing general.alignment */
     uint32_t dim, layers, heads, kv_heads, ffn, vocab;
-    const char *omit_key;      /* hyperparameter key left out ("embedding_length") */
-    const char *u32_key;       /* hyperparameter key given u32_val instead */
+    const char *omit_key; /* hyperparameter key left out ("embedding_length") */
+    const char *u32_key;  /* hyperparameter key given u32_val instead */
     uint32_t u32_val;
-    const char *omit_tensor;   /* tensor left out */
-    const char *reshape;       /* tensor whose last dimension is doubled */
-    const char *f16_tensor;    /* tensor stored as F16 instead of F32 */
+    const char *omit_tensor; /* tensor left out */
+    const char *reshape;     /* tensor whose last dimension is doubled */
+    const char *f16_tensor;  /* tensor stored as F16 instead of F32 */
 };
 
 /* The writer plus where it put things, to patch and to name positions. */
@@ -104,8 +104,8 @@ static int add_t(struct built *b, const struct spec *s, const char *name, uint64
     uint64_t ne[2] = {ne0, ne1};
     uint32_t nd = ne1 ? 2 : 1;
     if (s->reshape && strcmp(s->reshape, name) == 0) ne[nd - 1] *= 2;
-    uint32_t type = s->f16_tensor && strcmp(s->f16_tensor, name) == 0 ? GGML_TYPE_F16
-                                                                       : GGML_TYPE_F32;
+    uint32_t type =
+        s->f16_tensor && strcmp(s->f16_tensor, name) == 0 ? GGML_TYPE_F16 : GGML_TYPE_F32;
     if (b->n_tensors == 64) abort();
     snprintf(b->tensor_store[b->n_tensors], 64, "%s", name);
     b->tensors[b->n_tensors] = b->tensor_store[b->n_tensors];
@@ -157,14 +157,14 @@ static int build_base(const struct spec *s, struct built *b)
         goto err;
     for (uint32_t l = 0; l < s->layers; l++) {
         char n[14][48];
-        const char *suf[14] = {"attn_norm.weight", "attn_q.weight",     "attn_k.weight",
-                               "attn_v.weight",    "attn_output.weight", "ffn_norm.weight",
-                               "ffn_gate.weight",  "ffn_up.weight",     "ffn_down.weight",
-                               "attn_q.bias",      "attn_k.bias",       "attn_v.bias",
+        const char *suf[14] = {"attn_norm.weight",   "attn_q.weight",      "attn_k.weight",
+                               "attn_v.weight",      "attn_output.weight", "ffn_norm.weight",
+                               "ffn_gate.weight",    "ffn_up.weight",      "ffn_down.weight",
+                               "attn_q.bias",        "attn_k.bias",        "attn_v.bias",
                                "attn_q_norm.weight", "attn_k_norm.weight"};
-        uint64_t shp[14][2] = {{d, 0}, {d, q}, {d, kv}, {d, kv}, {q, d}, {d, 0}, {d, s->ffn},
-                               {d, s->ffn}, {s->ffn, d}, {q, 0}, {kv, 0}, {kv, 0}, {hd, 0},
-                               {hd, 0}};
+        uint64_t shp[14][2] = {{d, 0},  {d, q},      {d, kv},     {d, kv},     {q, d},
+                               {d, 0},  {d, s->ffn}, {d, s->ffn}, {s->ffn, d}, {q, 0},
+                               {kv, 0}, {kv, 0},     {hd, 0},     {hd, 0}};
         bool qwen2 = strcmp(s->arch, "qwen2") == 0, qwen3 = strcmp(s->arch, "qwen3") == 0;
         for (int k = 0; k < 14; k++) {
             if (k >= 9 && k < 12 && !qwen2) continue;
@@ -283,31 +283,31 @@ static uint64_t ti_type_pos(const struct built *b, const struct corpus_file *f, 
 }
 
 /* Cases that only need the file and the writer, patched after building. */
-#define CASE(fn)                                                                                  \
-    static int fn##_patch(struct built *b, struct corpus_file *f);                                \
-    static int fn(struct corpus_file *f)                                                          \
-    {                                                                                             \
-        struct built b;                                                                           \
-        int rc = base(&b, f, "llama", NULL);                                                      \
-        if (rc) return rc;                                                                        \
-        rc = fn##_patch(&b, f);                                                                   \
-        gguf_writer_destroy(&b.w);                                                                \
-        return rc;                                                                                \
-    }                                                                                             \
+#define CASE(fn)                                                                                   \
+    static int fn##_patch(struct built *b, struct corpus_file *f);                                 \
+    static int fn(struct corpus_file *f)                                                           \
+    {                                                                                              \
+        struct built b;                                                                            \
+        int rc = base(&b, f, "llama", NULL);                                                       \
+        if (rc) return rc;                                                                         \
+        rc = fn##_patch(&b, f);                                                                    \
+        gguf_writer_destroy(&b.w);                                                                 \
+        return rc;                                                                                 \
+    }                                                                                              \
     static int fn##_patch(struct built *b, struct corpus_file *f)
 
 /* Cases that change the spec of the base model. */
-#define SPEC_CASE(fn, arch, msg_fmt, ...)                                                         \
-    static void fn##_tweak(struct spec *s);                                                       \
-    static int fn(struct corpus_file *f)                                                          \
-    {                                                                                             \
-        struct built b;                                                                           \
-        int rc = base(&b, f, arch, fn##_tweak);                                                   \
-        if (rc) return rc;                                                                        \
-        expect(f, msg_fmt, __VA_ARGS__);                                                          \
-        gguf_writer_destroy(&b.w);                                                                \
-        return 0;                                                                                 \
-    }                                                                                             \
+#define SPEC_CASE(fn, arch, msg_fmt, ...)                                                          \
+    static void fn##_tweak(struct spec *s);                                                        \
+    static int fn(struct corpus_file *f)                                                           \
+    {                                                                                              \
+        struct built b;                                                                            \
+        int rc = base(&b, f, arch, fn##_tweak);                                                    \
+        if (rc) return rc;                                                                         \
+        expect(f, msg_fmt, __VA_ARGS__);                                                           \
+        gguf_writer_destroy(&b.w);                                                                 \
+        return 0;                                                                                  \
+    }                                                                                              \
     static void fn##_tweak(struct spec *s)
 
 /* ---- header ---- */
@@ -431,8 +431,9 @@ CASE(key_with_nul)
 {
     uint64_t p = gguf_writer_kv_pos(b->w, key_index(b, "general.file_type"));
     f->buf[p + 8 + 7] = 0; /* "general\0file_type" */
-    expect(f, "metadata entry %" PRId64 " at byte %" PRIu64
-              ": key contains control byte 0x00 at index 7",
+    expect(f,
+           "metadata entry %" PRId64 " at byte %" PRIu64
+           ": key contains control byte 0x00 at index 7",
            key_index(b, "general.file_type"), p + 8 + 17);
     return 0;
 }
@@ -442,8 +443,10 @@ CASE(tensor_name_with_newline)
     int64_t i = tensor_index(b, "blk.0.ffn_gate.weight");
     uint64_t p = gguf_writer_tensor_info_pos(b->w, i);
     f->buf[p + 8 + 5] = '\n';
-    expect(f, "tensor info %" PRId64 " at byte %" PRIu64
-              ": name contains control byte 0x0a at index 5", i, p + 8 + 21);
+    expect(f,
+           "tensor info %" PRId64 " at byte %" PRIu64
+           ": name contains control byte 0x0a at index 5",
+           i, p + 8 + 21);
     return 0;
 }
 
@@ -451,8 +454,10 @@ CASE(trunc_in_value_type)
 {
     uint64_t p = kv_type_pos(b, f, key_index(b, "tokenizer.ggml.add_bos_token"));
     f->len = p + 2;
-    expect(f, "metadata key 'tokenizer.ggml.add_bos_token' at byte %" PRIu64
-              ": file ends inside a 4-byte integer", p);
+    expect(f,
+           "metadata key 'tokenizer.ggml.add_bos_token' at byte %" PRIu64
+           ": file ends inside a 4-byte integer",
+           p);
     return 0;
 }
 
@@ -460,8 +465,10 @@ CASE(trunc_in_u32_value)
 {
     uint64_t p = kv_type_pos(b, f, key_index(b, "tokenizer.ggml.bos_token_id")) + 4;
     f->len = p + 3;
-    expect(f, "metadata key 'tokenizer.ggml.bos_token_id' at byte %" PRIu64
-              ": file ends inside a value", p);
+    expect(f,
+           "metadata key 'tokenizer.ggml.bos_token_id' at byte %" PRIu64
+           ": file ends inside a value",
+           p);
     return 0;
 }
 
@@ -477,8 +484,10 @@ CASE(string_value_past_end)
 {
     uint64_t p = kv_type_pos(b, f, key_index(b, "general.name")) + 4;
     put_u64(f, p, f->len);
-    expect(f, "metadata key 'general.name' at byte %" PRIu64 ": string length %" PRIu64
-              " runs past the end", p, f->len);
+    expect(f,
+           "metadata key 'general.name' at byte %" PRIu64 ": string length %" PRIu64
+           " runs past the end",
+           p, f->len);
     return 0;
 }
 
@@ -492,8 +501,10 @@ CASE(trunc_in_string_array)
         p += 8 + l;
     }
     f->len = p + 9; /* length 3 read, one byte of "abc" left */
-    expect(f, "metadata key 'tokenizer.ggml.tokens' at byte %" PRIu64 ": string length 3 runs "
-              "past the end", p);
+    expect(f,
+           "metadata key 'tokenizer.ggml.tokens' at byte %" PRIu64 ": string length 3 runs "
+           "past the end",
+           p);
     return 0;
 }
 
@@ -501,8 +512,10 @@ CASE(unknown_array_elem_type)
 {
     uint64_t p = kv_type_pos(b, f, key_index(b, "tokenizer.ggml.scores")) + 4;
     put_u32(f, p, 42);
-    expect(f, "metadata key 'tokenizer.ggml.scores' at byte %" PRIu64
-              ": unknown array element type 42", p + 12);
+    expect(f,
+           "metadata key 'tokenizer.ggml.scores' at byte %" PRIu64
+           ": unknown array element type 42",
+           p + 12);
     return 0;
 }
 
@@ -510,8 +523,10 @@ CASE(numeric_array_past_end)
 {
     uint64_t p = kv_type_pos(b, f, key_index(b, "tokenizer.ggml.scores")) + 4;
     put_u64(f, p + 4, 1ull << 61);
-    expect(f, "metadata key 'tokenizer.ggml.scores' at byte %" PRIu64
-              ": array runs past the end of the file", p + 12);
+    expect(f,
+           "metadata key 'tokenizer.ggml.scores' at byte %" PRIu64
+           ": array runs past the end of the file",
+           p + 12);
     return 0;
 }
 
@@ -519,8 +534,10 @@ CASE(string_array_huge_count)
 {
     uint64_t p = kv_type_pos(b, f, key_index(b, "tokenizer.ggml.tokens")) + 4;
     put_u64(f, p + 4, UINT64_MAX);
-    expect(f, "metadata key 'tokenizer.ggml.tokens' at byte %" PRIu64
-              ": array count larger than the file", p + 12);
+    expect(f,
+           "metadata key 'tokenizer.ggml.tokens' at byte %" PRIu64
+           ": array count larger than the file",
+           p + 12);
     return 0;
 }
 
@@ -528,8 +545,9 @@ CASE(bool_not_0_1)
 {
     uint64_t p = kv_type_pos(b, f, key_index(b, "tokenizer.ggml.add_bos_token")) + 4;
     f->buf[p] = 2;
-    expect(f, "metadata key 'tokenizer.ggml.add_bos_token' at byte %" PRIu64
-              ": bool value not 0 or 1", p);
+    expect(f,
+           "metadata key 'tokenizer.ggml.add_bos_token' at byte %" PRIu64 ": bool value not 0 or 1",
+           p);
     return 0;
 }
 
@@ -599,8 +617,9 @@ static int alignment_case(struct corpus_file *f, uint32_t type, const void *v, u
     memset(f, 0, sizeof(*f));
     if (!rc) rc = gguf_writer_to_mem(w, &f->buf, &f->len);
     gguf_writer_destroy(&w);
-    expect(f, "metadata key 'general.alignment' at byte %" PRIu64
-              ": must be an integer power of two", p);
+    expect(f,
+           "metadata key 'general.alignment' at byte %" PRIu64 ": must be an integer power of two",
+           p);
     return rc;
 }
 
@@ -673,8 +692,10 @@ CASE(unsupported_type)
     int64_t i = tensor_index(b, "blk.0.attn_q.weight");
     uint64_t p = ti_type_pos(b, f, i);
     put_u32(f, p, 16); /* IQ2_XXS */
-    expect(f, "tensor blk.0.attn_q.weight has type IQ2_XXS, which staged does not support (at "
-              "byte %" PRIu64 ")", p);
+    expect(f,
+           "tensor blk.0.attn_q.weight has type IQ2_XXS, which staged does not support (at "
+           "byte %" PRIu64 ")",
+           p);
     return 0;
 }
 
@@ -692,8 +713,10 @@ CASE(row_not_block_multiple)
     /* token_embd rows are 16 long: as Q8_0 (blocks of 32) they cannot be */
     uint64_t p = ti_type_pos(b, f, 0);
     put_u32(f, p, GGML_TYPE_Q8_0);
-    expect(f, "tensor 'token_embd.weight' at byte %" PRIu64 ": row length 16 not a multiple of "
-              "the Q8_0 block size 32", p);
+    expect(f,
+           "tensor 'token_embd.weight' at byte %" PRIu64 ": row length 16 not a multiple of "
+           "the Q8_0 block size 32",
+           p);
     return 0;
 }
 
@@ -702,8 +725,9 @@ CASE(trunc_in_tensor_offset)
     int64_t i = tensor_index(b, "blk.0.attn_k.weight");
     uint64_t p = ti_type_pos(b, f, i) + 4;
     f->len = p + 5;
-    expect(f, "tensor 'blk.0.attn_k.weight' at byte %" PRIu64
-              ": file ends inside an 8-byte integer", p);
+    expect(f,
+           "tensor 'blk.0.attn_k.weight' at byte %" PRIu64 ": file ends inside an 8-byte integer",
+           p);
     return 0;
 }
 
@@ -725,20 +749,24 @@ CASE(misaligned_offset)
     uint64_t p = ti_type_pos(b, f, i) + 4;
     uint64_t off = gguf_writer_tensor_offset(b->w, i) + 4;
     put_u64(f, p, off);
-    expect(f, "tensor blk.0.attn_v.weight (info at byte %" PRIu64 "): data offset %" PRIu64
-              " not a multiple of the alignment 32", gguf_writer_tensor_info_pos(b->w, i), off);
+    expect(f,
+           "tensor blk.0.attn_v.weight (info at byte %" PRIu64 "): data offset %" PRIu64
+           " not a multiple of the alignment 32",
+           gguf_writer_tensor_info_pos(b->w, i), off);
     return 0;
 }
 
 CASE(overlapping_tensors)
 {
     /* ffn_up's data placed where ffn_gate's is */
-    int64_t g = tensor_index(b, "blk.0.ffn_gate.weight"), u = tensor_index(b, "blk.0.ffn_up.weight");
+    int64_t g = tensor_index(b, "blk.0.ffn_gate.weight"),
+            u = tensor_index(b, "blk.0.ffn_up.weight");
     uint64_t p = ti_type_pos(b, f, u) + 4;
     put_u64(f, p, gguf_writer_tensor_offset(b->w, g) + 32);
-    expect(f, "tensor blk.0.ffn_up.weight (info at byte %" PRIu64 "): data at offset %" PRIu64
-              " overlaps tensor blk.0.ffn_gate.weight", gguf_writer_tensor_info_pos(b->w, u),
-           gguf_writer_tensor_offset(b->w, g) + 32);
+    expect(f,
+           "tensor blk.0.ffn_up.weight (info at byte %" PRIu64 "): data at offset %" PRIu64
+           " overlaps tensor blk.0.ffn_gate.weight",
+           gguf_writer_tensor_info_pos(b->w, u), gguf_writer_tensor_offset(b->w, g) + 32);
     return 0;
 }
 
@@ -755,8 +783,9 @@ CASE(offset_near_u64_max)
 {
     int64_t i = tensor_index(b, "output_norm.weight");
     put_u64(f, ti_type_pos(b, f, i) + 4, UINT64_MAX - 31); /* aligned, wraps when added */
-    expect(f, "tensor output_norm.weight (info at byte %" PRIu64 "): data [%" PRIu64
-              ", +64) runs past the end of the file",
+    expect(f,
+           "tensor output_norm.weight (info at byte %" PRIu64 "): data [%" PRIu64
+           ", +64) runs past the end of the file",
            gguf_writer_tensor_info_pos(b->w, i),
            gguf_writer_data_offset(b->w) + (UINT64_MAX - 31)); /* wraps as the reader prints */
     return 0;
@@ -768,8 +797,8 @@ CASE(data_section_missing)
     uint64_t end = ti_type_pos(b, f, b->n_tensors - 1) + 4 + 8;
     if (end % 32 == 0) abort(); /* the base model would need another padding case */
     f->len = end;
-    expect(f, "tensor data section starts at byte %" PRIu64 " but the file has %" PRIu64
-              " bytes", gguf_writer_data_offset(b->w), end);
+    expect(f, "tensor data section starts at byte %" PRIu64 " but the file has %" PRIu64 " bytes",
+           gguf_writer_data_offset(b->w), end);
     return 0;
 }
 
@@ -816,8 +845,7 @@ SPEC_CASE(missing_head_count, "qwen3", "%s",
 }
 
 SPEC_CASE(block_count_zero, "llama",
-          "metadata key 'llama.block_count' at byte %" PRIu64
-          ": must be an integer in 1..16777216",
+          "metadata key 'llama.block_count' at byte %" PRIu64 ": must be an integer in 1..16777216",
           kv_type_pos(&b, f, key_index(&b, "llama.block_count")) + 4)
 {
     s->u32_key = "block_count";
@@ -838,8 +866,7 @@ SPEC_CASE(heads_more_than_dim, "qwen2", "%s",
     s->u32_val = 64;
 }
 
-SPEC_CASE(rope_dim_odd, "llama", "%s",
-          "metadata key 'llama.rope.dimension_count': 3 must be even")
+SPEC_CASE(rope_dim_odd, "llama", "%s", "metadata key 'llama.rope.dimension_count': 3 must be even")
 {
     s->u32_key = "rope.dimension_count";
     s->u32_val = 3;
@@ -850,8 +877,10 @@ CASE(rms_eps_out_of_range)
     uint64_t p = kv_type_pos(b, f, key_index(b, "llama.attention.layer_norm_rms_epsilon")) + 4;
     float v = -1.0f;
     memcpy(f->buf + p, &v, 4);
-    expect(f, "metadata key 'llama.attention.layer_norm_rms_epsilon' at byte %" PRIu64
-              ": must be a float in", p);
+    expect(f,
+           "metadata key 'llama.attention.layer_norm_rms_epsilon' at byte %" PRIu64
+           ": must be a float in",
+           p);
     return 0;
 }
 
@@ -892,8 +921,10 @@ CASE(extra_layer_tensor)
     int64_t i = tensor_index(b, "blk.0.ffn_up.weight");
     uint64_t p = gguf_writer_tensor_info_pos(b->w, i);
     f->buf[p + 8 + 4] = '7';
-    expect(f, "tensor blk.7.ffn_up.weight (info at byte %" PRIu64
-              "): layer 7 but llama.block_count is 1", p);
+    expect(f,
+           "tensor blk.7.ffn_up.weight (info at byte %" PRIu64
+           "): layer 7 but llama.block_count is 1",
+           p);
     return 0;
 }
 

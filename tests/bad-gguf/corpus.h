@@ -19,7 +19,7 @@
 #include <stdint.h>
 
 struct corpus_file {
-    uint8_t *buf;     /* the file bytes (malloc'd; free with corpus_file_free) */
+    uint8_t *buf; /* the file bytes (malloc'd; free with corpus_file_free) */
     uint64_t len;
     char expect[256]; /* the rejection message must contain this */
 };
