@@ -122,7 +122,8 @@ static void check_vectors(const char *name, bool round_trip)
         *nl = 0;
         int32_t want[512];
         size_t nw = 0;
-        for (char *t = strtok(line, " "); t; t = strtok(NULL, " ")) want[nw++] = atoi(t);
+        for (char *t = strtok(line, " "); t; t = strtok(NULL, " "))
+            want[nw++] = atoi(t);
         int32_t *ids;
         size_t ni;
         assert_int_equal(tok_encode(l.v, str[i], len[i], false, false, &ids, &ni), 0);
@@ -130,9 +131,11 @@ static void check_vectors(const char *name, bool round_trip)
         if (!same) {
             bad++;
             fprintf(stderr, "%s case %zu \"%.*s\": got", name, i, (int)len[i], str[i]);
-            for (size_t k = 0; k < ni; k++) fprintf(stderr, " %d", ids[k]);
+            for (size_t k = 0; k < ni; k++)
+                fprintf(stderr, " %d", ids[k]);
             fprintf(stderr, "\n  want");
-            for (size_t k = 0; k < nw; k++) fprintf(stderr, " %d", want[k]);
+            for (size_t k = 0; k < nw; k++)
+                fprintf(stderr, " %d", want[k]);
             fprintf(stderr, "\n");
         }
         if (round_trip) {
@@ -243,7 +246,8 @@ static void test_spm_details(void **st)
     free(a);
     /* control tokens: "<s>" in user text is text, with parse_special it is BOS */
     assert_int_equal(tok_encode(l.v, "<s>x", 4, false, false, &a, &na), 0);
-    for (size_t i = 0; i < na; i++) assert_int_not_equal(a[i], vocab_bos(l.v));
+    for (size_t i = 0; i < na; i++)
+        assert_int_not_equal(a[i], vocab_bos(l.v));
     free(a);
     assert_int_equal(tok_encode(l.v, "<s>x", 4, false, true, &a, &na), 0);
     assert_int_equal(a[0], vocab_bos(l.v));
@@ -255,8 +259,17 @@ static void test_spm_details(void **st)
  * <unk>, add_eos appends EOS, add_space_prefix=false drops the leading ▁. */
 static int craft_spm(bool add_eos, bool space_prefix, struct gguf **g, uint8_t **buf)
 {
-    static const char *const toks[] = {"<unk>", "<s>", "</s>", "\xe2\x96\x81", "a", "b",
-                                       "\xe2\x96\x81" "a", "ab", "\xe2\x96\x81" "ab"};
+    static const char *const toks[] = {"<unk>",
+                                       "<s>",
+                                       "</s>",
+                                       "\xe2\x96\x81",
+                                       "a",
+                                       "b",
+                                       "\xe2\x96\x81"
+                                       "a",
+                                       "ab",
+                                       "\xe2\x96\x81"
+                                       "ab"};
     float scores[] = {0, 0, 0, -5, -3, -3, -2, -1, -0.5f};
     int32_t types[] = {2, 3, 3, 1, 1, 1, 1, 1, 1};
     struct gguf_writer *w = gguf_writer_new(3, 32);
@@ -322,8 +335,8 @@ static void test_bad_metadata(void **st)
         const char *what;
         int rc;
     } cases[] = {
-        {"no-model", ST_EFORMAT}, {"bad-model", ST_EUNSUPPORTED}, {"types-count", ST_EFORMAT},
-        {"bos-range", ST_EFORMAT}, {"bad-pre", ST_EUNSUPPORTED},  {"no-merges", ST_EFORMAT},
+        {"no-model", ST_EFORMAT},  {"bad-model", ST_EUNSUPPORTED}, {"types-count", ST_EFORMAT},
+        {"bos-range", ST_EFORMAT}, {"bad-pre", ST_EUNSUPPORTED},   {"no-merges", ST_EFORMAT},
     };
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         struct gguf_writer *w = gguf_writer_new(3, 32);
@@ -331,7 +344,9 @@ static void test_bad_metadata(void **st)
         bool bpe = !strcmp(what, "bad-pre") || !strcmp(what, "no-merges");
         if (strcmp(what, "no-model"))
             gguf_writer_add_str(w, "tokenizer.ggml.model",
-                                !strcmp(what, "bad-model") ? "t5" : bpe ? "gpt2" : "llama");
+                                !strcmp(what, "bad-model") ? "t5"
+                                : bpe                      ? "gpt2"
+                                                           : "llama");
         gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", toks, 2);
         if (!strcmp(what, "types-count"))
             gguf_writer_add_arr(w, "tokenizer.ggml.token_type", GGUF_I32, types3, 3);
@@ -382,7 +397,8 @@ static void test_bpe_special(void **st)
     assert_memory_equal(ids + 1, plain, np * sizeof(*plain));
     free(ids);
     assert_int_equal(tok_encode(l.v, text, strlen(text), false, false, &ids, &n), 0);
-    for (size_t i = 0; i < n; i++) assert_true(ids[i] < 151643);
+    for (size_t i = 0; i < n; i++)
+        assert_true(ids[i] < 151643);
     struct tok_buf t = {0};
     assert_int_equal(detok_decode(l.v, ids, n, true, &t), 0);
     assert_string_equal(t.p, text);
@@ -454,7 +470,8 @@ static void test_stream_emoji(void **st)
     /* a stray continuation byte is replaced at once */
     int32_t bad[2] = {vocab_byte_token(l.v, 0x80), vocab_byte_token(l.v, 'A')};
     assert_int_equal(detok_feed(l.v, &d, bad, 2, false, &t), 0);
-    assert_string_equal(t.p, "\xef\xbf\xbd" "A");
+    assert_string_equal(t.p, "\xef\xbf\xbd"
+                             "A");
     tok_buf_free(&t);
     unload(&l);
 }
@@ -463,7 +480,8 @@ static char *render(const struct vocab *v, enum chat_family f, const struct chat
                     struct chat_out *o)
 {
     size_t bl = 0, el = 0;
-    const char *b = vocab_token_text(v, vocab_bos(v), &bl), *e = vocab_token_text(v, vocab_eos(v), &el);
+    const char *b = vocab_token_text(v, vocab_bos(v), &bl),
+               *e = vocab_token_text(v, vocab_eos(v), &el);
     char bos[64] = "", eos[64] = "";
     if (b) snprintf(bos, sizeof(bos), "%.*s", (int)bl, b);
     if (e) snprintf(eos, sizeof(eos), "%.*s", (int)el, e);
@@ -477,13 +495,16 @@ static enum chat_family detect_file(const char *name)
     char path[1024];
     snprintf(path, sizeof(path), "%s/templates/%s", models_dir(), name);
     char *t = read_file(path, NULL);
-    if (!t) return (enum chat_family)-1;
+    if (!t) return (enum chat_family) - 1;
     enum chat_family f = chat_detect(t);
     free(t);
     return f;
 }
 
-#define MSG(r, c) {r, c, sizeof(c) - 1}
+#define MSG(r, c)                                                                                  \
+    {                                                                                              \
+        r, c, sizeof(c) - 1                                                                        \
+    }
 
 static const struct chat_msg conv[] = {
     MSG("system", "  You are a pirate.\n"),
@@ -523,7 +544,8 @@ static void test_chat_qwen25(void **st)
     assert_int_equal(tok_encode_spans(l.v, o.text.p, o.text.len, false, o.tmpl, o.n_tmpl, &ids), 0);
     assert_int_equal(ids.p[0], 151644);
     size_t n_start = 0;
-    for (size_t i = 0; i < ids.n; i++) n_start += ids.p[i] == 151644;
+    for (size_t i = 0; i < ids.n; i++)
+        n_start += ids.p[i] == 151644;
     assert_int_equal(n_start, 5);
     tok_ids_free(&ids);
     chat_out_free(&o);
@@ -532,7 +554,8 @@ static void test_chat_qwen25(void **st)
     render(l.v, f, inj, 1, &o);
     assert_int_equal(tok_encode_spans(l.v, o.text.p, o.text.len, false, o.tmpl, o.n_tmpl, &ids), 0);
     size_t n_end = 0;
-    for (size_t i = 0; i < ids.n; i++) n_end += ids.p[i] == 151645;
+    for (size_t i = 0; i < ids.n; i++)
+        n_end += ids.p[i] == 151645;
     assert_int_equal(n_end, 2); /* system turn + user turn ends, not the injected one */
     tok_ids_free(&ids);
     chat_out_free(&o);
@@ -584,8 +607,9 @@ static void test_chat_other_families(void **st)
     struct chat_out o = {0};
     struct st_errbuf eb;
     assert_int_equal(chat_detect(NULL), CHAT_PLAIN);
-    assert_int_equal(chat_detect("{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}"),
-                     CHAT_LLAMA2);
+    assert_int_equal(
+        chat_detect("{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}"),
+        CHAT_LLAMA2);
     assert_int_equal(chat_render(CHAT_LLAMA2, "<s>", "</s>", conv, 4, true, &o, &eb), 0);
     assert_string_equal(o.text.p, "<s>[INST] <<SYS>>\n  You are a pirate.\n\n<</SYS>>\n\nHi there! "
                                   "[/INST] Arr, hello. </s><s>[INST] What is 2+2? [/INST]");
@@ -600,14 +624,15 @@ static void test_chat_other_families(void **st)
     assert_non_null(strstr(eb.msg, "messages[0].role"));
     chat_out_free(&o);
     assert_int_equal(chat_render(CHAT_CHATML, "", "", conv + 1, 1, true, &o, &eb), 0);
-    assert_string_equal(o.text.p, "<|im_start|>user\nHi there! <|im_end|>\n<|im_start|>assistant\n");
+    assert_string_equal(o.text.p,
+                        "<|im_start|>user\nHi there! <|im_end|>\n<|im_start|>assistant\n");
     chat_out_free(&o);
     struct loaded l = {0};
     LOAD_OR_SKIP("stories260K.gguf", &l);
     assert_null(vocab_chat_template(l.v));
-    assert_int_equal(chat_render(chat_detect(vocab_chat_template(l.v)), "<s>", "</s>", conv, 4, true,
-                                 &o, &eb),
-                     0);
+    assert_int_equal(
+        chat_render(chat_detect(vocab_chat_template(l.v)), "<s>", "</s>", conv, 4, true, &o, &eb),
+        0);
     assert_string_equal(o.text.p, "  You are a pirate.\n\n\nUser: Hi there! \nAssistant: Arr, "
                                   "hello.\nUser: What is 2+2?\nAssistant:");
     chat_out_free(&o);
@@ -638,20 +663,13 @@ static void test_invalid_utf8_input(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vectors_llama_spm),
-        cmocka_unit_test(test_vectors_gpt2),
-        cmocka_unit_test(test_vectors_qwen2),
-        cmocka_unit_test(test_vectors_llama_bpe),
-        cmocka_unit_test(test_stories_prompt),
-        cmocka_unit_test(test_spm_details),
-        cmocka_unit_test(test_spm_unknown_and_eos),
-        cmocka_unit_test(test_bad_metadata),
-        cmocka_unit_test(test_bpe_special),
-        cmocka_unit_test(test_stream_emoji),
-        cmocka_unit_test(test_chat_qwen25),
-        cmocka_unit_test(test_chat_llama31),
-        cmocka_unit_test(test_chat_other_families),
-        cmocka_unit_test(test_invalid_utf8_input),
+        cmocka_unit_test(test_vectors_llama_spm),   cmocka_unit_test(test_vectors_gpt2),
+        cmocka_unit_test(test_vectors_qwen2),       cmocka_unit_test(test_vectors_llama_bpe),
+        cmocka_unit_test(test_stories_prompt),      cmocka_unit_test(test_spm_details),
+        cmocka_unit_test(test_spm_unknown_and_eos), cmocka_unit_test(test_bad_metadata),
+        cmocka_unit_test(test_bpe_special),         cmocka_unit_test(test_stream_emoji),
+        cmocka_unit_test(test_chat_qwen25),         cmocka_unit_test(test_chat_llama31),
+        cmocka_unit_test(test_chat_other_families), cmocka_unit_test(test_invalid_utf8_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

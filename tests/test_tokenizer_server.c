@@ -172,15 +172,15 @@ static void test_encode_and_bad_requests(void **st)
         size_t len;
         const char *code;
     } bad[] = {
-        {"{\"op\":\"encode\",\"text\":", 0, "bad_request"},          /* truncated JSON */
-        {"[1,2,3]", 0, "bad_request"},                               /* not an object */
-        {"", 0, "bad_request"},                                      /* empty frame */
+        {"{\"op\":\"encode\",\"text\":", 0, "bad_request"}, /* truncated JSON */
+        {"[1,2,3]", 0, "bad_request"},                      /* not an object */
+        {"", 0, "bad_request"},                             /* empty frame */
         {"{\"op\":\"encode\",\"text\":\"\xff\xfe\"}", 0, "invalid_utf8"},
         {"{\"op\":\"encode\",\"text\":\"\xc0\xaf\"}", 0, "invalid_utf8"}, /* overlong */
         {big, sizeof(big), "too_large"},
         {"{\"id\":2,\"op\":\"fly\"}", 0, "unknown_op"},
         {"{\"id\":3,\"op\":\"encode\",\"text\":\"x\",\"colour\":1}", 0, "unknown_field"},
-        {"{\"id\":4,\"op\":\"encode\"}", 0, "bad_request"},          /* no text */
+        {"{\"id\":4,\"op\":\"encode\"}", 0, "bad_request"}, /* no text */
         {"{\"id\":5,\"op\":\"encode\",\"text\":7}", 0, "bad_request"},
         {"{\"id\":6,\"op\":\"encode\",\"text\":\"x\",\"add_special\":\"yes\"}", 0, "bad_request"},
         {"{\"id\":7,\"op\":\"decode\",\"tokens\":[1,512]}", 0, "bad_request"}, /* out of vocab */
@@ -195,7 +195,7 @@ static void test_encode_and_bad_requests(void **st)
          "bad_request"},
         {"{\"id\":15,\"proto\":2,\"op\":\"health\"}", 0, "bad_request"},
         {"{\"id\":{\"a\":1},\"op\":\"health\"}", 0, "bad_request"},
-        {"{\"id\":16}", 0, "bad_request"}, /* no op */
+        {"{\"id\":16}", 0, "bad_request"},                         /* no op */
         {"{\"op\":\"health\",\"op\":\"info\"}", 0, "bad_request"}, /* duplicate key */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -273,7 +273,7 @@ static void test_slow_request_does_not_block(void **st)
     zmq_pollitem_t it[2] = {{.socket = f.client, .events = ZMQ_POLLIN},
                             {.socket = c2, .events = ZMQ_POLLIN}};
     assert_true(zmq_poll(it, 2, 10000) >= 1);
-    assert_true(it[1].revents & ZMQ_POLLIN);   /* the small reply is there ... */
+    assert_true(it[1].revents & ZMQ_POLLIN);     /* the small reply is there ... */
     bool big_first = it[0].revents & ZMQ_POLLIN; /* ... and came before the big one */
     assert_false(big_first);
     char buf[256];
@@ -304,7 +304,8 @@ static void test_detok_pending(void **st)
     int whole = 0;
     for (size_t i = 0; i < json_array_size(toks); i++) {
         char req[160];
-        snprintf(req, sizeof(req), "{\"op\":\"detok\",\"tokens\":[%lld],\"pending\":\"%s\",\"first\":%s}",
+        snprintf(req, sizeof(req),
+                 "{\"op\":\"detok\",\"tokens\":[%lld],\"pending\":\"%s\",\"first\":%s}",
                  (long long)json_integer_value(json_array_get(toks, i)), pending,
                  i == 0 ? "true" : "false");
         json_t *d = call(&f, req);
@@ -322,10 +323,12 @@ static void test_detok_pending(void **st)
     assert_string_equal(text, "A \xf0\x9f\xa6\x99!");
     json_decref(r);
     /* chat: rendered text and its tokens, specials parsed in the template part */
-    r = call(&f, "{\"id\":2,\"op\":\"chat\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
-    assert_string_equal(json_string_value(json_object_get(r, "text")),
-                        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
-                        "assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    r = call(&f,
+             "{\"id\":2,\"op\":\"chat\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+    assert_string_equal(
+        json_string_value(json_object_get(r, "text")),
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+        "assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
     toks = json_object_get(r, "tokens");
     assert_int_equal(json_integer_value(json_array_get(toks, 0)), 151644);
     json_decref(r);

@@ -72,7 +72,8 @@ static char *make_prompt(const struct vocab *v, const char *corpus, size_t clen,
         if (n >= target) {
             /* shrink to about target tokens by bytes */
             size_t want = (size_t)((double)len * target / n);
-            while (want > 0 && ((unsigned char)p[want] & 0xC0) == 0x80) want--;
+            while (want > 0 && ((unsigned char)p[want] & 0xC0) == 0x80)
+                want--;
             p[want] = 0;
             *plen = want;
             return p;
@@ -88,8 +89,7 @@ static char *make_prompt(const struct vocab *v, const char *corpus, size_t clen,
     return NULL;
 }
 
-static void bench_vocab(const char *dir, const char *rel, const char *corpus, size_t clen,
-                        int reps)
+static void bench_vocab(const char *dir, const char *rel, const char *corpus, size_t clen, int reps)
 {
     char path[1024];
     snprintf(path, sizeof(path), "%s/%s", dir, rel);
@@ -173,8 +173,10 @@ int main(int argc, char **argv)
     printf("bench-tokenizer: median of %d runs, prompt = %s repeated/cut to ~4096 tokens\n", reps,
            path);
     static const char *const vocabs[] = {
-        "stories260K.gguf",          "vocab/ggml-vocab-llama-spm.gguf",
-        "vocab/ggml-vocab-gpt-2.gguf", "vocab/ggml-vocab-qwen2.gguf",
+        "stories260K.gguf",
+        "vocab/ggml-vocab-llama-spm.gguf",
+        "vocab/ggml-vocab-gpt-2.gguf",
+        "vocab/ggml-vocab-qwen2.gguf",
         "vocab/ggml-vocab-llama-bpe.gguf",
     };
     for (size_t i = 0; i < sizeof(vocabs) / sizeof(vocabs[0]); i++)

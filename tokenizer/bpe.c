@@ -78,8 +78,7 @@ static struct bpe_cand heap_pop(struct bpe_heap *h)
     return top;
 }
 
-static int try_pair(const struct vocab *v, const struct bpe_sym *sym, int32_t l,
-                    struct bpe_heap *h)
+static int try_pair(const struct vocab *v, const struct bpe_sym *sym, int32_t l, struct bpe_heap *h)
 {
     if (l < 0 || sym[l].next < 0) return 0;
     int32_t r = sym[l].next;

@@ -21,12 +21,18 @@ enum chat_family chat_detect(const char *t)
 const char *chat_family_name(enum chat_family f)
 {
     switch (f) {
-    case CHAT_PLAIN: return "plain";
-    case CHAT_CHATML: return "chatml";
-    case CHAT_QWEN25: return "qwen2.5";
-    case CHAT_LLAMA3: return "llama3";
-    case CHAT_LLAMA31: return "llama3.1";
-    case CHAT_LLAMA2: return "llama2";
+    case CHAT_PLAIN:
+        return "plain";
+    case CHAT_CHATML:
+        return "chatml";
+    case CHAT_QWEN25:
+        return "qwen2.5";
+    case CHAT_LLAMA3:
+        return "llama3";
+    case CHAT_LLAMA31:
+        return "llama3.1";
+    case CHAT_LLAMA2:
+        return "llama2";
     }
     return "unknown";
 }
@@ -82,8 +88,8 @@ static uint32_t cp_at(const uint8_t *s, size_t n, size_t *len)
     if (c < 0x80 || n < 2) return *len = 1, c;
     if (c >= 0xC0 && c < 0xE0) return *len = 2, ((uint32_t)(c & 0x1F) << 6) | (s[1] & 0x3F);
     if (c >= 0xE0 && c < 0xF0 && n >= 3)
-        return *len = 3, ((uint32_t)(c & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) |
-                             (s[2] & 0x3F);
+        return *len = 3,
+               ((uint32_t)(c & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
     return *len = 1, 0xFFFFFFFF;
 }
 
@@ -92,11 +98,13 @@ static void strip(const char **s, size_t *n)
 {
     const uint8_t *p = (const uint8_t *)*s;
     size_t a = 0, b = *n, l;
-    while (a < b && py_space(cp_at(p + a, b - a, &l))) a += l;
+    while (a < b && py_space(cp_at(p + a, b - a, &l)))
+        a += l;
     /* trailing: walk back to a character start */
     while (b > a) {
         size_t k = b - 1;
-        while (k > a && (p[k] & 0xC0) == 0x80 && b - k < 4) k--;
+        while (k > a && (p[k] & 0xC0) == 0x80 && b - k < 4)
+            k--;
         if (!py_space(cp_at(p + k, b - k, &l)) || k + l != b) break;
         b = k;
     }
@@ -126,8 +134,8 @@ static int render_chatml(const struct chat_msg *m, size_t n, bool qwen, bool gen
              lit(o, "<|im_end|>\n");
         i = 1;
     } else if (qwen) {
-        rc = lit(o, "<|im_start|>system\n") || lit(o, qwen_default_system) ||
-             lit(o, "<|im_end|>\n");
+        rc =
+            lit(o, "<|im_start|>system\n") || lit(o, qwen_default_system) || lit(o, "<|im_end|>\n");
     }
     for (; i < n && !rc; i++)
         rc = lit(o, "<|im_start|>") || lit(o, m[i].role) || lit(o, "\n") ||
@@ -163,7 +171,8 @@ static int render_llama3(const struct chat_msg *m, size_t n, bool v31, const cha
     } else if (n > 0) {
         rc = lit(o, bos);
     }
-    for (; i < n && !rc; i++) rc = llama3_turn(o, m[i].role, m[i].content, m[i].content_len);
+    for (; i < n && !rc; i++)
+        rc = llama3_turn(o, m[i].role, m[i].content, m[i].content_len);
     if (!rc && gen) rc = lit(o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
     return rc ? ST_ENOMEM : 0;
 }

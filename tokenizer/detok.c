@@ -47,7 +47,8 @@ static int utf8_char(const uint8_t *s, size_t n, size_t *len)
 size_t utf8_valid_prefix(const uint8_t *s, size_t n)
 {
     size_t i = 0, l;
-    while (i < n && utf8_char(s + i, n - i, &l) == 1) i += l;
+    while (i < n && utf8_char(s + i, n - i, &l) == 1)
+        i += l;
     return i;
 }
 
@@ -148,8 +149,8 @@ int detok_decode(const struct vocab *v, const int32_t *ids, size_t n, bool skip_
     struct detok d = {{0}, 0};
     int rc;
     size_t start = out->len;
-    bool strip = vocab_kind(v) == VOCAB_SPM && vocab_add_space_prefix(v) && n > 0 &&
-                 ids[0] == vocab_bos(v);
+    bool strip =
+        vocab_kind(v) == VOCAB_SPM && vocab_add_space_prefix(v) && n > 0 && ids[0] == vocab_bos(v);
     if ((rc = detok_feed(v, &d, ids, n, !skip_special, out))) return rc;
     if ((rc = detok_flush(&d, out))) return rc;
     if (strip) {

@@ -43,9 +43,10 @@ static void on_signal(int sig)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: staged-tokenizer [serve] [--config FILE] [--check-config] [--model FILE]\n"
-                    "       staged-tokenizer tokenize MODEL.gguf [--bos] [--special] < text\n"
-                    "       staged-tokenizer detokenize MODEL.gguf [--special] < ids\n");
+    fprintf(stderr,
+            "usage: staged-tokenizer [serve] [--config FILE] [--check-config] [--model FILE]\n"
+            "       staged-tokenizer tokenize MODEL.gguf [--bos] [--special] < text\n"
+            "       staged-tokenizer detokenize MODEL.gguf [--special] < ids\n");
 }
 
 static char *read_all(FILE *f, size_t *len)
@@ -81,8 +82,10 @@ static int cli(int argc, char **argv)
         return 2;
     }
     for (int i = 3; i < argc; i++) {
-        if (!strcmp(argv[i], "--bos") && tokenize) bos = true;
-        else if (!strcmp(argv[i], "--special")) special = true;
+        if (!strcmp(argv[i], "--bos") && tokenize)
+            bos = true;
+        else if (!strcmp(argv[i], "--special"))
+            special = true;
         else {
             usage();
             return 2;
@@ -110,14 +113,16 @@ static int cli(int argc, char **argv)
             fprintf(stderr, "staged-tokenizer: out of memory\n");
             goto out;
         }
-        for (size_t i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+        for (size_t i = 0; i < n; i++)
+            printf(i ? " %d" : "%d", ids[i]);
         printf("\n");
         free(ids);
     } else {
         struct tok_ids t = {0};
         char *p = in, *end;
         for (;;) {
-            while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') p++;
+            while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r')
+                p++;
             if (!*p) break;
             errno = 0;
             long x = strtol(p, &end, 10);
@@ -215,8 +220,12 @@ int main(int argc, char **argv)
         log_error("vocab: %s", eb.msg);
         goto out;
     }
-    log_info("vocab: %u tokens (%s, pre %s, chat template %s) built in %.1f ms",
-             vocab_n_tokens(v), vocab_kind(v) == VOCAB_SPM ? "spm" : "bpe", vocab_pre_name(v),
+    /* the vocab holds its own copy of everything: let go of the segment so a
+     * loader that rebuilds it is not kept from freeing the old one */
+    seg_detach(&seg);
+    model_close(&file_model);
+    log_info("vocab: %u tokens (%s, pre %s, chat template %s) built in %.1f ms", vocab_n_tokens(v),
+             vocab_kind(v) == VOCAB_SPM ? "spm" : "bpe", vocab_pre_name(v),
              chat_family_name(chat_detect(vocab_chat_template(v))),
              (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
 
@@ -232,8 +241,10 @@ int main(int argc, char **argv)
         log_info("ready: serving %s on %s with %d threads", name, o.endpoint, o.threads);
         ready_signal();
         rc = tok_server_run(srv, &stop_flag);
-        if (rc) log_error("socket failure, exiting");
-        else log_info("shutting down");
+        if (rc)
+            log_error("socket failure, exiting");
+        else
+            log_info("shutting down");
     }
     tok_server_destroy(&srv);
     zmq_ctx_term(zctx);

@@ -69,8 +69,7 @@ void pretok_destroy(struct pretok **pp)
     *pp = NULL;
 }
 
-int pretok_split(const struct pretok *p, const char *text, size_t len, pretok_word_fn fn,
-                 void *ctx)
+int pretok_split(const struct pretok *p, const char *text, size_t len, pretok_word_fn fn, void *ctx)
 {
     pcre2_match_data *md = pcre2_match_data_create(2, NULL);
     if (!md) return ST_ENOMEM;

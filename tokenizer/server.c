@@ -19,20 +19,20 @@
 
 struct tok_server {
     void *zctx;
-    void *front;   /* ROUTER, clients */
-    void *back;    /* ROUTER, inproc to the workers */
+    void *front; /* ROUTER, clients */
+    void *back;  /* ROUTER, inproc to the workers */
     char inproc[64];
     const struct vocab *v;
     enum chat_family family;
     char *bos_text, *eos_text;
     size_t max_bytes;
     char model[128];
-    long long hang_at;   /* fault injection (0 = off) */
+    long long hang_at; /* fault injection (0 = off) */
     /* routing ids of the workers waiting for a request (a FIFO ring) */
     struct {
         uint8_t id[MAX_IDENT];
         size_t len;
-    } *idle;
+    } * idle;
     int idle_head, n_idle;
     long long n_requests;
     int n_threads;
@@ -89,7 +89,8 @@ static int check_fields(const json_t *req, const char *const *allowed, struct re
     json_object_foreach((json_t *)req, key, val)
     {
         bool ok = false;
-        for (int i = 0; allowed[i] && !ok; i++) ok = !strcmp(key, allowed[i]);
+        for (int i = 0; allowed[i] && !ok; i++)
+            ok = !strcmp(key, allowed[i]);
         if (!ok) return fail(e, "unknown_field", "unknown field \"%.64s\"", key);
     }
     return 0;
@@ -141,14 +142,15 @@ static json_t *ids_json(const int32_t *ids, size_t n)
 
 static json_t *op_encode(const struct tok_server *s, const json_t *req, struct req_err *e)
 {
-    static const char *const allowed[] = {"id", "proto", "op", "text", "add_special",
-                                          "parse_special", NULL};
+    static const char *const allowed[] = {"id",          "proto",         "op", "text",
+                                          "add_special", "parse_special", NULL};
     bool add_special, parse_special;
     if (check_fields(req, allowed, e) || get_bool(req, "add_special", true, &add_special, e) ||
         get_bool(req, "parse_special", false, &parse_special, e))
         return NULL;
     json_t *t = json_object_get(req, "text");
-    if (!json_is_string(t)) return fail(e, "bad_request", "field \"text\" (string) is required"), NULL;
+    if (!json_is_string(t))
+        return fail(e, "bad_request", "field \"text\" (string) is required"), NULL;
     int32_t *ids;
     size_t n;
     if (tok_encode(s->v, json_string_value(t), json_string_length(t), add_special, parse_special,
@@ -161,8 +163,8 @@ static json_t *op_encode(const struct tok_server *s, const json_t *req, struct r
 
 static json_t *op_chat(const struct tok_server *s, const json_t *req, struct req_err *e)
 {
-    static const char *const allowed[] = {"id", "proto", "op", "messages",
-                                          "add_generation_prompt", "parse_special", NULL};
+    static const char *const allowed[] = {
+        "id", "proto", "op", "messages", "add_generation_prompt", "parse_special", NULL};
     static const char *const msg_allowed[] = {"role", "content", NULL};
     bool gen, parse_special;
     if (check_fields(req, allowed, e) || get_bool(req, "add_generation_prompt", true, &gen, e) ||
@@ -217,8 +219,7 @@ static json_t *op_chat(const struct tok_server *s, const json_t *req, struct req
         fail(e, "internal", "out of memory");
         goto done;
     }
-    r = json_pack("{s:o,s:s%}", "tokens", ids_json(ids.p, ids.n), "text", out.text.p,
-                  out.text.len);
+    r = json_pack("{s:o,s:s%}", "tokens", ids_json(ids.p, ids.n), "text", out.text.p, out.text.len);
 done:
     free(m);
     chat_out_free(&out);
@@ -292,7 +293,8 @@ static json_t *op_detok(const struct tok_server *s, const json_t *req, struct re
         goto done;
     }
     char hex[8] = {0};
-    for (size_t i = 0; i < d.n_pend; i++) snprintf(hex + 2 * i, 3, "%02x", d.pend[i]);
+    for (size_t i = 0; i < d.n_pend; i++)
+        snprintf(hex + 2 * i, 3, "%02x", d.pend[i]);
     r = json_pack("{s:s%,s:s}", "text", out.p, out.len, "pending", hex);
 done:
     tok_ids_free(&t);
@@ -358,12 +360,18 @@ char *tok_server_handle(const struct tok_server *s, const char *body, size_t len
         out = error_reply(id, "bad_request", "field \"op\" (string) is required");
         goto done;
     }
-    if (!strcmp(o, "encode")) reply = op_encode(s, req, &e);
-    else if (!strcmp(o, "chat")) reply = op_chat(s, req, &e);
-    else if (!strcmp(o, "decode")) reply = op_decode(s, req, &e);
-    else if (!strcmp(o, "detok")) reply = op_detok(s, req, &e);
-    else if (!strcmp(o, "health")) reply = op_health(s, req, &e);
-    else if (!strcmp(o, "info")) reply = op_info(s, req, &e);
+    if (!strcmp(o, "encode"))
+        reply = op_encode(s, req, &e);
+    else if (!strcmp(o, "chat"))
+        reply = op_chat(s, req, &e);
+    else if (!strcmp(o, "decode"))
+        reply = op_decode(s, req, &e);
+    else if (!strcmp(o, "detok"))
+        reply = op_detok(s, req, &e);
+    else if (!strcmp(o, "health"))
+        reply = op_health(s, req, &e);
+    else if (!strcmp(o, "info"))
+        reply = op_info(s, req, &e);
     else {
         out = error_reply(id, "unknown_op", "unknown op \"%.64s\"", o);
         goto done;
@@ -413,8 +421,8 @@ static void serve_one(struct tok_server *s, void *sock)
         zmq_msg_close(&x);
     }
     if (frames != 1)
-        reply = error_reply(NULL, "bad_request", "expected exactly one frame of JSON, got %d",
-                            frames);
+        reply =
+            error_reply(NULL, "bad_request", "expected exactly one frame of JSON, got %d", frames);
     else
         reply = tok_server_handle(s, zmq_msg_data(&body), zmq_msg_size(&body));
     zmq_msg_close(&body);
@@ -597,7 +605,8 @@ void tok_server_destroy(struct tok_server **sp)
     struct tok_server *s = *sp;
     if (!s) return;
     atomic_store(&s->stopping, 1);
-    for (int i = 0; i < s->n_started; i++) pthread_join(s->threads[i], NULL);
+    for (int i = 0; i < s->n_started; i++)
+        pthread_join(s->threads[i], NULL);
     free(s->threads);
     free(s->idle);
     if (s->front) zmq_close(s->front);

@@ -26,10 +26,10 @@
 #include <stddef.h>
 
 struct tok_server_opts {
-    const char *endpoint;     /* e.g. "ipc:///tmp/staged-tokenizer.sock" */
-    int threads;              /* worker threads, >= 1 */
-    size_t max_request_bytes; /* larger messages are answered "too_large" */
-    const char *model_name;   /* reported by health */
+    const char *endpoint;      /* e.g. "ipc:///tmp/staged-tokenizer.sock" */
+    int threads;               /* worker threads, >= 1 */
+    size_t max_request_bytes;  /* larger messages are answered "too_large" */
+    const char *model_name;    /* reported by health */
     long long hang_at_request; /* fault injection: stop answering from the N-th request on
                                   (0 = off; [tokenizer] fault_hang_at_request) */
 };

@@ -10,8 +10,8 @@ struct spm_sym {
 
 struct spm_cand {
     float score;
-    uint32_t left;     /* index of the left symbol */
-    uint32_t len;      /* bytes of left + right when the candidate was made */
+    uint32_t left; /* index of the left symbol */
+    uint32_t len;  /* bytes of left + right when the candidate was made */
 };
 
 /* true if a goes before b: higher score, then leftmost */
@@ -98,7 +98,8 @@ int spm_encode(const struct vocab *v, const char *text, size_t len, bool prefix_
     static const char ws[3] = {'\xe2', '\x96', '\x81'};
     /* escape: ' ' -> U+2581 */
     size_t nsp = 0;
-    for (size_t i = 0; i < len; i++) nsp += text[i] == ' ';
+    for (size_t i = 0; i < len; i++)
+        nsp += text[i] == ' ';
     size_t elen = len + 2 * nsp + (prefix_space ? 3 : 0);
     if (elen == 0) return 0;
     char *s = malloc(elen);

@@ -26,11 +26,11 @@ struct merge_slot {
 struct vocab {
     enum vocab_kind kind;
     uint32_t n;
-    char *arena;       /* all token texts, back to back */
-    uint32_t *off;     /* [n] start of token i in arena */
-    uint32_t *len;     /* [n] bytes of token i */
-    float *score;      /* [n] */
-    uint8_t *type;     /* [n] enum vocab_token_type */
+    char *arena;          /* all token texts, back to back */
+    uint32_t *off;        /* [n] start of token i in arena */
+    uint32_t *len;        /* [n] bytes of token i */
+    float *score;         /* [n] */
+    uint8_t *type;        /* [n] enum vocab_token_type */
     struct str_slot *tab; /* string -> id, open addressing */
     uint32_t tab_mask;
     struct merge_slot *merges; /* (left, right) -> rank, result */
@@ -75,7 +75,8 @@ int tok_buf_add(struct tok_buf *b, const void *s, size_t n)
 {
     if (b->len + n + 1 > b->cap) {
         size_t nc = b->cap ? b->cap : 256;
-        while (nc < b->len + n + 1) nc *= 2;
+        while (nc < b->len + n + 1)
+            nc *= 2;
         char *p = realloc(b->p, nc);
         if (!p) return ST_ENOMEM;
         b->p = p;
@@ -108,8 +109,7 @@ int32_t vocab_find(const struct vocab *v, const char *s, size_t len)
     for (uint32_t i = (uint32_t)(h >> 32) & v->tab_mask;; i = (i + 1) & v->tab_mask) {
         const struct str_slot *sl = &v->tab[i];
         if (sl->id < 0) return -1;
-        if (sl->hash == h32 && v->len[sl->id] == len &&
-            !memcmp(v->arena + v->off[sl->id], s, len))
+        if (sl->hash == h32 && v->len[sl->id] == len && !memcmp(v->arena + v->off[sl->id], s, len))
             return sl->id;
     }
 }
@@ -135,19 +135,62 @@ bool vocab_merge(const struct vocab *v, int32_t left, int32_t right, uint32_t *r
     }
 }
 
-enum vocab_kind vocab_kind(const struct vocab *v) { return v->kind; }
-uint32_t vocab_n_tokens(const struct vocab *v) { return v->n; }
-int32_t vocab_bos(const struct vocab *v) { return v->bos; }
-int32_t vocab_eos(const struct vocab *v) { return v->eos; }
-int32_t vocab_eot(const struct vocab *v) { return v->eot; }
-int32_t vocab_unk(const struct vocab *v) { return v->unk; }
-bool vocab_add_bos(const struct vocab *v) { return v->add_bos; }
-bool vocab_add_eos(const struct vocab *v) { return v->add_eos; }
-bool vocab_add_space_prefix(const struct vocab *v) { return v->add_space_prefix; }
-bool vocab_ignore_merges(const struct vocab *v) { return v->ignore_merges; }
-const char *vocab_pre_name(const struct vocab *v) { return v->pre; }
-const char *vocab_chat_template(const struct vocab *v) { return v->chat_template; }
-int32_t vocab_byte_token(const struct vocab *v, uint8_t b) { return v->byte_tok[b]; }
+enum vocab_kind vocab_kind(const struct vocab *v)
+{
+    return v->kind;
+}
+uint32_t vocab_n_tokens(const struct vocab *v)
+{
+    return v->n;
+}
+int32_t vocab_bos(const struct vocab *v)
+{
+    return v->bos;
+}
+int32_t vocab_eos(const struct vocab *v)
+{
+    return v->eos;
+}
+int32_t vocab_eot(const struct vocab *v)
+{
+    return v->eot;
+}
+int32_t vocab_unk(const struct vocab *v)
+{
+    return v->unk;
+}
+int32_t vocab_pad(const struct vocab *v)
+{
+    return v->pad;
+}
+bool vocab_add_bos(const struct vocab *v)
+{
+    return v->add_bos;
+}
+bool vocab_add_eos(const struct vocab *v)
+{
+    return v->add_eos;
+}
+bool vocab_add_space_prefix(const struct vocab *v)
+{
+    return v->add_space_prefix;
+}
+bool vocab_ignore_merges(const struct vocab *v)
+{
+    return v->ignore_merges;
+}
+const char *vocab_pre_name(const struct vocab *v)
+{
+    return v->pre;
+}
+const char *vocab_chat_template(const struct vocab *v)
+{
+    return v->chat_template;
+}
+int32_t vocab_byte_token(const struct vocab *v, uint8_t b)
+{
+    return v->byte_tok[b];
+}
 
 bool vocab_is_eog(const struct vocab *v, int32_t id)
 {
@@ -205,7 +248,8 @@ void vocab_destroy(struct vocab **vp)
 static uint32_t pow2_at_least(uint64_t n)
 {
     uint32_t p = 16;
-    while (p < n) p <<= 1;
+    while (p < n)
+        p <<= 1;
     return p;
 }
 
@@ -225,7 +269,8 @@ static int read_tokens(struct vocab *v, const struct gguf *g, struct st_errbuf *
                        n, VOCAB_MAX_TOKENS);
     v->n = (uint32_t)n;
     uint64_t total = 0;
-    for (uint64_t i = 0; i < n; i++) total += gguf_arr_str(g, ki, i).len;
+    for (uint64_t i = 0; i < n; i++)
+        total += gguf_arr_str(g, ki, i).len;
     if (total > UINT32_MAX - 1)
         return st_errf(eb, ST_EFORMAT, "metadata key '%s': token texts too large", key);
     v->arena = malloc(total + 1);
@@ -348,8 +393,10 @@ static int read_merges(struct vocab *v, const struct gguf *g, struct st_errbuf *
     uint32_t et;
     uint64_t n;
     if (ki < 0 || !gguf_get_arr(g, key, &et, &n))
-        return st_errf(eb, ST_EFORMAT, "metadata key '%s': missing or not an array (required by "
-                       "BPE tokenizers)", key);
+        return st_errf(eb, ST_EFORMAT,
+                       "metadata key '%s': missing or not an array (required by "
+                       "BPE tokenizers)",
+                       key);
     if (et != GGUF_STRING || n > VOCAB_MAX_TOKENS * 4ull)
         return st_errf(eb, ST_EFORMAT, "metadata key '%s': expected up to %u strings", key,
                        VOCAB_MAX_TOKENS * 4);
@@ -366,8 +413,9 @@ static int read_merges(struct vocab *v, const struct gguf *g, struct st_errbuf *
         const char *sp = s.len > 1 ? memchr(s.p + 1, ' ', s.len - 1) : NULL;
         if (!sp) {
             free(cat);
-            return st_errf(eb, ST_EFORMAT, "metadata key '%s': merge %" PRIu64
-                           " is not of the form \"left right\"", key, r);
+            return st_errf(eb, ST_EFORMAT,
+                           "metadata key '%s': merge %" PRIu64 " is not of the form \"left right\"",
+                           key, r);
         }
         size_t ll = (size_t)(sp - s.p), rl = s.len - ll - 1;
         int32_t l = vocab_find(v, s.p, ll), rt = vocab_find(v, sp + 1, rl);
@@ -387,7 +435,8 @@ static int read_merges(struct vocab *v, const struct gguf *g, struct st_errbuf *
         if (res < 0) continue;
         uint64_t k = ((uint64_t)(uint32_t)l << 32) | (uint32_t)rt;
         uint32_t i = merge_hash(k) & v->merge_mask;
-        while (v->merges[i].key != UINT64_MAX && v->merges[i].key != k) i = (i + 1) & v->merge_mask;
+        while (v->merges[i].key != UINT64_MAX && v->merges[i].key != k)
+            i = (i + 1) & v->merge_mask;
         if (v->merges[i].key == k) continue; /* a repeated pair keeps its first rank */
         v->merges[i].key = k;
         v->merges[i].rank = (uint32_t)r;
@@ -427,15 +476,16 @@ static int build_specials(struct vocab *v, struct st_errbuf *eb)
     size_t j = 0;
     for (int b = 0; b < 256; b++) {
         v->spec_start[b] = (uint32_t)j;
-        while (j < cnt && (uint8_t)v->arena[v->off[v->spec[j]]] == b) j++;
+        while (j < cnt && (uint8_t)v->arena[v->off[v->spec[j]]] == b)
+            j++;
     }
     v->spec_start[256] = (uint32_t)cnt;
     return 0;
 }
 
 static const char *const eog_names[] = {
-    "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>",
-    "<|end|>",       "<end_of_turn>", "<EOT>",   NULL,
+    "<|endoftext|>", "<|im_end|>",    "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>",
+    "<|end|>",       "<end_of_turn>", "<EOT>",      NULL,
 };
 
 static int build_eog(struct vocab *v, struct st_errbuf *eb)
@@ -504,7 +554,8 @@ int vocab_build(const struct gguf *g, struct vocab **out, struct st_errbuf *eb)
     int rc;
     struct gguf_str s;
     if (!gguf_get_str(g, "tokenizer.ggml.model", &s)) {
-        rc = st_errf(eb, ST_EFORMAT, "metadata key 'tokenizer.ggml.model': missing or not a string");
+        rc =
+            st_errf(eb, ST_EFORMAT, "metadata key 'tokenizer.ggml.model': missing or not a string");
         goto err;
     }
     if (gguf_str_eq(s, "llama")) {
@@ -536,8 +587,8 @@ int vocab_build(const struct gguf *g, struct vocab **out, struct st_errbuf *eb)
         (rc = read_id(g, "tokenizer.ggml.padding_token_id", v->n, -1, &v->pad, eb)) ||
         (rc = read_id(g, "tokenizer.ggml.eot_token_id", v->n, -1, &v->eot, eb)))
         goto err;
-    if ((rc = read_flag(g, "tokenizer.ggml.add_bos_token", v->kind == VOCAB_SPM, &v->add_bos,
-                        eb)) ||
+    if ((rc =
+             read_flag(g, "tokenizer.ggml.add_bos_token", v->kind == VOCAB_SPM, &v->add_bos, eb)) ||
         (rc = read_flag(g, "tokenizer.ggml.add_eos_token", false, &v->add_eos, eb)) ||
         (rc = read_flag(g, "tokenizer.ggml.add_space_prefix", v->kind == VOCAB_SPM,
                         &v->add_space_prefix, eb)))
@@ -616,10 +667,13 @@ int tok_encode_spans(const struct vocab *v, const char *text, size_t len, bool a
     size_t frag = 0, sp = 0;
     for (size_t pos = 0; pos < len; pos++) {
         if (v->spec_start[(uint8_t)text[pos]] == v->spec_start[(uint8_t)text[pos] + 1]) continue;
-        while (sp < n_special && special[sp].off + special[sp].len <= pos) sp++;
+        while (sp < n_special && special[sp].off + special[sp].len <= pos)
+            sp++;
         bool allow = sp < n_special && special[sp].off <= pos;
-        int32_t id = special_at(v, text, allow ? special[sp].off + special[sp].len : len, pos,
-                                allow);
+        size_t end = allow && special[sp].off + special[sp].len < len
+                         ? special[sp].off + special[sp].len
+                         : len;
+        int32_t id = special_at(v, text, end, pos, allow);
         if (id < 0 && allow) id = special_at(v, text, len, pos, false);
         if (id < 0) continue;
         if (pos > frag && (rc = encode_raw(v, text + frag, pos - frag, prev_special, out)))
@@ -718,7 +772,8 @@ int tok_token_piece(const struct vocab *v, int32_t id, bool special, char *buf, 
             i += k;
         } else { /* not a byte-level character: copy it through */
             size_t m = 1;
-            while (i + m < tl && ((uint8_t)t[i + m] & 0xC0) == 0x80) m++;
+            while (i + m < tl && ((uint8_t)t[i + m] & 0xC0) == 0x80)
+                m++;
             o = put(buf, cap, o, t + i, m);
             i += m;
         }

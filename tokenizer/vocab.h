@@ -83,6 +83,7 @@ int32_t vocab_bos(const struct vocab *v); /* -1 if none */
 int32_t vocab_eos(const struct vocab *v); /* -1 if none */
 int32_t vocab_eot(const struct vocab *v); /* end of turn (<|eot_id|>, <|im_end|>) or -1 */
 int32_t vocab_unk(const struct vocab *v); /* -1 if none */
+int32_t vocab_pad(const struct vocab *v); /* -1 if none */
 bool vocab_add_bos(const struct vocab *v);
 bool vocab_add_eos(const struct vocab *v);
 /* True for end-of-generation tokens: eos, eot and control tokens named
