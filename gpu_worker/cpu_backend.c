@@ -62,21 +62,21 @@ struct mm_job {
     uint32_t at;
     size_t arow;       /* bytes of one quantized activation row */
     kernels_dot_fn dot;
+    int rows_per_chunk;
 };
 
-static void mm_quantize(void *arg, int ith, int nth)
+static void mm_quantize(void *arg, int t, int ith)
 {
     struct mm_job *j = arg;
-    for (int t = ith; t < j->n_tok; t += nth)
-        quant_quantize_row(j->at, j->in + (size_t)t * j->n_in, j->b->act + (size_t)t * j->arow,
-                           j->n_in);
+    quant_quantize_row(j->at, j->in + (size_t)t * j->n_in, j->b->act + (size_t)t * j->arow,
+                       j->n_in);
 }
 
-static void mm_rows(void *arg, int ith, int nth)
+static void mm_rows(void *arg, int chunk, int ith)
 {
     struct mm_job *j = arg;
-    int per = (j->n_out + nth - 1) / nth;
-    int r0 = ith * per, r1 = r0 + per < j->n_out ? r0 + per : j->n_out;
+    int r0 = chunk * j->rows_per_chunk;
+    int r1 = r0 + j->rows_per_chunk < j->n_out ? r0 + j->rows_per_chunk : j->n_out;
     size_t rb = quant_row_size(j->w->type, j->n_in);
     const uint8_t *wd = j->w->data;
     const uint8_t *act = j->b->act;
@@ -107,11 +107,18 @@ static void matmul(struct backend *b, const struct model_tensor *w, const float 
     };
     j.arow = quant_row_size(j.at, j.n_in);
     j.dot = kernels_dot(w->type, b->reference);
-    if (n_tok == 1 || pool_size(b->pool) == 1)
-        mm_quantize(&j, 0, 1);
-    else
-        pool_run(b->pool, mm_quantize, &j);
-    pool_run(b->pool, mm_rows, &j);
+    pool_for(b->pool, n_tok, mm_quantize, &j);
+    /* chunks of rows: about 16 per thread, each at least ~64k weights x tokens */
+    int nth = pool_size(b->pool);
+    long work = (long)j.n_in * n_tok;
+    int min_rows = (int)(65536 / (work > 0 ? work : 1)) + 1;
+    int rpc = j.n_out / (nth * 16) + 1;
+    if (rpc < min_rows)
+        rpc = min_rows;
+    if (nth == 1)
+        rpc = j.n_out;
+    j.rows_per_chunk = rpc;
+    pool_for(b->pool, (j.n_out + rpc - 1) / rpc, mm_rows, &j);
 }
 
 /* ---------------- elementwise ---------------- */
@@ -193,7 +200,7 @@ struct att_job {
     int layer, n_tok;
 };
 
-static void att_run(void *arg, int ith, int nth)
+static void att_run(void *arg, int task, int ith)
 {
     struct att_job *j = arg;
     struct backend *b = j->b;
@@ -202,7 +209,7 @@ static void att_run(void *arg, int ith, int nth)
     float scale = 1.0f / sqrtf((float)hd);
     size_t seq_stride = (size_t)b->cfg.max_ctx * b->kv_dim;
     size_t layer_stride = (size_t)b->cfg.max_seqs * seq_stride;
-    for (int task = ith; task < j->n_tok * nh; task += nth) {
+    {
         int t = task / nh, h = task % nh, kvh = h / group;
         int s = b->tok_seq[t], p = b->tok_pos[t];
         const float *qh = b->q + (size_t)t * b->q_dim + (size_t)h * hd;
@@ -326,7 +333,7 @@ static void layer_forward(struct backend *b, int l, int n_tok)
         }
     }
     struct att_job aj = {.b = b, .layer = l, .n_tok = n_tok};
-    pool_run(b->pool, att_run, &aj);
+    pool_for(b->pool, n_tok * (int)hp->n_heads, att_run, &aj);
     matmul(b, &L->wo, b->att, n_tok, b->xb, dim, NULL);
     for (size_t i = 0; i < (size_t)n_tok * dim; i++)
         b->x[i] += b->xb[i];

@@ -1,4 +1,4 @@
-/* pool.c - persistent worker threads; see pool.h. */
+/* pool.c - persistent worker threads with chunk claiming; see pool.h. */
 #include "pool.h"
 
 #include <immintrin.h>
@@ -6,18 +6,21 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 
-#define SPIN_ITERS 20000 /* ~50 us of pause before sleeping */
+#define SPIN_ITERS 4000 /* pauses before a worker sleeps (some tens of us) */
 
 struct pool {
     int n;
     pthread_t *th;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    atomic_ulong gen;  /* bumped once per pool_run */
-    atomic_int done;   /* workers finished in this generation */
+    /* (generation << 32) | next chunk to claim */
+    _Atomic uint64_t claim;
+    atomic_int done;  /* chunks finished in this generation */
     atomic_bool stop;
+    int n_chunks;
     pool_fn fn;
     void *arg;
 };
@@ -27,30 +30,46 @@ struct worker_arg {
     int ith;
 };
 
+/* Claim and run chunks of generation gen until none is left. */
+static void run_chunks(struct pool *p, uint32_t gen, int ith)
+{
+    for (;;) {
+        uint64_t c = atomic_load(&p->claim);
+        if ((uint32_t)(c >> 32) != gen || (uint32_t)c >= (uint32_t)p->n_chunks)
+            return;
+        if (!atomic_compare_exchange_weak(&p->claim, &c, c + 1))
+            continue;
+        /* a claimed chunk keeps the generation (and fn, arg) alive */
+        p->fn(p->arg, (int)(uint32_t)c, ith);
+        atomic_fetch_add(&p->done, 1);
+    }
+}
+
 static void *worker_main(void *a)
 {
     struct worker_arg *wa = a;
     struct pool *p = wa->p;
     int ith = wa->ith;
     free(wa);
-    unsigned long seen = 0;
+    uint32_t seen = 0;
     for (;;) {
         int spins = 0;
-        while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop)) {
+        uint32_t gen;
+        while ((gen = (uint32_t)(atomic_load(&p->claim) >> 32)) == seen &&
+               !atomic_load(&p->stop)) {
             if (++spins < SPIN_ITERS) {
                 _mm_pause();
                 continue;
             }
             pthread_mutex_lock(&p->mu);
-            while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop))
+            while ((uint32_t)(atomic_load(&p->claim) >> 32) == seen && !atomic_load(&p->stop))
                 pthread_cond_wait(&p->cv, &p->mu);
             pthread_mutex_unlock(&p->mu);
         }
         if (atomic_load(&p->stop))
             break;
-        seen = atomic_load(&p->gen);
-        p->fn(p->arg, ith, p->n);
-        atomic_fetch_add(&p->done, 1);
+        seen = gen;
+        run_chunks(p, gen, ith);
     }
     return NULL;
 }
@@ -62,33 +81,29 @@ struct pool *pool_new(int n)
     struct pool *p = calloc(1, sizeof(*p));
     if (!p)
         return NULL;
-    p->n = n;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     p->th = calloc((size_t)n, sizeof(pthread_t));
-    if (!p->th)
-        goto err;
+    if (!p->th) {
+        free(p);
+        return NULL;
+    }
     p->n = 1;
     for (int i = 1; i < n; i++) {
         struct worker_arg *wa = malloc(sizeof(*wa));
         if (!wa)
-            goto err_threads;
+            goto err;
         wa->p = p;
         wa->ith = i;
         if (pthread_create(&p->th[i], NULL, worker_main, wa) != 0) {
             free(wa);
-            goto err_threads;
+            goto err;
         }
-        p->n = i + 1; /* threads actually started, for cleanup */
+        p->n = i + 1; /* threads started so far, for cleanup */
     }
-    p->n = n;
     return p;
-err_threads:
-    pool_destroy(&p);
-    return NULL;
 err:
-    free(p->th);
-    free(p);
+    pool_destroy(&p);
     return NULL;
 }
 
@@ -97,22 +112,29 @@ int pool_size(const struct pool *p)
     return p->n;
 }
 
-void pool_run(struct pool *p, pool_fn fn, void *arg)
+void pool_for(struct pool *p, int n_chunks, pool_fn fn, void *arg)
 {
-    if (p->n == 1) {
-        fn(arg, 0, 1);
+    if (n_chunks <= 0)
+        return;
+    if (p->n == 1 || n_chunks == 1) {
+        for (int c = 0; c < n_chunks; c++)
+            fn(arg, c, 0);
         return;
     }
     p->fn = fn;
     p->arg = arg;
+    p->n_chunks = n_chunks;
     atomic_store(&p->done, 0);
+    uint32_t gen = (uint32_t)(atomic_load(&p->claim) >> 32) + 1;
+    if (gen == 0) /* workers start with seen = 0 */
+        gen = 1;
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add(&p->gen, 1);
+    atomic_store(&p->claim, (uint64_t)gen << 32);
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
-    fn(arg, 0, p->n);
+    run_chunks(p, gen, 0);
     int spins = 0;
-    while (atomic_load(&p->done) < p->n - 1) {
+    while (atomic_load(&p->done) < n_chunks) {
         if (++spins < SPIN_ITERS)
             _mm_pause();
         else
