@@ -34,6 +34,7 @@ static void usage(FILE *f)
             "  --frequency-penalty X --stop S (repeatable) --logprobs N --no-stream\n"
             "  --timeout MS (request deadline) --json (print the raw final message)\n"
             "  --system TEXT (chat: system message) --idle-timeout MS (library idle timeout)\n"
+            "  --verbose (log the library's status queries and resubmissions to stderr)\n"
             "  --endpoint E | --config FILE (default: [frontend] endpoint of the config)\n");
 }
 
@@ -308,6 +309,8 @@ int main(int argc, char **argv)
             stream = false;
         } else if (!strcmp(a, "--json")) {
             json_out = true;
+        } else if (!strcmp(a, "--verbose")) {
+            log_min_level = LOG_INFO; /* e.g. the library's resubmission notices */
         } else if (a[0] == '-' && a[1] == '-') {
             fprintf(stderr, "staged-client: unknown option '%s'\n", a);
             usage(stderr);
