@@ -207,6 +207,11 @@ static void test_encode_and_bad_requests(void **st)
         assert_string_equal(json_string_value(json_object_get(r, "id")), "ok");
         json_decref(r);
     }
+    r = call(&f, "{\"op\":\"health\"}");
+    assert_int_equal(json_integer_value(json_object_get(r, "pid")), getpid());
+    assert_int_equal(json_integer_value(json_object_get(r, "vocab")), 512);
+    assert_true(json_is_null(json_object_get(r, "id")));
+    json_decref(r);
     /* an error echoes the request's id */
     r = call(&f, "{\"id\":\"abc\",\"op\":\"nope\"}");
     assert_string_equal(json_string_value(json_object_get(r, "id")), "abc");

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #define MAX_IDENT 256
@@ -306,8 +307,8 @@ static json_t *op_health(const struct tok_server *s, const json_t *req, struct r
 {
     static const char *const allowed[] = {"id", "proto", "op", NULL};
     if (check_fields(req, allowed, e)) return NULL;
-    return json_pack("{s:b,s:i,s:s}", "ok", 1, "vocab", (json_int_t)vocab_n_tokens(s->v), "model",
-                     s->model);
+    return json_pack("{s:b,s:i,s:s,s:i}", "ok", 1, "vocab", (json_int_t)vocab_n_tokens(s->v),
+                     "model", s->model, "pid", (json_int_t)getpid());
 }
 
 static json_t *op_info(const struct tok_server *s, const json_t *req, struct req_err *e)
