@@ -83,8 +83,9 @@ static void send_hb(struct server *s)
 {
     int active = 0;
     for (int i = 0; i < s->max_seqs; i++) active += s->slots[i] != NULL;
-    send(s, json_pack("{s:s,s:i,s:i,s:I}", "ev", "hb", "active", active, "queued", s->n_queued,
-                      "steps", (json_int_t)s->steps));
+    send(s, json_pack("{s:s,s:i,s:i,s:I,s:i,s:i}", "ev", "hb", "active", active, "queued",
+                      s->n_queued, "steps", (json_int_t)s->steps, "pid", (int)getpid(), "max_ctx",
+                      s->max_ctx));
     s->last_hb = proto_now_ms();
 }
 

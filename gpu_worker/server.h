@@ -11,7 +11,8 @@
  * Messages (one JSON frame each, common/proto.h conventions):
  *   worker -> frontend
  *     {"ev":"hello","instance":S,"pid":N,"backend":"cpu","max_seqs":N,"max_ctx":N}
- *     {"ev":"hb","instance":S,"active":N,"queued":N,"steps":N}      every heartbeat_ms
+ *     {"ev":"hb","instance":S,"active":N,"queued":N,"steps":N,"pid":N,"max_ctx":N}
+ *          every heartbeat_ms (a frontend that restarted adopts the worker from it)
  *     {"ev":"toks","instance":S,"items":[{"rid":S,"n":N,"tok":T,"lp":{...}?}]}
  *          one message per step; n is the index of the token among the
  *          request's generated tokens (so resubmissions never duplicate)
