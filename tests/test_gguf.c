@@ -571,6 +571,107 @@ static void test_all_shared_models(void **state)
     assert_int_equal(v1, 1);
 }
 
+/* ---- allocation failures ----
+ * The test links with -Wl,--wrap=malloc,calloc,realloc: allocations made by
+ * staged's code (not by libc or cmocka) go through these, and the
+ * fail_at-th one returns NULL. */
+
+static long fail_at = -1, n_allocs;
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t m);
+void *__real_realloc(void *p, size_t n);
+
+static bool fail_now(void)
+{
+    return fail_at >= 0 && n_allocs++ == fail_at;
+}
+
+void *__wrap_malloc(size_t n)
+{
+    return fail_now() ? NULL : __real_malloc(n);
+}
+
+void *__wrap_calloc(size_t n, size_t m)
+{
+    return fail_now() ? NULL : __real_calloc(n, m);
+}
+
+void *__wrap_realloc(void *p, size_t n)
+{
+    return fail_now() ? NULL : __real_realloc(p, n);
+}
+
+/* Fail each allocation of the reader in turn: ST_ENOMEM, a message, nothing
+ * leaked (ASan builds check), and success once every allocation is past. */
+static void test_parse_allocation_failures(void **state)
+{
+    struct corpus_file f;
+    assert_int_equal(corpus_good_model("qwen3", 3, &f), 0);
+    long k;
+    for (k = 0;; k++) {
+        struct st_errbuf eb = {{0}};
+        struct st_model *m = NULL;
+        fail_at = k;
+        n_allocs = 0;
+        int rc = model_open_mem(f.buf, f.len, f.len, f.buf, &m, &eb);
+        fail_at = -1;
+        if (n_allocs <= k) { /* no allocation was failed: done */
+            assert_int_equal(rc, 0);
+            model_close(&m);
+            break;
+        }
+        if (rc != ST_ENOMEM || !strstr(eb.msg, "out of memory"))
+            fail_msg("allocation %ld failed: rc %d, '%s'", k, rc, eb.msg);
+        assert_null(m);
+    }
+    print_message("model_open_mem: %ld allocations, each failure handled\n", k);
+    assert_true(k >= 4);
+    corpus_file_free(&f);
+}
+
+static void test_writer_allocation_failures(void **state)
+{
+    const char *strs[2] = {"a", "bc"};
+    float data[64] = {0};
+    uint64_t ne[2] = {32, 2};
+    long k;
+    for (k = 0;; k++) {
+        fail_at = k;
+        n_allocs = 0;
+        struct gguf_writer *w = gguf_writer_new(3, 64);
+        int rc = w ? 0 : ST_ENOMEM;
+        if (!rc) rc = gguf_writer_add_str(w, "general.architecture", "llama");
+        if (!rc) rc = gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", strs, 2);
+        for (int i = 0; i < 40 && !rc; i++) { /* enough keys to grow the arrays */
+            char key[32];
+            snprintf(key, sizeof(key), "k.%d", i);
+            rc = gguf_writer_add_u32(w, key, (uint32_t)i);
+        }
+        if (!rc) {
+            int64_t t = gguf_writer_add_tensor(w, "t", GGML_TYPE_F32, 2, ne, data);
+            rc = t < 0 ? (int)t : 0;
+        }
+        uint8_t *buf = NULL;
+        uint64_t len;
+        if (!rc) rc = gguf_writer_to_mem(w, &buf, &len);
+        fail_at = -1;
+        gguf_writer_destroy(&w);
+        if (n_allocs <= k) {
+            assert_int_equal(rc, 0);
+            struct gguf *g;
+            struct st_errbuf eb = {{0}};
+            assert_int_equal(gguf_parse(buf, len, len, &g, &eb), 0);
+            assert_int_equal(g->n_kv, 43);
+            gguf_destroy(&g);
+            free(buf);
+            break;
+        }
+        assert_int_equal(rc, ST_ENOMEM);
+        free(buf);
+    }
+    print_message("writer: %ld allocations, each failure handled\n", k);
+}
+
 /* ---- the staged-gguf command ---- */
 
 /* Run $BIN/staged-gguf on path; its exit status, the verdict line in
@@ -674,6 +775,8 @@ int main(void)
         cmocka_unit_test(test_ref_models),
         cmocka_unit_test(test_all_shared_models),
         cmocka_unit_test(test_staged_gguf_command),
+        cmocka_unit_test(test_parse_allocation_failures),
+        cmocka_unit_test(test_writer_allocation_failures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,6 +6,8 @@ staged-make-model_SRC := tools/make_model_main.c tools/make_model.c gpu_worker/q
 
 TESTS += test_gguf
 test_gguf_SRC := tests/test_gguf.c tests/bad-gguf/corpus.c
+# allocation fault injection (see test_gguf.c)
+test_gguf_LIBS := -Wl,--wrap=malloc -Wl,--wrap=calloc -Wl,--wrap=realloc
 
 # tests/bad-gguf/make-corpus DIR (the script) builds and runs this.
 $(BUILD)/tests/bad-gguf/make-corpus: $(BUILD)/tests/bad-gguf/make_corpus.o \
