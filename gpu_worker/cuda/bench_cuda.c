@@ -82,23 +82,18 @@ int main(int argc, char **argv)
     }
     double upload_gbs = region / (now_s() - t0) / 1e9;
     free(host);
-    char hex[GPU_IPC_HEX_LEN + 1];
-    gpu_upload_ipc_handle(w, hex);
-    void *dev = NULL;
-    /* same process: use the allocation directly through the IPC path's contract */
-    (void)hex;
     int max_batch = n_prompt > nseq ? n_prompt : nseq;
     if (max_batch > 512) max_batch = 512;
     struct backend_config cfg = {.max_seqs = nseq, .max_ctx = ctx, .max_batch = max_batch};
     struct backend *be = NULL;
-    cfg.dev_weights = NULL;
-    (void)dev;
     if (ops->create(m, &cfg, &be, &eb)) {
         fprintf(stderr, "bench-cuda: %s\n", eb.msg);
         return 1;
     }
     int V = (int)m->hp.n_vocab;
-    float *out = malloc(sizeof(float) * (size_t)V * (nseq > 1 ? nseq : 1));
+    /* logits in page-locked memory, as a serving worker allocates them */
+    float *out = cuda_host_alloc(sizeof(float) * (size_t)V * (nseq > 1 ? nseq : 1));
+    if (!out) return 1;
     int nb = n_prompt > nseq ? n_prompt : nseq;
     int32_t *tok = malloc(sizeof(int32_t) * nb), *pos = malloc(sizeof(int32_t) * nb),
             *seq = malloc(sizeof(int32_t) * nb);
@@ -173,6 +168,7 @@ int main(int argc, char **argv)
            "\"prompt_tps\":%.0f,\"decode1_tps\":%.0f,\"decodeN\":%d,\"decodeN_tps\":%.0f}\n",
            argv[1], (unsigned long long)region, upload_gbs, n_prompt, prompt_tps, decode1_tps,
            nseq, decodeN_tps);
+    cuda_host_free(out);
     ops->destroy(&be);
     gpu_upload_destroy(&w);
     model_close(&m);

@@ -22,6 +22,19 @@ struct cmat {
     int N, K;
 };
 
+/* Forward passes of up to GRAPH_MAX_TOKENS tokens run as CUDA graphs, one
+ * instantiated graph per (n_tokens, n_out) shape, CUDA_MAX_GRAPHS kept (LRU). */
+#define CUDA_MAX_GRAPHS 24
+#define GRAPH_MAX_TOKENS 64
+#define LG_STAGE_ROWS 64
+#define CUBLAS_WS_BYTES (32u << 20)
+
+struct fgraph {
+    int n, n_out;
+    unsigned long long used;
+    cudaGraphExec_t exec;
+};
+
 struct clayer {
     struct cmat q, k, v, o, gate, up, down;
     const float *attn_norm, *ffn_norm; /* [dim] */
@@ -50,6 +63,16 @@ struct backend {
     int *seq_len, *seq_cnt;
     bool dead;
     bool fault;
+    /* activation-rounding memo: q/k/v (and gate/up) share one rounded input */
+    const float *memo_src;
+    int memo_cls, memo_n;
+    bool memo_a16;
+    /* CUDA graphs of whole forward passes, keyed by (n_tokens, n_out) */
+    struct fgraph graphs[CUDA_MAX_GRAPHS];
+    unsigned long long graph_clock;
+    bool use_graphs;
+    void *cublas_ws;
+    float *h_lg; /* pinned staging for logits, LG_STAGE_ROWS rows */
     bool act_float; /* STAGED_CUDA_ACT=float: no reference-style activation rounding */
     bool attn_ref;  /* STAGED_CUDA_ATTN=ref: attention with the reference's half rounding */
 };
@@ -71,6 +94,22 @@ extern "C" int cuda_device_count(struct st_errbuf *eb)
     }
     if (n == 0) st_errf(eb, ST_EDEVICE, "no CUDA device");
     return n;
+}
+
+extern "C" void *cuda_host_alloc(size_t bytes)
+{
+    void *p = NULL;
+    cudaError_t e = cudaMallocHost(&p, bytes);
+    if (e != cudaSuccess) {
+        log_error("cuda: cudaMallocHost(%zu): %s", bytes, cudaGetErrorString(e));
+        return NULL;
+    }
+    return p;
+}
+
+extern "C" void cuda_host_free(void *p)
+{
+    if (p) cudaFreeHost(p);
 }
 
 static int hexval(char c)
@@ -207,6 +246,7 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
     b->fault = getenv("STAGED_CUDA_FAULT") && strcmp(getenv("STAGED_CUDA_FAULT"), "1") == 0;
     b->act_float = getenv("STAGED_CUDA_ACT") && strcmp(getenv("STAGED_CUDA_ACT"), "float") == 0;
     b->attn_ref = getenv("STAGED_CUDA_ATTN") && strcmp(getenv("STAGED_CUDA_ATTN"), "ref") == 0;
+    b->use_graphs = !(getenv("STAGED_CUDA_GRAPHS") && strcmp(getenv("STAGED_CUDA_GRAPHS"), "0") == 0);
     b->L = (struct clayer *)calloc(hp->n_layers, sizeof(*b->L));
     b->seq_len = (int *)calloc((size_t)cfg->max_seqs, sizeof(int));
     b->seq_cnt = (int *)calloc((size_t)cfg->max_seqs, sizeof(int));
@@ -296,7 +336,10 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
         CREATE_CUDA(cudaMalloc((void **)&b->d_meta, B * 4 * sizeof(int32_t)));
         CREATE_CUDA(cudaMallocHost((void **)&b->h_meta, B * 4 * sizeof(int32_t)));
     }
-    if (cublasCreate(&b->cb) != CUBLAS_STATUS_SUCCESS || cublasSetStream(b->cb, b->st) != 0) {
+    CREATE_CUDA(cudaMallocHost((void **)&b->h_lg, (size_t)LG_STAGE_ROWS * hp->n_vocab * 4));
+    CREATE_CUDA(cudaMalloc(&b->cublas_ws, CUBLAS_WS_BYTES));
+    if (cublasCreate(&b->cb) != CUBLAS_STATUS_SUCCESS || cublasSetStream(b->cb, b->st) != 0 ||
+        cublasSetWorkspace(b->cb, b->cublas_ws, CUBLAS_WS_BYTES) != 0) {
         rc = st_errf(eb, ST_EDEVICE, "cuda: cublasCreate failed");
         goto fail;
     }
@@ -313,6 +356,10 @@ static void cuda_destroy(struct backend **pb)
     struct backend *b = *pb;
     if (!b) return;
     if (b->cb) cublasDestroy(b->cb);
+    for (int i = 0; i < CUDA_MAX_GRAPHS; i++)
+        if (b->graphs[i].exec) cudaGraphExecDestroy(b->graphs[i].exec);
+    if (b->cublas_ws) cudaFree(b->cublas_ws);
+    if (b->h_lg) cudaFreeHost(b->h_lg);
     void *dev[] = {b->kc, b->vc, b->x, b->xn, b->xo, b->q, b->att, b->k, b->v, b->g, b->u,
                    b->tmp, b->xr, b->a16, b->lg, b->d_meta, b->wdeq};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
@@ -330,11 +377,41 @@ static void cuda_destroy(struct backend **pb)
 /* ---- forward ---- */
 
 /* y[n][W.N] = x[n][W.K] W^T with the reference's activation rounding. */
+/* Which rounding a weight type asks of its input (see k_act_round). */
+static int act_class(int t)
+{
+    switch (t) {
+    case QT_F32: return 0;
+    case QT_F16: return 1;
+    case QT_BF16: return 2;
+    case QT_Q4_0: case QT_Q4_1: case QT_Q5_0: case QT_Q5_1: case QT_Q8_0: return 3;
+    default: return 4;
+    }
+}
+
+/* The next mm() reads a new input. */
+static void memo_reset(struct backend *b)
+{
+    b->memo_src = NULL;
+}
+
 static int mm(struct backend *b, const struct cmat *W, const float *x, float *y, int n)
 {
     const float *xa;
-    if (b->act_float) xa = x;
-    else ST_TRY(k_act_round(b->st, W->type, x, b->xr, n, W->K, &xa));
+    int cls = act_class(W->type);
+    bool hit = x == b->memo_src && cls == b->memo_cls && n == b->memo_n;
+    if (b->act_float || cls == 0) {
+        xa = x;
+    } else if (hit) {
+        xa = b->xr;
+    } else {
+        ST_TRY(k_act_round(b->st, W->type, x, b->xr, n, W->K, &xa));
+        b->memo_src = x;
+        b->memo_cls = cls;
+        b->memo_n = n;
+        b->memo_a16 = false;
+        hit = true;
+    }
     if (n <= MATVEC_MAX_N) return k_matvec(b->st, W->w, W->type, W->N, W->K, xa, y, n);
     const float one = 1.f, zero = 0.f;
     if (W->type == QT_F32) {
@@ -344,16 +421,18 @@ static int mm(struct backend *b, const struct cmat *W, const float *x, float *y,
     }
     const void *A = W->w;
     cudaDataType_t ty = CUDA_R_16F;
+    bool a16_ok = hit && b->memo_a16 && !b->act_float;
     if (W->type == QT_BF16) {
         ty = CUDA_R_16BF;
-        ST_TRY(k_to_bf16(b->st, xa, b->a16, (size_t)n * W->K));
+        if (!a16_ok) ST_TRY(k_to_bf16(b->st, xa, b->a16, (size_t)n * W->K));
     } else {
         if (W->type != QT_F16) {
             ST_TRY(k_dequant_f16(b->st, W->w, W->type, W->N, W->K, b->wdeq));
             A = b->wdeq;
         }
-        ST_TRY(k_to_f16(b->st, xa, (__half *)b->a16, (size_t)n * W->K));
+        if (!a16_ok) ST_TRY(k_to_f16(b->st, xa, (__half *)b->a16, (size_t)n * W->K));
     }
+    if (hit && !b->act_float) b->memo_a16 = true;
     CUBLAS_TRY(cublasGemmEx(b->cb, CUBLAS_OP_T, CUBLAS_OP_N, W->N, n, W->K, &one, A, ty, W->K,
                             b->a16, ty, W->K, &zero, y, CUDA_R_32F, W->N, CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT));
@@ -366,11 +445,12 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
     const struct model_hparams *hp = &b->hp;
     cudaStream_t st = b->st;
     int D = (int)hp->dim, hd = (int)hp->head_dim, F = (int)hp->ffn_dim;
-    if (b->fault || g_inject_fault) ST_TRY(k_fault(st));
+    memo_reset(b);
     ST_TRY(k_embed(st, b->embd.w, b->embd.type, D, d_tok, n, b->x));
     for (int l = 0; l < (int)hp->n_layers; l++) {
         const struct clayer *L = &b->L[l];
         ST_TRY(k_rmsnorm(st, b->x, L->attn_norm, b->xn, n, D, hp->rms_eps));
+        memo_reset(b);
         ST_TRY(mm(b, &L->q, b->xn, b->q, n));
         ST_TRY(mm(b, &L->k, b->xn, b->k, n));
         ST_TRY(mm(b, &L->v, b->xn, b->v, n));
@@ -389,19 +469,82 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
         ST_TRY(k_kv_store(st, b->k, b->v, kc, vc, n, b->kv_dim, b->cfg.max_ctx, d_pos, d_seq));
         ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
                            b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->attn_ref));
+        memo_reset(b);
         ST_TRY(mm(b, &L->o, b->att, b->tmp, n));
         ST_TRY(k_add(st, b->x, b->tmp, (size_t)n * D));
         ST_TRY(k_rmsnorm(st, b->x, L->ffn_norm, b->xn, n, D, hp->rms_eps));
+        memo_reset(b);
         ST_TRY(mm(b, &L->gate, b->xn, b->g, n));
         ST_TRY(mm(b, &L->up, b->xn, b->u, n));
         ST_TRY(k_swiglu(st, b->g, b->u, b->g, (size_t)n * F));
+        memo_reset(b);
         ST_TRY(mm(b, &L->down, b->g, b->tmp, n));
         ST_TRY(k_add(st, b->x, b->tmp, (size_t)n * D));
     }
     if (n_out > 0) {
         ST_TRY(k_gather_rows(st, b->x, d_out, b->xo, n_out, D));
         ST_TRY(k_rmsnorm(st, b->xo, b->out_norm, b->xo, n_out, D, hp->rms_eps));
+        memo_reset(b);
         ST_TRY(mm(b, &b->out, b->xo, b->lg, n_out));
+    }
+    return 0;
+}
+
+/* Run the forward pass through a cached CUDA graph of its shape (captured on
+ * first use), or directly for large batches. */
+static int run_forward(struct backend *b, int n, int n_out, const int32_t *d_tok,
+                       const int32_t *d_pos, const int32_t *d_seq, const int32_t *d_out)
+{
+    if (!b->use_graphs || n > GRAPH_MAX_TOKENS)
+        return run_layers(b, n, n_out, d_tok, d_pos, d_seq, d_out);
+    struct fgraph *g = NULL, *victim = &b->graphs[0];
+    for (int i = 0; i < CUDA_MAX_GRAPHS; i++) {
+        struct fgraph *c = &b->graphs[i];
+        if (c->exec && c->n == n && c->n_out == n_out) g = c;
+        if (!c->exec || c->used < victim->used) victim = c;
+    }
+    if (!g) {
+        if (victim->exec) {
+            CUDA_TRY(cudaGraphExecDestroy(victim->exec));
+            victim->exec = NULL;
+        }
+        cudaGraph_t graph;
+        CUDA_TRY(cudaStreamBeginCapture(b->st, cudaStreamCaptureModeThreadLocal));
+        int rc = run_layers(b, n, n_out, d_tok, d_pos, d_seq, d_out);
+        cudaError_t e = cudaStreamEndCapture(b->st, &graph);
+        if (rc < 0) return rc;
+        CUDA_TRY(e);
+        e = cudaGraphInstantiate(&victim->exec, graph, 0);
+        cudaGraphDestroy(graph);
+        CUDA_TRY(e);
+        victim->n = n;
+        victim->n_out = n_out;
+        g = victim;
+    }
+    g->used = ++b->graph_clock;
+    CUDA_TRY(cudaGraphLaunch(g->exec, b->st));
+    return 0;
+}
+
+/* Logits rows to the caller: straight into pinned memory, else through the
+ * pinned staging buffer. */
+static int copy_logits(struct backend *b, float *logits, int n_out)
+{
+    size_t row = (size_t)b->hp.n_vocab;
+    cudaPointerAttributes pa;
+    if (cudaPointerGetAttributes(&pa, logits) == cudaSuccess && pa.type == cudaMemoryTypeHost) {
+        CUDA_TRY(cudaMemcpyAsync(logits, b->lg, sizeof(float) * row * n_out,
+                                 cudaMemcpyDeviceToHost, b->st));
+        CUDA_TRY(cudaStreamSynchronize(b->st));
+        return 0;
+    }
+    (void)cudaGetLastError(); /* a pageable pointer is not an error */
+    for (int r0 = 0; r0 < n_out; r0 += LG_STAGE_ROWS) {
+        int nr = n_out - r0 < LG_STAGE_ROWS ? n_out - r0 : LG_STAGE_ROWS;
+        CUDA_TRY(cudaMemcpyAsync(b->h_lg, b->lg + row * r0, sizeof(float) * row * nr,
+                                 cudaMemcpyDeviceToHost, b->st));
+        CUDA_TRY(cudaStreamSynchronize(b->st));
+        memcpy(logits + row * r0, b->h_lg, sizeof(float) * row * nr);
     }
     return 0;
 }
@@ -440,7 +583,8 @@ static int cuda_forward(struct backend *b, const struct batch *bt, float *logits
         log_error("cuda: metadata copy: %s", cudaGetErrorString(e));
         rc = ST_EDEVICE;
     }
-    if (rc == 0) rc = run_layers(b, n, n_out, d_tok, d_pos, d_seq, d_out);
+    if (rc == 0 && (b->fault || g_inject_fault)) rc = k_fault(b->st);
+    if (rc == 0) rc = run_forward(b, n, n_out, d_tok, d_pos, d_seq, d_out);
     if (rc == 0) {
         e = cudaStreamSynchronize(b->st);
         if (e != cudaSuccess) {
@@ -449,14 +593,7 @@ static int cuda_forward(struct backend *b, const struct batch *bt, float *logits
             rc = ST_EDEVICE;
         }
     }
-    if (rc == 0 && n_out > 0) {
-        e = cudaMemcpy(logits, b->lg, sizeof(float) * (size_t)n_out * b->hp.n_vocab,
-                       cudaMemcpyDeviceToHost);
-        if (e != cudaSuccess) {
-            log_error("cuda: logits copy: %s", cudaGetErrorString(e));
-            rc = ST_EDEVICE;
-        }
-    }
+    if (rc == 0 && n_out > 0) rc = copy_logits(b, logits, n_out);
     if (rc < 0) {
         b->dead = true;
         return rc == ST_EUNSUPPORTED ? rc : ST_EDEVICE;

@@ -46,6 +46,12 @@ void cuda_ipc_close(void *dev_ptr);
  * goes into eb. */
 int cuda_device_count(struct st_errbuf *eb);
 
+/* Page-locked host memory for logits buffers: forward() copies logits into
+ * such a buffer by DMA directly (into pageable memory it goes through a
+ * staging buffer and a memcpy). NULL on failure or without CUDA. */
+void *cuda_host_alloc(size_t bytes);
+void cuda_host_free(void *p);
+
 /* Fault injection: the next forward call of every CUDA backend of this
  * process first launches a kernel that writes through an invalid address
  * (the environment variable STAGED_CUDA_FAULT=1 at create() does the same).

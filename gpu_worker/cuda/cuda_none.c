@@ -27,4 +27,13 @@ int cuda_device_count(struct st_errbuf *eb)
 void cuda_backend_inject_bad_kernel(void)
 {
 }
+
+void *cuda_host_alloc(size_t bytes)
+{
+    return NULL;
+}
+
+void cuda_host_free(void *p)
+{
+}
 #endif
