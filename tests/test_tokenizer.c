@@ -11,6 +11,7 @@
 #include "tokenizer/detok.h"
 #include "tokenizer/vocab.h"
 
+#include <jansson.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -639,6 +640,57 @@ static void test_chat_other_families(void **st)
     unload(&l);
 }
 
+/* The chat_template of a Hugging Face tokenizer_config.json (NULL if absent). */
+static char *hf_template(const char *name)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/tokenizers/%s/tokenizer_config.json", models_dir(), name);
+    json_error_t err;
+    json_t *j = json_load_file(path, JSON_DECODE_INT_AS_REAL, &err);
+    if (!j) return NULL;
+    const char *t = json_string_value(json_object_get(j, "chat_template"));
+    char *r = t ? strdup(t) : NULL;
+    json_decref(j);
+    return r;
+}
+
+/* Llama 3 (3.0) Instruct and Qwen3 templates from the tokenizer configs:
+ * detected as llama3 and chatml, rendered as those templates do. */
+static void test_chat_hf_configs(void **st)
+{
+    (void)st;
+    char *l3 = hf_template("llama3_1"), *q3 = hf_template("qwen3");
+    if (!l3 || !q3) {
+        free(l3);
+        free(q3);
+        skip();
+        return;
+    }
+    assert_int_equal(chat_detect(l3), CHAT_LLAMA3);
+    assert_int_equal(chat_detect(q3), CHAT_CHATML);
+    struct chat_out o = {0};
+    struct st_errbuf eb;
+    assert_int_equal(
+        chat_render(CHAT_LLAMA3, "<|begin_of_text|>", "<|eot_id|>", conv, 4, true, &o, &eb), 0);
+    assert_string_equal(o.text.p,
+                        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+                        "You are a pirate.<|eot_id|>"
+                        "<|start_header_id|>user<|end_header_id|>\n\nHi there!<|eot_id|>"
+                        "<|start_header_id|>assistant<|end_header_id|>\n\nArr, hello.<|eot_id|>"
+                        "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>"
+                        "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    chat_out_free(&o);
+    assert_int_equal(chat_render(CHAT_CHATML, "", "", conv, 4, true, &o, &eb), 0);
+    assert_string_equal(o.text.p, "<|im_start|>system\n  You are a pirate.\n<|im_end|>\n"
+                                  "<|im_start|>user\nHi there! <|im_end|>\n"
+                                  "<|im_start|>assistant\nArr, hello.<|im_end|>\n"
+                                  "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+                                  "<|im_start|>assistant\n");
+    chat_out_free(&o);
+    free(l3);
+    free(q3);
+}
+
 /* Invalid UTF-8 input is encoded byte by byte and decodes to U+FFFD, never
  * to invalid UTF-8 (byte-level BPE round-trips the bytes themselves). */
 static void test_invalid_utf8_input(void **st)
@@ -669,7 +721,8 @@ int main(void)
         cmocka_unit_test(test_spm_unknown_and_eos), cmocka_unit_test(test_bad_metadata),
         cmocka_unit_test(test_bpe_special),         cmocka_unit_test(test_stream_emoji),
         cmocka_unit_test(test_chat_qwen25),         cmocka_unit_test(test_chat_llama31),
-        cmocka_unit_test(test_chat_other_families), cmocka_unit_test(test_invalid_utf8_input),
+        cmocka_unit_test(test_chat_other_families), cmocka_unit_test(test_chat_hf_configs),
+        cmocka_unit_test(test_invalid_utf8_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
