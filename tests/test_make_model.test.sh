@@ -33,6 +33,17 @@ done
 grep -q "tokenizer.ggml.pre .*\"llama-bpe\"" "$T/out.q" || fail "tiny-llama: tokenizer keys not copied"
 grep -q "tokenizer.ggml.tokens .*string x 128256" "$T/out.q" || fail "tiny-llama: token count"
 
+# a model vocabulary larger than the tokenizer's (as Qwen2.5-7B's 152064 rows):
+# tokens and token types padded with [PADn]
+"$MM" --shape tiny-qwen2 --type q8_0 --vocab 152064 -o "$T/pad.gguf" >/dev/null || fail "--vocab 152064"
+"$BIN/staged-gguf" "$T/pad.gguf" >"$T/out.pad" || fail "padded vocab model rejected"
+grep -q "tokenizer.ggml.tokens .*string x 152064" "$T/out.pad" || fail "tokens not padded"
+grep -q "tokenizer.ggml.token_type .*i32 x 152064" "$T/out.pad" || fail "token types not padded"
+grep -q "^model: qwen2, .*vocab 152064" "$T/out.pad" || fail "embedding rows not 152064"
+grep -aq '\[PAD151936\]' "$T/pad.gguf" && grep -aq '\[PAD152063\]' "$T/pad.gguf" || fail "no [PADn] tokens"
+"$MM" --check "$T/pad.gguf" | grep -q "Q8_0 .* ok" || fail "q8_0 check"
+"$MM" --shape tiny-qwen2 --vocab 1000 -o "$T/x.gguf" >/dev/null 2>&1 && fail "--vocab below the token count accepted"
+
 # deterministic: same seed, other thread count -> same bytes; other seed -> different
 "$MM" --shape tiny-qwen2 --type q4_k_m --seed 11 --threads 1 -o "$T/again.gguf" >/dev/null || fail "make again"
 cmp -s "$T/again.gguf" "$T/tiny-qwen2.q4_k_m.gguf" || fail "same seed, 1 vs 2 threads: files differ"

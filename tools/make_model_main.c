@@ -2,13 +2,15 @@
  * model (see tools/make_model.h), or check one it wrote.
  *
  *   staged-make-model --shape NAME [--type f16|q4_k_m|TYPE] [--seed N]
- *                     [--threads N] [--vocab-dir DIR] -o OUT.gguf
+ *                     [--threads N] [--vocab N] [--vocab-dir DIR] -o OUT.gguf
  *   staged-make-model --plan --shape NAME [--type T]   (metadata and tensor table only)
  *   staged-make-model --check FILE.gguf
  *   staged-make-model --list
  *
  * The vocab folder defaults to $STAGED_MODELS/vocab (STAGED_MODELS defaults
- * to ../shared/models). Exit 0 on success, 1 on failure, 2 on bad usage. */
+ * to ../shared/models). --vocab N changes the embedding's row count (the
+ * tokenizer arrays are padded to it; N below the vocab file's token count is
+ * an error). Exit 0 on success, 1 on failure, 2 on bad usage. */
 #include "tools/make_model.h"
 
 #include <stdbool.h>
@@ -20,7 +22,7 @@
 static void usage(void)
 {
     fprintf(stderr, "usage: staged-make-model --shape NAME [--type f16|q4_k_m|TYPE] [--seed N]\n"
-                    "                         [--threads N] [--vocab-dir DIR] -o OUT.gguf\n"
+                    "                         [--threads N] [--vocab N] [--vocab-dir DIR] -o OUT.gguf\n"
                     "       staged-make-model --plan --shape NAME [--type T]\n"
                     "       staged-make-model --check FILE.gguf\n"
                     "       staged-make-model --list\n");
@@ -30,6 +32,7 @@ int main(int argc, char **argv)
 {
     struct make_model_opts o = {.mix = "q4_k_m", .seed = 1, .n_threads = 2};
     const char *shape = NULL, *check = NULL;
+    unsigned long long vocab_rows = 0;
     bool plan = false;
     char vocab_dir[4096];
     const char *models = getenv("STAGED_MODELS");
@@ -59,6 +62,8 @@ int main(int argc, char **argv)
             o.seed = strtoull(v, &end, 0);
         else if (strcmp(a, "--threads") == 0)
             o.n_threads = (int)strtol(v, &end, 10);
+        else if (strcmp(a, "--vocab") == 0)
+            vocab_rows = strtoull(v, &end, 0);
         else if (strcmp(a, "--vocab-dir") == 0)
             o.vocab_dir = v;
         else if (strcmp(a, "-o") == 0)
@@ -91,6 +96,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "staged-make-model: unknown shape '%s'; shapes:\n", shape);
         make_model_list_shapes(stderr);
         return 2;
+    }
+    struct mm_shape custom;
+    if (vocab_rows) { /* the shape with another embedding row count */
+        if (vocab_rows > (1u << 24)) {
+            fprintf(stderr, "staged-make-model: --vocab %llu: at most 16777216\n", vocab_rows);
+            return 2;
+        }
+        custom = *o.shape;
+        custom.n_vocab = (uint32_t)vocab_rows;
+        o.shape = &custom;
     }
     if (plan) {
         if (make_model_plan(&o, stdout, &eb)) {
