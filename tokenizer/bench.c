@@ -4,16 +4,25 @@
  * prompt (English prose + markdown: the models README, repeated as needed),
  * whole decode, and streaming detok one token per call.
  *
+ * Then the server (in-process, ipc:// endpoint, 2 worker threads): requests
+ * per second for pipelined encodes of a short chat-sized prompt and of the
+ * 4,096-token prompt, and the round-trip latency of one small request.
+ *
  *   bench-tokenizer [REPEATS]     (default 50; the median is reported)
  */
 #include "common/model.h"
 #include "tokenizer/detok.h"
+#include "tokenizer/server.h"
 #include "tokenizer/vocab.h"
 
+#include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <zmq.h>
 
 static double now_ms(void)
 {
@@ -156,6 +165,92 @@ static void bench_vocab(const char *dir, const char *rel, const char *corpus, si
     model_close(&m);
 }
 
+struct srv_ctx {
+    struct tok_server *srv;
+    volatile sig_atomic_t stop;
+};
+
+static void *srv_main(void *arg)
+{
+    struct srv_ctx *c = arg;
+    tok_server_run(c->srv, &c->stop);
+    return NULL;
+}
+
+/* Send n copies of req pipelined (at most 64 in flight), wait for all replies. */
+static double pipelined(void *sock, const char *req, int n)
+{
+    size_t len = strlen(req);
+    char buf[64];
+    int sent = 0, got = 0;
+    double t0 = now_ms();
+    while (got < n) {
+        while (sent < n && sent - got < 64) {
+            zmq_send(sock, req, len, 0);
+            sent++;
+        }
+        if (zmq_recv(sock, buf, sizeof(buf), 0) < 0) break;
+        got++;
+    }
+    return now_ms() - t0;
+}
+
+static void bench_server(const char *dir, const char *rel, const char *prompt, int reps)
+{
+    char path[1024], ep[128], tmp[] = "/tmp/bench-tok.XXXXXX";
+    snprintf(path, sizeof(path), "%s/%s", dir, rel);
+    struct st_errbuf eb = {{0}};
+    struct st_model *m = NULL;
+    struct vocab *v = NULL;
+    if (model_open_file(path, &m, &eb) || vocab_build(m->gguf, &v, &eb) || !mkdtemp(tmp)) {
+        printf("server: skipped (%s)\n", eb.msg);
+        model_close(&m);
+        return;
+    }
+    snprintf(ep, sizeof(ep), "ipc://%s/tok.sock", tmp);
+    void *z = zmq_ctx_new();
+    struct srv_ctx c = {NULL, 0};
+    struct tok_server_opts o = {ep, 2, 4 << 20, rel, 0};
+    pthread_t thr;
+    if (tok_server_new(z, &o, v, &c.srv, &eb) || pthread_create(&thr, NULL, srv_main, &c)) {
+        printf("server: %s\n", eb.msg);
+        goto out;
+    }
+    void *sock = zmq_socket(z, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof(linger));
+    zmq_connect(sock, ep);
+    json_t *big = json_pack("{s:s,s:s}", "op", "encode", "text", prompt);
+    char *big_req = json_dumps(big, JSON_COMPACT);
+    const char *small_req = "{\"op\":\"encode\",\"text\":\"Write a short poem about the sea, "
+                            "in the style of a sailor who misses home.\"}";
+    pipelined(sock, small_req, 200); /* warm up */
+    int n_small = reps * 100, n_big = reps * 4;
+    double ts = pipelined(sock, small_req, n_small);
+    double tb = pipelined(sock, big_req, n_big);
+    double *lat = malloc((size_t)reps * 10 * sizeof(*lat));
+    for (int i = 0; i < reps * 10; i++)
+        lat[i] = pipelined(sock, small_req, 1);
+    double l50 = median(lat, reps * 10);
+    printf("server %-25s 2 threads: short encode %7.0f req/s | 4096-token encode %6.0f req/s "
+           "(%5.2f ms each) | round trip %5.0f us\n",
+           rel, n_small / ts * 1e3, n_big / tb * 1e3, tb / n_big, l50 * 1e3);
+    free(lat);
+    free(big_req);
+    json_decref(big);
+    zmq_close(sock);
+    c.stop = 1;
+    pthread_join(thr, NULL);
+out:
+    tok_server_destroy(&c.srv);
+    zmq_ctx_term(z);
+    snprintf(path, sizeof(path), "%s/tok.sock", tmp);
+    unlink(path);
+    rmdir(tmp);
+    vocab_destroy(&v);
+    model_close(&m);
+}
+
 int main(int argc, char **argv)
 {
     int reps = argc > 1 ? atoi(argv[1]) : 50;
@@ -181,6 +276,23 @@ int main(int argc, char **argv)
     };
     for (size_t i = 0; i < sizeof(vocabs) / sizeof(vocabs[0]); i++)
         bench_vocab(dir, vocabs[i], corpus, clen, reps);
+    {
+        /* the server bench uses the Qwen2.5 vocab and its 4096-token prompt */
+        snprintf(path, sizeof(path), "%s/vocab/ggml-vocab-qwen2.gguf", dir);
+        struct st_errbuf eb;
+        struct st_model *m = NULL;
+        struct vocab *v = NULL;
+        if (!model_open_file(path, &m, &eb) && !vocab_build(m->gguf, &v, &eb)) {
+            size_t plen;
+            char *prompt = make_prompt(v, corpus, clen, 4096, &plen);
+            vocab_destroy(&v);
+            model_close(&m);
+            if (prompt) bench_server(dir, "vocab/ggml-vocab-qwen2.gguf", prompt, reps);
+            free(prompt);
+        } else {
+            model_close(&m);
+        }
+    }
     free(corpus);
     return 0;
 }

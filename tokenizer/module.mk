@@ -11,5 +11,5 @@ TESTS += test_tokenizer_server
 test_tokenizer_server_SRC := tests/test_tokenizer_server.c tokenizer/server.c $(TOK_LIB_SRC)
 test_tokenizer_server_LIBS := -lpcre2-8
 BENCHES += bench-tokenizer
-bench-tokenizer_SRC := tokenizer/bench.c $(TOK_LIB_SRC)
+bench-tokenizer_SRC := tokenizer/bench.c tokenizer/server.c $(TOK_LIB_SRC)
 bench-tokenizer_LIBS := -lpcre2-8
