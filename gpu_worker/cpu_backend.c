@@ -62,6 +62,7 @@ struct mm_job {
     uint32_t at;
     size_t arow;       /* bytes of one quantized activation row */
     kernels_dot_fn dot;
+    kernels_dot4_fn dot4; /* NULL: one row at a time */
     int rows_per_chunk;
 };
 
@@ -83,7 +84,16 @@ static void mm_rows(void *arg, int chunk, int ith)
     for (int r = r0; r < r1; r++) {
         const uint8_t *wrow = wd + (size_t)r * rb;
         float bias = j->bias ? j->bias[r] : 0.f;
-        for (int t = 0; t < j->n_tok; t++)
+        int t = 0;
+        if (j->dot4) {
+            float o4[4];
+            for (; t + 4 <= j->n_tok; t += 4) {
+                j->dot4(j->n_in, wrow, act + (size_t)t * j->arow, j->arow, o4);
+                for (int k = 0; k < 4; k++)
+                    j->out[(size_t)(t + k) * j->out_stride + r] = o4[k] + bias;
+            }
+        }
+        for (; t < j->n_tok; t++)
             j->out[(size_t)t * j->out_stride + r] =
                 j->dot(j->n_in, wrow, act + (size_t)t * j->arow) + bias;
     }
@@ -107,6 +117,7 @@ static void matmul(struct backend *b, const struct model_tensor *w, const float 
     };
     j.arow = quant_row_size(j.at, j.n_in);
     j.dot = kernels_dot(w->type, b->reference);
+    j.dot4 = b->reference || n_tok < 4 ? NULL : kernels_dot4(w->type);
     pool_for(b->pool, n_tok, mm_quantize, &j);
     /* chunks of rows: about 16 per thread, each at least ~64k weights x tokens */
     int nth = pool_size(b->pool);

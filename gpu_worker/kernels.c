@@ -85,45 +85,11 @@ static inline __m256i mul_s8(__m256i x, __m256i y)
     return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1));
 }
 
-static float dot_q8_0(int64_t n, const void *w, const void *act)
-{
-    const struct block_q8_0 *x = w, *y = act;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t nb = n / QK, b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        __m256i p0 = mul_s8(load32(x[b].qs), load32(y[b].qs));
-        __m256i p1 = mul_s8(load32(x[b + 1].qs), load32(y[b + 1].qs));
-        __m256 d0 = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
-        __m256 d1 = _mm256_set1_ps(quant_f16_to_f32(x[b + 1].d) * quant_f16_to_f32(y[b + 1].d));
-        acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(p0), acc0);
-        acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(p1), acc1);
-    }
-    for (; b < nb; b++) {
-        __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
-        acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(mul_s8(load32(x[b].qs), load32(y[b].qs))),
-                               acc0);
-    }
-    return hsum_ps(_mm256_add_ps(acc0, acc1));
-}
-
 static inline __m256i unpack_nib(const uint8_t *qs)
 {
     __m128i t = _mm_loadu_si128((const __m128i *)qs);
     __m256i v = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
     return _mm256_and_si256(v, _mm256_set1_epi8(15));
-}
-
-static float dot_q4_0(int64_t n, const void *w, const void *act)
-{
-    const struct block_q4_0 *x = w;
-    const struct block_q8_0 *y = act;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / QK; b++) {
-        __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
-        __m256i q = _mm256_sub_epi8(unpack_nib(x[b].qs), _mm256_set1_epi8(8));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(mul_s8(q, load32(y[b].qs))), acc);
-    }
-    return hsum_ps(acc);
 }
 
 /* 32 bits -> 32 bytes: 0xFF where the bit is set */
@@ -143,28 +109,6 @@ static inline __m256i q5_0_quants(const struct block_q5_0 *x)
     /* (nib | bit << 4) - 16 == nib | 0xF0 (as int8) when the bit is clear, nib when set */
     return _mm256_or_si256(unpack_nib(x->qs),
                            _mm256_andnot_si256(bits_to_bytes(x->qh), _mm256_set1_epi8((char)0xF0)));
-}
-
-static float dot_q5_0(int64_t n, const void *w, const void *act)
-{
-    const struct block_q5_0 *x = w;
-    const struct block_q8_0 *y = act;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t nb = n / QK, b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        __m256i p0 = mul_s8(q5_0_quants(&x[b]), load32(y[b].qs));
-        __m256i p1 = mul_s8(q5_0_quants(&x[b + 1]), load32(y[b + 1].qs));
-        __m256 d0 = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
-        __m256 d1 = _mm256_set1_ps(quant_f16_to_f32(x[b + 1].d) * quant_f16_to_f32(y[b + 1].d));
-        acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(p0), acc0);
-        acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(p1), acc1);
-    }
-    for (; b < nb; b++) {
-        __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
-        acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(mul_s8(q5_0_quants(&x[b]), load32(y[b].qs))),
-                               acc0);
-    }
-    return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
 /* unsigned quants (0..31) x int8 -> 8 int32 */
@@ -339,6 +283,149 @@ static float dot_q6_K(int64_t n, const void *w, const void *act)
     return hsum_ps(acc);
 }
 
+/* ---- 4 activation rows per weight row (batched prompts) ----
+ * The weight block is decoded once and dotted with the same block of 4
+ * activation rows (act + k * stride). */
+
+#define ACT(k, T, b) ((const T *)((const uint8_t *)act + (size_t)(k) * stride) + (b))
+
+/* 32-blocks with Q8_0 activations: QUANTS(x) gives the signed quants of a
+ * block. One accumulator in the block order (llama.cpp's order, which keeps
+ * our logits on its rounding path), in the one-row and the 4-row kernel
+ * alike, so both give bit-identical results. */
+#define DOT_32(NAME, NAME4, WT, QUANTS)                                                         \
+    static float NAME(int64_t n, const void *w, const void *act)                                \
+    {                                                                                           \
+        const WT *x = w;                                                                        \
+        const struct block_q8_0 *y = act;                                                       \
+        __m256 acc[1] = {_mm256_setzero_ps()};                                                  \
+        for (int64_t b = 0; b < n / QK; b++) {                                                  \
+            __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));     \
+            __m256i p = mul_s8(QUANTS(&x[b]), load32(y[b].qs));                                 \
+            acc[0] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[0]);                   \
+        }                                                                                       \
+        return hsum_ps(acc[0]);                                                                 \
+    }                                                                                           \
+    static void NAME4(int64_t n, const void *w, const void *act, size_t stride, float *out)     \
+    {                                                                                           \
+        const WT *x = w;                                                                        \
+        __m256 acc[1][4];                                                                       \
+        for (int k = 0; k < 4; k++)                                                             \
+            acc[0][k] = _mm256_setzero_ps();                                                    \
+        for (int64_t b = 0; b < n / QK; b++) {                                                  \
+            __m256i q = QUANTS(&x[b]);                                                          \
+            __m256i ax = _mm256_sign_epi8(q, q);                                                \
+            float dw = quant_f16_to_f32(x[b].d);                                                \
+            for (int k = 0; k < 4; k++) {                                                       \
+                const struct block_q8_0 *y = ACT(k, struct block_q8_0, b);                      \
+                __m256i sy = _mm256_sign_epi8(load32(y->qs), q);                                \
+                __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy),                     \
+                                              _mm256_set1_epi16(1));                            \
+                acc[0][k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * quant_f16_to_f32(y->d)),        \
+                                            _mm256_cvtepi32_ps(p), acc[0][k]);                  \
+            }                                                                                   \
+        }                                                                                       \
+        for (int k = 0; k < 4; k++)                                                             \
+            out[k] = hsum_ps(acc[0][k]);                                                        \
+    }
+
+static inline __m256i q8_0_quants(const struct block_q8_0 *x)
+{
+    return load32(x->qs);
+}
+
+static inline __m256i q4_0_quants(const struct block_q4_0 *x)
+{
+    return _mm256_sub_epi8(unpack_nib(x->qs), _mm256_set1_epi8(8));
+}
+
+DOT_32(dot_q8_0, dot4_q8_0, struct block_q8_0, q8_0_quants)
+DOT_32(dot_q5_0, dot4_q5_0, struct block_q5_0, q5_0_quants)
+DOT_32(dot_q4_0, dot4_q4_0, struct block_q4_0, q4_0_quants)
+
+static void dot4_q4_K(int64_t n, const void *w, const void *act, size_t stride, float *out)
+{
+    const struct block_q4_K *x = w;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    float summ[4] = {0, 0, 0, 0};
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        uint8_t sc[8], mn[8];
+        scales_k4(x[b].scales, sc, mn);
+        __m256i lo[4], hi[4];
+        for (int g = 0; g < 4; g++) {
+            __m256i q4 = load32(x[b].qs + 32 * g);
+            lo[g] = _mm256_and_si256(q4, m4);
+            hi[g] = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+        }
+        float dw = quant_f16_to_f32(x[b].d), dmw = quant_f16_to_f32(x[b].dmin);
+        for (int k = 0; k < 4; k++) {
+            const struct block_q8_K *y = ACT(k, struct block_q8_K, b);
+            int msum = 0;
+            for (int j = 0; j < 8; j++)
+                msum += mn[j] * (y->bsums[2 * j] + y->bsums[2 * j + 1]);
+            summ[k] += y->d * dmw * (float)msum;
+            __m256i sumi = _mm256_setzero_si256();
+            for (int g = 0; g < 4; g++) {
+                __m256i plo = _mm256_maddubs_epi16(lo[g], load32(y->qs + 64 * g));
+                __m256i phi = _mm256_maddubs_epi16(hi[g], load32(y->qs + 64 * g + 32));
+                plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * g]));
+                phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * g + 1]));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+            }
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * dw), _mm256_cvtepi32_ps(sumi), acc[k]);
+        }
+    }
+    for (int k = 0; k < 4; k++)
+        out[k] = hsum_ps(acc[k]) - summ[k];
+}
+
+static void dot4_q6_K(int64_t n, const void *w, const void *act, size_t stride, float *out)
+{
+    const struct block_q6_K *x = w;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m256i m3 = _mm256_set1_epi8(3);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const int8_t *sc = x[b].scales;
+        __m256i q[8], sv[8];
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x[b].ql + 64 * h;
+            __m256i l0 = load32(ql), l1 = load32(ql + 32), qh = load32(x[b].qh + 32 * h);
+            q[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                           _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
+            q[4 * h + 1] = _mm256_or_si256(
+                _mm256_and_si256(l1, m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
+            q[4 * h + 2] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
+            q[4 * h + 3] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+            for (int k = 0; k < 4; k++)
+                sv[4 * h + k] = scale_pair(sc[8 * h + 2 * k], sc[8 * h + 2 * k + 1]);
+        }
+        float dw = quant_f16_to_f32(x[b].d);
+        for (int k = 0; k < 4; k++) {
+            const struct block_q8_K *y = ACT(k, struct block_q8_K, b);
+            int bsum = 0;
+            for (int s = 0; s < 16; s++)
+                bsum += sc[s] * y->bsums[s];
+            __m256i sumi = _mm256_setr_epi32(-32 * bsum, 0, 0, 0, 0, 0, 0, 0);
+            for (int i = 0; i < 8; i++)
+                sumi = _mm256_add_epi32(
+                    sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], load32(y->qs + 32 * i)),
+                                            sv[i]));
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * dw), _mm256_cvtepi32_ps(sumi), acc[k]);
+        }
+    }
+    for (int k = 0; k < 4; k++)
+        out[k] = hsum_ps(acc[k]);
+}
+
 /* ---- reference wrappers ---- */
 
 #define REF(T, NAME)                                                     \
@@ -382,7 +469,13 @@ kernels_dot_fn kernels_dot(uint32_t w, bool reference)
 
 kernels_dot4_fn kernels_dot4(uint32_t w)
 {
-    (void)w;
+    switch (w) {
+    case GGML_TYPE_Q8_0: return dot4_q8_0;
+    case GGML_TYPE_Q5_0: return dot4_q5_0;
+    case GGML_TYPE_Q4_0: return dot4_q4_0;
+    case GGML_TYPE_Q4_K: return dot4_q4_K;
+    case GGML_TYPE_Q6_K: return dot4_q6_K;
+    }
     return NULL;
 }
 

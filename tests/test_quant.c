@@ -133,6 +133,23 @@ static void check_case(const struct qcase *c)
                                   want);
                 assert_true(fabsf(got - want) <= 1e-4f * (fabsf(want) + 1.f));
             }
+            /* the 4-row kernel gives exactly the one-row kernel's results */
+            kernels_dot4_fn four = kernels_dot4(a.type);
+            if (four) {
+                size_t ab = quant_row_size(at, n);
+                uint8_t *x4 = malloc(4 * ab);
+                for (int k = 0; k < 4; k++)
+                    quant_quantize_row(at, (const float *)b.data + (size_t)(k + 1) * n,
+                                       x4 + k * ab, n);
+                for (int64_t r = 0; r < rows; r++) {
+                    const uint8_t *wr = (const uint8_t *)a.data + r * rb;
+                    float o4[4];
+                    four(n, wr, x4, ab, o4);
+                    for (int k = 0; k < 4; k++)
+                        assert_true(o4[k] == fast(n, wr, x4 + k * ab));
+                }
+                free(x4);
+            }
             /* 8-bit activations: ~0.5% relative error on random data */
             double bound = at == GGML_TYPE_F16 ? 1e-3 : at == GGML_TYPE_BF16 ? 8e-3 : 0.02;
             if (de > bound)
