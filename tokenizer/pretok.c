@@ -77,8 +77,10 @@ int pretok_split(const struct pretok *p, const char *text, size_t len, pretok_wo
     size_t pos = 0;
     while (pos < len) {
         int m = p->jit ? pcre2_jit_match(p->code, (PCRE2_SPTR)text, len, pos, 0, md, NULL)
-                       : pcre2_match(p->code, (PCRE2_SPTR)text, len, pos, 0, md, NULL);
-        if (m < 0) { /* no further match: the rest is one word */
+                       : PCRE2_ERROR_JIT_STACKLIMIT;
+        if (m < 0 && m != PCRE2_ERROR_NOMATCH) /* JIT stack exhausted: the interpreter's heap */
+            m = pcre2_match(p->code, (PCRE2_SPTR)text, len, pos, 0, md, NULL);
+        if (m < 0) { /* no further match (or a match limit hit): the rest is one word */
             rc = fn(text + pos, len - pos, ctx);
             break;
         }
