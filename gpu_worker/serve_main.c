@@ -12,6 +12,7 @@
 #include "common/ready.h"
 #include "conf/config.h"
 #include "gpu_worker/backend.h"
+#include "gpu_worker/cuda/cuda_backend.h"
 #include "gpu_worker/server.h"
 #include "shm/seg.h"
 

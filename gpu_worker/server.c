@@ -3,6 +3,7 @@
 
 #include "common/log.h"
 #include "common/proto.h"
+#include "gpu_worker/cuda/cuda_backend.h"
 #include "gpu_worker/sample.h"
 
 #include <inttypes.h>
@@ -321,6 +322,9 @@ static int step(struct server *s)
     int64_t abort_at = s->cfg->worker.faults.abort_at_step;
     if (abort_at > 0 && s->steps == (uint64_t)abort_at && fault_fire("abort at this decode step"))
         abort();
+    if (s->cfg->worker.faults.bad_kernel && s->steps == 8 &&
+        fault_fire("the next kernel writes to an invalid address"))
+        cuda_backend_inject_bad_kernel();
     /* account fed tokens */
     for (int k = 0; k < n; k++) s->slots[s->bt_seq[k]]->n_fed++;
     json_array_clear(s->items);
@@ -362,7 +366,7 @@ int server_run(const struct staged_config *cfg, const struct st_model *m,
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     snprintf(s.instance, sizeof(s.instance), "w%d-%" PRIx64, (int)getpid(),
-             (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec);
+             (uint64_t)((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec));
     s.slots = calloc((size_t)s.max_seqs, sizeof(*s.slots));
     s.bt_tok = calloc((size_t)s.max_batch, sizeof(int32_t));
     s.bt_pos = calloc((size_t)s.max_batch, sizeof(int32_t));
@@ -370,7 +374,9 @@ int server_run(const struct staged_config *cfg, const struct st_model *m,
     s.bt_logits = calloc((size_t)s.max_batch, 1);
     s.bt_slot = calloc((size_t)s.max_batch, sizeof(int));
     int max_rows = s.max_seqs < s.max_batch ? s.max_seqs : s.max_batch;
-    s.logits = malloc((size_t)max_rows * (size_t)s.n_vocab * sizeof(float));
+    size_t logits_bytes = (size_t)max_rows * (size_t)s.n_vocab * sizeof(float);
+    bool pinned = !strcmp(ops->name, "cuda") && (s.logits = cuda_host_alloc(logits_bytes));
+    if (!pinned) s.logits = malloc(logits_bytes);
     s.items = json_array();
     int rc = 0;
     if (!s.slots || !s.bt_tok || !s.bt_pos || !s.bt_seq || !s.bt_logits || !s.bt_slot ||
@@ -446,7 +452,8 @@ out:
     free(s.bt_seq);
     free(s.bt_logits);
     free(s.bt_slot);
-    free(s.logits);
+    if (pinned) cuda_host_free(s.logits);
+    else free(s.logits);
     if (s.items) json_decref(s.items);
     if (s.sock) zmq_close(s.sock);
     if (s.zctx) zmq_ctx_term(s.zctx);
