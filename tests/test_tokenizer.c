@@ -420,6 +420,56 @@ static void test_bpe_special(void **st)
     unload(&l);
 }
 
+/* Every added token of the Hugging Face tokenizer.json (Qwen3 shares Qwen2.5's
+ * ids up to 151664): "special": false ones are matched in any text (as HF
+ * does), "special": true ones only with parse_special. */
+static void test_added_tokens_hf(void **st)
+{
+    (void)st;
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/tokenizers/qwen3/tokenizer.json", models_dir());
+    json_error_t err;
+    json_t *j = json_load_file(path, JSON_DECODE_INT_AS_REAL, &err);
+    struct loaded l = {0};
+    if (!j || load("vocab/ggml-vocab-qwen2.gguf", &l)) {
+        json_decref(j);
+        skip();
+        return;
+    }
+    json_t *added = json_object_get(j, "added_tokens"), *a;
+    size_t i, checked = 0;
+    json_array_foreach(added, i, a)
+    {
+        int32_t id = (int32_t)json_number_value(json_object_get(a, "id")); /* ints read as reals */
+        const char *c = json_string_value(json_object_get(a, "content"));
+        bool special = json_is_true(json_object_get(a, "special"));
+        if (id > 151664) continue; /* Qwen3-only */
+        size_t tl;
+        const char *t = vocab_token_text(l.v, id, &tl);
+        assert_non_null(t);
+        assert_int_equal(tl, strlen(c));
+        assert_memory_equal(t, c, tl);
+        int32_t *ids;
+        size_t n;
+        assert_int_equal(tok_encode(l.v, c, strlen(c), false, false, &ids, &n), 0);
+        if (special) {
+            assert_true(n > 1);
+        } else {
+            assert_int_equal(n, 1);
+            assert_int_equal(ids[0], id);
+        }
+        free(ids);
+        assert_int_equal(tok_encode(l.v, c, strlen(c), false, true, &ids, &n), 0);
+        assert_int_equal(n, 1);
+        assert_int_equal(ids[0], id);
+        free(ids);
+        checked++;
+    }
+    assert_int_equal(checked, 22);
+    json_decref(j);
+    unload(&l);
+}
+
 /* Feed ids one at a time; every chunk must be valid UTF-8 and the emoji must
  * come out once, whole, in a single chunk. */
 static void stream_check(const struct vocab *v, const char *text, const char *emoji)
@@ -719,10 +769,10 @@ int main(void)
         cmocka_unit_test(test_vectors_qwen2),       cmocka_unit_test(test_vectors_llama_bpe),
         cmocka_unit_test(test_stories_prompt),      cmocka_unit_test(test_spm_details),
         cmocka_unit_test(test_spm_unknown_and_eos), cmocka_unit_test(test_bad_metadata),
-        cmocka_unit_test(test_bpe_special),         cmocka_unit_test(test_stream_emoji),
-        cmocka_unit_test(test_chat_qwen25),         cmocka_unit_test(test_chat_llama31),
-        cmocka_unit_test(test_chat_other_families), cmocka_unit_test(test_chat_hf_configs),
-        cmocka_unit_test(test_invalid_utf8_input),
+        cmocka_unit_test(test_bpe_special),         cmocka_unit_test(test_added_tokens_hf),
+        cmocka_unit_test(test_stream_emoji),        cmocka_unit_test(test_chat_qwen25),
+        cmocka_unit_test(test_chat_llama31),        cmocka_unit_test(test_chat_other_families),
+        cmocka_unit_test(test_chat_hf_configs),     cmocka_unit_test(test_invalid_utf8_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
