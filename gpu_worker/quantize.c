@@ -27,34 +27,94 @@ static int round_q(float v, int lo, int hi)
     return clampi((int)lrintf(v), lo, hi);
 }
 
+/* round_q in float arithmetic, so the error loops vectorize */
+static inline float round_qf(float v, float lo, float hi)
+{
+    return fminf(fmaxf(rintf(v), lo), hi);
+}
+
 /* ---- symmetric fit: x[i] ~ d * q[i], q in [lo, hi] (lo < 0 < hi) ---- */
+
+/* Horizontal sum of 8 floats. */
+static inline float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+#define ROUND_NEAREST (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
+/* Squared error of x ~ d * clamp(round((x - m) / d)) + m, n % 8 == 0 (AVX2;
+ * the arithmetic of the scalar loops, summed in another order). */
+static float sse_avx(const float *x, int n, float d, float m, float lo, float hi)
+{
+    __m256 vd = _mm256_set1_ps(d), vid = _mm256_set1_ps(1.0f / d), vm = _mm256_set1_ps(m),
+           vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi), acc = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 q = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(v, vm), vid), ROUND_NEAREST);
+        q = _mm256_min_ps(_mm256_max_ps(q, vlo), vhi);
+        __m256 r = _mm256_sub_ps(v, _mm256_fmadd_ps(vd, q, vm));
+        acc = _mm256_fmadd_ps(r, r, acc);
+    }
+    return hsum8(acc);
+}
 
 static float sse_sym(const float *x, int n, float d, int lo, int hi)
 {
+    if (d != 0 && n % 8 == 0) return sse_avx(x, n, d, 0.0f, (float)lo, (float)hi);
     if (d == 0) {
         float e = 0;
         for (int i = 0; i < n; i++)
             e += x[i] * x[i];
         return e;
     }
-    float id = 1.0f / d, e = 0;
+    float id = 1.0f / d, e = 0, flo = (float)lo, fhi = (float)hi;
     for (int i = 0; i < n; i++) {
-        float r = x[i] - d * (float)round_q(x[i] * id, lo, hi);
+        float r = x[i] - d * round_qf(x[i] * id, flo, fhi);
         e += r * r;
     }
     return e;
 }
 
 /* Least-squares scale for the quants that d assigns. */
+/* Sums over the quants q = clamp(round((x - m) / d), lo, hi) of x:
+ * out[0] = sum q, out[1] = sum q^2, out[2] = sum x, out[3] = sum x q. */
+static void quant_sums(const float *x, int n, float d, float m, float lo, float hi, float *out)
+{
+    float id = 1.0f / d, sq = 0, sqq = 0, sx = 0, sxq = 0;
+    int i = 0;
+    if (n % 8 == 0) {
+        __m256 vid = _mm256_set1_ps(id), vm = _mm256_set1_ps(m), vlo = _mm256_set1_ps(lo),
+               vhi = _mm256_set1_ps(hi), a = _mm256_setzero_ps(), b = a, c = a, e = a;
+        for (; i < n; i += 8) {
+            __m256 v = _mm256_loadu_ps(x + i);
+            __m256 q = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(v, vm), vid), ROUND_NEAREST);
+            q = _mm256_min_ps(_mm256_max_ps(q, vlo), vhi);
+            a = _mm256_add_ps(a, q);
+            b = _mm256_fmadd_ps(q, q, b);
+            c = _mm256_add_ps(c, v);
+            e = _mm256_fmadd_ps(v, q, e);
+        }
+        sq = hsum8(a), sqq = hsum8(b), sx = hsum8(c), sxq = hsum8(e);
+    }
+    for (; i < n; i++) {
+        float q = round_qf((x[i] - m) * id, lo, hi);
+        sq += q;
+        sqq += q * q;
+        sx += x[i];
+        sxq += x[i] * q;
+    }
+    out[0] = sq, out[1] = sqq, out[2] = sx, out[3] = sxq;
+}
+
 static float ls_sym(const float *x, int n, float d, int lo, int hi)
 {
-    float id = 1.0f / d, sxq = 0, sqq = 0;
-    for (int i = 0; i < n; i++) {
-        float q = (float)round_q(x[i] * id, lo, hi);
-        sxq += x[i] * q;
-        sqq += q * q;
-    }
-    return sqq > 0 ? sxq / sqq : d;
+    float sums[4];
+    quant_sums(x, n, d, 0.0f, (float)lo, (float)hi, sums);
+    return sums[1] > 0 ? sums[3] / sums[1] : d;
 }
 
 /* Best scale for x with quants in [lo, hi]; `search` tries nearby scales. */
@@ -95,9 +155,10 @@ static float sse_aff(const float *x, int n, float s, float m, int nmax)
             e += (x[i] - m) * (x[i] - m);
         return e;
     }
-    float is = 1.0f / s;
+    if (n % 8 == 0) return sse_avx(x, n, s, m, 0.0f, (float)nmax);
+    float is = 1.0f / s, fmax = (float)nmax;
     for (int i = 0; i < n; i++) {
-        float r = x[i] - (s * (float)round_q((x[i] - m) * is, 0, nmax) + m);
+        float r = x[i] - (s * round_qf((x[i] - m) * is, 0.0f, fmax) + m);
         e += r * r;
     }
     return e;
@@ -121,14 +182,9 @@ static void fit_aff(const float *x, int n, int nmax, bool nonpos_min, float *s_o
     float best_s = s, best_m = m, best_e = sse_aff(x, n, s, m, nmax);
     for (int it = 0; it < 3; it++) {
         /* assign, then least squares for (s, m) */
-        float is = 1.0f / s, sq = 0, sqq = 0, sx = 0, sxq = 0;
-        for (int i = 0; i < n; i++) {
-            float q = (float)round_q((x[i] - m) * is, 0, nmax);
-            sq += q;
-            sqq += q * q;
-            sx += x[i];
-            sxq += x[i] * q;
-        }
+        float sums[4];
+        quant_sums(x, n, s, m, 0.0f, (float)nmax, sums);
+        float sq = sums[0], sqq = sums[1], sx = sums[2], sxq = sums[3];
         float det = (float)n * sqq - sq * sq;
         if (det <= 0) break;
         float ns = ((float)n * sxq - sq * sx) / det;

@@ -18,3 +18,6 @@ $(BUILD)/tests/bad-gguf/make-corpus: $(BUILD)/tests/bad-gguf/make_corpus.o \
 TESTS += test_quantize
 test_quantize_SRC := tests/test_quantize.c gpu_worker/quantize.c gpu_worker/quant.c
 gpu_worker/quantize_CFLAGS := -O3
+
+BENCHES += bench-quantize
+bench-quantize_SRC := tools/bench_quantize.c gpu_worker/quantize.c gpu_worker/quant.c
