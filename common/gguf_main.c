@@ -7,10 +7,12 @@
  * metadata and tensor table printed before the verdict. Exit 2: bad usage. */
 #include "common/gguf.h"
 #include "common/model.h"
+#include "conf/config.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -42,11 +44,15 @@ static void print_header(const char *path, const struct gguf *g)
 
 int main(int argc, char **argv)
 {
-    if (argc != 2 || argv[1][0] == '-') {
-        fprintf(stderr, "usage: staged-gguf FILE.gguf\n");
+    struct staged_config cfg;
+    bool use_config;
+    int crc = config_from_args_opt(&argc, argv, &cfg, &use_config);
+    if (crc) return crc > 0 ? 0 : 2;
+    if (argc > 2 || (argc == 2 && argv[1][0] == '-') || (argc == 1 && !use_config)) {
+        fprintf(stderr, "usage: staged-gguf [--config FILE] [--check-config] [MODEL.gguf]\n");
         return 2;
     }
-    const char *path = argv[1];
+    const char *path = argc == 2 ? argv[1] : cfg.model.path;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size == 0) {

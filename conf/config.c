@@ -301,6 +301,20 @@ int config_from_args(int *argc, char **argv, struct staged_config *cfg)
     return 0;
 }
 
+int config_from_args_opt(int *argc, char **argv, struct staged_config *cfg, bool *loaded)
+{
+    *loaded = false;
+    for (int i = 1; i < *argc; i++)
+        if (!strncmp(argv[i], "--config", 8) || !strcmp(argv[i], "--check-config") ||
+            !strcmp(argv[i], "--print-config"))
+            *loaded = true;
+    if (!*loaded) {
+        config_defaults(cfg);
+        return 0;
+    }
+    return config_from_args(argc, argv, cfg);
+}
+
 void config_print(const struct staged_config *cfg, void *file)
 {
     FILE *f = file;

@@ -111,6 +111,13 @@ int config_load(const char *path, struct staged_config *cfg, struct st_errbuf *e
  */
 int config_from_args(int *argc, char **argv, struct staged_config *cfg);
 
+/*
+ * For tools that work without a config: like config_from_args, but only when
+ * argv names --config, --check-config or --print-config; *loaded says whether
+ * cfg was filled. Same return values.
+ */
+int config_from_args_opt(int *argc, char **argv, struct staged_config *cfg, bool *loaded);
+
 /* Print the effective configuration as INI (for --check-config -v and logs). */
 void config_print(const struct staged_config *cfg, void *file /* FILE * */);
 

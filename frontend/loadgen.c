@@ -4,7 +4,7 @@
  * came back. Used by the pipeline and fault-injection tests and for
  * measuring recovery time.
  *
- *   staged-loadgen --endpoint E [--n N] [--prompt TEXT] [--max-tokens M]
+ *   staged-loadgen [--config FILE] [--endpoint E] [--n N] [--prompt TEXT] [--max-tokens M]
  *                  [--seed S] [--temperature T] [--out DIR] [--timeout-ms MS]
  *                  [--stagger-ms MS] [--cancel-after-ms MS] [--idle-ms MS]
  *   staged-loadgen --endpoint E --garbage
@@ -26,6 +26,7 @@
  * and checks that each gets an error reply naming the problem.
  */
 #include "common/proto.h"
+#include "conf/config.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -153,7 +154,11 @@ static int garbage(void *s)
 
 int main(int argc, char **argv)
 {
-    const char *endpoint = NULL, *prompt = "Once upon a time", *out = NULL;
+    struct staged_config cfg;
+    bool use_config;
+    int crc = config_from_args_opt(&argc, argv, &cfg, &use_config);
+    if (crc) return crc > 0 ? 0 : 2;
+    const char *endpoint = use_config ? cfg.frontend.endpoint : NULL, *prompt = "Once upon a time", *out = NULL;
     int n = 8, max_tokens = 64, stagger = 0, cancel_after = -1, idle_ms = 1500;
     long long seed = 1, timeout = 60000;
     double temperature = 0.8;
