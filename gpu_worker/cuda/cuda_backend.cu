@@ -56,7 +56,7 @@ struct backend {
     __half *kc, *vc; /* [layer][seq][pos][kv_dim] */
     size_t layer_kv; /* elements per layer */
     /* scratch, [max_batch][...] floats */
-    float *x, *xn, *q, *k, *v, *att, *g, *u, *tmp, *xr, *xo, *lg;
+    float *x, *xn, *q, *k, *v, *att, *g, *u, *tmp, *xr, *xr2, *xo, *lg;
     void *a16;       /* activations as half / bfloat16 for cuBLAS */
     __half *wdeq;    /* one decoded matrix */
     int32_t *d_meta, *h_meta; /* tok | pos | seq | out rows */
@@ -74,6 +74,7 @@ struct backend {
     void *cublas_ws;
     float *h_lg; /* pinned staging for logits, LG_STAGE_ROWS rows */
     bool act_float; /* STAGED_CUDA_ACT=float: no reference-style activation rounding */
+    bool unfused;   /* STAGED_CUDA_UNFUSED=1: small batches take the unfused path too */
     bool attn_ref;  /* STAGED_CUDA_ATTN=ref: attention with the reference's half rounding */
 };
 
@@ -246,6 +247,7 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
     b->fault = getenv("STAGED_CUDA_FAULT") && strcmp(getenv("STAGED_CUDA_FAULT"), "1") == 0;
     b->act_float = getenv("STAGED_CUDA_ACT") && strcmp(getenv("STAGED_CUDA_ACT"), "float") == 0;
     b->attn_ref = getenv("STAGED_CUDA_ATTN") && strcmp(getenv("STAGED_CUDA_ATTN"), "ref") == 0;
+    b->unfused = getenv("STAGED_CUDA_UNFUSED") && strcmp(getenv("STAGED_CUDA_UNFUSED"), "1") == 0;
     b->use_graphs = !(getenv("STAGED_CUDA_GRAPHS") && strcmp(getenv("STAGED_CUDA_GRAPHS"), "0") == 0);
     b->L = (struct clayer *)calloc(hp->n_layers, sizeof(*b->L));
     b->seq_len = (int *)calloc((size_t)cfg->max_seqs, sizeof(int));
@@ -331,6 +333,7 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
         CREATE_CUDA(cudaMalloc((void **)&b->u, B * F * 4));
         CREATE_CUDA(cudaMalloc((void **)&b->tmp, B * wmax * 4));
         CREATE_CUDA(cudaMalloc((void **)&b->xr, B * wmax * 4));
+        CREATE_CUDA(cudaMalloc((void **)&b->xr2, B * wmax * 4));
         CREATE_CUDA(cudaMalloc((void **)&b->a16, B * wmax * 2));
         CREATE_CUDA(cudaMalloc((void **)&b->lg, B * V * 4));
         CREATE_CUDA(cudaMalloc((void **)&b->d_meta, B * 4 * sizeof(int32_t)));
@@ -361,7 +364,7 @@ static void cuda_destroy(struct backend **pb)
     if (b->cublas_ws) cudaFree(b->cublas_ws);
     if (b->h_lg) cudaFreeHost(b->h_lg);
     void *dev[] = {b->kc, b->vc, b->x, b->xn, b->xo, b->q, b->att, b->k, b->v, b->g, b->u,
-                   b->tmp, b->xr, b->a16, b->lg, b->d_meta, b->wdeq};
+                   b->tmp, b->xr, b->xr2, b->a16, b->lg, b->d_meta, b->wdeq};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
         if (dev[i]) cudaFree(dev[i]);
     if (b->h_meta) cudaFreeHost(b->h_meta);
@@ -439,6 +442,99 @@ static int mm(struct backend *b, const struct cmat *W, const float *x, float *y,
     return 0;
 }
 
+/* Rounding class of a weight's input, or 0 (none) with STAGED_CUDA_ACT=float. */
+static int in_class(const struct backend *b, const struct cmat *W)
+{
+    return b->act_float ? 0 : act_class(W->type);
+}
+
+/* x[n][K] rounded for W into out (or x itself for class 0). */
+static int round_for(struct backend *b, const struct cmat *W, const float *x, float *out, int n,
+                     const float **used)
+{
+    if (in_class(b, W) == 0) {
+        *used = x;
+        return 0;
+    }
+    return k_act_round(b->st, W->type, x, out, n, W->K, used);
+}
+
+/* One layer for a batch of at most MATVEC_MAX_N tokens: 10 kernels (norm and
+ * rounding fused, q/k/v in one launch with their biases, rope with the cache
+ * store, gate/up with SwiGLU, residual adds in the products). */
+static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
+                       const int32_t *d_pos, const int32_t *d_seq)
+{
+    const struct model_hparams *hp = &b->hp;
+    cudaStream_t st = b->st;
+    int D = (int)hp->dim, hd = (int)hp->head_dim;
+    const struct cmat *qkv[3] = {&L->q, &L->k, &L->v};
+    float *ys[3] = {b->q, b->k, b->v};
+    const float *bs[3] = {L->bq, L->bk, L->bv};
+    bool done[3] = {false, false, false};
+    for (int i = 0; i < 3; i++) {
+        if (done[i]) continue;
+        int c = in_class(b, qkv[i]);
+        ST_TRY(k_norm_round(st, b->x, L->attn_norm, hp->rms_eps, n, D, c, b->xr));
+        struct mv_args a;
+        memset(&a, 0, sizeof(a));
+        a.K = D;
+        a.n = n;
+        a.x = b->xr;
+        for (int j = i; j < 3; j++) {
+            if (done[j] || in_class(b, qkv[j]) != c) continue;
+            a.seg[a.nseg].w = qkv[j]->w;
+            a.seg[a.nseg].type = qkv[j]->type;
+            a.seg[a.nseg].N = qkv[j]->N;
+            a.seg[a.nseg].y = ys[j];
+            a.seg[a.nseg].bias = bs[j];
+            a.nseg++;
+            done[j] = true;
+        }
+        ST_TRY(k_matvec_multi(st, &a));
+    }
+    if (L->qn) {
+        ST_TRY(k_rmsnorm(st, b->q, L->qn, b->q, n * (int)hp->n_heads, hd, hp->rms_eps));
+        ST_TRY(k_rmsnorm(st, b->k, L->kn, b->k, n * (int)hp->n_kv_heads, hd, hp->rms_eps));
+    }
+    __half *kc = b->kc + (size_t)l * b->layer_kv, *vc = b->vc + (size_t)l * b->layer_kv;
+    ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
+                        (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->cfg.max_ctx,
+                        d_pos, d_seq));
+    ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
+                       b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->attn_ref));
+    /* x += Wo att */
+    const float *xa;
+    ST_TRY(round_for(b, &L->o, b->att, b->xr, n, &xa));
+    struct mv_args a;
+    memset(&a, 0, sizeof(a));
+    a.nseg = 1;
+    a.K = L->o.K;
+    a.n = n;
+    a.add = 1;
+    a.x = xa;
+    a.seg[0].w = L->o.w;
+    a.seg[0].type = L->o.type;
+    a.seg[0].N = L->o.N;
+    a.seg[0].y = b->x;
+    ST_TRY(k_matvec_multi(st, &a));
+    /* g = silu(Wg xn) * (Wu xn) */
+    int cg = in_class(b, &L->gate), cu = in_class(b, &L->up);
+    ST_TRY(k_norm_round(st, b->x, L->ffn_norm, hp->rms_eps, n, D, cg, b->xr));
+    if (cu != cg) ST_TRY(k_norm_round(st, b->x, L->ffn_norm, hp->rms_eps, n, D, cu, b->xr2));
+    ST_TRY(k_matvec_swiglu(st, L->gate.w, L->gate.type, L->up.w, L->up.type, L->gate.N, D, b->xr,
+                           cu != cg ? b->xr2 : b->xr, n, b->g));
+    /* x += Wd g */
+    ST_TRY(round_for(b, &L->down, b->g, b->xr, n, &xa));
+    a.K = L->down.K;
+    a.x = xa;
+    a.seg[0].w = L->down.w;
+    a.seg[0].type = L->down.type;
+    a.seg[0].N = L->down.N;
+    ST_TRY(k_matvec_multi(st, &a));
+    return 0;
+}
+
 static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
                       const int32_t *d_pos, const int32_t *d_seq, const int32_t *d_out)
 {
@@ -449,6 +545,10 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
     ST_TRY(k_embed(st, b->embd.w, b->embd.type, D, d_tok, n, b->x));
     for (int l = 0; l < (int)hp->n_layers; l++) {
         const struct clayer *L = &b->L[l];
+        if (n <= MATVEC_MAX_N && !b->unfused) {
+            ST_TRY(layer_small(b, L, l, n, d_pos, d_seq));
+            continue;
+        }
         ST_TRY(k_rmsnorm(st, b->x, L->attn_norm, b->xn, n, D, hp->rms_eps));
         memo_reset(b);
         ST_TRY(mm(b, &L->q, b->xn, b->q, n));
@@ -461,12 +561,10 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
             ST_TRY(k_rmsnorm(st, b->q, L->qn, b->q, n * (int)hp->n_heads, hd, hp->rms_eps));
             ST_TRY(k_rmsnorm(st, b->k, L->kn, b->k, n * (int)hp->n_kv_heads, hd, hp->rms_eps));
         }
-        ST_TRY(k_rope(st, b->q, n, (int)hp->n_heads, hd, (int)hp->rope_dim, (int)hp->rope_kind,
-                      hp->rope_base, d_pos));
-        ST_TRY(k_rope(st, b->k, n, (int)hp->n_kv_heads, hd, (int)hp->rope_dim,
-                      (int)hp->rope_kind, hp->rope_base, d_pos));
         __half *kc = b->kc + (size_t)l * b->layer_kv, *vc = b->vc + (size_t)l * b->layer_kv;
-        ST_TRY(k_kv_store(st, b->k, b->v, kc, vc, n, b->kv_dim, b->cfg.max_ctx, d_pos, d_seq));
+        ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, n, (int)hp->n_heads,
+                            (int)hp->n_kv_heads, hd, (int)hp->rope_dim, (int)hp->rope_kind,
+                            hp->rope_base, b->cfg.max_ctx, d_pos, d_seq));
         ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
                            b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->attn_ref));
         memo_reset(b);

@@ -148,33 +148,30 @@ static __global__ void round_bf16_kernel(const float *x, float *y, size_t n)
     if (i < n) y[i] = __bfloat162float(__float2bfloat16_rn(x[i]));
 }
 
-/* One warp per 32-element block: q = rint(x * 127/amax), scale half(amax/127). */
-static __global__ void q8_0_round_kernel(const float *x, float *y, size_t nblk)
+/* A warp rounds one 32-element block like llama.cpp's Q8_0 activations:
+ * q = rint(x * 127/amax), scale half(amax/127). src may equal dst. */
+static __device__ __forceinline__ void round_q8_0_warp(const float *src, float *dst, int lane)
 {
-    size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (blk >= nblk) return;
-    int lane = threadIdx.x & 31;
-    float v = x[blk * 32 + lane];
+    float v = src[lane];
     float amax = warp_max(fabsf(v));
     float d = amax / 127.f;
     float id = amax != 0.f ? 127.f / amax : 0.f;
     float dh = __half2float(__float2half_rn(d));
-    y[blk * 32 + lane] = rintf(v * id) * dh;
+    dst[lane] = rintf(v * id) * dh;
 }
 
-/* One warp per 256-element block: the element of largest magnitude m (first
- * one on ties), iscale = -127/m, q = min(127, rint(iscale*x)), x' = q / iscale. */
-static __global__ void q8_k_round_kernel(const float *x, float *y, size_t nblk)
+/* A warp rounds one 256-element block like Q8_K: the element of largest
+ * magnitude m (first one on ties), iscale = -127/m,
+ * q = min(127, rint(iscale*x)), x' = q / iscale. */
+static __device__ __forceinline__ void round_q8_k_warp(const float *src, float *dst, int lane)
 {
-    size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (blk >= nblk) return;
-    int lane = threadIdx.x & 31;
-    const float *xb = x + blk * 256;
-    float best = -1.f;
+    float best = -1.f, xv[8];
     int bi = 0;
+#pragma unroll
     for (int k = 0; k < 8; k++) {
         int e = k * 32 + lane;
-        float a = fabsf(xb[e]);
+        xv[k] = src[e];
+        float a = fabsf(xv[k]);
         if (a > best) { best = a; bi = e; }
     }
     for (int o = 16; o > 0; o >>= 1) {
@@ -182,18 +179,31 @@ static __global__ void q8_k_round_kernel(const float *x, float *y, size_t nblk)
         int oi = __shfl_xor_sync(0xffffffffu, bi, o);
         if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
     }
-    float *yb = y + blk * 256;
+    /* the value at bi, from the lane that holds it */
+    float mval = __shfl_sync(0xffffffffu, xv[bi / 32], bi % 32);
     if (best == 0.f) {
-        for (int k = 0; k < 8; k++) yb[k * 32 + lane] = 0.f;
+#pragma unroll
+        for (int k = 0; k < 8; k++) dst[k * 32 + lane] = 0.f;
         return;
     }
-    float iscale = -127.f / xb[bi];
+    float iscale = -127.f / mval;
     float d = 1.f / iscale;
-    for (int k = 0; k < 8; k++) {
-        int e = k * 32 + lane;
-        float q = fminf(127.f, rintf(iscale * xb[e]));
-        yb[e] = q * d;
-    }
+#pragma unroll
+    for (int k = 0; k < 8; k++) dst[k * 32 + lane] = fminf(127.f, rintf(iscale * xv[k])) * d;
+}
+
+static __global__ void q8_0_round_kernel(const float *x, float *y, size_t nblk)
+{
+    size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (blk >= nblk) return;
+    round_q8_0_warp(x + blk * 32, y + blk * 32, threadIdx.x & 31);
+}
+
+static __global__ void q8_k_round_kernel(const float *x, float *y, size_t nblk)
+{
+    size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (blk >= nblk) return;
+    round_q8_k_warp(x + blk * 256, y + blk * 256, threadIdx.x & 31);
 }
 
 int k_act_round(cudaStream_t st, int wtype, const float *x, float *xq, int n, int K,
@@ -643,5 +653,209 @@ int k_fault(cudaStream_t st)
 {
     fault_kernel<<<1, 32, 0, st>>>((int *)(uintptr_t)0x10);
     CUDA_LAUNCHED("fault");
+    return 0;
+}
+
+/* ---- fused decode kernels (batches of up to MATVEC_MAX_N tokens) ---- */
+
+/* Rounding of a whole row of D values in place (D a multiple of the block). */
+static __device__ void round_row(float *v, int D, int cls)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (cls == 1) {
+        for (int i = threadIdx.x; i < D; i += blockDim.x) v[i] = __half2float(__float2half_rn(v[i]));
+    } else if (cls == 2) {
+        for (int i = threadIdx.x; i < D; i += blockDim.x)
+            v[i] = __bfloat162float(__float2bfloat16_rn(v[i]));
+    } else if (cls == 3) {
+        for (int b = warp; b < D / 32; b += nw) round_q8_0_warp(v + b * 32, v + b * 32, lane);
+    } else if (cls == 4) {
+        for (int b = warp; b < D / 256; b += nw) round_q8_k_warp(v + b * 256, v + b * 256, lane);
+    }
+}
+
+/* Block per token: xr = round_cls(rmsnorm(x) * w). */
+static __global__ void norm_round_kernel(const float *x, const float *w, float eps, int D, int cls,
+                                         float *xr)
+{
+    extern __shared__ float row[];
+    const float *xt = x + (size_t)blockIdx.x * D;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) ss += xt[i] * xt[i];
+    ss = block_sum(ss);
+    float sc = rsqrtf(ss / D + eps);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) row[i] = xt[i] * sc * w[i];
+    __syncthreads();
+    round_row(row, D, cls);
+    __syncthreads();
+    float *o = xr + (size_t)blockIdx.x * D;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = row[i];
+}
+
+int k_norm_round(cudaStream_t st, const float *x, const float *w, float eps, int n, int D, int cls,
+                 float *xr)
+{
+    norm_round_kernel<<<n, 256, D * sizeof(float), st>>>(x, w, eps, D, cls, xr);
+    CUDA_LAUNCHED("norm_round");
+    return 0;
+}
+
+/* acc[t] += row . x[t] over lanes (not reduced). */
+template <int T>
+static __device__ __forceinline__ void row_dot(const uint8_t *wr, int K, const float *x, int n,
+                                               float *acc, int lane)
+{
+    if (T == QT_F32 || T == QT_F16 || T == QT_BF16) {
+        for (int e = lane; e < K; e += 32) {
+            float wv = deq1<T>(wr, e);
+#pragma unroll
+            for (int t = 0; t < MATVEC_MAX_N; t++)
+                if (t < n) acc[t] += wv * x[(size_t)t * K + e];
+        }
+    } else {
+        for (int g = lane; g < K / 8; g += 32) {
+            float wv[8];
+            deq8<T>(wr, g * 8, wv);
+#pragma unroll
+            for (int t = 0; t < MATVEC_MAX_N; t++) {
+                if (t < n) {
+                    const float4 *xp = (const float4 *)(x + (size_t)t * K + g * 8);
+                    float4 a = xp[0], b = xp[1];
+                    acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w +
+                              wv[4] * b.x + wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
+                }
+            }
+        }
+    }
+}
+
+static __device__ __forceinline__ void row_dot_any(int type, const uint8_t *wr, int K,
+                                                   const float *x, int n, float *acc, int lane)
+{
+    switch (type) {
+    case QT_F32: row_dot<QT_F32>(wr, K, x, n, acc, lane); break;
+    case QT_F16: row_dot<QT_F16>(wr, K, x, n, acc, lane); break;
+    case QT_BF16: row_dot<QT_BF16>(wr, K, x, n, acc, lane); break;
+    case QT_Q4_0: row_dot<QT_Q4_0>(wr, K, x, n, acc, lane); break;
+    case QT_Q4_1: row_dot<QT_Q4_1>(wr, K, x, n, acc, lane); break;
+    case QT_Q5_0: row_dot<QT_Q5_0>(wr, K, x, n, acc, lane); break;
+    case QT_Q5_1: row_dot<QT_Q5_1>(wr, K, x, n, acc, lane); break;
+    case QT_Q8_0: row_dot<QT_Q8_0>(wr, K, x, n, acc, lane); break;
+    case QT_Q2_K: row_dot<QT_Q2_K>(wr, K, x, n, acc, lane); break;
+    case QT_Q3_K: row_dot<QT_Q3_K>(wr, K, x, n, acc, lane); break;
+    case QT_Q4_K: row_dot<QT_Q4_K>(wr, K, x, n, acc, lane); break;
+    case QT_Q5_K: row_dot<QT_Q5_K>(wr, K, x, n, acc, lane); break;
+    case QT_Q6_K: row_dot<QT_Q6_K>(wr, K, x, n, acc, lane); break;
+    }
+}
+
+static __global__ void __launch_bounds__(128) matvec_multi_kernel(struct mv_args a)
+{
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row = blockIdx.x * 4 + warp, s = 0;
+    while (s < a.nseg && row >= a.seg[s].N) row -= a.seg[s].N, s++;
+    if (s >= a.nseg) return;
+    const struct mv_seg &g = a.seg[s];
+    float acc[MATVEC_MAX_N];
+#pragma unroll
+    for (int t = 0; t < MATVEC_MAX_N; t++) acc[t] = 0.f;
+    row_dot_any(g.type, (const uint8_t *)g.w + (size_t)row * g.rb, a.K, a.x, a.n, acc, lane);
+#pragma unroll
+    for (int t = 0; t < MATVEC_MAX_N; t++) {
+        if (t < a.n) {
+            float v = warp_sum(acc[t]);
+            if (lane == 0) {
+                if (g.bias) v += g.bias[row];
+                float *y = g.y + (size_t)t * g.N + row;
+                *y = a.add ? *y + v : v;
+            }
+        }
+    }
+}
+
+int k_matvec_multi(cudaStream_t st, struct mv_args *a)
+{
+    int rows = 0;
+    for (int s = 0; s < a->nseg; s++) {
+        a->seg[s].rb = row_bytes(a->seg[s].type, a->K);
+        rows += a->seg[s].N;
+    }
+    matvec_multi_kernel<<<(rows + 3) / 4, 128, 0, st>>>(*a);
+    CUDA_LAUNCHED("matvec_multi");
+    return 0;
+}
+
+/* h[t][r] = silu(gate_r . xg[t]) * (up_r . xu[t]). */
+static __global__ void __launch_bounds__(128)
+    matvec_swiglu_kernel(const uint8_t *wg, int tg, size_t rbg, const uint8_t *wu, int tu,
+                         size_t rbu, int N, int K, const float *xg, const float *xu, int n,
+                         float *h)
+{
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row = blockIdx.x * 4 + warp;
+    if (row >= N) return;
+    float ag[MATVEC_MAX_N], au[MATVEC_MAX_N];
+#pragma unroll
+    for (int t = 0; t < MATVEC_MAX_N; t++) ag[t] = au[t] = 0.f;
+    row_dot_any(tg, wg + (size_t)row * rbg, K, xg, n, ag, lane);
+    row_dot_any(tu, wu + (size_t)row * rbu, K, xu, n, au, lane);
+#pragma unroll
+    for (int t = 0; t < MATVEC_MAX_N; t++) {
+        if (t < n) {
+            float g = warp_sum(ag[t]), u = warp_sum(au[t]);
+            if (lane == 0) h[(size_t)t * N + row] = g / (1.f + expf(-g)) * u;
+        }
+    }
+}
+
+int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
+                    const float *xg, const float *xu, int n, float *h)
+{
+    matvec_swiglu_kernel<<<(N + 3) / 4, 128, 0, st>>>((const uint8_t *)wg, tg, row_bytes(tg, K),
+                                                      (const uint8_t *)wu, tu, row_bytes(tu, K),
+                                                      N, K, xg, xu, n, h);
+    CUDA_LAUNCHED("matvec_swiglu");
+    return 0;
+}
+
+/* Block per token: rotate q and k in place, store k and v in the cache. */
+static __global__ void rope_store_kernel(float *q, float *k, const float *v, __half *kc,
+                                         __half *vc, int n_heads, int n_kv, int hd, int rope_dim,
+                                         int kind, float base, int max_ctx, const int32_t *pos,
+                                         const int32_t *seq)
+{
+    int t = blockIdx.x;
+    int half_rd = rope_dim / 2;
+    float p = (float)pos[t];
+    int kv_dim = n_kv * hd;
+    float *qt = q + (size_t)t * n_heads * hd;
+    float *kt = k + (size_t)t * kv_dim;
+    for (int idx = threadIdx.x; idx < (n_heads + n_kv) * half_rd; idx += blockDim.x) {
+        int h = idx / half_rd, i = idx % half_rd;
+        float theta = p * powf(base, -2.f * (float)i / (float)rope_dim);
+        float sn, cs;
+        sincosf(theta, &sn, &cs);
+        float *xh = h < n_heads ? qt + (size_t)h * hd : kt + (size_t)(h - n_heads) * hd;
+        int i0 = kind == 0 ? 2 * i : i;
+        int i1 = kind == 0 ? 2 * i + 1 : i + half_rd;
+        float a = xh[i0], b = xh[i1];
+        xh[i0] = a * cs - b * sn;
+        xh[i1] = a * sn + b * cs;
+    }
+    __syncthreads();
+    size_t dst = ((size_t)seq[t] * max_ctx + pos[t]) * kv_dim;
+    for (int j = threadIdx.x; j < kv_dim; j += blockDim.x) {
+        kc[dst + j] = __float2half_rn(kt[j]);
+        vc[dst + j] = __float2half_rn(v[(size_t)t * kv_dim + j]);
+    }
+}
+
+int k_rope_store(cudaStream_t st, float *q, float *k, const float *v, __half *kc, __half *vc, int n,
+                 int n_heads, int n_kv, int hd, int rope_dim, int kind, float base, int max_ctx,
+                 const int32_t *pos, const int32_t *seq)
+{
+    rope_store_kernel<<<n, 256, 0, st>>>(q, k, v, kc, vc, n_heads, n_kv, hd, rope_dim, kind, base,
+                                         max_ctx, pos, seq);
+    CUDA_LAUNCHED("rope_store");
     return 0;
 }

@@ -64,6 +64,36 @@ int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half 
 /* out[i] = x[idx[i]] rows of dim. */
 int k_gather_rows(cudaStream_t st, const float *x, const int32_t *idx, float *out, int n_out,
                   int dim);
+/* ---- fused decode kernels (n <= MATVEC_MAX_N tokens) ---- */
+
+/* xr[t] = rounding class cls (0 none, 1 F16, 2 BF16, 3 Q8_0 blocks, 4 Q8_K
+ * blocks) of rmsnorm(x[t]) * w. */
+int k_norm_round(cudaStream_t st, const float *x, const float *w, float eps, int n, int D, int cls,
+                 float *xr);
+/* Up to 3 matrices with the same K in one launch: rows of seg 0, then seg 1...
+ * y[t][r] = (add ? y[t][r] : 0) + W_r . x[t] + (bias ? bias[r] : 0). */
+struct mv_seg {
+    const void *w;
+    int type, N;
+    size_t rb;         /* filled by k_matvec_multi */
+    float *y;          /* [n][N] */
+    const float *bias; /* [N] or NULL */
+};
+struct mv_args {
+    struct mv_seg seg[3];
+    int nseg, K, n, add;
+    const float *x;    /* [n][K], already rounded for the weights' class */
+};
+int k_matvec_multi(cudaStream_t st, struct mv_args *a);
+/* h[t][r] = silu(Wg_r . xg[t]) * (Wu_r . xu[t]) */
+int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
+                    const float *xg, const float *xu, int n, float *h);
+/* Rotary embedding of q and k in place, then k and v into the cache (see
+ * k_rope and k_kv_store). */
+int k_rope_store(cudaStream_t st, float *q, float *k, const float *v, __half *kc, __half *vc, int n,
+                 int n_heads, int n_kv, int hd, int rope_dim, int kind, float base, int max_ctx,
+                 const int32_t *pos, const int32_t *seq);
+
 /* Fault injection: a kernel that writes through an invalid address. */
 int k_fault(cudaStream_t st);
 #endif
