@@ -23,6 +23,38 @@
 
 #include <cmocka.h>
 
+/*
+ * Allocation fault injection: the test links with -Wl,--wrap=malloc,calloc,
+ * realloc, so every allocation made by staged code goes through these. When
+ * fail_at is N > 0, the N-th allocation from then on returns NULL.
+ */
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t m);
+void *__real_realloc(void *p, size_t n);
+static long fail_at, n_allocs;
+
+static bool fail_now(void)
+{
+    return fail_at > 0 && ++n_allocs == fail_at;
+}
+void *__wrap_malloc(size_t n)
+{
+    return fail_now() ? NULL : __real_malloc(n);
+}
+void *__wrap_calloc(size_t n, size_t m)
+{
+    return fail_now() ? NULL : __real_calloc(n, m);
+}
+void *__wrap_realloc(void *p, size_t n)
+{
+    return fail_now() ? NULL : __real_realloc(p, n);
+}
+static void fail_alloc(long n)
+{
+    fail_at = n;
+    n_allocs = 0;
+}
+
 static const char *models_dir(void)
 {
     const char *d = getenv("STAGED_MODELS");
@@ -762,17 +794,95 @@ static void test_invalid_utf8_input(void **st)
     unload(&l);
 }
 
+/* Fail each allocation in turn: vocab_build, tok_encode, chat_render and the
+ * detokenizer return ST_ENOMEM and leave nothing behind (ASan checks leaks
+ * under make SAN=1), until enough allocations succeed. */
+static void test_alloc_failures(void **st)
+{
+    (void)st;
+    struct loaded l = {0};
+    LOAD_OR_SKIP("vocab/ggml-vocab-gpt-2.gguf", &l);
+    long k;
+    int rc;
+    struct st_errbuf eb;
+    for (k = 1; k < 1000; k++) {
+        struct vocab *v = NULL;
+        fail_alloc(k);
+        rc = vocab_build(l.m->gguf, &v, &eb);
+        fail_alloc(0);
+        if (rc == 0) {
+            vocab_destroy(&v);
+            break;
+        }
+        assert_int_equal(rc, ST_ENOMEM);
+        assert_null(v);
+    }
+    fprintf(stderr, "vocab_build: %ld allocation failures handled\n", k - 1);
+    assert_true(k > 5 && k < 1000);
+    const char *text =
+        "Hello world, \xf0\x9f\xa6\x99 and a long word "
+        "supercalifragilisticexpialidociouslyextraordinarilylongestwordinthisprompt!";
+    for (k = 1; k < 1000; k++) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        fail_alloc(k);
+        rc = tok_encode(l.v, text, strlen(text), true, true, &ids, &n);
+        fail_alloc(0);
+        if (rc == 0) {
+            struct tok_buf t = {0};
+            long j;
+            for (j = 1; j < 100; j++) {
+                fail_alloc(j);
+                rc = detok_decode(l.v, ids, n, true, &t);
+                fail_alloc(0);
+                if (rc == 0) break;
+                assert_int_equal(rc, ST_ENOMEM);
+                tok_buf_free(&t);
+            }
+            assert_string_equal(t.p, text);
+            tok_buf_free(&t);
+            free(ids);
+            break;
+        }
+        assert_int_equal(rc, ST_ENOMEM);
+        assert_null(ids);
+    }
+    assert_true(k > 1 && k < 1000);
+    for (k = 1; k < 1000; k++) {
+        struct chat_out o = {0};
+        fail_alloc(k);
+        rc = chat_render(CHAT_LLAMA2, "<s>", "</s>", conv, 4, true, &o, &eb);
+        fail_alloc(0);
+        chat_out_free(&o);
+        if (rc == 0) break;
+        assert_int_equal(rc, ST_ENOMEM);
+    }
+    assert_true(k > 1 && k < 1000);
+    unload(&l);
+}
+
 int main(void)
 {
+    // clang-format off
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vectors_llama_spm),   cmocka_unit_test(test_vectors_gpt2),
-        cmocka_unit_test(test_vectors_qwen2),       cmocka_unit_test(test_vectors_llama_bpe),
-        cmocka_unit_test(test_stories_prompt),      cmocka_unit_test(test_spm_details),
-        cmocka_unit_test(test_spm_unknown_and_eos), cmocka_unit_test(test_bad_metadata),
-        cmocka_unit_test(test_bpe_special),         cmocka_unit_test(test_added_tokens_hf),
-        cmocka_unit_test(test_stream_emoji),        cmocka_unit_test(test_chat_qwen25),
-        cmocka_unit_test(test_chat_llama31),        cmocka_unit_test(test_chat_other_families),
-        cmocka_unit_test(test_chat_hf_configs),     cmocka_unit_test(test_invalid_utf8_input),
+        cmocka_unit_test(test_vectors_llama_spm),
+        cmocka_unit_test(test_vectors_gpt2),
+        cmocka_unit_test(test_vectors_qwen2),
+        cmocka_unit_test(test_vectors_llama_bpe),
+        cmocka_unit_test(test_stories_prompt),
+        cmocka_unit_test(test_spm_details),
+        cmocka_unit_test(test_spm_unknown_and_eos),
+        cmocka_unit_test(test_bad_metadata),
+        cmocka_unit_test(test_bpe_special),
+        cmocka_unit_test(test_added_tokens_hf),
+        cmocka_unit_test(test_stream_emoji),
+        cmocka_unit_test(test_chat_qwen25),
+        cmocka_unit_test(test_chat_llama31),
+        cmocka_unit_test(test_chat_other_families),
+        cmocka_unit_test(test_chat_hf_configs),
+        cmocka_unit_test(test_invalid_utf8_input),
+        cmocka_unit_test(test_alloc_failures),
     };
+    // clang-format on
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -132,7 +132,10 @@ int bpe_encode_word(const struct vocab *v, const char *word, size_t len, struct 
     for (size_t i = 0; i + 1 < len; i++) {
         if (heap_on_stack && h.n == h.cap) {
             struct bpe_cand *p = malloc(h.cap * 2 * sizeof(*p));
-            if (!p) goto out;
+            if (!p) {
+                rc = ST_ENOMEM;
+                goto out;
+            }
             memcpy(p, h.a, h.n * sizeof(*p));
             h.a = p;
             h.cap *= 2;
@@ -154,7 +157,10 @@ int bpe_encode_word(const struct vocab *v, const char *word, size_t len, struct 
         if (r->next >= 0) sym[r->next].prev = (int32_t)c.left;
         if (heap_on_stack && h.n + 2 > h.cap) {
             struct bpe_cand *p = malloc(h.cap * 2 * sizeof(*p));
-            if (!p) goto out;
+            if (!p) {
+                rc = ST_ENOMEM;
+                goto out;
+            }
             memcpy(p, h.a, h.n * sizeof(*p));
             h.a = p;
             h.cap *= 2;
