@@ -30,23 +30,66 @@ static void on_signal(int sig)
     stop_flag = 1;
 }
 
-/* The loader's device copy, if it exported one: the IPC handle from its
- * manifest. Returns true and fills hex when present. */
-static bool loader_gpu_handle(const struct staged_config *cfg, char *hex, size_t cap)
+/* The loader's device copy: its IPC handle and the loader's pid, from the
+ * manifest. Returns true when the loader answered with a handle. */
+static bool loader_gpu_handle(void *z, const struct staged_config *cfg, char *hex, size_t cap,
+                              int *pid)
 {
-    void *z = zmq_ctx_new();
     json_t *req = json_pack("{s:s}", "op", "manifest");
-    json_t *r = proto_request(z, cfg->loader.endpoint, req, 2000);
+    json_t *r = proto_request(z, cfg->loader.endpoint, req, 1000);
     json_decref(req);
     bool ok = false;
     const char *h = json_string_value(json_object_get(json_object_get(r, "gpu"), "ipc_handle"));
     if (h && strlen(h) < cap) {
         snprintf(hex, cap, "%s", h);
+        *pid = (int)json_integer_value(json_object_get(r, "pid"));
         ok = true;
     }
     if (r) json_decref(r);
-    zmq_ctx_term(z);
     return ok;
+}
+
+/* Ask the loader to verify its device copy against the segment (and repair
+ * it from the segment): a crashed kernel may have written into the weights. */
+static void loader_verify(void *z, const struct staged_config *cfg)
+{
+    json_t *req = json_pack("{s:s}", "op", "verify");
+    json_t *r = proto_request(z, cfg->loader.endpoint, req, 60000);
+    json_decref(req);
+    if (!r) {
+        log_warn("the loader did not answer the weight verification");
+        return;
+    }
+    log_info("weights verified by the loader: %zu bad in the segment, %zu bad on the device, "
+             "%d repaired from the segment",
+             json_array_size(json_object_get(r, "bad_segment")),
+             json_array_size(json_object_get(r, "bad_device")),
+             (int)json_integer_value(json_object_get(r, "repaired")));
+    json_decref(r);
+}
+
+struct loader_watch {
+    void *zctx;
+    const struct staged_config *cfg;
+    int pid; /* the loader whose device memory is mapped */
+};
+
+/* False once a different loader answers: its device copy is a new
+ * allocation, so this worker must restart and map it. */
+static bool loader_same(void *ctx)
+{
+    struct loader_watch *w = ctx;
+    json_t *req = json_pack("{s:s}", "op", "health");
+    json_t *r = proto_request(w->zctx, w->cfg->loader.endpoint, req, 200);
+    json_decref(req);
+    int pid = r ? (int)json_integer_value(json_object_get(r, "pid")) : 0;
+    if (r) json_decref(r);
+    if (pid && pid != w->pid) {
+        log_warn("the loader restarted (pid %d -> %d): restarting to map its device copy", w->pid,
+                 pid);
+        return false;
+    }
+    return true;
 }
 
 int worker_serve_main(int argc, char **argv)
@@ -93,13 +136,19 @@ int worker_serve_main(int argc, char **argv)
         .device = (int)cfg.worker.device,
     };
     void *dev_map = NULL;
-    char hex[256];
-    if (!strcmp(cfg.worker.backend, "cuda") && loader_gpu_handle(&cfg, hex, sizeof(hex))) {
+    struct loader_watch watch = {.zctx = zmq_ctx_new(), .cfg = &cfg};
+    bool shared_gpu = !strcmp(cfg.worker.backend, "cuda") && !strcmp(cfg.loader.upload, "cuda");
+    if (shared_gpu) {
+        char hex[256];
+        for (int tries = 0; !stop_flag && !loader_gpu_handle(watch.zctx, &cfg, hex, sizeof(hex),
+                                                              &watch.pid); tries++)
+            if (tries % 10 == 0) log_info("waiting for the loader's device copy of the weights");
+        if (stop_flag) goto out_seg;
+        loader_verify(watch.zctx, &cfg);
         rc = cuda_ipc_open(hex, bc.device, &dev_map, &eb);
         if (rc) {
             log_error("cannot map the loader's device weights: %s", eb.msg);
-            seg_detach(&seg);
-            return 1;
+            goto out_seg;
         }
         bc.dev_weights = dev_map;
         log_info("mapped the loader's device copy of the weights (0 bytes copied)");
@@ -108,14 +157,17 @@ int worker_serve_main(int argc, char **argv)
     rc = ops->create(seg_model(seg), &bc, &b, &eb);
     if (rc) {
         log_error("backend %s: %s", ops->name, eb.msg);
-        seg_detach(&seg);
-        return 1;
+        goto out_map;
     }
     ready_signal();
-    rc = server_run(&cfg, seg_model(seg), ops, b, &stop_flag);
+    rc = server_run(&cfg, seg_model(seg), ops, b, shared_gpu ? loader_same : NULL, &watch,
+                    &stop_flag);
+    if (rc) log_error("worker stops: %s", st_strerror(rc));
     ops->destroy(&b);
+out_map:
     if (dev_map) cuda_ipc_close(dev_map);
+out_seg:
     seg_detach(&seg);
-    if (rc) log_error("worker stops on error: %s", st_strerror(rc));
+    zmq_ctx_term(watch.zctx);
     return rc ? 1 : 0;
 }

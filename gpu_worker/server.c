@@ -356,8 +356,10 @@ static int step(struct server *s)
 }
 
 int server_run(const struct staged_config *cfg, const struct st_model *m,
-               const struct backend_ops *ops, struct backend *b, volatile int *stop)
+               const struct backend_ops *ops, struct backend *b, server_check_fn check,
+               void *check_ctx, volatile int *stop)
 {
+    int64_t last_check = proto_now_ms();
     struct server s = {.cfg = cfg, .m = m, .ops = ops, .b = b};
     s.n_vocab = (int)m->hp.n_vocab;
     s.max_seqs = (int)cfg->worker.max_seqs;
@@ -437,6 +439,13 @@ int server_run(const struct staged_config *cfg, const struct st_model *m,
         }
         if ((rc = admit(&s)) || (rc = step(&s))) goto out;
         if (proto_now_ms() - s.last_hb >= hb) send_hb(&s);
+        if (check && proto_now_ms() - last_check >= 1000) {
+            last_check = proto_now_ms();
+            if (!check(check_ctx)) {
+                rc = ST_ESTATE;
+                goto out;
+            }
+        }
     }
 out:
     if (s.slots)
