@@ -119,14 +119,16 @@ static void matmul(struct backend *b, const struct model_tensor *w, const float 
     j.dot = kernels_dot(w->type, b->reference);
     j.dot4 = b->reference || n_tok < 4 ? NULL : kernels_dot4(w->type);
     pool_for(b->pool, n_tok, mm_quantize, &j);
-    /* chunks of rows: about 16 per thread, each at least ~64k weights x tokens */
+    /* chunks of rows: about 16 per thread, each at least ~64k weights x
+     * tokens; products under ~256k multiply-adds run on the calling thread
+     * (a dispatch costs more than it saves) */
     int nth = pool_size(b->pool);
     long work = (long)j.n_in * n_tok;
     int min_rows = (int)(65536 / (work > 0 ? work : 1)) + 1;
     int rpc = j.n_out / (nth * 16) + 1;
     if (rpc < min_rows)
         rpc = min_rows;
-    if (nth == 1)
+    if (nth == 1 || work * j.n_out < 262144)
         rpc = j.n_out;
     j.rows_per_chunk = rpc;
     pool_for(b->pool, (j.n_out + rpc - 1) / rpc, mm_rows, &j);
@@ -344,7 +346,16 @@ static void layer_forward(struct backend *b, int l, int n_tok)
         }
     }
     struct att_job aj = {.b = b, .layer = l, .n_tok = n_tok};
-    pool_for(b->pool, n_tok * (int)hp->n_heads, att_run, &aj);
+    /* short contexts: attention is cheaper than a dispatch */
+    long att_work = 0;
+    for (int t = 0; t < n_tok; t++)
+        att_work += (long)(b->tok_pos[t] + 1) * b->q_dim;
+    if (att_work < 65536) {
+        for (int task = 0; task < n_tok * (int)hp->n_heads; task++)
+            att_run(&aj, task, 0);
+    } else {
+        pool_for(b->pool, n_tok * (int)hp->n_heads, att_run, &aj);
+    }
     matmul(b, &L->wo, b->att, n_tok, b->xb, dim, NULL);
     for (size_t i = 0; i < (size_t)n_tok * dim; i++)
         b->x[i] += b->xb[i];
