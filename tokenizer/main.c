@@ -224,6 +224,10 @@ int main(int argc, char **argv)
      * loader that rebuilds it is not kept from freeing the old one */
     seg_detach(&seg);
     model_close(&file_model);
+    const char *tmpl = vocab_chat_template(v);
+    if (tmpl && *tmpl && chat_detect(tmpl) == CHAT_PLAIN)
+        log_warn("chat template not recognised (supported: Qwen2.5/ChatML, Llama 3/3.1, Llama 2); "
+                 "chat requests use the plain fallback");
     log_info("vocab: %u tokens (%s, pre %s, chat template %s) built in %.1f ms", vocab_n_tokens(v),
              vocab_kind(v) == VOCAB_SPM ? "spm" : "bpe", vocab_pre_name(v),
              chat_family_name(chat_detect(vocab_chat_template(v))),
