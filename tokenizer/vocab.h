@@ -136,7 +136,7 @@ int tok_encode(const struct vocab *v, const char *text, size_t len, bool add_spe
  * "▁" to ' ' and <0xXX> to the byte (SPM). Control tokens give their text
  * when special is true, else nothing; the unknown token gives "▅" (U+2585).
  * Writes at most cap bytes to buf and returns the full length (like
- * snprintf; never more than the stored text's length), or ST_ERANGE for an
+ * snprintf; at most max(3, the stored text's length)), or ST_ERANGE for an
  * id out of range. A piece may be part of a UTF-8 character.
  */
 int tok_token_piece(const struct vocab *v, int32_t id, bool special, char *buf, size_t cap);
