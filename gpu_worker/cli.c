@@ -6,6 +6,7 @@
 #include "gpu_worker/cpu_backend.h"
 #include "gpu_worker/registry.h"
 #include "gpu_worker/sample.h"
+#include "tokenizer/vocab.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -198,7 +199,8 @@ out:
 static int usage_generate(void)
 {
     fprintf(stderr,
-            "usage: staged-worker generate MODEL.gguf --prompt-tokens 1,2,3 [--max-tokens N] "
+            "usage: staged-worker generate MODEL.gguf --prompt TEXT | --prompt-tokens 1,2,3 "
+            "[--max-tokens N] [--stop STR]... [--ids] "
             "[--seed N] [--temperature X] [--top-k N] [--top-p X] [--min-p X] "
             "[--repeat-penalty X] [--repeat-last-n N] [--presence-penalty X] "
             "[--frequency-penalty X] [--stop-id N]... [--threads N] [--backend cpu|cuda]\n");
@@ -207,9 +209,11 @@ static int usage_generate(void)
 
 int cli_generate(int argc, char **argv)
 {
-    const char *model = NULL, *backend = "cpu", *toks = NULL;
-    int max_tokens = 64, threads = 0, n_stop = 0;
+    const char *model = NULL, *backend = "cpu", *toks = NULL, *text = NULL;
+    int max_tokens = 64, threads = 0, n_stop = 0, n_stop_str = 0;
     int32_t stop_ids[64];
+    const char *stop_str[16];
+    bool print_ids = false;
     struct sample_params sp;
     sample_params_default(&sp);
     for (int i = 0; i < argc; i++) {
@@ -218,6 +222,14 @@ int cli_generate(int argc, char **argv)
         const char *v = has ? argv[i + 1] : NULL;
         if (!strcmp(a, "--prompt-tokens") && has)
             toks = v;
+        else if (!strcmp(a, "--prompt") && has)
+            text = v;
+        else if (!strcmp(a, "--stop") && has && n_stop_str < 16)
+            stop_str[n_stop_str++] = v;
+        else if (!strcmp(a, "--ids")) {
+            print_ids = true;
+            continue;
+        }
         else if (!strcmp(a, "--max-tokens") && has)
             max_tokens = atoi(v);
         else if (!strcmp(a, "--seed") && has)
@@ -253,17 +265,46 @@ int cli_generate(int argc, char **argv)
     }
     int32_t *prompt = NULL;
     int n_prompt = toks ? parse_ids(toks, &prompt) : -1;
-    if (!model || n_prompt < 1 || max_tokens < 0) {
+    if (!model || (toks && n_prompt < 1) || (!toks && !text) || (toks && text) || max_tokens < 0) {
         free(prompt);
         return usage_generate();
     }
     struct run r = {0};
+    struct vocab *voc = NULL;
+    struct tok_buf out = {0};
     int status = 1;
-    int32_t *hist = malloc(sizeof(int32_t) * (size_t)(n_prompt + max_tokens + 1));
+    int32_t *hist = NULL;
     float *logits = NULL;
+    struct st_errbuf eb = {{0}};
+    if (model_open_file(model, &r.m, &eb)) {
+        fprintf(stderr, "staged-worker: %s: %s\n", model, eb.msg);
+        goto out;
+    }
+    if (vocab_build(r.m->gguf, &voc, &eb)) {
+        if (text) {
+            fprintf(stderr, "staged-worker: %s: no usable tokenizer: %s\n", model, eb.msg);
+            goto out;
+        }
+        print_ids = true;
+    }
+    if (text) {
+        size_t n = 0;
+        if (tok_encode(voc, text, strlen(text), true, false, &prompt, &n) || n == 0) {
+            fprintf(stderr, "staged-worker: --prompt: encoding failed or empty\n");
+            goto out;
+        }
+        n_prompt = (int)n;
+    }
+    model_close(&r.m);
+    hist = malloc(sizeof(int32_t) * (size_t)(n_prompt + max_tokens + 1));
     if (!hist || run_open(&r, model, backend, threads, n_prompt + max_tokens + 1, n_prompt))
         goto out;
     int nv = (int)r.m->hp.n_vocab;
+    for (int i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= nv) {
+            fprintf(stderr, "staged-worker: prompt token %d out of range\n", prompt[i]);
+            goto out;
+        }
     uint32_t eos_u = UINT32_MAX;
     gguf_get_u32(r.m->gguf, "tokenizer.ggml.eos_token_id", &eos_u);
     int32_t eos = eos_u < (uint32_t)nv ? (int32_t)eos_u : -1;
@@ -274,19 +315,44 @@ int cli_generate(int argc, char **argv)
     int n = n_prompt;
     if (feed(&r, prompt, n_prompt, 0, false, logits))
         goto out;
+    size_t printed = 0;
     for (int s = 0; s < max_tokens; s++) {
         int32_t t = sample_next(&sp, logits, nv, hist, n, n, 0, NULL);
-        if (sample_is_stop_token(t, eos, stop_ids, n_stop))
+        if (sample_is_stop_token(t, eos, stop_ids, n_stop) || (voc && vocab_is_eog(voc, t)))
             break;
         hist[n++] = t;
-        printf("%s%d", s ? " " : "", t);
+        if (print_ids) {
+            printf("%s%d", s ? " " : "", t);
+        } else {
+            char piece[256];
+            int pl = tok_token_piece(voc, t, false, piece, sizeof(piece));
+            if (pl > 0 && tok_buf_add(&out, piece, (size_t)pl < sizeof(piece) ? (size_t)pl
+                                                                              : sizeof(piece)))
+                goto out;
+            size_t at;
+            bool stopped = out.p && sample_stop_find(out.p, out.len, stop_str, n_stop_str, &at) >= 0;
+            size_t upto = stopped ? at
+                                  : out.len - sample_stop_holdback(out.p ? out.p : "", out.len,
+                                                                   stop_str, n_stop_str);
+            if (upto > printed) {
+                fwrite(out.p + printed, 1, upto - printed, stdout);
+                printed = upto;
+            }
+            if (stopped)
+                break;
+        }
         fflush(stdout);
         if (s + 1 < max_tokens && feed(&r, &t, 1, n - 1, false, logits))
             goto out;
     }
+    if (!print_ids && out.p && printed < out.len &&
+        sample_stop_find(out.p, out.len, stop_str, n_stop_str, NULL) < 0)
+        fwrite(out.p + printed, 1, out.len - printed, stdout);
     printf("\n");
     status = 0;
 out:
+    tok_buf_free(&out);
+    vocab_destroy(&voc);
     free(logits);
     free(hist);
     free(prompt);

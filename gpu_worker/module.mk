@@ -4,8 +4,10 @@ WORKER_CPU_SRC := gpu_worker/quant.c gpu_worker/kernels.c gpu_worker/pool.c \
                   gpu_worker/cpu_backend.c gpu_worker/sample.c
 
 PROGRAMS += staged-worker
-staged-worker_SRC := gpu_worker/main.c gpu_worker/cli.c gpu_worker/registry.c \
-                     gpu_worker/serve_main.c gpu_worker/server.c $(WORKER_CPU_SRC)
+# recursive (=): TOK_LIB_SRC comes from tokenizer/module.mk, included later
+staged-worker_SRC = gpu_worker/main.c gpu_worker/cli.c gpu_worker/registry.c \
+                    gpu_worker/serve_main.c gpu_worker/server.c $(WORKER_CPU_SRC) $(TOK_LIB_SRC)
+staged-worker_LIBS += -lpcre2-8
 
 gpu_worker/kernels_CFLAGS := -O3
 gpu_worker/quant_CFLAGS := -O3
