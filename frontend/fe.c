@@ -225,9 +225,9 @@ static void fail(struct fe *fe, struct req *r, const char *code, const char *fmt
 }
 
 /* New decoded text arrived: check stop strings, stream what is safe. */
-static void on_text(struct fe *fe, struct req *r, size_t old_len)
+static void on_text(struct fe *fe, struct req *r)
 {
-    long stop = r->n_stop ? req_find_stop(r, old_len) : -1;
+    long stop = r->n_stop ? req_find_stop(r) : -1;
     if (stop >= 0) {
         r->text_len = (size_t)stop;
         r->text[stop] = 0;
@@ -237,9 +237,7 @@ static void on_text(struct fe *fe, struct req *r, size_t old_len)
         finish(fe, r);
         return;
     }
-    size_t safe = r->text_len;
-    if (r->n_stop && r->max_stop_len > 1)
-        safe = r->text_len > r->max_stop_len - 1 ? r->text_len - (r->max_stop_len - 1) : 0;
+    size_t safe = r->text_len - (r->n_stop ? req_stop_holdback(r) : 0);
     while (safe > r->emitted && safe < r->text_len && (r->text[safe] & 0xC0) == 0x80) safe--;
     emit(fe, r, safe);
 }
@@ -331,7 +329,6 @@ static void on_tok_reply(struct fe *fe, json_t *m)
             return;
         }
         snprintf(r->pending, sizeof(r->pending), "%s", pend);
-        size_t old = r->text_len;
         r->n_detok += r->detok_inflight;
         r->detok_inflight = 0;
         if (req_append_text(r, text, strlen(text))) {
@@ -339,7 +336,7 @@ static void on_tok_reply(struct fe *fe, json_t *m)
             return;
         }
         if (!r->t_first) r->t_first = proto_now_ms();
-        on_text(fe, r, old);
+        on_text(fe, r);
         if (!find_rid(fe, rid)) return; /* finished by a stop string */
         if (r->n_detok < r->n_gen) send_tok_detok(fe, r);
         else if (r->state == REQ_DRAINING) finish(fe, r);

@@ -49,7 +49,6 @@ struct req {
     int logprobs;                 /* -1 off, else number of alternatives */
     char stop[REQ_MAX_STOP][REQ_MAX_STOP_LEN + 1];
     int n_stop;
-    size_t max_stop_len;
 
     int32_t *prompt;              /* prompt token ids */
     int n_prompt;
@@ -97,7 +96,10 @@ const char *req_parse(const struct staged_config *cfg, const json_t *m, struct r
 void req_free(struct req *r);
 /* Append decoded text; returns 0 or ST_ENOMEM. */
 int req_append_text(struct req *r, const char *s, size_t n);
-/* Position of the first stop-string match in text at or after `from`, or -1. */
-long req_find_stop(const struct req *r, size_t from);
+/* Where the earliest stop string starts in the text so far, or -1. */
+long req_find_stop(const struct req *r);
+/* Bytes at the end of the text that could begin a stop string: held back
+ * from the client until more text decides. */
+size_t req_stop_holdback(const struct req *r);
 
 #endif

@@ -6,7 +6,7 @@
  *
  *   staged-loadgen [--config FILE] [--endpoint E] [--n N] [--prompt TEXT] [--max-tokens M]
  *                  [--seed S] [--temperature T] [--out DIR] [--timeout-ms MS]
- *                  [--stagger-ms MS] [--cancel-after-ms MS] [--idle-ms MS]
+ *                  [--stagger-ms MS] [--cancel-after-ms MS] [--idle-ms MS] [--stop S]
  *   staged-loadgen --endpoint E --garbage
  *
  * Request i uses seed S+i. With --out, writes DIR/i.txt (the completion, as
@@ -158,7 +158,7 @@ int main(int argc, char **argv)
     bool use_config;
     int crc = config_from_args_opt(&argc, argv, &cfg, &use_config);
     if (crc) return crc > 0 ? 0 : 2;
-    const char *endpoint = use_config ? cfg.frontend.endpoint : NULL, *prompt = "Once upon a time", *out = NULL;
+    const char *endpoint = use_config ? cfg.frontend.endpoint : NULL, *prompt = "Once upon a time", *out = NULL, *stop = NULL;
     int n = 8, max_tokens = 64, stagger = 0, cancel_after = -1, idle_ms = 1500;
     long long seed = 1, timeout = 60000;
     double temperature = 0.8;
@@ -169,6 +169,7 @@ int main(int argc, char **argv)
                                    {"out", 1, 0, 'o'},        {"timeout-ms", 1, 0, 'T'},
                                    {"stagger-ms", 1, 0, 'g'}, {"cancel-after-ms", 1, 0, 'c'},
                                    {"idle-ms", 1, 0, 'i'},    {"garbage", 0, 0, 'G'},
+                                   {"stop", 1, 0, 'S'},
                                    {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -185,6 +186,7 @@ int main(int argc, char **argv)
         case 'c': cancel_after = atoi(optarg); break;
         case 'i': idle_ms = atoi(optarg); break;
         case 'G': do_garbage = true; break;
+        case 'S': stop = optarg; break;
         default: return 2;
         }
     }
@@ -215,6 +217,7 @@ int main(int argc, char **argv)
                                 "generate", "id", rs[i].id, "prompt", prompt, "max_tokens",
                                 max_tokens, "stream", 1, "seed", (json_int_t)(seed + i),
                                 "temperature", temperature, "timeout_ms", (json_int_t)timeout);
+        if (stop) json_object_set_new(req, "stop", json_pack("[s]", stop));
         rs[i].req = json_dumps(req, JSON_COMPACT);
         json_decref(req);
         send_req(s, &rs[i]);

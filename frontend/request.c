@@ -2,6 +2,7 @@
 #include "fe.h"
 
 #include "common/proto.h"
+#include "gpu_worker/sample.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -148,7 +149,6 @@ const char *req_parse(const struct staged_config *cfg, const json_t *m, struct r
                 BAD("bad_request", "stop[%zu] must be a string of 1 to %d bytes", i,
                     REQ_MAX_STOP_LEN);
             memcpy(r->stop[i], json_string_value(s), json_string_length(s) + 1);
-            if (json_string_length(s) > r->max_stop_len) r->max_stop_len = json_string_length(s);
         }
         r->n_stop = (int)json_array_size(stop);
     }
@@ -206,20 +206,17 @@ int req_append_text(struct req *r, const char *s, size_t n)
     return 0;
 }
 
-long req_find_stop(const struct req *r, size_t from)
+long req_find_stop(const struct req *r)
 {
-    long best = -1;
-    for (int i = 0; i < r->n_stop; i++) {
-        size_t sl = strlen(r->stop[i]);
-        /* a match may start before `from` if it ends after it */
-        size_t start = from >= sl ? from - sl + 1 : 0;
-        if (r->text_len < sl) continue;
-        for (size_t p = start; p + sl <= r->text_len; p++) {
-            if (memcmp(r->text + p, r->stop[i], sl) == 0) {
-                if (best < 0 || (long)p < best) best = (long)p;
-                break;
-            }
-        }
-    }
-    return best;
+    const char *stops[REQ_MAX_STOP];
+    for (int i = 0; i < r->n_stop; i++) stops[i] = r->stop[i];
+    size_t at;
+    return sample_stop_find(r->text, r->text_len, stops, r->n_stop, &at) < 0 ? -1 : (long)at;
+}
+
+size_t req_stop_holdback(const struct req *r)
+{
+    const char *stops[REQ_MAX_STOP];
+    for (int i = 0; i < r->n_stop; i++) stops[i] = r->stop[i];
+    return sample_stop_holdback(r->text, r->text_len, stops, r->n_stop);
 }

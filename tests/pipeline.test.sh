@@ -39,6 +39,28 @@ distinct=$(md5sum "$T"/together/*.txt | cut -d" " -f1 | sort -u | wc -l)
 grep -q '"completion_tokens": *48' "$T/together/0.final" || \
     grep -q '"finish_reason":"stop"' "$T/together/0.final" || fail "usage missing: $(cat $T/together/0.final)"
 
+# stop strings: each output is the unstopped output cut before the first " Lily"
+"$BIN/staged-loadgen" --endpoint "$EP" --n 32 --max-tokens 48 --seed 100 --stop " Lily" \
+    --out "$T/stopped" >/dev/null || fail "stop-string run"
+cut_count=0
+for i in $(seq 0 31); do
+    python3 - "$T/together/$i.txt" "$T/stopped/$i.txt" "$T/stopped/$i.final" <<'PY' || fail "stop string, request $i"
+import json, sys
+full = open(sys.argv[1], encoding="utf-8").read()
+got = open(sys.argv[2], encoding="utf-8").read()
+final = json.load(open(sys.argv[3]))
+k = full.find(" Lily")
+if k >= 0:
+    assert got == full[:k], (got, full)
+    assert final["finish_reason"] == "stop", final
+    sys.exit(0)
+assert got == full and final["finish_reason"] == "length", (got, full, final)
+PY
+    grep -q " Lily" "$T/together/$i.txt" && cut_count=$((cut_count + 1))
+done
+[ $cut_count -gt 0 ] || fail "no output contained the stop string: the test proves nothing"
+echo "stop strings: $cut_count of 32 outputs cut before \" Lily\", the rest unchanged"
+
 # cancel: long requests cancelled by the client
 "$BIN/staged-loadgen" --endpoint "$EP" --n 4 --max-tokens 400 --cancel-after-ms 50 --out "$T/cancel" \
     | tee "$T/cancel.out" || fail "cancel run"
