@@ -703,17 +703,19 @@ int k_norm_round(cudaStream_t st, const float *x, const float *w, float eps, int
 /* acc[t] += row . x[t] over lanes (not reduced). */
 template <int T>
 static __device__ __forceinline__ void row_dot(const uint8_t *wr, int K, const float *x, int n,
-                                               float *acc, int lane)
+                                               float *acc, int lane, int wpr)
 {
+    /* lane = thread index among the threads sharing the row (32 * warps per row) */
+    const int step = 32 * wpr;
     if (T == QT_F32 || T == QT_F16 || T == QT_BF16) {
-        for (int e = lane; e < K; e += 32) {
+        for (int e = lane; e < K; e += step) {
             float wv = deq1<T>(wr, e);
 #pragma unroll
             for (int t = 0; t < MATVEC_MAX_N; t++)
                 if (t < n) acc[t] += wv * x[(size_t)t * K + e];
         }
     } else {
-        for (int g = lane; g < K / 8; g += 32) {
+        for (int g = lane; g < K / 8; g += step) {
             float wv[8];
             deq8<T>(wr, g * 8, wv);
 #pragma unroll
@@ -730,40 +732,67 @@ static __device__ __forceinline__ void row_dot(const uint8_t *wr, int K, const f
 }
 
 static __device__ __forceinline__ void row_dot_any(int type, const uint8_t *wr, int K,
-                                                   const float *x, int n, float *acc, int lane)
+                                                   const float *x, int n, float *acc, int lane,
+                                                   int wpr)
 {
     switch (type) {
-    case QT_F32: row_dot<QT_F32>(wr, K, x, n, acc, lane); break;
-    case QT_F16: row_dot<QT_F16>(wr, K, x, n, acc, lane); break;
-    case QT_BF16: row_dot<QT_BF16>(wr, K, x, n, acc, lane); break;
-    case QT_Q4_0: row_dot<QT_Q4_0>(wr, K, x, n, acc, lane); break;
-    case QT_Q4_1: row_dot<QT_Q4_1>(wr, K, x, n, acc, lane); break;
-    case QT_Q5_0: row_dot<QT_Q5_0>(wr, K, x, n, acc, lane); break;
-    case QT_Q5_1: row_dot<QT_Q5_1>(wr, K, x, n, acc, lane); break;
-    case QT_Q8_0: row_dot<QT_Q8_0>(wr, K, x, n, acc, lane); break;
-    case QT_Q2_K: row_dot<QT_Q2_K>(wr, K, x, n, acc, lane); break;
-    case QT_Q3_K: row_dot<QT_Q3_K>(wr, K, x, n, acc, lane); break;
-    case QT_Q4_K: row_dot<QT_Q4_K>(wr, K, x, n, acc, lane); break;
-    case QT_Q5_K: row_dot<QT_Q5_K>(wr, K, x, n, acc, lane); break;
-    case QT_Q6_K: row_dot<QT_Q6_K>(wr, K, x, n, acc, lane); break;
+    case QT_F32: row_dot<QT_F32>(wr, K, x, n, acc, lane, wpr); break;
+    case QT_F16: row_dot<QT_F16>(wr, K, x, n, acc, lane, wpr); break;
+    case QT_BF16: row_dot<QT_BF16>(wr, K, x, n, acc, lane, wpr); break;
+    case QT_Q4_0: row_dot<QT_Q4_0>(wr, K, x, n, acc, lane, wpr); break;
+    case QT_Q4_1: row_dot<QT_Q4_1>(wr, K, x, n, acc, lane, wpr); break;
+    case QT_Q5_0: row_dot<QT_Q5_0>(wr, K, x, n, acc, lane, wpr); break;
+    case QT_Q5_1: row_dot<QT_Q5_1>(wr, K, x, n, acc, lane, wpr); break;
+    case QT_Q8_0: row_dot<QT_Q8_0>(wr, K, x, n, acc, lane, wpr); break;
+    case QT_Q2_K: row_dot<QT_Q2_K>(wr, K, x, n, acc, lane, wpr); break;
+    case QT_Q3_K: row_dot<QT_Q3_K>(wr, K, x, n, acc, lane, wpr); break;
+    case QT_Q4_K: row_dot<QT_Q4_K>(wr, K, x, n, acc, lane, wpr); break;
+    case QT_Q5_K: row_dot<QT_Q5_K>(wr, K, x, n, acc, lane, wpr); break;
+    case QT_Q6_K: row_dot<QT_Q6_K>(wr, K, x, n, acc, lane, wpr); break;
     }
+}
+
+/* Sum acc[t] over the wpr warps of a row (warps w*wpr .. w*wpr+wpr-1 of the
+ * block); the row's first warp gets the sums in acc. Block-wide barrier. */
+static __device__ __forceinline__ void rows_reduce(float *acc, int n, int wpr)
+{
+    __shared__ float part[4][MATVEC_MAX_N];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int t = 0; t < MATVEC_MAX_N; t++)
+        if (t < n) acc[t] = warp_sum(acc[t]);
+    if (wpr == 1) return;
+    __syncthreads(); /* part may still be read by an earlier call */
+    if (lane == 0)
+        for (int t = 0; t < n; t++) part[warp][t] = acc[t];
+    __syncthreads();
+    if (warp % wpr == 0)
+        for (int t = 0; t < n; t++)
+            for (int w = 1; w < wpr; w++) acc[t] += part[warp + w][t];
 }
 
 static __global__ void __launch_bounds__(128) matvec_multi_kernel(struct mv_args a)
 {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int row = blockIdx.x * 4 + warp, s = 0;
+    int wpr = a.wpr, sub = warp % wpr;
+    int row = blockIdx.x * (4 / wpr) + warp / wpr, s = 0;
     while (s < a.nseg && row >= a.seg[s].N) row -= a.seg[s].N, s++;
-    if (s >= a.nseg) return;
-    const struct mv_seg &g = a.seg[s];
+    bool live = s < a.nseg;
     float acc[MATVEC_MAX_N];
 #pragma unroll
     for (int t = 0; t < MATVEC_MAX_N; t++) acc[t] = 0.f;
-    row_dot_any(g.type, (const uint8_t *)g.w + (size_t)row * g.rb, a.K, a.x, a.n, acc, lane);
+    if (live) {
+        const struct mv_seg &g0 = a.seg[s];
+        row_dot_any(g0.type, (const uint8_t *)g0.w + (size_t)row * g0.rb, a.K, a.x, a.n, acc,
+                    sub * 32 + lane, wpr);
+    }
+    rows_reduce(acc, a.n, wpr);
+    if (!live || sub != 0) return;
+    const struct mv_seg &g = a.seg[s];
 #pragma unroll
     for (int t = 0; t < MATVEC_MAX_N; t++) {
         if (t < a.n) {
-            float v = warp_sum(acc[t]);
+            float v = acc[t];
             if (lane == 0) {
                 if (g.bias) v += g.bias[row];
                 float *y = g.y + (size_t)t * g.N + row;
@@ -773,6 +802,15 @@ static __global__ void __launch_bounds__(128) matvec_multi_kernel(struct mv_args
     }
 }
 
+/* Warps per row: enough blocks to fill the GPU (>= ~4 per SM) with long rows split. */
+static int pick_wpr(int rows, int K)
+{
+    if (K >= 2048 && rows < 8192) return 4;
+    if (K >= 1024 && rows < 4096) return 2;
+    if (K >= 512 && rows < 2048) return 2;
+    return 1;
+}
+
 int k_matvec_multi(cudaStream_t st, struct mv_args *a)
 {
     int rows = 0;
@@ -780,7 +818,9 @@ int k_matvec_multi(cudaStream_t st, struct mv_args *a)
         a->seg[s].rb = row_bytes(a->seg[s].type, a->K);
         rows += a->seg[s].N;
     }
-    matvec_multi_kernel<<<(rows + 3) / 4, 128, 0, st>>>(*a);
+    a->wpr = pick_wpr(rows, a->K);
+    int rpb = 4 / a->wpr;
+    matvec_multi_kernel<<<(rows + rpb - 1) / rpb, 128, 0, st>>>(*a);
     CUDA_LAUNCHED("matvec_multi");
     return 0;
 }
@@ -789,20 +829,26 @@ int k_matvec_multi(cudaStream_t st, struct mv_args *a)
 static __global__ void __launch_bounds__(128)
     matvec_swiglu_kernel(const uint8_t *wg, int tg, size_t rbg, const uint8_t *wu, int tu,
                          size_t rbu, int N, int K, const float *xg, const float *xu, int n,
-                         float *h)
+                         float *h, int wpr)
 {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int row = blockIdx.x * 4 + warp;
-    if (row >= N) return;
+    int sub = warp % wpr;
+    int row = blockIdx.x * (4 / wpr) + warp / wpr;
+    bool live = row < N;
     float ag[MATVEC_MAX_N], au[MATVEC_MAX_N];
 #pragma unroll
     for (int t = 0; t < MATVEC_MAX_N; t++) ag[t] = au[t] = 0.f;
-    row_dot_any(tg, wg + (size_t)row * rbg, K, xg, n, ag, lane);
-    row_dot_any(tu, wu + (size_t)row * rbu, K, xu, n, au, lane);
+    if (live) {
+        row_dot_any(tg, wg + (size_t)row * rbg, K, xg, n, ag, sub * 32 + lane, wpr);
+        row_dot_any(tu, wu + (size_t)row * rbu, K, xu, n, au, sub * 32 + lane, wpr);
+    }
+    rows_reduce(ag, n, wpr);
+    rows_reduce(au, n, wpr);
+    if (!live || sub != 0) return;
 #pragma unroll
     for (int t = 0; t < MATVEC_MAX_N; t++) {
         if (t < n) {
-            float g = warp_sum(ag[t]), u = warp_sum(au[t]);
+            float g = ag[t], u = au[t];
             if (lane == 0) h[(size_t)t * N + row] = g / (1.f + expf(-g)) * u;
         }
     }
@@ -811,9 +857,12 @@ static __global__ void __launch_bounds__(128)
 int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
                     const float *xg, const float *xu, int n, float *h)
 {
-    matvec_swiglu_kernel<<<(N + 3) / 4, 128, 0, st>>>((const uint8_t *)wg, tg, row_bytes(tg, K),
-                                                      (const uint8_t *)wu, tu, row_bytes(tu, K),
-                                                      N, K, xg, xu, n, h);
+    int wpr = pick_wpr(N, K), rpb = 4 / wpr;
+    matvec_swiglu_kernel<<<(N + rpb - 1) / rpb, 128, 0, st>>>((const uint8_t *)wg, tg,
+                                                              row_bytes(tg, K),
+                                                              (const uint8_t *)wu, tu,
+                                                              row_bytes(tu, K), N, K, xg, xu, n,
+                                                              h, wpr);
     CUDA_LAUNCHED("matvec_swiglu");
     return 0;
 }

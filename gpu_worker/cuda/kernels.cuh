@@ -82,6 +82,7 @@ struct mv_seg {
 struct mv_args {
     struct mv_seg seg[3];
     int nseg, K, n, add;
+    int wpr;           /* warps per row, filled by k_matvec_multi */
     const float *x;    /* [n][K], already rounded for the weights' class */
 };
 int k_matvec_multi(cudaStream_t st, struct mv_args *a);
