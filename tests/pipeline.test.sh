@@ -41,10 +41,10 @@ grep -q '"completion_tokens": *48' "$T/together/0.final" || \
 
 # stop strings: each output is the unstopped output cut before the first " Lily"
 "$BIN/staged-loadgen" --endpoint "$EP" --n 32 --max-tokens 48 --seed 100 --stop " Lily" \
-    --out "$T/stopped" >/dev/null || fail "stop-string run"
+    --out "$T/stopstr" >/dev/null || fail "stop-string run"
 cut_count=0
 for i in $(seq 0 31); do
-    python3 - "$T/together/$i.txt" "$T/stopped/$i.txt" "$T/stopped/$i.final" <<'PY' || fail "stop string, request $i"
+    python3 - "$T/together/$i.txt" "$T/stopstr/$i.txt" "$T/stopstr/$i.final" <<'PY' || fail "stop string, request $i"
 import json, sys
 full = open(sys.argv[1], encoding="utf-8").read()
 got = open(sys.argv[2], encoding="utf-8").read()
