@@ -191,6 +191,15 @@ int model_validate(const struct gguf *g, const struct model_hparams *hp, struct 
         (rc = check_tensor(g, "output.weight", d, v, true, eb)))
         return rc;
     if ((rc = check_layer_numbers(g, hp, eb))) return rc;
+    /* a token id the tokenizer can produce must have an embedding row */
+    uint32_t et;
+    uint64_t n_tok;
+    if (gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n_tok) && n_tok > hp->n_vocab)
+        return st_errf(eb, ST_EFORMAT,
+                       "metadata key 'tokenizer.ggml.tokens' at byte %" PRIu64 ": %" PRIu64
+                       " tokens but token_embd.weight has %u rows",
+                       g->kv[gguf_find_key(g, "tokenizer.ggml.tokens")].value_off, n_tok,
+                       hp->n_vocab);
     for (uint32_t l = 0; l < hp->n_layers; l++) {
         struct {
             const char *suffix;

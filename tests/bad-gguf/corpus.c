@@ -928,6 +928,14 @@ CASE(extra_layer_tensor)
     return 0;
 }
 
+SPEC_CASE(more_tokens_than_rows, "qwen2",
+          "metadata key 'tokenizer.ggml.tokens' at byte %" PRIu64
+          ": 8 tokens but token_embd.weight has 4 rows",
+          kv_type_pos(&b, f, key_index(&b, "tokenizer.ggml.tokens")) + 4)
+{
+    s->vocab = 4; /* embedding rows; the tokenizer keeps its 8 tokens */
+}
+
 static int wrong_shape_case(struct corpus_file *f, const char *arch, const char *tensor,
                             const char *want)
 {
@@ -1045,6 +1053,7 @@ const struct corpus_case corpus_cases[] = {
     {"qwen3-missing-k-norm", qwen3_missing_k_norm},
     {"layers-missing", layers_missing},
     {"extra-layer-tensor", extra_layer_tensor},
+    {"more-tokens-than-rows", more_tokens_than_rows},
     {"wrong-shape-attn-k", wrong_shape_attn_k},
     {"wrong-shape-ffn-down", wrong_shape_ffn_down},
     {"wrong-shape-q-bias", wrong_shape_q_bias},
