@@ -21,11 +21,12 @@
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: staged-make-model --shape NAME [--type f16|q4_k_m|TYPE] [--seed N]\n"
-                    "                         [--threads N] [--vocab N] [--vocab-dir DIR] -o OUT.gguf\n"
-                    "       staged-make-model --plan --shape NAME [--type T]\n"
-                    "       staged-make-model --check FILE.gguf\n"
-                    "       staged-make-model --list\n");
+    fprintf(stderr,
+            "usage: staged-make-model --shape NAME [--type f16|q4_k_m|TYPE] [--seed N]\n"
+            "                         [--threads N] [--vocab N] [--vocab-dir DIR] -o OUT.gguf\n"
+            "       staged-make-model --plan --shape NAME [--type T]\n"
+            "       staged-make-model --check FILE.gguf\n"
+            "       staged-make-model --list\n");
 }
 
 int main(int argc, char **argv)
