@@ -629,7 +629,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     pthread_mutex_unlock(&h->mu);
     if (outcome) metrics_request(&g->metrics, endpoint_label(h->route), outcome);
     if (cancel)
-        log_info("http: client of %s went away: request cancelled", endpoint_label(h->route));
+        log_info("client of %s went away: request cancelled", endpoint_label(h->route));
     hreq_release(h);
 }
 
@@ -732,7 +732,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     vsnprintf(buf, sizeof(buf), fmt, ap);
     size_t n = strlen(buf);
     while (n && buf[n - 1] == '\n') buf[--n] = 0;
-    log_warn("http: libmicrohttpd: %s", buf);
+    log_warn("libmicrohttpd: %s", buf);
 }
 
 int gw_new(const struct staged_config *cfg, struct gw **out, struct st_errbuf *eb)

@@ -210,8 +210,9 @@ int oai_parse(enum oai_kind kind, const char *body, size_t len, struct oai_req *
         for (const char *const *a = kind == OAI_CHAT ? chat_only : compl_only; *a && !ok; a++)
             ok = !strcmp(*a, key);
         if (!ok) {
-            json_decref(o);
-            return BAD(key, "Unrecognized request argument supplied: %.64s", key);
+            BAD(key, "Unrecognized request argument supplied: %.64s", key);
+            json_decref(o); /* key lives in o */
+            return ST_EFORMAT;
         }
     }
     json_t *params = json_object();
