@@ -621,13 +621,20 @@ static void on_client_msg(struct fe *fe, struct proto_msg *pm)
 
 /* ---- timers ---- */
 
+/* A stage silent for stage_timeout_ms is dead (requests wait for it to come
+ * back); silent for twice that, it is wedged, not just slow under load, and
+ * is killed so that the supervisor restarts it. */
 static void check_stage(struct fe *fe, struct stage *s, int64_t now)
 {
-    if (s->alive && now - s->last_ok > fe->cfg->frontend.stage_timeout_ms) {
+    int64_t silent = now - s->last_ok, limit = fe->cfg->frontend.stage_timeout_ms;
+    if (s->alive && silent > limit) {
         s->alive = false;
-        log_warn("%s silent for %lld ms: treating it as dead%s", s->name,
-                 (long long)(now - s->last_ok), s->pid > 0 ? "; killing it so it restarts" : "");
-        if (s->pid > 0) kill(s->pid, SIGKILL);
+        log_warn("%s silent for %lld ms: treating it as dead", s->name, (long long)silent);
+    }
+    if (!s->alive && s->pid > 0 && silent > 2 * limit) {
+        log_warn("%s (pid %d) silent for %lld ms: killing it so that it restarts", s->name, s->pid,
+                 (long long)silent);
+        kill(s->pid, SIGKILL);
         s->pid = 0;
     }
 }

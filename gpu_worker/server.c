@@ -39,6 +39,7 @@ struct server {
     void *zctx, *sock;
     char instance[40];
     int n_vocab, max_seqs, max_ctx, max_batch;
+    double tok_per_ms;        /* measured speed of recent steps (tokens / ms) */
     struct job **slots;       /* [max_seqs] */
     struct job *queue_head, *queue_tail;
     int n_queued;
@@ -278,10 +279,24 @@ static json_t *logprob_json(const struct sample_result *r, int n_top)
     return json_pack("{s:i,s:f,s:o}", "token", r->token, "logprob", (double)r->logprob, "top", top);
 }
 
+/*
+ * Tokens the next step may take: max_batch, but no more than the measured
+ * speed processes in about one heartbeat period, so that a long prompt is
+ * processed in chunks between decode steps (decodes are never stalled for
+ * long, and heartbeats stay on time).
+ */
+static int step_budget(const struct server *s)
+{
+    if (s->tok_per_ms <= 0) return s->max_batch;
+    double b = s->tok_per_ms * (double)s->cfg->frontend.heartbeat_ms;
+    int budget = b > s->max_batch ? s->max_batch : (int)b;
+    return budget < 16 ? (s->max_batch < 16 ? s->max_batch : 16) : budget;
+}
+
 /* One scheduler step: build a batch, forward, sample, stream. */
 static int step(struct server *s)
 {
-    int n = 0, n_rows = 0;
+    int n = 0, n_rows = 0, budget = step_budget(s);
     /* decode tokens first: one per running sequence */
     for (int i = 0; i < s->max_seqs && n < s->max_batch; i++) {
         struct job *j = s->slots[i];
@@ -294,11 +309,11 @@ static int step(struct server *s)
         n++;
     }
     /* then prompt chunks */
-    for (int i = 0; i < s->max_seqs && n < s->max_batch; i++) {
+    for (int i = 0; i < s->max_seqs && n < budget; i++) {
         struct job *j = s->slots[i];
         if (!j || j->n_fed >= j->n_tokens - 1) continue;
         int take = j->n_tokens - j->n_fed;
-        if (take > s->max_batch - n) take = s->max_batch - n;
+        if (take > budget - n) take = budget - n;
         for (int k = 0; k < take; k++) {
             s->bt_tok[n] = j->tokens[j->n_fed + k];
             s->bt_pos[n] = j->n_fed + k;
@@ -313,7 +328,13 @@ static int step(struct server *s)
     }
     if (n == 0) return 0;
     struct batch bt = {n, s->bt_tok, s->bt_pos, s->bt_seq, s->bt_logits};
+    int64_t t0 = proto_now_ms();
     int rc = s->ops->forward(s->b, &bt, s->logits);
+    int64_t dt = proto_now_ms() - t0;
+    if (n >= 8) { /* speed estimate from steps large enough to mean something */
+        double v = (double)n / (double)(dt > 0 ? dt : 1);
+        s->tok_per_ms = s->tok_per_ms > 0 ? 0.7 * s->tok_per_ms + 0.3 * v : v;
+    }
     if (rc) {
         log_error("backend %s: forward failed: %s", s->ops->name, st_strerror(rc));
         return rc;
