@@ -248,6 +248,8 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
     b->act_float = getenv("STAGED_CUDA_ACT") && strcmp(getenv("STAGED_CUDA_ACT"), "float") == 0;
     b->attn_ref = getenv("STAGED_CUDA_ATTN") && strcmp(getenv("STAGED_CUDA_ATTN"), "ref") == 0;
     b->unfused = getenv("STAGED_CUDA_UNFUSED") && strcmp(getenv("STAGED_CUDA_UNFUSED"), "1") == 0;
+    if (getenv("STAGED_CUDA_STAGE") && strcmp(getenv("STAGED_CUDA_STAGE"), "0") == 0)
+        k_set_staging(false);
     b->use_graphs = !(getenv("STAGED_CUDA_GRAPHS") && strcmp(getenv("STAGED_CUDA_GRAPHS"), "0") == 0);
     b->L = (struct clayer *)calloc(hp->n_layers, sizeof(*b->L));
     b->seq_len = (int *)calloc((size_t)cfg->max_seqs, sizeof(int));
@@ -269,7 +271,8 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
             uint64_t end = m->gguf->tensors[i].offset + m->gguf->tensors[i].size;
             if (end > region) region = end;
         }
-        CREATE_CUDA(cudaMalloc((void **)&b->base, region));
+        /* + 256: kernels read weight rows with 16-byte loads rounded up */
+        CREATE_CUDA(cudaMalloc((void **)&b->base, region + 256));
         b->own_base = true;
         const size_t chunk = 64u << 20;
         for (uint64_t off = 0; off < region; off += chunk) {

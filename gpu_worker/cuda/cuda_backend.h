@@ -4,7 +4,8 @@
  *
  * cuda_backend_ops() (declared in gpu_worker/backend.h) returns the backend's
  * struct backend_ops, or NULL in builds without CUDA. create() uses
- * cfg->dev_weights (the loader's device copy, mapped with cuda_ipc_open) when
+ * cfg->dev_weights (the loader's device copy, mapped with cuda_ipc_open; kernels
+ * read up to 256 bytes past the last tensor, which gpu_upload allocates) when
  * set, else uploads a private copy of the model's tensor-data region (tensor
  * i at base + gguf->tensors[i].offset; the region ends with the last
  * tensor). The backend allocates its own KV cache (half precision,

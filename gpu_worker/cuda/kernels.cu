@@ -771,6 +771,21 @@ static __device__ __forceinline__ void rows_reduce(float *acc, int n, int wpr)
             for (int w = 1; w < wpr; w++) acc[t] += part[warp + w][t];
 }
 
+/* Copy a row's bytes (global, 2-byte aligned) into this warp's 16-byte aligned
+ * shared buffer with 16-byte loads, many in flight; returns the row's start
+ * inside buf. */
+static __device__ __forceinline__ const uint8_t *stage_row(const uint8_t *row, size_t rb,
+                                                           uint4 *buf, int lane)
+{
+    uintptr_t a = (uintptr_t)row, a0 = a & ~(uintptr_t)15;
+    int n16 = (int)((a + rb - a0 + 15) / 16);
+    const uint4 *src = (const uint4 *)a0;
+#pragma unroll 4
+    for (int i = lane; i < n16; i += 32) buf[i] = __ldg(src + i);
+    __syncwarp();
+    return (const uint8_t *)buf + (a - a0);
+}
+
 static __global__ void __launch_bounds__(128) matvec_multi_kernel(struct mv_args a)
 {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -783,8 +798,12 @@ static __global__ void __launch_bounds__(128) matvec_multi_kernel(struct mv_args
     for (int t = 0; t < MATVEC_MAX_N; t++) acc[t] = 0.f;
     if (live) {
         const struct mv_seg &g0 = a.seg[s];
-        row_dot_any(g0.type, (const uint8_t *)g0.w + (size_t)row * g0.rb, a.K, a.x, a.n, acc,
-                    sub * 32 + lane, wpr);
+        const uint8_t *wr = (const uint8_t *)g0.w + (size_t)row * g0.rb;
+        if (a.stage_u4) { /* wpr == 1 */
+            extern __shared__ uint4 stage[];
+            wr = stage_row(wr, g0.rb, stage + warp * a.stage_u4, lane);
+        }
+        row_dot_any(g0.type, wr, a.K, a.x, a.n, acc, sub * 32 + lane, wpr);
     }
     rows_reduce(acc, a.n, wpr);
     if (!live || sub != 0) return;
@@ -800,6 +819,14 @@ static __global__ void __launch_bounds__(128) matvec_multi_kernel(struct mv_args
             }
         }
     }
+}
+
+/* STAGED_CUDA_STAGE=0 turns shared-memory staging of weight rows off. */
+static bool g_stage = true;
+
+void k_set_staging(bool on)
+{
+    g_stage = on;
 }
 
 /* Warps per row: enough blocks to fill the GPU (>= ~4 per SM) with long rows split. */
@@ -819,8 +846,18 @@ int k_matvec_multi(cudaStream_t st, struct mv_args *a)
         rows += a->seg[s].N;
     }
     a->wpr = pick_wpr(rows, a->K);
+    /* stage rows through shared memory (one row per warp) when they fit */
+    size_t rbmax = 0;
+    for (int s = 0; s < a->nseg; s++)
+        if (a->seg[s].rb > rbmax) rbmax = a->seg[s].rb;
+    size_t u4 = (rbmax + 31) / 16 + 1;
+    a->stage_u4 = 0;
+    if (g_stage && 4 * u4 * 16 <= 40 * 1024) {
+        a->wpr = 1;
+        a->stage_u4 = (int)u4;
+    }
     int rpb = 4 / a->wpr;
-    matvec_multi_kernel<<<(rows + rpb - 1) / rpb, 128, 0, st>>>(*a);
+    matvec_multi_kernel<<<(rows + rpb - 1) / rpb, 128, a->stage_u4 * 16 * 4, st>>>(*a);
     CUDA_LAUNCHED("matvec_multi");
     return 0;
 }
@@ -829,7 +866,7 @@ int k_matvec_multi(cudaStream_t st, struct mv_args *a)
 static __global__ void __launch_bounds__(128)
     matvec_swiglu_kernel(const uint8_t *wg, int tg, size_t rbg, const uint8_t *wu, int tu,
                          size_t rbu, int N, int K, const float *xg, const float *xu, int n,
-                         float *h, int wpr)
+                         float *h, int wpr, int stage_u4)
 {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int sub = warp % wpr;
@@ -839,8 +876,14 @@ static __global__ void __launch_bounds__(128)
 #pragma unroll
     for (int t = 0; t < MATVEC_MAX_N; t++) ag[t] = au[t] = 0.f;
     if (live) {
-        row_dot_any(tg, wg + (size_t)row * rbg, K, xg, n, ag, sub * 32 + lane, wpr);
-        row_dot_any(tu, wu + (size_t)row * rbu, K, xu, n, au, sub * 32 + lane, wpr);
+        const uint8_t *rg = wg + (size_t)row * rbg, *ru = wu + (size_t)row * rbu;
+        if (stage_u4) { /* wpr == 1: gate row and up row side by side */
+            extern __shared__ uint4 stage[];
+            rg = stage_row(rg, rbg, stage + warp * 2 * stage_u4, lane);
+            ru = stage_row(ru, rbu, stage + (warp * 2 + 1) * stage_u4, lane);
+        }
+        row_dot_any(tg, rg, K, xg, n, ag, sub * 32 + lane, wpr);
+        row_dot_any(tu, ru, K, xu, n, au, sub * 32 + lane, wpr);
     }
     rows_reduce(ag, n, wpr);
     rows_reduce(au, n, wpr);
@@ -857,12 +900,17 @@ static __global__ void __launch_bounds__(128)
 int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
                     const float *xg, const float *xu, int n, float *h)
 {
-    int wpr = pick_wpr(N, K), rpb = 4 / wpr;
-    matvec_swiglu_kernel<<<(N + rpb - 1) / rpb, 128, 0, st>>>((const uint8_t *)wg, tg,
-                                                              row_bytes(tg, K),
-                                                              (const uint8_t *)wu, tu,
-                                                              row_bytes(tu, K), N, K, xg, xu, n,
-                                                              h, wpr);
+    int wpr = pick_wpr(N, K);
+    size_t rbmax = row_bytes(tg, K) > row_bytes(tu, K) ? row_bytes(tg, K) : row_bytes(tu, K);
+    int u4 = (int)((rbmax + 31) / 16 + 1), stage_u4 = 0;
+    if (g_stage && 8 * (size_t)u4 * 16 <= 40 * 1024) {
+        wpr = 1;
+        stage_u4 = u4;
+    }
+    int rpb = 4 / wpr;
+    matvec_swiglu_kernel<<<(N + rpb - 1) / rpb, 128, (size_t)stage_u4 * 16 * 8, st>>>(
+        (const uint8_t *)wg, tg, row_bytes(tg, K), (const uint8_t *)wu, tu, row_bytes(tu, K), N,
+        K, xg, xu, n, h, wpr, stage_u4);
     CUDA_LAUNCHED("matvec_swiglu");
     return 0;
 }

@@ -83,9 +83,12 @@ struct mv_args {
     struct mv_seg seg[3];
     int nseg, K, n, add;
     int wpr;           /* warps per row, filled by k_matvec_multi */
+    int stage_u4;      /* shared staging per warp in 16-byte units (0 = none), filled too */
     const float *x;    /* [n][K], already rounded for the weights' class */
 };
 int k_matvec_multi(cudaStream_t st, struct mv_args *a);
+/* Weight rows staged through shared memory with 16-byte loads (default on). */
+void k_set_staging(bool on);
 /* h[t][r] = silu(Wg_r . xg[t]) * (Wu_r . xu[t]) */
 int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
                     const float *xg, const float *xu, int n, float *h);
