@@ -298,6 +298,61 @@ static void test_writer_alignment_and_copy(void **state)
     free(buf);
 }
 
+/* Served mode: the reader gets only the header region and the file's size
+ * (the loader's segment); tensor bounds are checked against the size. */
+static void test_header_region_only(void **state)
+{
+    struct corpus_file f;
+    assert_int_equal(corpus_good_model("llama", 3, &f), 0);
+    struct st_errbuf eb = {{0}};
+    struct gguf *g;
+    if (gguf_parse(f.buf, f.len, f.len, &g, &eb)) fail_msg("%s", eb.msg);
+    uint64_t hdr = g->data_offset;
+    gguf_destroy(&g);
+    uint8_t *copy = malloc(hdr); /* exactly the header region */
+    memcpy(copy, f.buf, hdr);
+    assert_int_equal(gguf_parse(copy, hdr, f.len, &g, &eb), 0);
+    assert_int_equal(g->data_offset, hdr);
+    gguf_destroy(&g);
+    /* the same header, but a file too short for the last tensor */
+    assert_int_equal(gguf_parse(copy, hdr, f.len - 1, &g, &eb), ST_EFORMAT);
+    assert_non_null(strstr(eb.msg, "runs past the end of the file"));
+    /* a model over separate header and data memory */
+    struct st_model *m;
+    assert_int_equal(model_open_mem(copy, hdr, f.len, f.buf + hdr, &m, &eb), 0);
+    struct model_tensor t;
+    assert_true(model_tensor(m, "blk.0.ffn_down.weight", &t));
+    assert_ptr_equal(
+        t.data,
+        f.buf + hdr + m->gguf->tensors[gguf_find_tensor(m->gguf, "blk.0.ffn_down.weight")].offset);
+    model_close(&m);
+    free(copy);
+    corpus_file_free(&f);
+}
+
+static void test_writer_to_file(void **state)
+{
+    struct gguf_writer *w = gguf_writer_new(3, 32);
+    assert_non_null(w);
+    assert_int_equal(gguf_writer_add_str(w, "general.architecture", "llama"), 0);
+    struct st_errbuf eb = {{0}};
+    assert_int_equal(gguf_writer_to_file(w, "/nonexistent-dir/x.gguf", &eb), ST_EIO);
+    assert_non_null(strstr(eb.msg, "/nonexistent-dir/x.gguf"));
+    char path[] = "/tmp/staged-test-writer-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(gguf_writer_to_file(w, path, &eb), 0);
+    struct st_model *m;
+    assert_int_equal(model_open_file(path, &m, &eb), 0); /* vocab-only: accepted */
+    assert_true(gguf_is_vocab_only(m->gguf));
+    model_close(&m);
+    unlink(path);
+    gguf_writer_destroy(&w);
+    assert_null(gguf_writer_new(1, 32));
+    assert_null(gguf_writer_new(3, 48));
+}
+
 /* ---- tensor type table (block sizes from the GGUF/ggml documentation) ---- */
 
 static void test_type_table(void **state)
@@ -767,6 +822,8 @@ int main(void)
         cmocka_unit_test(test_every_truncation_rejected),
         cmocka_unit_test(test_writer_all_value_types),
         cmocka_unit_test(test_writer_alignment_and_copy),
+        cmocka_unit_test(test_header_region_only),
+        cmocka_unit_test(test_writer_to_file),
         cmocka_unit_test(test_type_table),
         cmocka_unit_test(test_stories260k),
         cmocka_unit_test(test_legacy_v1_rejected),
