@@ -542,6 +542,93 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     }
 }
 
+/* Fast attention (head_dim % 8 == 0): block = (head, token), 4 warps. Each
+ * warp takes chunks of 32 positions: lane j scores position j of the chunk
+ * (16-byte loads of its K row, q from shared memory), the chunk joins the
+ * warp's online softmax, then the lanes (over head elements) add the 32 V
+ * rows. Loads of a chunk are independent, so memory latency overlaps. */
+static __global__ void __launch_bounds__(ATT_WARPS * 32)
+    attention_chunk_kernel(const float *q, const __half *kc, const __half *vc, float *out,
+                           int n_heads, int n_kv, int hd, int max_ctx, float scale,
+                           const int32_t *pos, const int32_t *seq)
+{
+    int h = blockIdx.x, t = blockIdx.y;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int kvh = h / (n_heads / n_kv);
+    int kv_dim = n_kv * hd;
+    int nd = (hd + 31) / 32;
+    __shared__ float qs[32 * ATT_MAXD];
+    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
+    __shared__ float sacc[ATT_WARPS][ATT_MAXD * 32];
+    const float *qh = q + ((size_t)t * n_heads + h) * hd;
+    for (int e = threadIdx.x; e < hd; e += blockDim.x) qs[e] = qh[e] * scale;
+    __syncthreads();
+    const __half *kb = kc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
+    const __half *vb = vc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
+    float m = -INFINITY, l = 0.f, acc[ATT_MAXD];
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; i++) acc[i] = 0.f;
+    int np = pos[t] + 1;
+    for (int c0 = warp * 32; c0 < np; c0 += ATT_WARPS * 32) {
+        int p = c0 + lane;
+        float s = -INFINITY;
+        if (p < np) {
+            const uint4 *kr = (const uint4 *)(kb + (size_t)p * kv_dim);
+            float d = 0.f;
+            for (int j = 0; j < hd / 8; j++) {
+                uint4 u = kr[j];
+                const __half2 *h2 = (const __half2 *)&u;
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    float2 f = __half22float2(h2[k]);
+                    d += qs[8 * j + 2 * k] * f.x + qs[8 * j + 2 * k + 1] * f.y;
+                }
+            }
+            s = d;
+        }
+        float cm = warp_max(s);
+        float mn = fmaxf(m, cm);
+        float corr = __expf(m - mn);
+        float w = p < np ? __expf(s - mn) : 0.f;
+        l = l * corr + warp_sum(w);
+#pragma unroll
+        for (int i = 0; i < ATT_MAXD; i++) acc[i] *= corr;
+        int cnt = np - c0 < 32 ? np - c0 : 32;
+        for (int j = 0; j < cnt; j++) {
+            float wj = __shfl_sync(0xffffffffu, w, j);
+            const __half *vr = vb + (size_t)(c0 + j) * kv_dim;
+#pragma unroll
+            for (int i = 0; i < ATT_MAXD; i++) {
+                int e = lane + 32 * i;
+                if (i < nd && e < hd) acc[i] += wj * __half2float(vr[e]);
+            }
+        }
+        m = mn;
+    }
+    if (lane == 0) {
+        sm[warp] = m;
+        sl[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; i++)
+        if (i < nd) sacc[warp][lane + 32 * i] = acc[i];
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm[w]);
+    float L = 0.f, f[ATT_WARPS];
+    for (int w = 0; w < ATT_WARPS; w++) {
+        f[w] = sl[w] > 0.f ? __expf(sm[w] - M) : 0.f;
+        L += sl[w] * f[w];
+    }
+    float *oh = out + ((size_t)t * n_heads + h) * hd;
+    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+        float r = 0.f;
+        for (int w = 0; w < ATT_WARPS; w++)
+            if (f[w] > 0.f) r += sacc[w][e] * f[w];
+        oh[e] = r / L;
+    }
+}
+
 /* The reference's numerics (llama.cpp's CPU flash attention with an F16
  * cache): q rounded to half, positions visited in order with an online
  * softmax, the weighted sum of V kept in half precision after every step.
@@ -621,8 +708,12 @@ int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half 
         CUDA_LAUNCHED("attention_ref");
         return 0;
     }
-    attention_kernel<<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd, max_ctx,
-                                                      scale, pos, seq);
+    if (hd % 8 == 0)
+        attention_chunk_kernel<<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd,
+                                                                max_ctx, scale, pos, seq);
+    else
+        attention_kernel<<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd,
+                                                          max_ctx, scale, pos, seq);
     CUDA_LAUNCHED("attention");
     return 0;
 }
