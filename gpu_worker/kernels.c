@@ -4,6 +4,7 @@
 #include "quant.h"
 
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 static inline float hsum_ps(__m256 v)
@@ -293,20 +294,22 @@ static float dot_q6_K(int64_t n, const void *w, const void *act)
  * block. One accumulator in the block order (llama.cpp's order, which keeps
  * our logits on its rounding path), in the one-row and the 4-row kernel
  * alike, so both give bit-identical results. */
-#define DOT_32(NAME, NAME4, WT, QUANTS)                                                         \
-    static float NAME(int64_t n, const void *w, const void *act)                                \
+#define DOT_32(NAME, NAME4, WT, QUANTS, MULS, ATTR)                                            \
+    ATTR static float NAME(int64_t n, const void *w, const void *act)                           \
     {                                                                                           \
         const WT *x = w;                                                                        \
         const struct block_q8_0 *y = act;                                                       \
         __m256 acc[1] = {_mm256_setzero_ps()};                                                  \
         for (int64_t b = 0; b < n / QK; b++) {                                                  \
             __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));     \
-            __m256i p = mul_s8(QUANTS(&x[b]), load32(y[b].qs));                                 \
+            __m256i q = QUANTS(&x[b]);                                                          \
+            __m256i p = MULS(_mm256_sign_epi8(q, q), _mm256_sign_epi8(load32(y[b].qs), q));     \
             acc[0] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[0]);                   \
         }                                                                                       \
         return hsum_ps(acc[0]);                                                                 \
     }                                                                                           \
-    static void NAME4(int64_t n, const void *w, const void *act, size_t stride, float *out)     \
+    ATTR static void NAME4(int64_t n, const void *w, const void *act, size_t stride,           \
+                           float *out)                                                          \
     {                                                                                           \
         const WT *x = w;                                                                        \
         __m256 acc[1][4];                                                                       \
@@ -319,8 +322,7 @@ static float dot_q6_K(int64_t n, const void *w, const void *act)
             for (int k = 0; k < 4; k++) {                                                       \
                 const struct block_q8_0 *y = ACT(k, struct block_q8_0, b);                      \
                 __m256i sy = _mm256_sign_epi8(load32(y->qs), q);                                \
-                __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy),                     \
-                                              _mm256_set1_epi16(1));                            \
+                __m256i p = MULS(ax, sy);                                                       \
                 acc[0][k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * quant_f16_to_f32(y->d)),        \
                                             _mm256_cvtepi32_ps(p), acc[0][k]);                  \
             }                                                                                   \
@@ -328,6 +330,20 @@ static float dot_q6_K(int64_t n, const void *w, const void *act)
         for (int k = 0; k < 4; k++)                                                             \
             out[k] = hsum_ps(acc[0][k]);                                                        \
     }
+
+/* |x| (unsigned) times sign-adjusted y (signed), summed in groups of 4 into
+ * 8 int32: maddubs + madd (AVX2), or one vpdpbusd (AVX-VNNI). No int16
+ * saturation is possible: |x| <= 127 for every 32-block type. */
+static inline __m256i muls_avx2(__m256i ax, __m256i sy)
+{
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1));
+}
+
+#define VNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
+VNNI static inline __m256i muls_vnni(__m256i ax, __m256i sy)
+{
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ax, sy);
+}
 
 static inline __m256i q8_0_quants(const struct block_q8_0 *x)
 {
@@ -339,9 +355,22 @@ static inline __m256i q4_0_quants(const struct block_q4_0 *x)
     return _mm256_sub_epi8(unpack_nib(x->qs), _mm256_set1_epi8(8));
 }
 
-DOT_32(dot_q8_0, dot4_q8_0, struct block_q8_0, q8_0_quants)
-DOT_32(dot_q5_0, dot4_q5_0, struct block_q5_0, q5_0_quants)
-DOT_32(dot_q4_0, dot4_q4_0, struct block_q4_0, q4_0_quants)
+DOT_32(dot_q8_0, dot4_q8_0, struct block_q8_0, q8_0_quants, muls_avx2, )
+DOT_32(dot_q5_0, dot4_q5_0, struct block_q5_0, q5_0_quants, muls_avx2, )
+DOT_32(dot_q4_0, dot4_q4_0, struct block_q4_0, q4_0_quants, muls_avx2, )
+DOT_32(dotv_q8_0, dot4v_q8_0, struct block_q8_0, q8_0_quants, muls_vnni, VNNI)
+DOT_32(dotv_q5_0, dot4v_q5_0, struct block_q5_0, q5_0_quants, muls_vnni, VNNI)
+DOT_32(dotv_q4_0, dot4v_q4_0, struct block_q4_0, q4_0_quants, muls_vnni, VNNI)
+
+static bool have_vnni(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *isa = getenv("STAGED_CPU_ISA");
+        v = __builtin_cpu_supports("avxvnni") && !(isa && !strcmp(isa, "avx2")) ? 1 : 0;
+    }
+    return v == 1;
+}
 
 static void dot4_q4_K(int64_t n, const void *w, const void *act, size_t stride, float *out)
 {
@@ -453,11 +482,11 @@ kernels_dot_fn kernels_dot(uint32_t w, bool reference)
     case GGML_TYPE_F32: return reference ? ref_f32 : dot_f32;
     case GGML_TYPE_F16: return reference ? ref_f16 : dot_f16;
     case GGML_TYPE_BF16: return reference ? ref_bf16 : dot_bf16;
-    case GGML_TYPE_Q4_0: return reference ? ref_q4_0 : dot_q4_0;
+    case GGML_TYPE_Q4_0: return reference ? ref_q4_0 : have_vnni() ? dotv_q4_0 : dot_q4_0;
     case GGML_TYPE_Q4_1: return reference ? ref_q4_1 : dot_q4_1;
-    case GGML_TYPE_Q5_0: return reference ? ref_q5_0 : dot_q5_0;
+    case GGML_TYPE_Q5_0: return reference ? ref_q5_0 : have_vnni() ? dotv_q5_0 : dot_q5_0;
     case GGML_TYPE_Q5_1: return reference ? ref_q5_1 : dot_q5_1;
-    case GGML_TYPE_Q8_0: return reference ? ref_q8_0 : dot_q8_0;
+    case GGML_TYPE_Q8_0: return reference ? ref_q8_0 : have_vnni() ? dotv_q8_0 : dot_q8_0;
     case GGML_TYPE_Q2_K: return ref_q2_K;
     case GGML_TYPE_Q3_K: return ref_q3_K;
     case GGML_TYPE_Q4_K: return reference ? ref_q4_K : dot_q4_K;
@@ -470,9 +499,9 @@ kernels_dot_fn kernels_dot(uint32_t w, bool reference)
 kernels_dot4_fn kernels_dot4(uint32_t w)
 {
     switch (w) {
-    case GGML_TYPE_Q8_0: return dot4_q8_0;
-    case GGML_TYPE_Q5_0: return dot4_q5_0;
-    case GGML_TYPE_Q4_0: return dot4_q4_0;
+    case GGML_TYPE_Q8_0: return have_vnni() ? dot4v_q8_0 : dot4_q8_0;
+    case GGML_TYPE_Q5_0: return have_vnni() ? dot4v_q5_0 : dot4_q5_0;
+    case GGML_TYPE_Q4_0: return have_vnni() ? dot4v_q4_0 : dot4_q4_0;
     case GGML_TYPE_Q4_K: return dot4_q4_K;
     case GGML_TYPE_Q6_K: return dot4_q6_K;
     }
@@ -481,5 +510,5 @@ kernels_dot4_fn kernels_dot4(uint32_t w)
 
 const char *kernels_isa(void)
 {
-    return "avx2";
+    return have_vnni() ? "avx2+avx-vnni" : "avx2";
 }

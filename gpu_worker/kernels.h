@@ -5,7 +5,9 @@
  * w, read in place from the model) with one activation row already
  * quantized to quant_vec_dot_type(w) by quant_quantize_row. The fast
  * kernels use AVX2/FMA/F16C (the build baseline); where the CPU has
- * AVX512-VNNI some use it (chosen at run time with __builtin_cpu_supports).
+ * AVX-VNNI the 32-block kernels use vpdpbusd (chosen at run time with
+ * __builtin_cpu_supports; the environment variable STAGED_CPU_ISA=avx2
+ * forces the AVX2 kernels). Both give bit-identical results.
  * kernels_dot(w, true) returns the scalar reference (quant_vec_dot_ref)
  * so tests can compare the two.
  *
