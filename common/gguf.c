@@ -268,6 +268,20 @@ static bool strset_insert(struct strset *s, const struct gguf_str *all, size_t s
     return false;
 }
 
+/* Index of the string p/len in a set built by strset_insert, or -1. */
+static int64_t strset_find(const uint64_t *slots, uint64_t cap, const struct gguf_str *all,
+                           size_t stride, const char *p, uint64_t len)
+{
+    uint64_t h = str_hash(p, len) & (cap - 1);
+    while (slots[h]) {
+        const struct gguf_str *o =
+            (const struct gguf_str *)((const char *)all + stride * (slots[h] - 1));
+        if (o->len == len && memcmp(o->p, p, len) == 0) return (int64_t)(slots[h] - 1);
+        h = (h + 1) & (cap - 1);
+    }
+    return -1;
+}
+
 /* ---- parsing ---- */
 
 static int parse_kv(struct gguf *g, struct cursor *c, uint64_t i)
@@ -493,7 +507,8 @@ int gguf_parse(const uint8_t *buf, uint64_t buf_len, uint64_t file_size, struct 
             goto err;
         }
     }
-    free(set.slots);
+    g->key_slots = set.slots; /* kept for gguf_find_key */
+    g->key_cap = set.cap;
 
     int64_t ai = gguf_find_key(g, "general.alignment");
     if (ai >= 0) {
@@ -524,7 +539,8 @@ int gguf_parse(const uint8_t *buf, uint64_t buf_len, uint64_t file_size, struct 
             goto err;
         }
     }
-    free(set.slots);
+    g->tensor_slots = set.slots; /* kept for gguf_find_tensor */
+    g->tensor_cap = set.cap;
     if ((rc = check_tensor_layout(g, eb))) goto err;
     *out = g;
     return 0;
@@ -544,6 +560,8 @@ void gguf_destroy(struct gguf **gp)
         for (uint64_t i = 0; i < g->n_kv; i++) free(g->kv[i].str_offs);
     free(g->kv);
     free(g->tensors);
+    free(g->key_slots);
+    free(g->tensor_slots);
     free(g);
     *gp = NULL;
 }
@@ -556,6 +574,9 @@ bool gguf_str_eq(struct gguf_str s, const char *c)
 
 int64_t gguf_find_key(const struct gguf *g, const char *key)
 {
+    if (g->key_slots)
+        return strset_find(g->key_slots, g->key_cap, &g->kv[0].key, sizeof(struct gguf_kv), key,
+                           strlen(key));
     for (uint64_t i = 0; i < g->n_kv; i++)
         if (gguf_str_eq(g->kv[i].key, key)) return (int64_t)i;
     return -1;
@@ -563,6 +584,9 @@ int64_t gguf_find_key(const struct gguf *g, const char *key)
 
 int64_t gguf_find_tensor(const struct gguf *g, const char *name)
 {
+    if (g->tensor_slots)
+        return strset_find(g->tensor_slots, g->tensor_cap, &g->tensors[0].name,
+                           sizeof(struct gguf_tensor), name, strlen(name));
     for (uint64_t i = 0; i < g->n_tensors; i++)
         if (gguf_str_eq(g->tensors[i].name, name)) return (int64_t)i;
     return -1;

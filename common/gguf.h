@@ -145,6 +145,10 @@ struct gguf {
     uint64_t data_offset; /* start of the tensor data section */
     struct gguf_kv *kv;
     struct gguf_tensor *tensors;
+    /* private: hash indexes (open addressing, index + 1, 0 = empty) of the
+     * keys and tensor names, for gguf_find_key / gguf_find_tensor */
+    uint64_t *key_slots, *tensor_slots;
+    uint64_t key_cap, tensor_cap;
 };
 
 /*
