@@ -4,6 +4,7 @@
  *
  *   bench-worker MODEL.gguf [--prompt P] [--gen G] [--threads N] [--reps R]
  *
+ * Like llama-bench's pp and tg tests, both start from an empty KV cache.
  * Prints one line: "MODEL pp P: X tok/s  tg G: Y tok/s" (best of R runs), then
  * the same per CPU-second of the process (with N threads, N x that is what
  * an idle machine would give at best).
@@ -67,7 +68,7 @@ int main(int argc, char **argv)
     }
     struct backend_config cfg = {.n_threads = threads,
                                  .max_seqs = 1,
-                                 .max_ctx = n_prompt + n_gen + 1,
+                                 .max_ctx = (n_prompt > n_gen ? n_prompt : n_gen) + 1,
                                  .max_batch = n_prompt};
     struct backend *b = NULL;
     if (cpu_backend_ops.create(m, &cfg, &b, &eb)) {
@@ -95,9 +96,11 @@ int main(int argc, char **argv)
         struct batch bt = {.n_tokens = n_prompt, .token = tok, .pos = pos, .seq = seq, .logits = lg};
         double c0 = cpu_now(), t0 = now();
         rc = cpu_backend_ops.forward(b, &bt, logits);
+        /* generation starts from an empty cache, as llama-bench's tg test */
+        cpu_backend_ops.seq_truncate(b, 0, 0);
         double c1 = cpu_now(), t1 = now();
         for (int g = 0; g < n_gen && rc == 0; g++) {
-            int32_t p = n_prompt + g, sq = 0;
+            int32_t p = g, sq = 0;
             int8_t one = 1;
             struct batch b1 = {.n_tokens = 1, .token = &tok[n_prompt + g], .pos = &p, .seq = &sq,
                                .logits = &one};
