@@ -75,6 +75,25 @@ if [ -f "$REF" ]; then
     echo "qwen2.5-0.5b: 290 tensor names and 12 metadata values match the real model"
 fi
 
+# every shape (the large ones without writing them): header valid for staged
+while read -r shape arch dim layers; do
+    for type in q4_k_m f16 q8_0; do
+        "$MM" --plan --shape $shape --type $type >"$T/plan" 2>&1 || { tail -1 "$T/plan"; fail "$shape $type: --plan"; }
+        grep -q "^valid $arch dim $dim layers $layers " "$T/plan" || fail "$shape $type: $(tail -1 "$T/plan")"
+    done
+done <<SHAPES
+qwen2.5-0.5b qwen2 896 24
+qwen2.5-1.5b qwen2 1536 28
+qwen2.5-7b qwen2 3584 28
+llama-3.2-1b llama 2048 16
+qwen3-0.6b qwen3 1024 28
+SHAPES
+# published parameter counts: Qwen2.5 1.5B / 7B, Llama 3.2 1B, Qwen3 0.6B
+for sp in qwen2.5-1.5b:1543714304 qwen2.5-7b:7615616512 llama-3.2-1b:1235814400 qwen3-0.6b:596049920; do
+    got=$("$MM" --plan --shape ${sp%%:*} | awk '$2 == "general.parameter_count" {print $3}')
+    [ "$got" = "${sp#*:}" ] || fail "${sp%%:*}: $got parameters, published ${sp#*:}"
+done
+
 # bad usage
 "$MM" --shape no-such -o "$T/x.gguf" >/dev/null 2>&1; [ $? -eq 2 ] || fail "unknown shape: exit not 2"
 "$MM" --shape tiny-qwen2 --type q9_9 -o "$T/x.gguf" >/dev/null 2>&1; [ $? -eq 1 ] || fail "unknown type: exit not 1"

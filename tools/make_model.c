@@ -468,6 +468,12 @@ int make_model_plan(const struct make_model_opts *o, FILE *out, struct st_errbuf
         fprintf(out, "\n");
     }
     fprintf(out, "size %" PRIu64 "\n", gguf_writer_file_size(w));
+    /* the hyperparameters and tensor shapes pass staged's own checks */
+    struct model_hparams hp;
+    if ((rc = model_hparams_read(g, &hp, eb)) || (rc = model_validate(g, &hp, eb))) goto out;
+    fprintf(out, "valid %s dim %u layers %u heads %u/%u head %u ffn %u vocab %u\n",
+            model_arch_name(hp.arch), hp.dim, hp.n_layers, hp.n_heads, hp.n_kv_heads, hp.head_dim,
+            hp.ffn_dim, hp.n_vocab);
 out:
     gguf_destroy(&g);
     free(hdr);

@@ -67,7 +67,9 @@ int make_model_write(const struct make_model_opts *o, struct st_errbuf *eb);
 
 /* Print what make_model_write would write, without tokenizer keys and
  * data: "kv KEY VALUE" lines, "tensor NAME TYPE NE0 [NE1]" lines and
- * "size BYTES" (of the file without tokenizer keys). 0 or an error. */
+ * "size BYTES" (of the file without tokenizer keys), then, if the header
+ * passes model_hparams_read and model_validate, "valid ARCH dim ...".
+ * 0 or an error (eb says which check failed). */
 int make_model_plan(const struct make_model_opts *o, FILE *out, struct st_errbuf *eb);
 
 /*
