@@ -7,3 +7,5 @@ test_client_SRC := tests/test_client.c frontend/client.c
 PROGRAMS += staged-http
 staged-http_SRC := http/main.c http/gateway.c http/openai.c http/metrics.c frontend/client.c
 staged-http_LIBS := -lmicrohttpd
+TESTS += test_openai
+test_openai_SRC := tests/test_openai.c http/openai.c
