@@ -9,3 +9,5 @@ staged-http_SRC := http/main.c http/gateway.c http/openai.c http/metrics.c front
 staged-http_LIBS := -lmicrohttpd
 TESTS += test_openai
 test_openai_SRC := tests/test_openai.c http/openai.c
+TESTS += test_metrics
+test_metrics_SRC := tests/test_metrics.c http/metrics.c
