@@ -22,4 +22,19 @@
 
 uint64_t wsum64(const void *data, size_t len);
 
+/*
+ * The same checksum accumulated piece by piece: both sums are sums over
+ * words, so disjoint pieces add up. A piece starts at word index
+ * first_word of the checksummed region; only the region's last piece may end
+ * inside a word (its tail is zero-padded).
+ */
+struct wsum_acc {
+    uint32_t hi, lo;
+};
+void wsum_add(struct wsum_acc *acc, const void *data, size_t len, uint64_t first_word);
+static inline uint64_t wsum_value(const struct wsum_acc *acc)
+{
+    return (uint64_t)acc->hi << 32 | acc->lo;
+}
+
 #endif

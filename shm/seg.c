@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -227,6 +228,130 @@ static int read_header(struct src_file *f, uint64_t file_size, uint8_t **buf_out
     }
 }
 
+static int cmp_dir_off(const void *a, const void *b, void *ctx)
+{
+    const struct seg_tensor *dir = ctx;
+    uint64_t oa = dir[*(const uint32_t *)a].offset, ob = dir[*(const uint32_t *)b].offset;
+    return oa < ob ? -1 : oa > ob;
+}
+
+/*
+ * Copy the file's tensor-data section into the segment object through
+ * buffers: the calling thread reads chunks (pread; bytes already read with
+ * the header are not read again) and accumulates every tensor's checksum
+ * from them, while a writer thread writes the previous chunks into the shm
+ * fd (pwrite: the pages are allocated without faults through a mapping).
+ */
+#define COPY_CHUNK (8u << 20)
+#define COPY_BUFS 3
+
+struct copy_pipe {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint8_t *buf[COPY_BUFS];
+    uint64_t len[COPY_BUFS], at[COPY_BUFS]; /* bytes, segment offset */
+    uint64_t produced, consumed;            /* chunk counters */
+    bool eof;
+    int fd;
+    int err;                                /* errno of a failed write */
+};
+
+static void *copy_writer(void *arg)
+{
+    struct copy_pipe *cp = arg;
+    for (;;) {
+        pthread_mutex_lock(&cp->mu);
+        while (cp->consumed == cp->produced && !cp->eof) pthread_cond_wait(&cp->cv, &cp->mu);
+        if (cp->consumed == cp->produced) {
+            pthread_mutex_unlock(&cp->mu);
+            return NULL;
+        }
+        int k = (int)(cp->consumed % COPY_BUFS);
+        pthread_mutex_unlock(&cp->mu);
+        for (uint64_t w = 0; w < cp->len[k] && !cp->err;) {
+            ssize_t m = pwrite(cp->fd, cp->buf[k] + w, cp->len[k] - w, (off_t)(cp->at[k] + w));
+            if (m < 0 && errno == EINTR) continue;
+            if (m <= 0) cp->err = m < 0 ? errno : EIO;
+            else w += (uint64_t)m;
+        }
+        pthread_mutex_lock(&cp->mu);
+        cp->consumed++;
+        pthread_cond_broadcast(&cp->cv);
+        pthread_mutex_unlock(&cp->mu);
+    }
+}
+
+static int copy_data(struct src_file *f, int fd, const struct gguf *g, const uint8_t *hdr,
+                     uint64_t hdr_have, uint64_t data_off, uint64_t data_size,
+                     struct seg_tensor *dir, seg_progress_fn progress, void *pctx,
+                     struct st_errbuf *eb)
+{
+    struct copy_pipe cp = {.fd = fd};
+    uint32_t *order = malloc((g->n_tensors ? g->n_tensors : 1) * sizeof(uint32_t));
+    struct wsum_acc *acc = calloc(g->n_tensors ? g->n_tensors : 1, sizeof(*acc));
+    bool ok = order && acc;
+    for (int k = 0; k < COPY_BUFS; k++) ok = ok && (cp.buf[k] = malloc(COPY_CHUNK));
+    pthread_t writer;
+    if (!ok || pthread_mutex_init(&cp.mu, NULL) || pthread_cond_init(&cp.cv, NULL) ||
+        pthread_create(&writer, NULL, copy_writer, &cp)) {
+        for (int k = 0; k < COPY_BUFS; k++) free(cp.buf[k]);
+        free(order);
+        free(acc);
+        return st_errf(eb, ST_ENOMEM, "out of memory for the staging buffers");
+    }
+    for (uint32_t i = 0; i < g->n_tensors; i++) order[i] = i;
+    qsort_r(order, g->n_tensors, sizeof(uint32_t), cmp_dir_off, dir);
+    uint64_t first = 0; /* first tensor (in offset order) not yet complete */
+    int rc = 0;
+    for (uint64_t done = 0; done < data_size && !rc;) {
+        pthread_mutex_lock(&cp.mu);
+        while (cp.produced - cp.consumed == COPY_BUFS) pthread_cond_wait(&cp.cv, &cp.mu);
+        pthread_mutex_unlock(&cp.mu);
+        int slot = (int)(cp.produced % COPY_BUFS);
+        uint8_t *buf = cp.buf[slot];
+        uint64_t n = data_size - done < COPY_CHUNK ? data_size - done : COPY_CHUNK;
+        uint64_t from_hdr = 0;
+        if (hdr_have > g->data_offset + done) {
+            from_hdr = hdr_have - g->data_offset - done;
+            if (from_hdr > n) from_hdr = n;
+            memcpy(buf, hdr + g->data_offset + done, from_hdr);
+        }
+        if (from_hdr < n &&
+            (rc = src_read(f, buf + from_hdr, n - from_hdr, g->data_offset + done + from_hdr, eb)))
+            break;
+        for (uint64_t k = first; k < g->n_tensors; k++) {
+            struct seg_tensor *d = &dir[order[k]];
+            if (d->offset >= done + n) break;
+            uint64_t a = d->offset > done ? d->offset : done;
+            uint64_t b = d->offset + d->size < done + n ? d->offset + d->size : done + n;
+            if (a < b) wsum_add(&acc[order[k]], buf + (a - done), b - a, (a - d->offset) / 4);
+            if (d->offset + d->size <= done + n && k == first) first++;
+        }
+        pthread_mutex_lock(&cp.mu);
+        cp.len[slot] = n;
+        cp.at[slot] = data_off + done;
+        cp.produced++;
+        pthread_cond_broadcast(&cp.cv);
+        pthread_mutex_unlock(&cp.mu);
+        done += n;
+        if (progress) progress(done, data_size, pctx);
+    }
+    pthread_mutex_lock(&cp.mu);
+    cp.eof = true;
+    pthread_cond_broadcast(&cp.cv);
+    pthread_mutex_unlock(&cp.mu);
+    pthread_join(writer, NULL);
+    if (!rc && cp.err) rc = st_errf(eb, ST_EIO, "segment: write: %s", strerror(cp.err));
+    if (!rc)
+        for (uint64_t i = 0; i < g->n_tensors; i++) dir[i].wsum = wsum_value(&acc[i]);
+    pthread_mutex_destroy(&cp.mu);
+    pthread_cond_destroy(&cp.cv);
+    for (int k = 0; k < COPY_BUFS; k++) free(cp.buf[k]);
+    free(order);
+    free(acc);
+    return rc;
+}
+
 static uint64_t new_generation(void)
 {
     struct timespec ts;
@@ -267,21 +392,24 @@ static int build(const char *name, const char *path, const struct stat *st, seg_
         rc = st_errf(eb, ST_EIO, "segment %s: shm_open: %s", name, strerror(errno));
         goto out;
     }
-    if (ftruncate(fd, (off_t)total) < 0) {
-        rc = st_errf(eb, ST_EIO, "segment %s: ftruncate %" PRIu64 ": %s", name, total,
+    /* Allocate the pages up front (tmpfs: much cheaper than faulting them in
+     * through a mapping); ftruncate alone where fallocate is not supported. */
+    if (fallocate(fd, 0, 0, (off_t)total) < 0 && ftruncate(fd, (off_t)total) < 0) {
+        rc = st_errf(eb, ST_EIO, "segment %s: allocating %" PRIu64 " bytes: %s", name, total,
                      strerror(errno));
         close(fd);
         goto out_unlink;
     }
-    void *p = mmap(NULL, (size_t)total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-    close(fd);
+    void *p = mmap(NULL, (size_t)total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) {
         rc = st_errf(eb, ST_EIO, "segment %s: mmap: %s", name, strerror(errno));
+        close(fd);
         goto out_unlink;
     }
     s = calloc(1, sizeof(*s));
     if (!s) {
         munmap(p, (size_t)total);
+        close(fd);
         rc = st_errf(eb, ST_ENOMEM, "out of memory");
         goto out_unlink;
     }
@@ -307,32 +435,7 @@ static int build(const char *name, const char *path, const struct stat *st, seg_
     snprintf(h->source_path, sizeof(h->source_path), "%s", path);
     memcpy(s->base + meta_off, hdr, g->header_end);
 
-    /* Tensor data: read in large chunks straight into the segment, hashing
-     * each tensor once its bytes are all in. Tensors sorted by offset. */
     struct seg_tensor *dir = (struct seg_tensor *)(s->base + dir_off);
-    uint8_t *data = s->base + data_off;
-    const uint64_t chunk = 16u << 20;
-    uint64_t done = 0;
-    XXH3_state_t *xs = XXH3_createState();
-    if (!xs) {
-        rc = st_errf(eb, ST_ENOMEM, "out of memory");
-        goto out_unlink;
-    }
-    XXH3_64bits_reset(xs);
-    XXH3_64bits_update(xs, hdr, g->header_end);
-    if (hdr_have > g->data_offset) { /* data already read with the header */
-        done = hdr_have - g->data_offset < data_size ? hdr_have - g->data_offset : data_size;
-        memcpy(data, hdr + g->data_offset, done);
-    }
-    while (done < data_size) {
-        uint64_t n = data_size - done < chunk ? data_size - done : chunk;
-        if ((rc = src_read(&f, data + done, n, g->data_offset + done, eb))) {
-            XXH3_freeState(xs);
-            goto out_unlink;
-        }
-        done += n;
-        if (progress) progress(done, data_size, pctx);
-    }
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         const struct gguf_tensor *t = &g->tensors[i];
         struct seg_tensor *d = &dir[i];
@@ -343,15 +446,25 @@ static int build(const char *name, const char *path, const struct stat *st, seg_
         memcpy(d->ne, t->ne, sizeof(d->ne));
         d->offset = t->offset;
         d->size = t->size;
-        d->wsum = wsum64(data + t->offset, t->size);
-        XXH3_64bits_update(xs, &d->wsum, sizeof(d->wsum));
     }
+    rc = copy_data(&f, fd, g, hdr, hdr_have, data_off, data_size, dir, progress, pctx, eb);
+    close(fd);
+    if (rc) goto out_unlink;
+    XXH3_state_t *xs = XXH3_createState();
+    if (!xs) {
+        rc = st_errf(eb, ST_ENOMEM, "out of memory");
+        goto out_unlink;
+    }
+    XXH3_64bits_reset(xs);
+    XXH3_64bits_update(xs, hdr, g->header_end);
+    for (uint64_t i = 0; i < g->n_tensors; i++) XXH3_64bits_update(xs, &dir[i].wsum, sizeof(dir[i].wsum));
     h->content_hash = XXH3_64bits_digest(xs);
     XXH3_freeState(xs);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     h->build_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-    if ((rc = model_open_mem(s->base + meta_off, g->header_end, file_size, data, &s->model, eb)))
+    if ((rc = model_open_mem(s->base + meta_off, g->header_end, file_size, s->base + data_off,
+                             &s->model, eb)))
         goto out_unlink;
     __atomic_store_n(&h->state, SEG_READY, __ATOMIC_RELEASE);
     h->header_sum = header_checksum(h);
