@@ -83,7 +83,12 @@ test: all $(addprefix $(BUILD)/tests/,$(TESTS))
 	@BUILD=$(BUILD) BIN=$(BIN) tests/run-tests $(addprefix $(BUILD)/tests/,$(TESTS))
 
 bench: all $(addprefix $(BIN)/,$(BENCHES))
+	@echo "== CPU backend (scripts/cpu-bench) =="
 	@scripts/cpu-bench
+	@echo "== tokenizer (bench-tokenizer) =="
+	@$(BIN)/bench-tokenizer
+	@echo "== loader staging (scripts/bench-staging) =="
+	@scripts/bench-staging
 
 FUZZ_TIME ?= 90
 fuzz:
