@@ -202,7 +202,7 @@ static int do_chat(struct client *c, json_t *params, const char *system, bool st
             continue;
         }
         if (!stream && !w->json) fputs(w->text, stdout);
-        fputc('\n', stdout);
+        if (!w->json) fputc('\n', stdout); /* --json: one final message per line already */
         fflush(stdout);
         json_array_append_new(history,
                               json_pack("{s:s,s:s}", "role", "assistant", "content", w->text));

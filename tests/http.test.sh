@@ -117,6 +117,24 @@ assert c["finish_reason"]=="stop" and w not in c["message"]["content"], c
 assert full.startswith(c["message"]["content"]), (c, full)' "$STOPW" "$CNS" || fail "stop string: $R"
 echo "chat: stream = non-stream, include_usage chunk, stop string '$STOPW' honoured"
 
+# staged-client chat keeps the history: its second answer equals the HTTP
+# answer to the whole conversation (same seed)
+printf 'Tell me about a dog.\nWhat did the dog do next?\n' |
+    "$BIN/staged-client" chat --endpoint "$EP" --seed 21 --max-tokens 30 --json >"$T/chat.jsonl" ||
+    fail "staged-client chat"
+[ "$(wc -l <"$T/chat.jsonl")" = 2 ] || fail "chat: want 2 finals, got $(cat $T/chat.jsonl)"
+HIST=$(py 'import json,sys
+a=[json.loads(l)["text"] for l in open(sys.argv[1])]
+print(json.dumps({"model":"m","seed":21,"max_tokens":30,"messages":[
+  {"role":"user","content":"Tell me about a dog."},{"role":"assistant","content":a[0]},
+  {"role":"user","content":"What did the dog do next?"}]}))' "$T/chat.jsonl")
+R=$(post /v1/chat/completions "$HIST")
+py 'import json,sys
+a=[json.loads(l)["text"] for l in open(sys.argv[1])]
+r=json.loads(sys.argv[2])["choices"][0]["message"]["content"]
+assert a[1]==r and len(r)>0, (a, r)' "$T/chat.jsonl" "$(body_of "$R")" || fail "chat history: $R"
+echo "staged-client chat: turn 2 = HTTP answer to the full history"
+
 # ---- logprobs ----
 R=$(post /v1/completions '{"model":"m","prompt":"Once upon a time","max_tokens":4,"temperature":0,"logprobs":3}')
 body_of "$R" | py 'import json,sys
