@@ -69,8 +69,8 @@ struct mm_job {
 static void mm_quantize(void *arg, int t, int ith)
 {
     struct mm_job *j = arg;
-    quant_quantize_row(j->at, j->in + (size_t)t * j->n_in, j->b->act + (size_t)t * j->arow,
-                       j->n_in);
+    kernels_quantize_row(j->at, j->in + (size_t)t * j->n_in, j->b->act + (size_t)t * j->arow,
+                         j->n_in, j->b->reference);
 }
 
 static void mm_rows(void *arg, int chunk, int ith)

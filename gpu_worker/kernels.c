@@ -152,16 +152,34 @@ static float dot_q5_1(int64_t n, const void *w, const void *act)
 
 /* ---- k-quants ---- */
 
+/* The 8 six-bit scales and mins of a Q4_K / Q5_K super-block (quant.h),
+ * unpacked with 32-bit word operations. */
 static inline void scales_k4(const uint8_t *s, uint8_t *sc, uint8_t *mn)
 {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = s[j] & 63;
-        mn[j] = s[j + 4] & 63;
-    }
-    for (int j = 4; j < 8; j++) {
-        sc[j] = (uint8_t)((s[j + 4] & 15) | ((s[j - 4] >> 6) << 4));
-        mn[j] = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
-    }
+    uint32_t w0, w1, w2;
+    memcpy(&w0, s, 4);
+    memcpy(&w1, s + 4, 4);
+    memcpy(&w2, s + 8, 4);
+    uint32_t a = w0 & 0x3f3f3f3fu, m = w1 & 0x3f3f3f3fu;
+    uint32_t a2 = (w2 & 0x0f0f0f0fu) | (((w0 >> 6) & 0x03030303u) << 4);
+    uint32_t m2 = ((w2 >> 4) & 0x0f0f0f0fu) | (((w1 >> 6) & 0x03030303u) << 4);
+    memcpy(sc, &a, 4);
+    memcpy(sc + 4, &a2, 4);
+    memcpy(mn, &m, 4);
+    memcpy(mn + 4, &m2, 4);
+}
+
+/* sum over j < 8 of mn[j] * (bsums[2j] + bsums[2j+1]) */
+static inline int mins_dot(const uint8_t *mn, const int16_t *bsums)
+{
+    __m128i b0 = _mm_loadu_si128((const __m128i *)bsums);
+    __m128i b1 = _mm_loadu_si128((const __m128i *)(bsums + 8));
+    __m128i pairs = _mm_hadd_epi16(b0, b1); /* |pair sums| <= 2 * 16 * 127: no overflow */
+    __m128i m = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
+    __m128i p = _mm_madd_epi16(m, pairs);
+    p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0x4e));
+    p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0xb1));
+    return _mm_cvtsi128_si32(p);
 }
 
 static float dot_q4_K(int64_t n, const void *w, const void *act)
@@ -174,9 +192,7 @@ static float dot_q4_K(int64_t n, const void *w, const void *act)
     for (int64_t b = 0; b < n / QK_K; b++) {
         uint8_t sc[8], mn[8];
         scales_k4(x[b].scales, sc, mn);
-        int msum = 0;
-        for (int j = 0; j < 8; j++)
-            msum += mn[j] * (y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
+        int msum = mins_dot(mn, y[b].bsums);
         summ += y[b].d * quant_f16_to_f32(x[b].dmin) * (float)msum;
         __m256i sumi = _mm256_setzero_si256();
         for (int g = 0; g < 4; g++) {
@@ -206,9 +222,7 @@ static float dot_q5_K(int64_t n, const void *w, const void *act)
     for (int64_t b = 0; b < n / QK_K; b++) {
         uint8_t sc[8], mn[8];
         scales_k4(x[b].scales, sc, mn);
-        int msum = 0;
-        for (int j = 0; j < 8; j++)
-            msum += mn[j] * (y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
+        int msum = mins_dot(mn, y[b].bsums);
         summ += y[b].d * quant_f16_to_f32(x[b].dmin) * (float)msum;
         __m256i qh = load32(x[b].qh);
         __m256i sumi = _mm256_setzero_si256();
@@ -391,9 +405,7 @@ static void dot4_q4_K(int64_t n, const void *w, const void *act, size_t stride, 
         float dw = quant_f16_to_f32(x[b].d), dmw = quant_f16_to_f32(x[b].dmin);
         for (int k = 0; k < 4; k++) {
             const struct block_q8_K *y = ACT(k, struct block_q8_K, b);
-            int msum = 0;
-            for (int j = 0; j < 8; j++)
-                msum += mn[j] * (y->bsums[2 * j] + y->bsums[2 * j + 1]);
+            int msum = mins_dot(mn, y->bsums);
             summ[k] += y->d * dmw * (float)msum;
             __m256i sumi = _mm256_setzero_si256();
             for (int g = 0; g < 4; g++) {
@@ -453,6 +465,105 @@ static void dot4_q6_K(int64_t n, const void *w, const void *act, size_t stride, 
     }
     for (int k = 0; k < 4; k++)
         out[k] = hsum_ps(acc[k]);
+}
+
+/* ---- activation quantization ---- */
+
+/* 32 floats times scale, rounded to nearest even, to 32 int8 in order */
+static inline __m256i round_pack32(const float *x, __m256 scale)
+{
+    const int mode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), scale), mode));
+    __m256i i1 =
+        _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8), scale), mode));
+    __m256i i2 =
+        _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 16), scale), mode));
+    __m256i i3 =
+        _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 24), scale), mode));
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+static inline float hmax_ps(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+/* sum of 16 int8 */
+static inline int sum16_s8(__m128i v)
+{
+    __m128i u = _mm_xor_si128(v, _mm_set1_epi8((char)0x80));
+    __m128i sad = _mm_sad_epu8(u, _mm_setzero_si128());
+    return _mm_cvtsi128_si32(sad) + _mm_extract_epi16(sad, 4) - 16 * 128;
+}
+
+static void quantize_q8_0_avx2(const float *x, struct block_q8_0 *y, struct block_q8_1 *y1,
+                               int64_t n)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < n / QK; b++, x += QK) {
+        __m256 m = _mm256_and_ps(_mm256_loadu_ps(x), absmask);
+        for (int i = 8; i < QK; i += 8)
+            m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + i), absmask));
+        float amax = hmax_ps(m);
+        float d = amax / 127.f;
+        float id = amax != 0 ? 127.f / amax : 0.f;
+        __m256i q = round_pack32(x, _mm256_set1_ps(id));
+        if (y1) {
+            _mm256_storeu_si256((__m256i *)y1[b].qs, q);
+            int sum = sum16_s8(_mm256_castsi256_si128(q)) + sum16_s8(_mm256_extracti128_si256(q, 1));
+            y1[b].d = quant_f32_to_f16(d);
+            y1[b].s = quant_f32_to_f16(d * (float)sum);
+        } else {
+            _mm256_storeu_si256((__m256i *)y[b].qs, q);
+            y[b].d = quant_f32_to_f16(d);
+        }
+    }
+}
+
+static void quantize_q8_K_avx2(const float *x, struct block_q8_K *y, int64_t n)
+{
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        __m256 mx = _mm256_loadu_ps(x), mn = mx;
+        for (int i = 8; i < QK_K; i += 8) {
+            __m256 v = _mm256_loadu_ps(x + i);
+            mx = _mm256_max_ps(mx, v);
+            mn = _mm256_min_ps(mn, v);
+        }
+        float hi = hmax_ps(mx), lo = -hmax_ps(_mm256_sub_ps(_mm256_setzero_ps(), mn));
+        /* the element of largest magnitude; when +a and -a both occur the
+         * choice only flips the signs of d and every quant: same products */
+        float max = hi >= -lo ? hi : lo;
+        if (max == 0) {
+            memset(&y[b], 0, sizeof(y[b]));
+            continue;
+        }
+        float iscale = -127.f / max;
+        __m256 vs = _mm256_set1_ps(iscale);
+        for (int i = 0; i < QK_K; i += 32) {
+            __m256i q = round_pack32(x + i, vs);
+            _mm256_storeu_si256((__m256i *)(y[b].qs + i), q);
+            y[b].bsums[i / 16] = (int16_t)sum16_s8(_mm256_castsi256_si128(q));
+            y[b].bsums[i / 16 + 1] = (int16_t)sum16_s8(_mm256_extracti128_si256(q, 1));
+        }
+        y[b].d = 1 / iscale;
+    }
+}
+
+void kernels_quantize_row(uint32_t act_type, const float *x, void *dst, int64_t n,
+                          bool reference)
+{
+    if (!reference) {
+        switch (act_type) {
+        case GGML_TYPE_Q8_0: quantize_q8_0_avx2(x, dst, NULL, n); return;
+        case GGML_TYPE_Q8_1: quantize_q8_0_avx2(x, NULL, dst, n); return;
+        case GGML_TYPE_Q8_K: quantize_q8_K_avx2(x, dst, n); return;
+        }
+    }
+    quant_quantize_row(act_type, x, dst, n);
 }
 
 /* ---- reference wrappers ---- */

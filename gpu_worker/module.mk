@@ -23,3 +23,6 @@ test_cpu_backend_SRC := tests/test_cpu_backend.c $(WORKER_CPU_SRC)
 
 BENCHES += bench-worker
 bench-worker_SRC := gpu_worker/bench_main.c $(WORKER_CPU_SRC)
+
+TESTS += test_pool
+test_pool_SRC := tests/test_pool.c gpu_worker/pool.c

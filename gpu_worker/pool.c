@@ -1,6 +1,7 @@
 /* pool.c - persistent worker threads with chunk claiming; see pool.h. */
 #include "pool.h"
 
+#include <assert.h>
 #include <immintrin.h>
 #include <pthread.h>
 #include <sched.h>
@@ -16,11 +17,11 @@ struct pool {
     pthread_t *th;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    /* (generation << 32) | next chunk to claim */
+    /* one word, so a claim is checked against its own generation's count:
+     * generation << 40 | n_chunks << 20 | next chunk to claim */
     _Atomic uint64_t claim;
     atomic_int done;  /* chunks finished in this generation */
     atomic_bool stop;
-    int n_chunks;
     pool_fn fn;
     void *arg;
 };
@@ -30,17 +31,22 @@ struct worker_arg {
     int ith;
 };
 
+#define GEN_OF(c) ((uint32_t)((c) >> 40))
+#define COUNT_OF(c) ((uint32_t)((c) >> 20) & 0xfffffu)
+#define NEXT_OF(c) ((uint32_t)(c) & 0xfffffu)
+#define MAX_CHUNKS 0xfffff
+
 /* Claim and run chunks of generation gen until none is left. */
 static void run_chunks(struct pool *p, uint32_t gen, int ith)
 {
     for (;;) {
         uint64_t c = atomic_load(&p->claim);
-        if ((uint32_t)(c >> 32) != gen || (uint32_t)c >= (uint32_t)p->n_chunks)
+        if (GEN_OF(c) != gen || NEXT_OF(c) >= COUNT_OF(c))
             return;
         if (!atomic_compare_exchange_weak(&p->claim, &c, c + 1))
             continue;
-        /* a claimed chunk keeps the generation (and fn, arg) alive */
-        p->fn(p->arg, (int)(uint32_t)c, ith);
+        /* a claimed chunk keeps its generation, and so fn and arg, alive */
+        p->fn(p->arg, (int)NEXT_OF(c), ith);
         atomic_fetch_add(&p->done, 1);
     }
 }
@@ -55,14 +61,14 @@ static void *worker_main(void *a)
     for (;;) {
         int spins = 0;
         uint32_t gen;
-        while ((gen = (uint32_t)(atomic_load(&p->claim) >> 32)) == seen &&
+        while ((gen = GEN_OF(atomic_load(&p->claim))) == seen &&
                !atomic_load(&p->stop)) {
             if (++spins < SPIN_ITERS) {
                 _mm_pause();
                 continue;
             }
             pthread_mutex_lock(&p->mu);
-            while ((uint32_t)(atomic_load(&p->claim) >> 32) == seen && !atomic_load(&p->stop))
+            while (GEN_OF(atomic_load(&p->claim)) == seen && !atomic_load(&p->stop))
                 pthread_cond_wait(&p->cv, &p->mu);
             pthread_mutex_unlock(&p->mu);
         }
@@ -121,15 +127,15 @@ void pool_for(struct pool *p, int n_chunks, pool_fn fn, void *arg)
             fn(arg, c, 0);
         return;
     }
+    assert(n_chunks <= MAX_CHUNKS);
     p->fn = fn;
     p->arg = arg;
-    p->n_chunks = n_chunks;
     atomic_store(&p->done, 0);
-    uint32_t gen = (uint32_t)(atomic_load(&p->claim) >> 32) + 1;
+    uint32_t gen = (GEN_OF(atomic_load(&p->claim)) + 1) & 0xffffffu;
     if (gen == 0) /* workers start with seen = 0 */
         gen = 1;
     pthread_mutex_lock(&p->mu);
-    atomic_store(&p->claim, (uint64_t)gen << 32);
+    atomic_store(&p->claim, (uint64_t)gen << 40 | (uint64_t)n_chunks << 20);
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     run_chunks(p, gen, 0);

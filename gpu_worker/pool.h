@@ -2,8 +2,9 @@
  * pool.h - a persistent pthreads pool for the CPU backend.
  *
  * pool_new starts n - 1 worker threads once. pool_for(p, n_chunks, fn, arg)
- * runs fn(arg, chunk, ith) for every chunk in 0..n_chunks-1, spread over the
- * caller (ith 0) and the workers, and returns when every chunk has finished.
+ * runs fn(arg, chunk, ith) exactly once for every chunk in 0..n_chunks-1
+ * (n_chunks < 2^20), spread over the caller (ith 0) and the workers, and
+ * returns when every chunk has finished.
  *
  * Chunks are claimed one at a time from a shared counter that also carries
  * a generation number, so a worker that is not running (the machine is
