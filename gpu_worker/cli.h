@@ -12,13 +12,18 @@
  *         int32 tokens[n_gen]                    (the greedy picks)
  *       --reference uses the scalar reference kernels (CPU backend).
  *
- *   staged-worker generate MODEL.gguf --prompt-tokens 1,2,3 [--max-tokens N]
- *                 [--seed N] [--temperature X] [--top-k N] [--top-p X]
- *                 [--min-p X] [--repeat-penalty X] [--repeat-last-n N]
- *                 [--presence-penalty X] [--frequency-penalty X]
- *                 [--stop-id N]... [--threads N] [--backend cpu|cuda]
- *       Samples up to max-tokens tokens (stops at the model's EOS token or a
- *       stop id) and prints the generated token ids, one line.
+ *   staged-worker generate MODEL.gguf (--prompt TEXT | --prompt-tokens 1,2,3)
+ *                 [--max-tokens N] [--seed N] [--temperature X] [--top-k N]
+ *                 [--top-p X] [--min-p X] [--repeat-penalty X]
+ *                 [--repeat-last-n N] [--presence-penalty X]
+ *                 [--frequency-penalty X] [--stop-id N]... [--stop STR]...
+ *                 [--ids] [--threads N] [--backend cpu|cuda]
+ *       Samples up to max-tokens tokens and prints the generated text (the
+ *       model's own tokenizer, tokenizer/vocab.h; --prompt is encoded with
+ *       the model's BOS rule), or the token ids with --ids (also when the
+ *       file has no usable tokenizer). Stops at an end-of-generation token,
+ *       a --stop-id, or a --stop string (text from the stop string on is
+ *       not printed; text that may still become a stop string is held back).
  *
  * Each returns the process exit status (0 ok, 1 runtime failure, 2 usage).
  */
