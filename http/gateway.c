@@ -22,6 +22,8 @@
 
 #define GW_MAX_KEYS 16
 #define GW_QUERY_MS 1000 /* health/models/stats query timeout */
+#define GW_FRESH_MS 200  /* a query reply younger than this is reused */
+#define GW_STALE_MS 1000 /* ... and one younger than this while another thread asks */
 
 enum route { R_NONE, R_COMPLETIONS, R_CHAT, R_MODELS, R_HEALTH, R_METRICS };
 
@@ -65,8 +67,23 @@ struct hreq {
     bool got_first;
 };
 
+/*
+ * The last reply of one frontend query. At most one pool thread waits for
+ * the frontend per query; the others answer from the cache (or with "no
+ * answer"), so a flood of /health while the frontend is down cannot tie up
+ * every thread.
+ */
+struct qcache {
+    const char *op;
+    pthread_mutex_t mu;
+    json_t *val;   /* NULL = the last query got no answer */
+    int64_t at;    /* when val was stored (0 = never) */
+    bool asking;   /* a thread is querying the frontend */
+};
+
 struct gw {
     const struct staged_config *cfg;
+    struct qcache q_health, q_models, q_stats;
     struct client *cl;
     struct MHD_Daemon *d;
     struct metrics metrics;
@@ -361,6 +378,51 @@ static enum MHD_Result answer_ready(struct hreq *h)
     return MHD_YES;
 }
 
+/* ---- frontend queries ---- */
+
+static void qcache_init(struct qcache *q, const char *op)
+{
+    q->op = op;
+    pthread_mutex_init(&q->mu, NULL);
+}
+
+static void qcache_destroy(struct qcache *q)
+{
+    json_decref(q->val);
+    pthread_mutex_destroy(&q->mu);
+}
+
+/* The frontend's reply to q->op (new reference), or NULL if it does not answer. */
+static json_t *query(struct gw *g, struct qcache *q)
+{
+    int64_t now = now_ms();
+    pthread_mutex_lock(&q->mu);
+    if (q->at && now - q->at < GW_FRESH_MS) {
+        json_t *r = json_incref(q->val);
+        pthread_mutex_unlock(&q->mu);
+        return r;
+    }
+    if (q->asking) {
+        json_t *r = q->at && now - q->at < GW_STALE_MS ? json_incref(q->val) : NULL;
+        pthread_mutex_unlock(&q->mu);
+        return r;
+    }
+    q->asking = true;
+    pthread_mutex_unlock(&q->mu);
+    json_t *r = client_call(g->cl, q->op, GW_QUERY_MS);
+    if (r && json_object_get(r, "error")) {
+        json_decref(r);
+        r = NULL;
+    }
+    pthread_mutex_lock(&q->mu);
+    json_decref(q->val);
+    q->val = json_incref(r);
+    q->at = now_ms();
+    q->asking = false;
+    pthread_mutex_unlock(&q->mu);
+    return r;
+}
+
 /* ---- routes ---- */
 
 static bool authorized(struct gw *g, struct MHD_Connection *c)
@@ -425,7 +487,7 @@ static enum MHD_Result do_generate(struct hreq *h)
 
 static enum MHD_Result do_models(struct hreq *h)
 {
-    json_t *r = client_call(h->gw->cl, "models", GW_QUERY_MS);
+    json_t *r = query(h->gw, &h->gw->q_models);
     json_t *ms = json_object_get(r, "models");
     if (!json_is_array(ms)) {
         json_decref(r);
@@ -453,7 +515,7 @@ static enum MHD_Result do_models(struct hreq *h)
 
 static enum MHD_Result do_health(struct hreq *h)
 {
-    json_t *r = client_call(h->gw->cl, "health", GW_QUERY_MS);
+    json_t *r = query(h->gw, &h->gw->q_health);
     if (!r || !json_is_object(json_object_get(r, "stages"))) {
         json_decref(r);
         h->outcome = "unavailable";
@@ -486,11 +548,7 @@ static enum MHD_Result do_health(struct hreq *h)
 
 static enum MHD_Result do_metrics(struct hreq *h)
 {
-    json_t *stats = client_call(h->gw->cl, "stats", GW_QUERY_MS);
-    if (stats && json_object_get(stats, "error")) {
-        json_decref(stats);
-        stats = NULL;
-    }
+    json_t *stats = query(h->gw, &h->gw->q_stats);
     h->outcome = "ok";
     metrics_request(&h->gw->metrics, "metrics", "ok"); /* count this scrape in itself */
     h->outcome = NULL;
@@ -742,6 +800,9 @@ int gw_new(const struct staged_config *cfg, struct gw **out, struct st_errbuf *e
     if (!g) return st_errf(eb, ST_ENOMEM, "gateway: out of memory");
     g->cfg = cfg;
     metrics_init(&g->metrics);
+    qcache_init(&g->q_health, "health");
+    qcache_init(&g->q_models, "models");
+    qcache_init(&g->q_stats, "stats");
     pthread_mutex_init(&g->all_mu, NULL);
     pthread_cond_init(&g->stop_cv, NULL);
     struct sockaddr_storage ss;
@@ -823,6 +884,9 @@ void gw_destroy(struct gw **gp)
         hreq_free(h);
     }
     metrics_destroy(&g->metrics);
+    qcache_destroy(&g->q_health);
+    qcache_destroy(&g->q_models);
+    qcache_destroy(&g->q_stats);
     pthread_cond_destroy(&g->stop_cv);
     pthread_mutex_destroy(&g->all_mu);
     free(g);
