@@ -11,7 +11,7 @@
  *
  * Request i uses seed S+i. With --out, writes DIR/i.txt (the completion, as
  * concatenated stream chunks), DIR/i.final (the final message) and
- * DIR/arrivals (one line per chunk: epoch-ms request seq). Checks that chunk
+ * DIR/arrivals (one line per chunk that delivered new bytes: epoch-ms request). Checks that chunk
  * seq numbers and byte offsets are contiguous and that the streamed text
  * equals the final text. Like the C client library, it survives a frontend
  * restart: a request silent for --idle-ms (default 1500) is resubmitted with
@@ -291,8 +291,8 @@ int main(int argc, char **argv)
                     snprintf(r->why, sizeof(r->why), "replayed bytes differ at offset %zu", off);
                 }
                 append(r, json_string_value(t) + (r->len - off), off + tl - r->len);
+                if (arrivals) fprintf(arrivals, "%" PRId64 " %d\n", now, i); /* new bytes */
             }
-            if (arrivals) fprintf(arrivals, "%" PRId64 " %d\n", now, i);
             r->seq++;
         } else if (!strcmp(type, "status")) {
             /* informational */

@@ -61,6 +61,22 @@ done
 [ $cut_count -gt 0 ] || fail "no output contained the stop string: the test proves nothing"
 echo "stop strings: $cut_count of 32 outputs cut before \" Lily\", the rest unchanged"
 
+# continuous batching: a short request submitted while long ones run is not
+# held up by them (it finishes in a fraction of their time)
+"$BIN/staged-loadgen" --endpoint "$EP" --n 4 --max-tokens 460 --seed 5 --out "$T/long" >/dev/null &
+long=$!
+for t in $(seq 200); do [ -s "$T/long/arrivals" ] && break; sleep 0.005; done
+ls "$T"/long/*.final >/dev/null 2>&1 && fail "the long requests ended too soon to test batching"
+"$BIN/staged-loadgen" --endpoint "$EP" --n 1 --max-tokens 8 --seed 6 --out "$T/short" >/dev/null || fail "short request"
+wait $long || fail "long requests"
+python3 - "$T/short/0.final" "$T/long/0.final" <<'PY' || fail "short request was held up by the long ones"
+import json, sys
+short = json.load(open(sys.argv[1]))["timings"]["total_ms"]
+long = json.load(open(sys.argv[2]))["timings"]["total_ms"]
+print(f"continuous batching: 8-token request {short} ms while 460-token requests took {long} ms")
+assert short * 2 < long, (short, long)
+PY
+
 # cancel: long requests cancelled by the client
 "$BIN/staged-loadgen" --endpoint "$EP" --n 4 --max-tokens 400 --cancel-after-ms 50 --out "$T/cancel" \
     | tee "$T/cancel.out" || fail "cancel run"
