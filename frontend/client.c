@@ -22,11 +22,11 @@
 /* One generate request in flight. Linked into client.reqs; freed by the I/O thread. */
 struct creq {
     struct creq *next;
-    uint64_t n;          /* request number */
-    int attempt;         /* current attempt, from 1 */
+    uint64_t n;  /* request number */
+    int attempt; /* current attempt, from 1 */
     client_cb cb;
     void *user;
-    json_t *body;        /* the generate message without "id" (owned) */
+    json_t *body; /* the generate message without "id" (owned) */
     int64_t seed;
     bool stream;
     bool caller_timeout; /* the caller gave timeout_ms: resubmissions send the time left */
@@ -270,8 +270,9 @@ static int check_int_field(const json_t *p, const char *key, int64_t lo, int64_t
     json_t *v = json_object_get(p, key);
     if (!v) return 0;
     if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return st_errf(eb, ST_EINVAL, "client_submit: field '%s' must be an integer in [%lld, %lld]",
-                       key, (long long)lo, (long long)hi);
+        return st_errf(eb, ST_EINVAL,
+                       "client_submit: field '%s' must be an integer in [%lld, %lld]", key,
+                       (long long)lo, (long long)hi);
     return 0;
 }
 
@@ -414,8 +415,7 @@ static void deliver(struct pending *p)
 }
 
 /* Library-made end of a request: "unavailable" (deadline) or "cancelled". */
-static void make_local_end(struct client *c, struct creq *r, const char *finish,
-                           struct pending *p)
+static void make_local_end(struct client *c, struct creq *r, const char *finish, struct pending *p)
 {
     bool started = r->delivered > 0 || r->seq > 0;
     bool cancel = !strcmp(finish, "cancelled");
@@ -470,7 +470,8 @@ static bool on_req_msg(struct client *c, struct creq *r, const json_t *m, const 
         size_t len = json_string_length(jt), off = (size_t)json_integer_value(jo);
         if (off + len <= r->delivered) return false; /* already delivered (resubmission) */
         size_t skip = 0;
-        if (off < r->delivered) skip = r->delivered - off;
+        if (off < r->delivered)
+            skip = r->delivered - off;
         else if (off > r->delivered)
             log_warn("client: request %" PRIu64 ": chunk at offset %zu after %zu delivered bytes",
                      r->n, off, r->delivered);
@@ -527,8 +528,8 @@ static void on_message(struct client *c, const char *data, size_t len)
     const char *type = json_string_value(json_object_get(m, "type"));
     if (!id || !type) {
         json_t *err = json_object_get(m, "error");
-        log_warn("client: frontend message without id/type ignored%s%s",
-                 err ? ": " : "", err ? json_string_value(json_object_get(err, "message")) : "");
+        log_warn("client: frontend message without id/type ignored%s%s", err ? ": " : "",
+                 err ? json_string_value(json_object_get(err, "message")) : "");
         json_decref(m);
         return;
     }
@@ -545,8 +546,8 @@ static void on_message(struct client *c, const char *data, size_t len)
                 pthread_cond_broadcast(&c->call_cv);
             }
         }
-    } else if (id[0] == 'g' &&
-               sscanf(id + 1, "%" SCNu64 ".%d%n", &n, &attempt, &used) == 2 && !id[1 + used]) {
+    } else if (id[0] == 'g' && sscanf(id + 1, "%" SCNu64 ".%d%n", &n, &attempt, &used) == 2 &&
+               !id[1 + used]) {
         struct creq *r = find_req(c, n);
         if (r && r->attempt == attempt && !r->need_send)
             have = on_req_msg(c, r, m, type, proto_now_ms(), &p);
@@ -646,13 +647,17 @@ static void *client_io_main(void *arg)
                 break;
             }
             bool more = zmq_msg_more(&msg);
-            if (!more) on_message(c, zmq_msg_data(&msg), zmq_msg_size(&msg));
-            else log_warn("client: multi-frame message from the frontend ignored");
+            if (!more)
+                on_message(c, zmq_msg_data(&msg), zmq_msg_size(&msg));
+            else
+                log_warn("client: multi-frame message from the frontend ignored");
             zmq_msg_close(&msg);
             while (more) { /* drain the rest of a multi-frame message */
                 zmq_msg_init(&msg);
-                if (zmq_msg_recv(&msg, c->dealer, ZMQ_DONTWAIT) < 0) more = false;
-                else more = zmq_msg_more(&msg);
+                if (zmq_msg_recv(&msg, c->dealer, ZMQ_DONTWAIT) < 0)
+                    more = false;
+                else
+                    more = zmq_msg_more(&msg);
                 zmq_msg_close(&msg);
             }
         }

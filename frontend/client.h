@@ -42,7 +42,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CLIENT_IDLE_TIMEOUT_MS 5000     /* default idle timeout */
+#define CLIENT_IDLE_TIMEOUT_MS 5000       /* default idle timeout */
 #define CLIENT_DEFAULT_DEADLINE_MS 300000 /* deadline when the params give no timeout_ms */
 
 struct client_opts {

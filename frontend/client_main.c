@@ -24,18 +24,17 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: staged-client generate [options] PROMPT\n"
-            "       staged-client chat [options]\n"
-            "       staged-client health|models|stats [--endpoint E] [--config FILE]\n"
-            "options:\n"
-            "  --seed N --max-tokens N --temperature X (0 = greedy) --top-k N --top-p X\n"
-            "  --min-p X --repeat-penalty X --repeat-last-n N --presence-penalty X\n"
-            "  --frequency-penalty X --stop S (repeatable) --logprobs N --no-stream\n"
-            "  --timeout MS (request deadline) --json (print the raw final message)\n"
-            "  --system TEXT (chat: system message) --idle-timeout MS (library idle timeout)\n"
-            "  --verbose (log the library's status queries and resubmissions to stderr)\n"
-            "  --endpoint E | --config FILE (default: [frontend] endpoint of the config)\n");
+    fprintf(f, "usage: staged-client generate [options] PROMPT\n"
+               "       staged-client chat [options]\n"
+               "       staged-client health|models|stats [--endpoint E] [--config FILE]\n"
+               "options:\n"
+               "  --seed N --max-tokens N --temperature X (0 = greedy) --top-k N --top-p X\n"
+               "  --min-p X --repeat-penalty X --repeat-last-n N --presence-penalty X\n"
+               "  --frequency-penalty X --stop S (repeatable) --logprobs N --no-stream\n"
+               "  --timeout MS (request deadline) --json (print the raw final message)\n"
+               "  --system TEXT (chat: system message) --idle-timeout MS (library idle timeout)\n"
+               "  --verbose (log the library's status queries and resubmissions to stderr)\n"
+               "  --endpoint E | --config FILE (default: [frontend] endpoint of the config)\n");
 }
 
 static volatile sig_atomic_t interrupted;
@@ -51,10 +50,10 @@ struct waiter {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool done;
-    bool ok;            /* finished with stop or length */
+    bool ok; /* finished with stop or length */
     bool print_chunks;
     bool json;
-    char *text;         /* final text (owned) */
+    char *text; /* final text (owned) */
     char err[512];
 };
 
@@ -76,8 +75,7 @@ static void on_event(const struct client_event *ev)
             snprintf(w->err, sizeof(w->err), "request ended: %s%s%s%s", ev->finish_reason,
                      ev->code ? " (" : "", ev->code ? ev->code : "", ev->code ? ")" : "");
         if (ev->message)
-            snprintf(w->err + strlen(w->err), sizeof(w->err) - strlen(w->err), ": %s",
-                     ev->message);
+            snprintf(w->err + strlen(w->err), sizeof(w->err) - strlen(w->err), ": %s", ev->message);
     } else {
         w->ok = false;
         snprintf(w->err, sizeof(w->err), "request rejected: %s: %s", ev->code, ev->message);
@@ -88,9 +86,9 @@ static void on_event(const struct client_event *ev)
             if (s) puts(s);
             free(s);
         } else {
-            json_t *j = json_pack("{s:s,s:s?,s:{s:s,s:s}}", "type", "error", "finish_reason",
-                                  ev->finish_reason, "error", "code", ev->code, "message",
-                                  ev->message);
+            json_t *j =
+                json_pack("{s:s,s:s?,s:{s:s,s:s}}", "type", "error", "finish_reason",
+                          ev->finish_reason, "error", "code", ev->code, "message", ev->message);
             char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
             if (s) puts(s);
             free(s);
@@ -167,7 +165,8 @@ static char *read_line(FILE *f)
         free(line);
         return NULL;
     }
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        line[--n] = 0;
     return line;
 }
 
@@ -175,8 +174,8 @@ static int do_chat(struct client *c, json_t *params, const char *system, bool st
                    struct waiter *w)
 {
     json_t *history = json_array();
-    if (system) json_array_append_new(history, json_pack("{s:s,s:s}", "role", "system",
-                                                         "content", system));
+    if (system)
+        json_array_append_new(history, json_pack("{s:s,s:s}", "role", "system", "content", system));
     bool tty = isatty(0);
     int rc = 0;
     for (;;) {

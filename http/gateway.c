@@ -59,8 +59,8 @@ struct hreq {
     bool out_end;
     bool first_chunk_done;
 
-    json_t *final;           /* non-stream: the final message */
-    struct oai_error err;    /* the answer when has_err */
+    json_t *final;        /* non-stream: the final message */
+    struct oai_error err; /* the answer when has_err */
     bool has_err;
     const char *outcome;     /* metrics label */
     int64_t t_start, t_last; /* ms */
@@ -76,9 +76,9 @@ struct hreq {
 struct qcache {
     const char *op;
     pthread_mutex_t mu;
-    json_t *val;   /* NULL = the last query got no answer */
-    int64_t at;    /* when val was stored (0 = never) */
-    bool asking;   /* a thread is querying the frontend */
+    json_t *val; /* NULL = the last query got no answer */
+    int64_t at;  /* when val was stored (0 = never) */
+    bool asking; /* a thread is querying the frontend */
 };
 
 struct gw {
@@ -146,8 +146,10 @@ static void hreq_release(struct hreq *h)
     if (left) return;
     struct gw *g = h->gw;
     pthread_mutex_lock(&g->all_mu);
-    if (h->prev) h->prev->next = h->next;
-    else g->all = h->next;
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        g->all = h->next;
     if (h->next) h->next->prev = h->prev;
     pthread_cond_broadcast(&g->stop_cv);
     pthread_mutex_unlock(&g->all_mu);
@@ -174,7 +176,8 @@ static int out_append(struct hreq *h, const char *s, size_t n)
 {
     if (h->out_len + n > h->out_cap) {
         size_t cap = h->out_cap ? h->out_cap * 2 : 4096;
-        while (cap < h->out_len + n) cap *= 2;
+        while (cap < h->out_len + n)
+            cap *= 2;
         char *p = realloc(h->out, cap);
         if (!p) return ST_ENOMEM;
         h->out = p;
@@ -227,26 +230,40 @@ static enum MHD_Result answer_json(struct MHD_Connection *c, unsigned status, js
 static const char *outcome_of(const struct oai_error *e)
 {
     switch (e->status) {
-    case 400: return "bad_request";
-    case 401: return "unauthorized";
-    case 404: return "not_found";
-    case 405: return "bad_method";
-    case 429: return "busy";
-    case 503: return "unavailable";
-    case 504: return "timeout";
-    default: return "error";
+    case 400:
+        return "bad_request";
+    case 401:
+        return "unauthorized";
+    case 404:
+        return "not_found";
+    case 405:
+        return "bad_method";
+    case 429:
+        return "busy";
+    case 503:
+        return "unavailable";
+    case 504:
+        return "timeout";
+    default:
+        return "error";
     }
 }
 
 static const char *endpoint_label(enum route r)
 {
     switch (r) {
-    case R_COMPLETIONS: return "completions";
-    case R_CHAT: return "chat_completions";
-    case R_MODELS: return "models";
-    case R_HEALTH: return "health";
-    case R_METRICS: return "metrics";
-    default: return "other";
+    case R_COMPLETIONS:
+        return "completions";
+    case R_CHAT:
+        return "chat_completions";
+    case R_MODELS:
+        return "models";
+    case R_HEALTH:
+        return "health";
+    case R_METRICS:
+        return "metrics";
+    default:
+        return "other";
     }
 }
 
@@ -268,8 +285,10 @@ static void on_event(const struct client_event *ev)
     if (ev->type == CLIENT_CHUNK) {
         json_t *toks = json_object_get(ev->msg, "tokens");
         int64_t ntok = json_is_array(toks) ? (int64_t)json_array_size(toks) : 1;
-        if (!h->got_first) metrics_ttft(&g->metrics, (double)(now - h->t_start) / 1000.0);
-        else metrics_per_token(&g->metrics, (double)(now - h->t_last) / 1000.0, ntok);
+        if (!h->got_first)
+            metrics_ttft(&g->metrics, (double)(now - h->t_start) / 1000.0);
+        else
+            metrics_per_token(&g->metrics, (double)(now - h->t_last) / 1000.0, ntok);
         h->got_first = true;
         h->t_last = now;
         if (!h->gone && ev->len)
@@ -303,7 +322,8 @@ static void on_event(const struct client_event *ev)
             oai_error_set(&h->err, 504, "server_error", "timeout", NULL,
                           "the request was cancelled before it completed (deadline %s)",
                           h->gone ? "or client disconnect" : "reached");
-        else oai_error_from_frontend(ev->code, ev->message, &h->err);
+        else
+            oai_error_from_frontend(ev->code, ev->message, &h->err);
         h->has_err = true;
         h->outcome = h->gone ? "disconnected" : outcome_of(&h->err);
         if (h->responded && h->oai.stream) out_event(h, oai_error_json(&h->err));
@@ -371,8 +391,8 @@ static enum MHD_Result answer_ready(struct hreq *h)
     }
     if (!h->oai.stream && h->final) {
         h->responded = true;
-        return answer_json(h->conn, MHD_HTTP_OK, oai_response(&h->oai, h->oid, h->created, h->final),
-                           NULL);
+        return answer_json(h->conn, MHD_HTTP_OK,
+                           oai_response(&h->oai, h->oid, h->created, h->final), NULL);
     }
     park_conn(h);
     return MHD_YES;
@@ -431,13 +451,15 @@ static bool authorized(struct gw *g, struct MHD_Connection *c)
     const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (!a || strncasecmp(a, "Bearer ", 7)) return false;
     a += 7;
-    while (*a == ' ') a++;
+    while (*a == ' ')
+        a++;
     bool ok = false;
     size_t la = strlen(a);
     for (int i = 0; i < g->n_keys; i++) {
         size_t lk = strlen(g->keys[i]);
         unsigned diff = (unsigned)(la ^ lk);
-        for (size_t k = 0; k < lk; k++) diff |= (unsigned)(g->keys[i][k] ^ (k < la ? a[k] : 0));
+        for (size_t k = 0; k < lk; k++)
+            diff |= (unsigned)(g->keys[i][k] ^ (k < la ? a[k] : 0));
         ok |= diff == 0;
     }
     return ok;
@@ -447,8 +469,7 @@ static void make_oid(struct hreq *h)
 {
     uint64_t r = 0;
     if (getrandom(&r, sizeof(r), 0) != (ssize_t)sizeof(r)) r = (uint64_t)now_ms() ^ (uintptr_t)h;
-    snprintf(h->oid, sizeof(h->oid), "%s-%016" PRIx64,
-             h->route == R_CHAT ? "chatcmpl" : "cmpl", r);
+    snprintf(h->oid, sizeof(h->oid), "%s-%016" PRIx64, h->route == R_CHAT ? "chatcmpl" : "cmpl", r);
     h->created = (int64_t)time(NULL);
 }
 
@@ -592,8 +613,7 @@ static enum MHD_Result handle(struct hreq *h, const char *url, const char *metho
                       "no such endpoint: %.64s %.128s", method, url);
         return answer_error(h, &e);
     }
-    if (strcmp(method, want_post ? "POST" : "GET") &&
-        !(!want_post && !strcmp(method, "HEAD"))) {
+    if (strcmp(method, want_post ? "POST" : "GET") && !(!want_post && !strcmp(method, "HEAD"))) {
         oai_error_set(&e, 405, "invalid_request_error", "method_not_allowed", NULL,
                       "%s needs %s, not %.16s", url, want_post ? "POST" : "GET", method);
         return answer_error(h, &e);
@@ -605,18 +625,22 @@ static enum MHD_Result handle(struct hreq *h, const char *url, const char *metho
     }
     switch (h->route) {
     case R_COMPLETIONS:
-    case R_CHAT: return do_generate(h);
-    case R_MODELS: return do_models(h);
-    case R_HEALTH: return do_health(h);
-    case R_METRICS: return do_metrics(h);
-    default: return MHD_NO;
+    case R_CHAT:
+        return do_generate(h);
+    case R_MODELS:
+        return do_models(h);
+    case R_HEALTH:
+        return do_health(h);
+    case R_METRICS:
+        return do_metrics(h);
+    default:
+        return MHD_NO;
     }
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     struct gw *g = cls;
     struct hreq *h = *con_cls;
@@ -624,8 +648,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         h = hreq_new(g, conn);
         if (!h) return MHD_NO;
         *con_cls = h;
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *cl =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > (unsigned long long)g->cfg->http.max_body_bytes) {
             /* answer at once; MHD then discards the body and closes */
             struct oai_error e;
@@ -648,7 +672,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         if (h->len + n + 1 > h->cap) {
             size_t cap = h->cap ? h->cap * 2 : 4096;
-            while (cap < h->len + n + 1) cap *= 2;
+            while (cap < h->len + n + 1)
+                cap *= 2;
             char *p = realloc(h->body, cap);
             if (!p) return MHD_NO;
             h->body = p;
@@ -686,8 +711,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (h->submitted && !h->terminal) h->outcome = "disconnected";
     pthread_mutex_unlock(&h->mu);
     if (outcome) metrics_request(&g->metrics, endpoint_label(h->route), outcome);
-    if (cancel)
-        log_info("client of %s went away: request cancelled", endpoint_label(h->route));
+    if (cancel) log_info("client of %s went away: request cancelled", endpoint_label(h->route));
     hreq_release(h);
 }
 
@@ -695,7 +719,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 static bool peer_closed(struct MHD_Connection *c)
 {
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (!ci) return false;
     char b;
     ssize_t n = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
@@ -770,7 +795,8 @@ static int parse_keys(struct gw *g, const char *s, struct st_errbuf *eb)
 {
     const char *p = s;
     while (*p) {
-        while (*p == ' ' || *p == ',') p++;
+        while (*p == ' ' || *p == ',')
+            p++;
         if (!*p) break;
         size_t n = strcspn(p, ", ");
         if (g->n_keys == GW_MAX_KEYS)
@@ -789,7 +815,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     char buf[512];
     vsnprintf(buf, sizeof(buf), fmt, ap);
     size_t n = strlen(buf);
-    while (n && buf[n - 1] == '\n') buf[--n] = 0;
+    while (n && buf[n - 1] == '\n')
+        buf[--n] = 0;
     log_warn("libmicrohttpd: %s", buf);
 }
 

@@ -49,7 +49,8 @@ int main(int argc, char **argv)
     log_info("listening on %s (port %u), frontend %s", cfg.http.listen, (unsigned)gw_port(g),
              cfg.frontend.endpoint);
     if (ready_signal()) log_warn("could not write the readiness file");
-    while (!stop_flag) usleep(50 * 1000);
+    while (!stop_flag)
+        usleep(50 * 1000);
     log_info("stopping");
     gw_destroy(&g);
     log_info("stopped");

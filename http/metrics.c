@@ -49,7 +49,8 @@ void metrics_tokens(struct metrics *m, int64_t in, int64_t out)
 static void observe(struct metrics_hist *h, double v, uint64_t times)
 {
     int b = 0;
-    while (b < METRICS_BUCKETS && v > bounds[b]) b++;
+    while (b < METRICS_BUCKETS && v > bounds[b])
+        b++;
     h->counts[b] += times;
     h->sum += v * (double)times;
     h->n += times;
@@ -102,7 +103,8 @@ static void sb_printf(struct sbuf *b, const char *fmt, ...)
             return;
         }
         size_t cap = b->cap ? b->cap * 2 : 4096;
-        while (cap < b->len + (size_t)n + 1) cap *= 2;
+        while (cap < b->len + (size_t)n + 1)
+            cap *= 2;
         char *ns = realloc(b->s, cap);
         if (!ns) {
             b->failed = true;
@@ -140,8 +142,7 @@ char *metrics_render(struct metrics *m, const json_t *stats)
                   "# TYPE staged_http_requests_total counter\n");
     for (int i = 0; i < m->n_series; i++)
         sb_printf(&b, "staged_http_requests_total{endpoint=\"%s\",outcome=\"%s\"} %llu\n",
-                  m->series[i].endpoint, m->series[i].outcome,
-                  (unsigned long long)m->series[i].n);
+                  m->series[i].endpoint, m->series[i].outcome, (unsigned long long)m->series[i].n);
     sb_printf(&b,
               "# HELP staged_http_prompt_tokens_total Prompt tokens of finished requests.\n"
               "# TYPE staged_http_prompt_tokens_total counter\n"
@@ -160,8 +161,9 @@ char *metrics_render(struct metrics *m, const json_t *stats)
                 "Time per generated token between streamed chunks.", &m->per_token);
     pthread_mutex_unlock(&m->mu);
 
-    sb_printf(&b, "# HELP staged_frontend_up Whether the frontend answered the stats query.\n"
-                  "# TYPE staged_frontend_up gauge\nstaged_frontend_up %d\n",
+    sb_printf(&b,
+              "# HELP staged_frontend_up Whether the frontend answered the stats query.\n"
+              "# TYPE staged_frontend_up gauge\nstaged_frontend_up %d\n",
               stats ? 1 : 0);
     if (stats) {
         sb_printf(&b,

@@ -21,7 +21,7 @@
 
 struct metrics_hist {
     uint64_t counts[METRICS_BUCKETS + 1]; /* per bucket; the last is +Inf */
-    double sum;                            /* seconds */
+    double sum;                           /* seconds */
     uint64_t n;
 };
 
@@ -34,8 +34,8 @@ struct metrics {
     } series[METRICS_MAX_SERIES]; /* requests_total{endpoint, outcome} */
     int n_series;
     uint64_t tokens_in, tokens_out;
-    int64_t streams_open;         /* responses in progress */
-    struct metrics_hist ttft;     /* seconds to the first text */
+    int64_t streams_open;          /* responses in progress */
+    struct metrics_hist ttft;      /* seconds to the first text */
     struct metrics_hist per_token; /* seconds per generated token */
 };
 

@@ -20,8 +20,7 @@ int oai_error_set(struct oai_error *err, int status, const char *type, const cha
     return ST_EFORMAT;
 }
 
-#define BAD(param, ...)                                                                            \
-    oai_error_set(err, 400, "invalid_request_error", NULL, param, __VA_ARGS__)
+#define BAD(param, ...) oai_error_set(err, 400, "invalid_request_error", NULL, param, __VA_ARGS__)
 
 void oai_req_clear(struct oai_req *r)
 {
@@ -141,8 +140,7 @@ static int parse_messages(const json_t *o, json_t *params, struct oai_error *err
             json_array_foreach(content, k, part)
             {
                 json_t *t = json_object_get(part, "text");
-                if (!json_is_object(part) ||
-                    !json_is_string(json_object_get(part, "type")) ||
+                if (!json_is_object(part) || !json_is_string(json_object_get(part, "type")) ||
                     strcmp(json_string_value(json_object_get(part, "type")), "text") ||
                     !json_is_string(t)) {
                     json_decref(out);
@@ -188,16 +186,30 @@ int oai_parse(enum oai_kind kind, const char *body, size_t len, struct oai_req *
     json_error_t je;
     json_t *o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (!o)
-        return BAD(NULL, "invalid JSON body at line %d column %d: %s", je.line, je.column,
-                   je.text);
+        return BAD(NULL, "invalid JSON body at line %d column %d: %s", je.line, je.column, je.text);
     if (!json_is_object(o)) {
         json_decref(o);
         return BAD(NULL, "the request body must be a JSON object");
     }
-    static const char *const common[] = {
-        "model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
-        "stream_options", "n", "presence_penalty", "frequency_penalty", "user", "logit_bias",
-        "top_k", "min_p", "repeat_penalty", "repeat_last_n", "logprobs", NULL};
+    static const char *const common[] = {"model",
+                                         "max_tokens",
+                                         "temperature",
+                                         "top_p",
+                                         "seed",
+                                         "stop",
+                                         "stream",
+                                         "stream_options",
+                                         "n",
+                                         "presence_penalty",
+                                         "frequency_penalty",
+                                         "user",
+                                         "logit_bias",
+                                         "top_k",
+                                         "min_p",
+                                         "repeat_penalty",
+                                         "repeat_last_n",
+                                         "logprobs",
+                                         NULL};
     static const char *const compl_only[] = {"prompt", "echo", "best_of", "suffix", NULL};
     static const char *const chat_only[] = {"messages", "top_logprobs", "max_completion_tokens",
                                             NULL};
@@ -206,7 +218,8 @@ int oai_parse(enum oai_kind kind, const char *body, size_t len, struct oai_req *
     json_object_foreach(o, key, v)
     {
         bool ok = false;
-        for (const char *const *a = common; *a && !ok; a++) ok = !strcmp(*a, key);
+        for (const char *const *a = common; *a && !ok; a++)
+            ok = !strcmp(*a, key);
         for (const char *const *a = kind == OAI_CHAT ? chat_only : compl_only; *a && !ok; a++)
             ok = !strcmp(*a, key);
         if (!ok) {
@@ -219,11 +232,13 @@ int oai_parse(enum oai_kind kind, const char *body, size_t len, struct oai_req *
     out->params = params;
     int rc = 0;
     json_t *model = json_object_get(o, "model");
-    if (!model) rc = BAD("model", "'model' is a required property");
+    if (!model)
+        rc = BAD("model", "'model' is a required property");
     else if (!json_is_string(model) || json_string_length(model) == 0 ||
              json_string_length(model) >= sizeof(out->model))
         rc = BAD("model", "'model' must be a string of 1 to %zu bytes", sizeof(out->model) - 1);
-    else snprintf(out->model, sizeof(out->model), "%s", json_string_value(model));
+    else
+        snprintf(out->model, sizeof(out->model), "%s", json_string_value(model));
     if (!rc) rc = check_type(o, "stream", JSON_TRUE, "a boolean", err);
     if (!rc) rc = check_type(o, "user", JSON_STRING, "a string", err);
     if (!rc) rc = check_type(o, "stream_options", JSON_OBJECT, "an object", err);
@@ -263,21 +278,25 @@ int oai_parse(enum oai_kind kind, const char *body, size_t len, struct oai_req *
         json_t *seed = field(o, "seed");
         if (seed && (!json_is_integer(seed) || json_integer_value(seed) < 0))
             rc = BAD("seed", "'seed' must be an integer >= 0");
-        else if (seed) json_object_set(params, "seed", seed);
+        else if (seed)
+            json_object_set(params, "seed", seed);
     }
     if (!rc) rc = parse_stop(o, params, err);
     if (!rc && kind == OAI_COMPLETIONS) {
         json_t *p = field(o, "prompt");
         if (json_is_array(p) && json_array_size(p) == 1) p = json_array_get(p, 0);
-        if (!field(o, "prompt")) rc = BAD("prompt", "'prompt' is a required property");
+        if (!field(o, "prompt"))
+            rc = BAD("prompt", "'prompt' is a required property");
         else if (!json_is_string(p))
             rc = BAD("prompt", "'prompt' must be a string or an array of one string");
-        else json_object_set(params, "prompt", p);
+        else
+            json_object_set(params, "prompt", p);
         json_t *lp = field(o, "logprobs");
         if (!rc && lp) {
             if (!json_is_integer(lp) || json_integer_value(lp) < 0 || json_integer_value(lp) > 20)
                 rc = BAD("logprobs", "'logprobs' must be an integer 0 to 20");
-            else out->logprobs = (int)json_integer_value(lp);
+            else
+                out->logprobs = (int)json_integer_value(lp);
         }
         json_t *echo = field(o, "echo"), *best = field(o, "best_of"), *suf = field(o, "suffix");
         if (!rc && echo && (!json_is_boolean(echo) || json_is_true(echo)))
@@ -299,7 +318,8 @@ int oai_parse(enum oai_kind kind, const char *body, size_t len, struct oai_req *
         if (!rc && json_is_true(lp)) out->logprobs = tlp ? (int)json_integer_value(tlp) : 0;
         if (!rc && field(o, "max_completion_tokens") && !field(o, "max_tokens"))
             rc = copy_int(o, "max_completion_tokens", "max_tokens", params, err);
-        else if (!rc) rc = check_type(o, "max_completion_tokens", JSON_INTEGER, "an integer", err);
+        else if (!rc)
+            rc = check_type(o, "max_completion_tokens", JSON_INTEGER, "an integer", err);
     }
     if (!rc && out->logprobs >= 0) {
         json_object_set_new(params, "logprobs", json_true());
@@ -323,7 +343,8 @@ void oai_error_from_frontend(const char *code, const char *message, struct oai_e
         oai_error_set(err, 503, "server_error", code, NULL, "%s", message);
     else if (!strcmp(code, "timeout"))
         oai_error_set(err, 504, "server_error", code, NULL, "%s", message);
-    else oai_error_set(err, 500, "server_error", code, NULL, "%s", message);
+    else
+        oai_error_set(err, 500, "server_error", code, NULL, "%s", message);
 }
 
 json_t *oai_error_json(const struct oai_error *e)
@@ -369,16 +390,15 @@ static json_t *logprobs_json(const struct oai_req *r, const json_t *lp, const ch
             json_array_foreach(json_object_get(e, "top"), k, t)
             {
                 json_int_t tid = json_integer_value(json_object_get(t, "token"));
-                json_array_append_new(
-                    top, json_pack("{s:o,s:O,s:I,s:n}", "token",
-                                   tok_name(tid, text, len, one && tid == id), "logprob",
-                                   json_object_get(t, "logprob"), "token_id", tid, "bytes"));
+                json_array_append_new(top, json_pack("{s:o,s:O,s:I,s:n}", "token",
+                                                     tok_name(tid, text, len, one && tid == id),
+                                                     "logprob", json_object_get(t, "logprob"),
+                                                     "token_id", tid, "bytes"));
             }
-            json_array_append_new(content,
-                                  json_pack("{s:o,s:O,s:I,s:n,s:o}", "token",
-                                            tok_name(id, text, len, one), "logprob",
-                                            json_object_get(e, "logprob"), "token_id", id, "bytes",
-                                            "top_logprobs", top));
+            json_array_append_new(content, json_pack("{s:o,s:O,s:I,s:n,s:o}", "token",
+                                                     tok_name(id, text, len, one), "logprob",
+                                                     json_object_get(e, "logprob"), "token_id", id,
+                                                     "bytes", "top_logprobs", top));
         }
         return json_pack("{s:o}", "content", content);
     }
@@ -450,8 +470,8 @@ json_t *oai_response(const struct oai_req *r, const char *oid, int64_t created,
     json_t *jt = json_object_get(final_msg, "text");
     const char *text = json_is_string(jt) ? json_string_value(jt) : "";
     size_t len = json_is_string(jt) ? json_string_length(jt) : 0;
-    const char *f = oai_finish_reason(json_string_value(json_object_get(final_msg,
-                                                                        "finish_reason")));
+    const char *f =
+        oai_finish_reason(json_string_value(json_object_get(final_msg, "finish_reason")));
     json_t *lp = json_object_get(final_msg, "logprobs");
     json_t *lpj = r->logprobs >= 0 && lp ? logprobs_json(r, lp, NULL, 0, 0) : json_null();
     json_t *choice;

@@ -128,8 +128,10 @@ static void on_ev(const struct client_event *ev)
     if (ev->type == CLIENT_CHUNK) {
         /* no cmocka asserts here: this runs on the library's I/O thread */
         if (ev->offset != s->len) s->seq_ok = false; /* continuous: no gap, no overlap */
-        if (s->len + ev->len >= sizeof(s->text)) s->seq_ok = false;
-        else memcpy(s->text + s->len, ev->text, ev->len);
+        if (s->len + ev->len >= sizeof(s->text))
+            s->seq_ok = false;
+        else
+            memcpy(s->text + s->len, ev->text, ev->len);
         if (s->seq_ok) s->len += ev->len;
         s->text[s->len] = 0;
         if (ev->seq != s->last_seq + 1) s->seq_ok = false;
@@ -171,15 +173,14 @@ static struct client *new_client(const char *ep, int idle_ms)
 
 static json_t *chunk(const char *id, int seq, int off, const char *text)
 {
-    return json_pack("{s:s,s:s,s:i,s:i,s:s,s:[]}", "type", "chunk", "id", id, "seq", seq,
-                     "offset", off, "text", text, "tokens");
+    return json_pack("{s:s,s:s,s:i,s:i,s:s,s:[]}", "type", "chunk", "id", id, "seq", seq, "offset",
+                     off, "text", text, "tokens");
 }
 
 static json_t *final_msg(const char *id, const char *reason, const char *text)
 {
-    return json_pack("{s:s,s:s,s:s,s:s,s:{s:i,s:i}}", "type", "final", "id", id,
-                     "finish_reason", reason, "text", text, "usage", "prompt_tokens", 3,
-                     "completion_tokens", 4);
+    return json_pack("{s:s,s:s,s:s,s:s,s:{s:i,s:i}}", "type", "final", "id", id, "finish_reason",
+                     reason, "text", text, "usage", "prompt_tokens", 3, "completion_tokens", 4);
 }
 
 /* ---- tests ---- */
@@ -226,8 +227,8 @@ static void test_stream(void **state)
     struct client *c = new_client(f->endpoint, 0);
     struct seen s;
     seen_init(&s);
-    json_t *p = json_pack("{s:s,s:i,s:f,s:[s]}", "prompt", "Once", "max_tokens", 8,
-                          "temperature", 0.5, "stop", "\n");
+    json_t *p = json_pack("{s:s,s:i,s:f,s:[s]}", "prompt", "Once", "max_tokens", 8, "temperature",
+                          0.5, "stop", "\n");
     uint64_t n;
     assert_int_equal(client_submit(c, p, on_ev, &s, &n, NULL), 0);
     json_decref(p);

@@ -34,9 +34,9 @@ static void test_render(void **state)
     metrics_request(&m, "completions", "busy");
     metrics_tokens(&m, 5, 60);
     metrics_tokens(&m, 3, 4);
-    metrics_ttft(&m, 0.004);  /* bucket le=0.005 */
-    metrics_ttft(&m, 0.3);    /* le=0.5 */
-    metrics_ttft(&m, 99.0);   /* +Inf only */
+    metrics_ttft(&m, 0.004);        /* bucket le=0.005 */
+    metrics_ttft(&m, 0.3);          /* le=0.5 */
+    metrics_ttft(&m, 99.0);         /* +Inf only */
     metrics_per_token(&m, 0.01, 4); /* 4 x 0.0025: le=0.0025 */
     metrics_streams(&m, 1);
     json_t *stats = json_loads(
@@ -46,8 +46,11 @@ static void test_render(void **state)
         0, NULL);
     char *t = metrics_render(&m, stats);
     assert_non_null(t);
-    assert_true(sample(t, "staged_http_requests_total{endpoint=\"chat_completions\",outcome=\"stop\"}") == 2);
-    assert_true(sample(t, "staged_http_requests_total{endpoint=\"completions\",outcome=\"busy\"}") == 1);
+    assert_true(
+        sample(t, "staged_http_requests_total{endpoint=\"chat_completions\",outcome=\"stop\"}") ==
+        2);
+    assert_true(
+        sample(t, "staged_http_requests_total{endpoint=\"completions\",outcome=\"busy\"}") == 1);
     assert_true(sample(t, "staged_http_prompt_tokens_total") == 8);
     assert_true(sample(t, "staged_http_completion_tokens_total") == 64);
     assert_true(sample(t, "staged_http_open_responses") == 1);

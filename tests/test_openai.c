@@ -29,15 +29,16 @@ static void test_completions_mapping(void **state)
 {
     (void)state;
     struct oai_req r;
-    json_t *p = parse_ok(OAI_COMPLETIONS,
-                         "{\"model\":\"m\",\"prompt\":[\"Once\"],\"max_tokens\":12,\"temperature\":0,"
-                         "\"top_p\":0.9,\"seed\":7,\"stop\":\"\\n\",\"stream\":true,"
-                         "\"stream_options\":{\"include_usage\":true},\"n\":1,\"top_k\":5,"
-                         "\"min_p\":0.1,\"repeat_penalty\":1.2,\"repeat_last_n\":32,"
-                         "\"presence_penalty\":0.5,\"frequency_penalty\":-0.5,\"user\":\"u\","
-                         "\"logit_bias\":{},\"logprobs\":3,\"echo\":false,\"best_of\":1,"
-                         "\"suffix\":null}",
-                         &r);
+    json_t *p =
+        parse_ok(OAI_COMPLETIONS,
+                 "{\"model\":\"m\",\"prompt\":[\"Once\"],\"max_tokens\":12,\"temperature\":0,"
+                 "\"top_p\":0.9,\"seed\":7,\"stop\":\"\\n\",\"stream\":true,"
+                 "\"stream_options\":{\"include_usage\":true},\"n\":1,\"top_k\":5,"
+                 "\"min_p\":0.1,\"repeat_penalty\":1.2,\"repeat_last_n\":32,"
+                 "\"presence_penalty\":0.5,\"frequency_penalty\":-0.5,\"user\":\"u\","
+                 "\"logit_bias\":{},\"logprobs\":3,\"echo\":false,\"best_of\":1,"
+                 "\"suffix\":null}",
+                 &r);
     assert_string_equal(r.model, "m");
     assert_true(r.stream && r.include_usage);
     assert_int_equal(r.logprobs, 3);
@@ -57,14 +58,28 @@ static void test_completions_mapping(void **state)
     /* nothing the protocol does not know reaches the frontend */
     const char *key;
     json_t *v;
-    static const char *const proto[] = {
-        "prompt", "messages", "max_tokens", "stream", "seed", "temperature", "top_k", "top_p",
-        "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty", "frequency_penalty",
-        "stop", "logprobs", "top_logprobs", NULL};
+    static const char *const proto[] = {"prompt",
+                                        "messages",
+                                        "max_tokens",
+                                        "stream",
+                                        "seed",
+                                        "temperature",
+                                        "top_k",
+                                        "top_p",
+                                        "min_p",
+                                        "repeat_penalty",
+                                        "repeat_last_n",
+                                        "presence_penalty",
+                                        "frequency_penalty",
+                                        "stop",
+                                        "logprobs",
+                                        "top_logprobs",
+                                        NULL};
     json_object_foreach(p, key, v)
     {
         bool known = false;
-        for (const char *const *k = proto; *k; k++) known |= !strcmp(*k, key);
+        for (const char *const *k = proto; *k; k++)
+            known |= !strcmp(*k, key);
         if (!known) fail_msg("field '%s' is not a protocol field", key);
     }
     oai_req_clear(&r);
@@ -160,31 +175,38 @@ static void test_bad_bodies(void **state)
         {OAI_CHAT, "{\"model\":\"m\",\"messages\":{}}", "messages"},
         {OAI_CHAT, "{\"model\":\"m\",\"messages\":[5]}", "messages[0]"},
         {OAI_CHAT, "{\"model\":\"m\",\"messages\":[{\"content\":\"x\"}]}", "messages[0]"},
-        {OAI_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"},"
-                   "{\"role\":\"tool\",\"content\":\"x\"}]}",
+        {OAI_CHAT,
+         "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"},"
+         "{\"role\":\"tool\",\"content\":\"x\"}]}",
          "messages[1]"},
         {OAI_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\"}]}", "messages[0]"},
         {OAI_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":7}]}",
          "messages[0]"},
         {OAI_CHAT,
-         "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}",
+         "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}"
+         "]}",
          "messages[0]"},
         {OAI_CHAT,
          "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"tool_calls\":[]}]}",
          "messages[0]"},
-        {OAI_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"name\":1}]}",
+        {OAI_CHAT,
+         "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"name\":1}]}",
          "messages[0]"},
-        {OAI_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-                   "\"top_logprobs\":2}",
+        {OAI_CHAT,
+         "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+         "\"top_logprobs\":2}",
          "top_logprobs"},
-        {OAI_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-                   "\"logprobs\":3}",
+        {OAI_CHAT,
+         "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+         "\"logprobs\":3}",
          "logprobs"},
-        {OAI_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-                   "\"max_completion_tokens\":\"a\"}",
+        {OAI_CHAT,
+         "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+         "\"max_completion_tokens\":\"a\"}",
          "max_completion_tokens"},
-        {OAI_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-                   "\"prompt\":\"x\"}",
+        {OAI_CHAT,
+         "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+         "\"prompt\":\"x\"}",
          "prompt"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -274,8 +296,8 @@ static void test_responses(void **state)
     assert_string_equal(
         json_string_value(json_object_get(json_object_get(c, "message"), "content")),
         "Once upon...");
-    assert_string_equal(
-        json_string_value(json_object_get(json_object_get(c, "message"), "role")), "assistant");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(c, "message"), "role")),
+                        "assistant");
     assert_true(json_is_null(json_object_get(c, "logprobs")));
     json_t *u = json_object_get(resp, "usage");
     assert_int_equal(json_integer_value(json_object_get(u, "total_tokens")), 65);
@@ -284,12 +306,11 @@ static void test_responses(void **state)
     /* chunks: the first chat delta carries the role, the finishing one an empty delta */
     json_t *ch = oai_chunk(&r, "chatcmpl-1", 1, "Once", 4, true, NULL, 0, NULL);
     c = json_array_get(json_object_get(ch, "choices"), 0);
-    assert_string_equal(json_string_value(json_object_get(ch, "object")),
-                        "chat.completion.chunk");
+    assert_string_equal(json_string_value(json_object_get(ch, "object")), "chat.completion.chunk");
     assert_string_equal(json_string_value(json_object_get(json_object_get(c, "delta"), "role")),
                         "assistant");
-    assert_string_equal(
-        json_string_value(json_object_get(json_object_get(c, "delta"), "content")), "Once");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(c, "delta"), "content")),
+                        "Once");
     assert_true(json_is_null(json_object_get(c, "finish_reason")));
     json_decref(ch);
     ch = oai_chunk(&r, "chatcmpl-1", 1, "", 0, false, NULL, 0, "length");
@@ -299,9 +320,8 @@ static void test_responses(void **state)
     json_decref(ch);
     ch = oai_usage_chunk(&r, "chatcmpl-1", 1, fin);
     assert_int_equal(json_array_size(json_object_get(ch, "choices")), 0);
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(ch, "usage"),
-                                                        "prompt_tokens")),
-                     5);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(ch, "usage"), "prompt_tokens")), 5);
     json_decref(ch);
     oai_req_clear(&r);
 
@@ -317,8 +337,7 @@ static void test_responses(void **state)
     json_t *l = json_object_get(c, "logprobs");
     assert_string_equal(json_string_value(json_array_get(json_object_get(l, "tokens"), 0)),
                         "Once"); /* one token: its text is the chunk's */
-    assert_true(json_real_value(json_array_get(json_object_get(l, "token_logprobs"), 0)) ==
-                -0.12);
+    assert_true(json_real_value(json_array_get(json_object_get(l, "token_logprobs"), 0)) == -0.12);
     assert_int_equal(json_integer_value(json_array_get(json_object_get(l, "text_offset"), 0)), 10);
     json_t *top = json_array_get(json_object_get(l, "top_logprobs"), 0);
     assert_true(json_real_value(json_object_get(top, "Once")) == -0.12);
@@ -340,9 +359,9 @@ static void test_errors(void **state)
     static const struct {
         const char *code;
         int status;
-    } map[] = {{"busy", 429},       {"bad_request", 400},  {"unknown_field", 400},
-               {"too_large", 400},  {"invalid_utf8", 400}, {"unavailable", 503},
-               {"internal", 500},   {"duplicate_id", 500}, {NULL, 500}};
+    } map[] = {{"busy", 429},      {"bad_request", 400},  {"unknown_field", 400},
+               {"too_large", 400}, {"invalid_utf8", 400}, {"unavailable", 503},
+               {"internal", 500},  {"duplicate_id", 500}, {NULL, 500}};
     for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
         oai_error_from_frontend(map[i].code, "why", &e);
         assert_int_equal(e.status, map[i].status);
