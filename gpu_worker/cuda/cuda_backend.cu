@@ -494,7 +494,7 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
             a.nseg++;
             done[j] = true;
         }
-        ST_TRY(k_matvec_multi(st, &a));
+        ST_TRY(k_matvec_fast(st, &a));
     }
     if (L->qn) {
         ST_TRY(k_rmsnorm(st, b->q, L->qn, b->q, n * (int)hp->n_heads, hd, hp->rms_eps));
@@ -520,12 +520,12 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
     a.seg[0].type = L->o.type;
     a.seg[0].N = L->o.N;
     a.seg[0].y = b->x;
-    ST_TRY(k_matvec_multi(st, &a));
+    ST_TRY(k_matvec_fast(st, &a));
     /* g = silu(Wg xn) * (Wu xn) */
     int cg = in_class(b, &L->gate), cu = in_class(b, &L->up);
     ST_TRY(k_norm_round(st, b->x, L->ffn_norm, hp->rms_eps, n, D, cg, b->xr));
     if (cu != cg) ST_TRY(k_norm_round(st, b->x, L->ffn_norm, hp->rms_eps, n, D, cu, b->xr2));
-    ST_TRY(k_matvec_swiglu(st, L->gate.w, L->gate.type, L->up.w, L->up.type, L->gate.N, D, b->xr,
+    ST_TRY(k_swiglu_fast(st, L->gate.w, L->gate.type, L->up.w, L->up.type, L->gate.N, D, b->xr,
                            cu != cg ? b->xr2 : b->xr, n, b->g));
     /* x += Wd g */
     ST_TRY(round_for(b, &L->down, b->g, b->xr, n, &xa));
@@ -534,7 +534,7 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
     a.seg[0].w = L->down.w;
     a.seg[0].type = L->down.type;
     a.seg[0].N = L->down.N;
-    ST_TRY(k_matvec_multi(st, &a));
+    ST_TRY(k_matvec_fast(st, &a));
     return 0;
 }
 

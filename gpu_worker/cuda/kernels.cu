@@ -547,6 +547,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
  * (16-byte loads of its K row, q from shared memory), the chunk joins the
  * warp's online softmax, then the lanes (over head elements) add the 32 V
  * rows. Loads of a chunk are independent, so memory latency overlaps. */
+template <int ND>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_chunk_kernel(const float *q, const __half *kc, const __half *vc, float *out,
                            int n_heads, int n_kv, int hd, int max_ctx, float scale,
@@ -556,7 +557,6 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int kvh = h / (n_heads / n_kv);
     int kv_dim = n_kv * hd;
-    int nd = (hd + 31) / 32;
     __shared__ float qs[32 * ATT_MAXD];
     __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
     __shared__ float sacc[ATT_WARPS][ATT_MAXD * 32];
@@ -565,9 +565,9 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     __syncthreads();
     const __half *kb = kc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
     const __half *vb = vc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
-    float m = -INFINITY, l = 0.f, acc[ATT_MAXD];
+    float m = -INFINITY, l = 0.f, acc[ND];
 #pragma unroll
-    for (int i = 0; i < ATT_MAXD; i++) acc[i] = 0.f;
+    for (int i = 0; i < ND; i++) acc[i] = 0.f;
     int np = pos[t] + 1;
     for (int c0 = warp * 32; c0 < np; c0 += ATT_WARPS * 32) {
         int p = c0 + lane;
@@ -592,15 +592,24 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         float w = p < np ? __expf(s - mn) : 0.f;
         l = l * corr + warp_sum(w);
 #pragma unroll
-        for (int i = 0; i < ATT_MAXD; i++) acc[i] *= corr;
+        for (int i = 0; i < ND; i++) acc[i] *= corr;
         int cnt = np - c0 < 32 ? np - c0 : 32;
-        for (int j = 0; j < cnt; j++) {
-            float wj = __shfl_sync(0xffffffffu, w, j);
-            const __half *vr = vb + (size_t)(c0 + j) * kv_dim;
+        for (int j0 = 0; j0 < cnt; j0 += 8) {
+            float vv[8][ND]; /* 8 V rows loaded before use: their latencies overlap */
 #pragma unroll
-            for (int i = 0; i < ATT_MAXD; i++) {
-                int e = lane + 32 * i;
-                if (i < nd && e < hd) acc[i] += wj * __half2float(vr[e]);
+            for (int jj = 0; jj < 8; jj++) {
+                const __half *vr = vb + (size_t)(c0 + j0 + jj) * kv_dim;
+#pragma unroll
+                for (int i = 0; i < ND; i++) {
+                    int e = lane + 32 * i;
+                    vv[jj][i] = (j0 + jj < cnt && e < hd) ? __half2float(vr[e]) : 0.f;
+                }
+            }
+#pragma unroll
+            for (int jj = 0; jj < 8; jj++) {
+                float wj = __shfl_sync(0xffffffffu, w, (j0 + jj) & 31);
+#pragma unroll
+                for (int i = 0; i < ND; i++) acc[i] += wj * vv[jj][i];
             }
         }
         m = mn;
@@ -610,8 +619,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         sl[warp] = l;
     }
 #pragma unroll
-    for (int i = 0; i < ATT_MAXD; i++)
-        if (i < nd) sacc[warp][lane + 32 * i] = acc[i];
+    for (int i = 0; i < ND; i++) sacc[warp][lane + 32 * i] = acc[i];
     __syncthreads();
     float M = -INFINITY;
     for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm[w]);
@@ -708,10 +716,17 @@ int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half 
         CUDA_LAUNCHED("attention_ref");
         return 0;
     }
-    if (hd % 8 == 0)
-        attention_chunk_kernel<<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd,
-                                                                max_ctx, scale, pos, seq);
-    else
+    int nd = (hd + 31) / 32;
+    if (hd % 8 == 0 && nd <= 8) {
+#define ATT_CHUNK(NDV)                                                                             \
+    attention_chunk_kernel<NDV><<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd, \
+                                                                 max_ctx, scale, pos, seq)
+        if (nd == 1) ATT_CHUNK(1);
+        else if (nd == 2) ATT_CHUNK(2);
+        else if (nd <= 4) ATT_CHUNK(4);
+        else ATT_CHUNK(8);
+#undef ATT_CHUNK
+    } else
         attention_kernel<<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd,
                                                           max_ctx, scale, pos, seq);
     CUDA_LAUNCHED("attention");
@@ -1046,4 +1061,215 @@ int k_rope_store(cudaStream_t st, float *q, float *k, const float *v, __half *kc
                                          max_ctx, pos, seq);
     CUDA_LAUNCHED("rope_store");
     return 0;
+}
+
+/* ---- type-specialised decode kernels (accumulators in registers) ---- */
+
+template <int T, int NT>
+static __device__ __forceinline__ void row_dot_t(const uint8_t *wr, int K,
+                                                 const float *__restrict__ x, int n,
+                                                 float (&acc)[NT], int lane, int step)
+{
+    if (T == QT_F32 || T == QT_F16 || T == QT_BF16) {
+        for (int e = lane; e < K; e += step) {
+            float wv = deq1<T>(wr, e);
+#pragma unroll
+            for (int t = 0; t < NT; t++)
+                if (NT == 1 || t < n) acc[t] += wv * x[(size_t)t * K + e];
+        }
+    } else {
+#pragma unroll 2
+        for (int g = lane; g < K / 8; g += step) {
+            float wv[8];
+            deq8<T>(wr, g * 8, wv);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                if (NT == 1 || t < n) {
+                    const float4 *xp = (const float4 *)(x + (size_t)t * K + g * 8);
+                    float4 a = xp[0], b = xp[1];
+                    acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w +
+                              wv[4] * b.x + wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
+                }
+            }
+        }
+    }
+}
+
+template <int NT>
+static __device__ __forceinline__ void rows_reduce_t(float (&acc)[NT], int n, int wpr)
+{
+    __shared__ float part[4][NT];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = warp_sum(acc[t]);
+    if (wpr == 1) return;
+    __syncthreads();
+    if (lane == 0)
+#pragma unroll
+        for (int t = 0; t < NT; t++) part[warp][t] = acc[t];
+    __syncthreads();
+    if (warp % wpr == 0)
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            for (int w = 1; w < wpr; w++) acc[t] += part[warp + w][t];
+}
+
+template <int T, int NT>
+static __global__ void __launch_bounds__(128) mv_fast_kernel(struct mv_args a)
+{
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int wpr = a.wpr, sub = warp % wpr;
+    int row = blockIdx.x * (4 / wpr) + warp / wpr;
+    const void *w = a.seg[0].w;
+    size_t rb = a.seg[0].rb;
+    float *y = a.seg[0].y;
+    const float *bias = a.seg[0].bias;
+    int N = a.seg[0].N;
+    if (row >= N && a.nseg > 1) {
+        row -= N;
+        w = a.seg[1].w, rb = a.seg[1].rb, y = a.seg[1].y, bias = a.seg[1].bias, N = a.seg[1].N;
+        if (row >= N && a.nseg > 2) {
+            row -= N;
+            w = a.seg[2].w, rb = a.seg[2].rb, y = a.seg[2].y, bias = a.seg[2].bias;
+            N = a.seg[2].N;
+        }
+    }
+    bool live = row < N;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.f;
+    if (live) {
+        const uint8_t *wr = (const uint8_t *)w + (size_t)row * rb;
+        if (a.stage_u4) {
+            extern __shared__ uint4 stage[];
+            wr = stage_row(wr, rb, stage + warp * a.stage_u4, lane);
+        }
+        row_dot_t<T, NT>(wr, a.K, a.x, a.n, acc, sub * 32 + lane, 32 * wpr);
+    }
+    rows_reduce_t<NT>(acc, a.n, wpr);
+    if (!live || sub != 0 || lane != 0) return;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        if (NT == 1 || t < a.n) {
+            float v = acc[t];
+            if (bias) v += bias[row];
+            float *yp = y + (size_t)t * N + row;
+            *yp = a.add ? *yp + v : v;
+        }
+    }
+}
+
+template <int T> static int mv_fast_launch(cudaStream_t st, struct mv_args *a, int rows)
+{
+    int rpb = 4 / a->wpr;
+    size_t smem = (size_t)a->stage_u4 * 16 * 4;
+    if (a->n == 1) mv_fast_kernel<T, 1><<<(rows + rpb - 1) / rpb, 128, smem, st>>>(*a);
+    else mv_fast_kernel<T, MATVEC_MAX_N><<<(rows + rpb - 1) / rpb, 128, smem, st>>>(*a);
+    CUDA_LAUNCHED("mv_fast");
+    return 0;
+}
+
+/* Segments grouped by type, one specialised launch per type. */
+int k_matvec_fast(cudaStream_t st, const struct mv_args *in)
+{
+    bool done[3] = {false, false, false};
+    for (int i = 0; i < in->nseg; i++) {
+        if (done[i]) continue;
+        struct mv_args a = *in;
+        a.nseg = 0;
+        int rows = 0;
+        for (int j = i; j < in->nseg; j++) {
+            if (done[j] || in->seg[j].type != in->seg[i].type) continue;
+            a.seg[a.nseg] = in->seg[j];
+            a.seg[a.nseg].rb = row_bytes(in->seg[j].type, in->K);
+            rows += in->seg[j].N;
+            a.nseg++;
+            done[j] = true;
+        }
+        a.wpr = pick_wpr(rows, a.K);
+        size_t u4 = (a.seg[0].rb + 31) / 16 + 1;
+        a.stage_u4 = 0;
+        if (g_stage && 4 * u4 * 16 <= 40 * 1024) {
+            a.wpr = 1;
+            a.stage_u4 = (int)u4;
+        }
+        int rc;
+        switch (in->seg[i].type) {
+        case QT_F32: rc = mv_fast_launch<QT_F32>(st, &a, rows); break;
+        case QT_F16: rc = mv_fast_launch<QT_F16>(st, &a, rows); break;
+        case QT_BF16: rc = mv_fast_launch<QT_BF16>(st, &a, rows); break;
+        case QT_Q4_0: rc = mv_fast_launch<QT_Q4_0>(st, &a, rows); break;
+        case QT_Q4_1: rc = mv_fast_launch<QT_Q4_1>(st, &a, rows); break;
+        case QT_Q5_0: rc = mv_fast_launch<QT_Q5_0>(st, &a, rows); break;
+        case QT_Q5_1: rc = mv_fast_launch<QT_Q5_1>(st, &a, rows); break;
+        case QT_Q8_0: rc = mv_fast_launch<QT_Q8_0>(st, &a, rows); break;
+        case QT_Q2_K: rc = mv_fast_launch<QT_Q2_K>(st, &a, rows); break;
+        case QT_Q3_K: rc = mv_fast_launch<QT_Q3_K>(st, &a, rows); break;
+        case QT_Q4_K: rc = mv_fast_launch<QT_Q4_K>(st, &a, rows); break;
+        case QT_Q5_K: rc = mv_fast_launch<QT_Q5_K>(st, &a, rows); break;
+        case QT_Q6_K: rc = mv_fast_launch<QT_Q6_K>(st, &a, rows); break;
+        default: rc = k_matvec_multi(st, &a); break;
+        }
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+template <int T, int NT>
+static __global__ void __launch_bounds__(128)
+    swiglu_fast_kernel(const uint8_t *wg, const uint8_t *wu, size_t rb, int N, int K,
+                       const float *xg, const float *xu, int n, float *h, int wpr, int stage_u4)
+{
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int sub = warp % wpr;
+    int row = blockIdx.x * (4 / wpr) + warp / wpr;
+    bool live = row < N;
+    float ag[NT], au[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) ag[t] = au[t] = 0.f;
+    if (live) {
+        const uint8_t *rg = wg + (size_t)row * rb, *ru = wu + (size_t)row * rb;
+        if (stage_u4) {
+            extern __shared__ uint4 stage[];
+            rg = stage_row(rg, rb, stage + warp * 2 * stage_u4, lane);
+            ru = stage_row(ru, rb, stage + (warp * 2 + 1) * stage_u4, lane);
+        }
+        row_dot_t<T, NT>(rg, K, xg, n, ag, sub * 32 + lane, 32 * wpr);
+        row_dot_t<T, NT>(ru, K, xu, n, au, sub * 32 + lane, 32 * wpr);
+    }
+    rows_reduce_t<NT>(ag, n, wpr);
+    rows_reduce_t<NT>(au, n, wpr);
+    if (!live || sub != 0 || lane != 0) return;
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        if (NT == 1 || t < n) h[(size_t)t * N + row] = ag[t] / (1.f + expf(-ag[t])) * au[t];
+}
+
+template <int T>
+static int swiglu_fast_launch(cudaStream_t st, const void *wg, const void *wu, int N, int K,
+                              const float *xg, const float *xu, int n, float *h)
+{
+    size_t rb = row_bytes(T, K);
+    int wpr = pick_wpr(N, K), u4 = (int)((rb + 31) / 16 + 1), stage_u4 = 0;
+    if (g_stage && 8 * (size_t)u4 * 16 <= 40 * 1024) {
+        wpr = 1;
+        stage_u4 = u4;
+    }
+    int rpb = 4 / wpr;
+    size_t smem = (size_t)stage_u4 * 16 * 8;
+    if (n == 1)
+        swiglu_fast_kernel<T, 1><<<(N + rpb - 1) / rpb, 128, smem, st>>>(
+            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, wpr, stage_u4);
+    else
+        swiglu_fast_kernel<T, MATVEC_MAX_N><<<(N + rpb - 1) / rpb, 128, smem, st>>>(
+            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, wpr, stage_u4);
+    CUDA_LAUNCHED("swiglu_fast");
+    return 0;
+}
+
+int k_swiglu_fast(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
+                  const float *xg, const float *xu, int n, float *h)
+{
+    if (tg != tu) return k_matvec_swiglu(st, wg, tg, wu, tu, N, K, xg, xu, n, h);
+    DISPATCH_TYPE(tg, swiglu_fast_launch, st, wg, wu, N, K, xg, xu, n, h);
 }

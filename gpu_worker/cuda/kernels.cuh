@@ -89,7 +89,13 @@ struct mv_args {
 int k_matvec_multi(cudaStream_t st, struct mv_args *a);
 /* Weight rows staged through shared memory with 16-byte loads (default on). */
 void k_set_staging(bool on);
-/* h[t][r] = silu(Wg_r . xg[t]) * (Wu_r . xu[t]) */
+/* The same with kernels specialised per type (accumulators in registers):
+ * segments are grouped by type, one launch per type. */
+int k_matvec_fast(cudaStream_t st, const struct mv_args *a);
+/* h[t][r] = silu(Wg_r . xg[t]) * (Wu_r . xu[t]); _fast specialises by type
+ * (gate and up of one type; else it falls back to k_matvec_swiglu). */
+int k_swiglu_fast(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
+                  const float *xg, const float *xu, int n, float *h);
 int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
                     const float *xg, const float *xu, int n, float *h);
 /* Rotary embedding of q and k in place, then k and v into the cache (see
