@@ -10,36 +10,21 @@
 #include "common/log.h"
 #include "common/proto.h"
 #include "common/ready.h"
+#include "common/stage.h"
 #include "conf/config.h"
 #include "frontend/fe.h"
 
-#include <signal.h>
 #include <stdio.h>
-
-static volatile sig_atomic_t stop_flag;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_flag = 1;
-}
 
 int main(int argc, char **argv)
 {
     struct staged_config cfg;
-    log_set_name("frontend");
-    int rc = config_from_args(&argc, argv, &cfg);
+    int rc = stage_init("frontend", &argc, argv, &cfg);
     if (rc) return rc > 0 ? 0 : 1;
     if (argc > 1) {
         fprintf(stderr, "usage: staged-frontend [--config FILE] [--check-config]\n");
         return 2;
     }
-    enum log_level lvl;
-    if (log_parse_level(cfg.log.level, &lvl)) log_min_level = lvl;
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     struct fe *fe;
     struct st_errbuf eb = {{0}};
@@ -50,7 +35,7 @@ int main(int argc, char **argv)
     log_info("serving clients on %s; workers connect on %s", cfg.frontend.endpoint,
              cfg.worker.endpoint);
     bool ready = false;
-    while (!stop_flag) {
+    while (!stage_stop) {
         fe_poll(fe, 20);
         if (!ready && fe_ready(fe)) {
             ready = true;

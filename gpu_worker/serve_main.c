@@ -10,25 +10,17 @@
 #include "common/log.h"
 #include "common/proto.h"
 #include "common/ready.h"
+#include "common/stage.h"
 #include "conf/config.h"
 #include "gpu_worker/backend.h"
 #include "gpu_worker/cuda/cuda_backend.h"
 #include "gpu_worker/server.h"
 #include "shm/seg.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 #include <zmq.h>
-
-static volatile int stop_flag;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_flag = 1;
-}
 
 /* The loader's device copy: its IPC handle and the loader's pid, from the
  * manifest. Returns true when the loader answered with a handle. */
@@ -95,19 +87,12 @@ static bool loader_same(void *ctx)
 int worker_serve_main(int argc, char **argv)
 {
     struct staged_config cfg;
-    log_set_name("worker");
-    int rc = config_from_args(&argc, argv, &cfg);
+    int rc = stage_init("worker", &argc, argv, &cfg);
     if (rc) return rc > 0 ? 0 : 1;
     if (argc > 1) {
         fprintf(stderr, "usage: staged-worker serve [--config FILE] [--check-config]\n");
         return 2;
     }
-    enum log_level lvl;
-    if (log_parse_level(cfg.log.level, &lvl)) log_min_level = lvl;
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     const struct backend_ops *ops = !strcmp(cfg.worker.backend, "cuda") ? cuda_backend_ops()
                                                                         : &cpu_backend_ops;
@@ -117,7 +102,7 @@ int worker_serve_main(int argc, char **argv)
     }
     struct seg *seg = NULL;
     struct st_errbuf eb = {{0}};
-    for (int tries = 0; !stop_flag; tries++) {
+    for (int tries = 0; !stage_stop; tries++) {
         rc = seg_attach(cfg.shm.name, false, &seg, &eb);
         if (rc == 0) break;
         if (rc != ST_ENOTFOUND && rc != ST_ESTATE) {
@@ -140,10 +125,10 @@ int worker_serve_main(int argc, char **argv)
     bool shared_gpu = !strcmp(cfg.worker.backend, "cuda") && !strcmp(cfg.loader.upload, "cuda");
     if (shared_gpu) {
         char hex[256];
-        for (int tries = 0; !stop_flag && !loader_gpu_handle(watch.zctx, &cfg, hex, sizeof(hex),
+        for (int tries = 0; !stage_stop && !loader_gpu_handle(watch.zctx, &cfg, hex, sizeof(hex),
                                                               &watch.pid); tries++)
             if (tries % 10 == 0) log_info("waiting for the loader's device copy of the weights");
-        if (stop_flag) goto out_seg;
+        if (stage_stop) goto out_seg;
         loader_verify(watch.zctx, &cfg);
         rc = cuda_ipc_open(hex, bc.device, &dev_map, &eb);
         if (rc) {
@@ -161,7 +146,7 @@ int worker_serve_main(int argc, char **argv)
     }
     ready_signal();
     rc = server_run(&cfg, seg_model(seg), ops, b, shared_gpu ? loader_same : NULL, &watch,
-                    &stop_flag);
+                    &stage_stop);
     if (rc) log_error("worker stops: %s", st_strerror(rc));
     ops->destroy(&b);
 out_map:

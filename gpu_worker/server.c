@@ -378,7 +378,7 @@ static int step(struct server *s)
 
 int server_run(const struct staged_config *cfg, const struct st_model *m,
                const struct backend_ops *ops, struct backend *b, server_check_fn check,
-               void *check_ctx, volatile int *stop)
+               void *check_ctx, volatile sig_atomic_t *stop)
 {
     int64_t last_check = proto_now_ms();
     struct server s = {.cfg = cfg, .m = m, .ops = ops, .b = b};

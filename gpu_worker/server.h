@@ -37,6 +37,8 @@
 #include "conf/config.h"
 #include "gpu_worker/backend.h"
 
+#include <signal.h>
+
 /* Called about once a second; returning false ends the loop with ST_ESTATE
  * (the worker exits so that it is restarted, e.g. to re-map a restarted
  * loader's device copy of the weights). */
@@ -46,6 +48,6 @@ typedef bool (*server_check_fn)(void *ctx);
  * negative st_err (a backend failure: the process must exit non-zero). */
 int server_run(const struct staged_config *cfg, const struct st_model *m,
                const struct backend_ops *ops, struct backend *b, server_check_fn check,
-               void *check_ctx, volatile int *stop);
+               void *check_ctx, volatile sig_atomic_t *stop);
 
 #endif

@@ -9,22 +9,14 @@
  */
 #include "common/log.h"
 #include "common/ready.h"
+#include "common/stage.h"
 #include "conf/config.h"
 #include "loader/ctl.h"
 #include "shm/seg.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
-
-static volatile sig_atomic_t stop_flag;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_flag = 1;
-}
 
 struct progress {
     bool tty;
@@ -49,8 +41,7 @@ static void show_progress(uint64_t done, uint64_t total, void *ctx)
 int main(int argc, char **argv)
 {
     struct staged_config cfg;
-    log_set_name("loader");
-    int rc = config_from_args(&argc, argv, &cfg);
+    int rc = stage_init("loader", &argc, argv, &cfg);
     if (rc) return rc > 0 ? 0 : 1;
     bool keep_segment = false;
     for (int i = 1; i < argc; i++) {
@@ -61,14 +52,6 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    enum log_level lvl;
-    if (log_parse_level(cfg.log.level, &lvl)) log_min_level = lvl;
-
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
     struct progress prog = {.tty = isatty(2), .last_pct = -1};
     struct seg *seg = NULL;
     struct seg_stats stats;
@@ -101,7 +84,7 @@ int main(int argc, char **argv)
     }
     log_info("ready: serving control on %s", cfg.loader.endpoint);
     ready_signal();
-    while (!stop_flag) loader_ctl_poll(ctl, 200);
+    while (!stage_stop) loader_ctl_poll(ctl, 200);
 
     log_info("shutting down%s", keep_segment ? " (segment kept)" : ", unlinking the segment");
     loader_ctl_destroy(&ctl);

@@ -15,6 +15,7 @@
  *       newline added); --special renders control tokens.
  */
 #include "common/log.h"
+#include "common/stage.h"
 #include "common/model.h"
 #include "common/ready.h"
 #include "conf/config.h"
@@ -32,14 +33,6 @@
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
-
-static volatile sig_atomic_t stop_flag;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_flag = 1;
-}
 
 static void usage(void)
 {
@@ -153,7 +146,7 @@ out:
 static int attach(const char *name, struct seg **seg)
 {
     struct st_errbuf eb = {{0}};
-    for (int i = 0; i < 300 && !stop_flag; i++) {
+    for (int i = 0; i < 300 && !stage_stop; i++) {
         int rc = seg_attach(name, false, seg, &eb);
         if (rc == 0) return 0;
         if (rc != ST_ENOTFOUND && rc != ST_ESTATE) break;
@@ -175,7 +168,7 @@ int main(int argc, char **argv)
         argc--;
     }
     struct staged_config cfg;
-    int rc = config_from_args(&argc, argv, &cfg);
+    int rc = stage_init("tokenizer", &argc, argv, &cfg);
     if (rc) return rc > 0 ? 0 : 1;
     const char *model_file = NULL;
     for (int i = 1; i < argc; i++) {
@@ -186,12 +179,6 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    enum log_level lvl;
-    if (log_parse_level(cfg.log.level, &lvl)) log_min_level = lvl;
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     struct st_errbuf eb = {{0}};
     struct st_model *file_model = NULL;
@@ -244,7 +231,7 @@ int main(int argc, char **argv)
     } else {
         log_info("ready: serving %s on %s with %d threads", name, o.endpoint, o.threads);
         ready_signal();
-        rc = tok_server_run(srv, &stop_flag);
+        rc = tok_server_run(srv, &stage_stop);
         if (rc)
             log_error("socket failure, exiting");
         else
