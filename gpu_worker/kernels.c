@@ -246,6 +246,17 @@ static float dot_q5_K(int64_t n, const void *w, const void *act)
     return hsum_ps(acc) - summ;
 }
 
+/* sum over the 16 sub-blocks of scale * bsum (exact integer) */
+static inline int scales_bsums(const int8_t *sc, const int16_t *bsums)
+{
+    __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+    __m256i p = _mm256_madd_epi16(s16, _mm256_loadu_si256((const __m256i *)bsums));
+    __m128i q = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+    q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0x4e));
+    q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0xb1));
+    return _mm_cvtsi128_si32(q);
+}
+
 static inline __m256i scale_pair(int a, int b)
 {
     return _mm256_set_m128i(_mm_set1_epi16((short)b), _mm_set1_epi16((short)a));
@@ -260,9 +271,7 @@ static float dot_q6_K(int64_t n, const void *w, const void *act)
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / QK_K; b++) {
         const int8_t *sc = x[b].scales;
-        int bsum = 0;
-        for (int s = 0; s < 16; s++)
-            bsum += sc[s] * y[b].bsums[s];
+        int bsum = scales_bsums(sc, y[b].bsums);
         float d = y[b].d * quant_f16_to_f32(x[b].d);
         /* the -32 offset: subtract 32 * sum(scale * bsum) in the integer domain */
         __m256i sumi = _mm256_setr_epi32(-32 * bsum, 0, 0, 0, 0, 0, 0, 0);
@@ -452,9 +461,7 @@ static void dot4_q6_K(int64_t n, const void *w, const void *act, size_t stride, 
         float dw = quant_f16_to_f32(x[b].d);
         for (int k = 0; k < 4; k++) {
             const struct block_q8_K *y = ACT(k, struct block_q8_K, b);
-            int bsum = 0;
-            for (int s = 0; s < 16; s++)
-                bsum += sc[s] * y->bsums[s];
+            int bsum = scales_bsums(sc, y->bsums);
             __m256i sumi = _mm256_setr_epi32(-32 * bsum, 0, 0, 0, 0, 0, 0, 0);
             for (int i = 0; i < 8; i++)
                 sumi = _mm256_add_epi32(
