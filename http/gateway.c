@@ -96,6 +96,8 @@ struct gw {
     pthread_t checker;
     bool checker_started;
     bool stopping; /* under all_mu */
+    bool draining; /* new requests are answered 503 */
+    bool quiesced; /* no longer listening */
     pthread_cond_t stop_cv;
 };
 
@@ -623,6 +625,10 @@ static enum MHD_Result handle(struct hreq *h, const char *url, const char *metho
                       "missing or incorrect API key (send Authorization: Bearer KEY)");
         return answer_error(h, &e);
     }
+    if (__atomic_load_n(&g->draining, __ATOMIC_ACQUIRE)) {
+        oai_error_set(&e, 503, "server_error", "unavailable", NULL, "the gateway is shutting down");
+        return answer_error(h, &e);
+    }
     switch (h->route) {
     case R_COMPLETIONS:
     case R_CHAT:
@@ -868,6 +874,25 @@ err:
     return rc;
 }
 
+bool gw_drain(struct gw *g, int64_t timeout_ms)
+{
+    __atomic_store_n(&g->draining, true, __ATOMIC_RELEASE);
+    if (!g->quiesced) {
+        MHD_socket fd = MHD_quiesce_daemon(g->d);
+        if (fd != MHD_INVALID_SOCKET) close(fd); /* refuse new connections at once */
+        g->quiesced = true;
+    }
+    int64_t until = now_ms() + timeout_ms;
+    for (;;) {
+        pthread_mutex_lock(&g->all_mu);
+        bool idle = g->all == NULL;
+        pthread_mutex_unlock(&g->all_mu);
+        if (idle) return true;
+        if (now_ms() >= until) return false;
+        usleep(20 * 1000);
+    }
+}
+
 uint16_t gw_port(const struct gw *g)
 {
     return g->port;
@@ -878,7 +903,10 @@ void gw_destroy(struct gw **gp)
     struct gw *g = gp ? *gp : NULL;
     if (!g) return;
     *gp = NULL;
-    if (g->d) MHD_quiesce_daemon(g->d);
+    if (g->d && !g->quiesced) {
+        MHD_socket fd = MHD_quiesce_daemon(g->d);
+        if (fd != MHD_INVALID_SOCKET) close(fd);
+    }
     if (g->checker_started) {
         pthread_mutex_lock(&g->all_mu);
         g->stopping = true;

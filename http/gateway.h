@@ -28,6 +28,7 @@
 #include "common/err.h"
 #include "conf/config.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #define GW_CHECK_MS 200 /* period of the disconnect check of waiting connections */
@@ -43,6 +44,13 @@ int gw_new(const struct staged_config *cfg, struct gw **out, struct st_errbuf *e
 
 /* The TCP port listened on (useful with port 0). */
 uint16_t gw_port(const struct gw *g);
+
+/*
+ * Stop listening and answer new requests on open connections with 503, then
+ * wait up to timeout_ms for the requests in flight to finish. Returns true if
+ * they all did. Call gw_destroy afterwards.
+ */
+bool gw_drain(struct gw *g, int64_t timeout_ms);
 
 /* Stop listening, end every connection, cancel requests in flight, free. NULL-safe. */
 void gw_destroy(struct gw **g);

@@ -4,7 +4,8 @@
  *   staged-http [--config FILE] [--check-config]
  * Listens on [http] listen and talks to the frontend at [frontend] endpoint.
  * Writes its pid to $STAGED_READY_FILE once listening (common/ready.h).
- * SIGTERM/SIGINT: stop listening, cancel requests in flight, exit 0.
+ * SIGTERM/SIGINT: stop listening, let requests in flight finish (up to
+ * [supervisor] stop_timeout_ms, then they are cancelled), exit 0.
  */
 #include "common/log.h"
 #include "common/ready.h"
@@ -51,7 +52,11 @@ int main(int argc, char **argv)
     if (ready_signal()) log_warn("could not write the readiness file");
     while (!stop_flag)
         usleep(50 * 1000);
-    log_info("stopping");
+    log_info("stopping: draining requests in flight (up to %lld ms)",
+             (long long)cfg.supervisor.stop_timeout_ms);
+    if (!gw_drain(g, cfg.supervisor.stop_timeout_ms))
+        log_warn("requests still in flight after %lld ms: cancelling them",
+                 (long long)cfg.supervisor.stop_timeout_ms);
     gw_destroy(&g);
     log_info("stopped");
     return 0;
