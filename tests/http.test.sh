@@ -86,6 +86,24 @@ $NS
 $CL"
 echo "sampled completion: non-stream = stream = staged-client (${#NS} bytes)"
 
+# staged-client: --no-stream, --json, --stop, exit codes
+SC=("$BIN/staged-client" generate --endpoint "$EP" --seed 5 --max-tokens 40)
+A1=$("${SC[@]}" "Once upon a time") || fail "staged-client stream"
+A2=$("${SC[@]}" --no-stream "Once upon a time") || fail "staged-client --no-stream"
+[ "$A1" = "$A2" ] || fail "staged-client: stream and --no-stream differ"
+J=$("${SC[@]}" --json "Once upon a time") || fail "staged-client --json"
+py 'import json,sys; m=json.loads(sys.argv[1]); assert m["type"]=="final" and m["text"]==sys.argv[2] and m["usage"]["completion_tokens"]==40, m' "$J" "$A1" \
+    || fail "--json: $J"
+W=$(cut -d' ' -f4 <<<"$A1")
+A3=$("${SC[@]}" --stop "$W" "Once upon a time") || fail "staged-client --stop"
+[[ "$A1" == "$A3"* ]] && [[ "$A3" != *"$W"* ]] || fail "--stop '$W': '$A3' vs '$A1'"
+"${SC[@]}" --temperature 7 x 2>"$T/sc.err" && fail "temperature 7 accepted"
+[ $? = 1 ] && grep -q temperature "$T/sc.err" || fail "bad temperature: rc/stderr: $(cat $T/sc.err)"
+"${SC[@]}" --frobnicate x 2>/dev/null; [ $? = 2 ] || fail "unknown option: want exit 2"
+"$BIN/staged-client" generate --endpoint "ipc://$T/nobody.sock" --timeout 300 --idle-timeout 100 x 2>"$T/sc.err"
+[ $? = 1 ] && grep -q unavailable "$T/sc.err" || fail "no frontend: $(cat $T/sc.err)"
+echo "staged-client: --no-stream = stream, --json final, --stop, exit 1 on errors (stderr), 2 on usage"
+
 # ---- chat, stream with usage, stop strings ----
 C='"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":[{"type":"text","text":"Tell me about a cat."}]}],"max_tokens":50,"seed":99'
 R=$(post /v1/chat/completions "{\"model\":\"m\",$C}")
