@@ -276,12 +276,12 @@ int main(int argc, char **argv)
             matched = true;
             if (!v) {
                 fprintf(stderr, "staged-client: %s needs a value\n", a);
-                return 2;
+                goto usage_error;
             }
             if (opts[k].is_int ? !parse_int(v, &n) : !parse_num(v, &x)) {
                 fprintf(stderr, "staged-client: %s: '%s' is not %s\n", a, v,
                         opts[k].is_int ? "an integer" : "a number");
-                return 2;
+                goto usage_error;
             }
             json_object_set_new(params, opts[k].key,
                                 opts[k].is_int ? json_integer(n) : json_real(x));
@@ -301,7 +301,7 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--idle-timeout") && v) {
             if (!parse_int(v, &idle) || idle < 1 || idle > 3600000) {
                 fprintf(stderr, "staged-client: --idle-timeout: '%s' is not 1..3600000\n", v);
-                return 2;
+                goto usage_error;
             }
             i++;
         } else if (!strcmp(a, "--no-stream")) {
@@ -313,17 +313,17 @@ int main(int argc, char **argv)
         } else if (a[0] == '-' && a[1] == '-') {
             fprintf(stderr, "staged-client: unknown option '%s'\n", a);
             usage(stderr);
-            return 2;
+            goto usage_error;
         } else if (is_gen && !prompt) {
             prompt = a;
         } else {
             fprintf(stderr, "staged-client: unexpected argument '%s'\n", a);
-            return 2;
+            goto usage_error;
         }
     }
     if (is_gen && !prompt) {
         fprintf(stderr, "staged-client: generate needs a PROMPT\n");
-        return 2;
+        goto usage_error;
     }
     if (json_array_size(stop)) json_object_set(params, "stop", stop);
     json_decref(stop);
@@ -374,4 +374,9 @@ int main(int argc, char **argv)
     client_destroy(&c);
     json_decref(params);
     return rc;
+
+usage_error:
+    json_decref(params);
+    json_decref(stop);
+    return 2;
 }
