@@ -93,7 +93,8 @@ int main(int argc, char **argv)
     int rc = 0;
     for (int r = 0; r < reps && rc == 0; r++) {
         cpu_backend_ops.seq_truncate(b, 0, 0);
-        struct batch bt = {.n_tokens = n_prompt, .token = tok, .pos = pos, .seq = seq, .logits = lg};
+        struct batch bt = {
+            .n_tokens = n_prompt, .token = tok, .pos = pos, .seq = seq, .logits = lg};
         double c0 = cpu_now(), t0 = now();
         rc = cpu_backend_ops.forward(b, &bt, logits);
         /* generation starts from an empty cache, as llama-bench's tg test */
@@ -102,19 +103,15 @@ int main(int argc, char **argv)
         for (int g = 0; g < n_gen && rc == 0; g++) {
             int32_t p = g, sq = 0;
             int8_t one = 1;
-            struct batch b1 = {.n_tokens = 1, .token = &tok[n_prompt + g], .pos = &p, .seq = &sq,
-                               .logits = &one};
+            struct batch b1 = {
+                .n_tokens = 1, .token = &tok[n_prompt + g], .pos = &p, .seq = &sq, .logits = &one};
             rc = cpu_backend_ops.forward(b, &b1, logits);
         }
         double c2 = cpu_now(), t2 = now();
-        if (n_prompt / (c1 - c0) > cpu_pp)
-            cpu_pp = n_prompt / (c1 - c0);
-        if (n_gen / (c2 - c1) > cpu_tg)
-            cpu_tg = n_gen / (c2 - c1);
-        if (n_prompt / (t1 - t0) > best_pp)
-            best_pp = n_prompt / (t1 - t0);
-        if (n_gen / (t2 - t1) > best_tg)
-            best_tg = n_gen / (t2 - t1);
+        if (n_prompt / (c1 - c0) > cpu_pp) cpu_pp = n_prompt / (c1 - c0);
+        if (n_gen / (c2 - c1) > cpu_tg) cpu_tg = n_gen / (c2 - c1);
+        if (n_prompt / (t1 - t0) > best_pp) best_pp = n_prompt / (t1 - t0);
+        if (n_gen / (t2 - t1) > best_tg) best_tg = n_gen / (t2 - t1);
     }
     if (rc)
         fprintf(stderr, "bench-worker: forward failed: %s\n", st_strerror(rc));

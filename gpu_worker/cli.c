@@ -19,8 +19,7 @@ static int parse_ids(const char *s, int32_t **out)
 {
     int cap = 16, n = 0;
     int32_t *v = malloc(sizeof(int32_t) * cap);
-    if (!v)
-        return -1;
+    if (!v) return -1;
     while (*s) {
         char *end;
         errno = 0;
@@ -50,8 +49,8 @@ struct run {
     struct backend *b;
 };
 
-static int run_open(struct run *r, const char *path, const char *backend, int threads,
-                    int max_ctx, int max_batch)
+static int run_open(struct run *r, const char *path, const char *backend, int threads, int max_ctx,
+                    int max_batch)
 {
     struct st_errbuf eb = {{0}};
     if (model_open_file(path, &r->m, &eb)) {
@@ -74,8 +73,7 @@ static int run_open(struct run *r, const char *path, const char *backend, int th
 
 static void run_close(struct run *r)
 {
-    if (r->b)
-        r->ops->destroy(&r->b);
+    if (r->b) r->ops->destroy(&r->b);
     model_close(&r->m);
 }
 
@@ -97,8 +95,7 @@ static int feed(struct run *r, const int32_t *tokens, int n, int pos0, bool all,
     free(pos);
     free(seq);
     free(lg);
-    if (rc)
-        fprintf(stderr, "staged-worker: forward failed: %s\n", st_strerror(rc));
+    if (rc) fprintf(stderr, "staged-worker: forward failed: %s\n", st_strerror(rc));
     return rc;
 }
 
@@ -147,10 +144,8 @@ int cli_eval(int argc, char **argv)
     float *logits = NULL;
     FILE *f = NULL;
     int32_t *gen = calloc((size_t)n_gen + 1, sizeof(int32_t));
-    if (run_open(&r, model, backend, threads, n_prompt + n_gen + 1, n_prompt))
-        goto out;
-    if (reference && !strcmp(r.ops->name, "cpu"))
-        cpu_backend_set_reference(r.b, true);
+    if (run_open(&r, model, backend, threads, n_prompt + n_gen + 1, n_prompt)) goto out;
+    if (reference && !strcmp(r.ops->name, "cpu")) cpu_backend_set_reference(r.b, true);
     int nv = (int)r.m->hp.n_vocab;
     for (int i = 0; i < n_prompt; i++)
         if (prompt[i] >= nv) {
@@ -158,16 +153,13 @@ int cli_eval(int argc, char **argv)
             goto out;
         }
     logits = malloc(sizeof(float) * (size_t)nv * (n_prompt + n_gen));
-    if (!logits || !gen)
-        goto out;
-    if (feed(&r, prompt, n_prompt, 0, true, logits))
-        goto out;
+    if (!logits || !gen) goto out;
+    if (feed(&r, prompt, n_prompt, 0, true, logits)) goto out;
     const float *last = logits + (size_t)(n_prompt - 1) * nv;
     for (int s = 0; s < n_gen; s++) {
         gen[s] = sample_argmax(last, nv);
         float *dst = logits + (size_t)(n_prompt + s) * nv;
-        if (feed(&r, &gen[s], 1, n_prompt + s, false, dst))
-            goto out;
+        if (feed(&r, &gen[s], 1, n_prompt + s, false, dst)) goto out;
         last = dst;
     }
     f = fopen(out, "wb");
@@ -229,8 +221,7 @@ int cli_generate(int argc, char **argv)
         else if (!strcmp(a, "--ids")) {
             print_ids = true;
             continue;
-        }
-        else if (!strcmp(a, "--max-tokens") && has)
+        } else if (!strcmp(a, "--max-tokens") && has)
             max_tokens = atoi(v);
         else if (!strcmp(a, "--seed") && has)
             sp.seed = strtoull(v, NULL, 10);
@@ -309,28 +300,26 @@ int cli_generate(int argc, char **argv)
     gguf_get_u32(r.m->gguf, "tokenizer.ggml.eos_token_id", &eos_u);
     int32_t eos = eos_u < (uint32_t)nv ? (int32_t)eos_u : -1;
     logits = malloc(sizeof(float) * nv);
-    if (!logits)
-        goto out;
+    if (!logits) goto out;
     memcpy(hist, prompt, sizeof(int32_t) * n_prompt);
     int n = n_prompt;
-    if (feed(&r, prompt, n_prompt, 0, false, logits))
-        goto out;
+    if (feed(&r, prompt, n_prompt, 0, false, logits)) goto out;
     size_t printed = 0;
     for (int s = 0; s < max_tokens; s++) {
         int32_t t = sample_next(&sp, logits, nv, hist, n, n, 0, NULL);
-        if (sample_is_stop_token(t, eos, stop_ids, n_stop) || (voc && vocab_is_eog(voc, t)))
-            break;
+        if (sample_is_stop_token(t, eos, stop_ids, n_stop) || (voc && vocab_is_eog(voc, t))) break;
         hist[n++] = t;
         if (print_ids) {
             printf("%s%d", s ? " " : "", t);
         } else {
             char piece[256];
             int pl = tok_token_piece(voc, t, false, piece, sizeof(piece));
-            if (pl > 0 && tok_buf_add(&out, piece, (size_t)pl < sizeof(piece) ? (size_t)pl
-                                                                              : sizeof(piece)))
+            if (pl > 0 &&
+                tok_buf_add(&out, piece, (size_t)pl < sizeof(piece) ? (size_t)pl : sizeof(piece)))
                 goto out;
             size_t at;
-            bool stopped = out.p && sample_stop_find(out.p, out.len, stop_str, n_stop_str, &at) >= 0;
+            bool stopped =
+                out.p && sample_stop_find(out.p, out.len, stop_str, n_stop_str, &at) >= 0;
             size_t upto = stopped ? at
                                   : out.len - sample_stop_holdback(out.p ? out.p : "", out.len,
                                                                    stop_str, n_stop_str);
@@ -338,12 +327,10 @@ int cli_generate(int argc, char **argv)
                 fwrite(out.p + printed, 1, upto - printed, stdout);
                 printed = upto;
             }
-            if (stopped)
-                break;
+            if (stopped) break;
         }
         fflush(stdout);
-        if (s + 1 < max_tokens && feed(&r, &t, 1, n - 1, false, logits))
-            goto out;
+        if (s + 1 < max_tokens && feed(&r, &t, 1, n - 1, false, logits)) goto out;
     }
     if (!print_ids && out.p && printed < out.len &&
         sample_stop_find(out.p, out.len, stop_str, n_stop_str, NULL) < 0)

@@ -14,39 +14,39 @@
 #include <unistd.h>
 
 struct layer_w {
-    struct model_tensor attn_norm; /* (dim) F32 */
-    struct model_tensor wq;        /* (dim -> n_heads*head_dim) */
-    struct model_tensor wk;        /* (dim -> n_kv_heads*head_dim) */
-    struct model_tensor wv;        /* (dim -> n_kv_heads*head_dim) */
-    struct model_tensor bq, bk, bv; /* biases (qwen2), F32 */
+    struct model_tensor attn_norm;      /* (dim) F32 */
+    struct model_tensor wq;             /* (dim -> n_heads*head_dim) */
+    struct model_tensor wk;             /* (dim -> n_kv_heads*head_dim) */
+    struct model_tensor wv;             /* (dim -> n_kv_heads*head_dim) */
+    struct model_tensor bq, bk, bv;     /* biases (qwen2), F32 */
     struct model_tensor q_norm, k_norm; /* (head_dim) F32 (qwen3) */
-    struct model_tensor wo;        /* (n_heads*head_dim -> dim) */
-    struct model_tensor ffn_norm;  /* (dim) F32 */
-    struct model_tensor wg, wu;    /* (dim -> ffn_dim) */
-    struct model_tensor wd;        /* (ffn_dim -> dim) */
+    struct model_tensor wo;             /* (n_heads*head_dim -> dim) */
+    struct model_tensor ffn_norm;       /* (dim) F32 */
+    struct model_tensor wg, wu;         /* (dim -> ffn_dim) */
+    struct model_tensor wd;             /* (ffn_dim -> dim) */
 };
 
 struct backend {
     const struct st_model *m;
     struct model_hparams hp;
     struct backend_config cfg;
-    struct layer_w *layers;        /* [n_layers] */
-    struct model_tensor embd;      /* (dim, n_vocab) */
-    struct model_tensor out_norm;  /* (dim) */
-    struct model_tensor out;       /* (dim -> n_vocab); token_embd when tied */
+    struct layer_w *layers;       /* [n_layers] */
+    struct model_tensor embd;     /* (dim, n_vocab) */
+    struct model_tensor out_norm; /* (dim) */
+    struct model_tensor out;      /* (dim -> n_vocab); token_embd when tied */
     struct pool *pool;
     bool reference;
     int q_dim, kv_dim;
-    uint16_t *kc, *vc;             /* [n_layers][max_seqs][max_ctx][kv_dim] binary16 */
-    int *len;                      /* [max_seqs] positions held */
+    uint16_t *kc, *vc; /* [n_layers][max_seqs][max_ctx][kv_dim] binary16 */
+    int *len;          /* [max_seqs] positions held */
     /* scratch, [max_batch] rows each */
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2;
-    float *xo;                     /* rows that produce logits */
-    uint8_t *act;                  /* quantized activation rows */
-    size_t act_row_cap;            /* bytes per activation row */
-    float *scores;                 /* [n_threads][max_ctx] */
-    float *rope_cos, *rope_sin;    /* [max_batch][rope_dim/2] */
-    int *tok_seq, *tok_pos;        /* copies of the batch */
+    float *xo;                  /* rows that produce logits */
+    uint8_t *act;               /* quantized activation rows */
+    size_t act_row_cap;         /* bytes per activation row */
+    float *scores;              /* [n_threads][max_ctx] */
+    float *rope_cos, *rope_sin; /* [max_batch][rope_dim/2] */
+    int *tok_seq, *tok_pos;     /* copies of the batch */
 };
 
 /* ---------------- matrix products ---------------- */
@@ -54,13 +54,13 @@ struct backend {
 struct mm_job {
     struct backend *b;
     const struct model_tensor *w;
-    const float *in;   /* [n_tok][n_in] */
+    const float *in; /* [n_tok][n_in] */
     int n_tok, n_in, n_out;
-    float *out;        /* [n_tok][out_stride] */
+    float *out; /* [n_tok][out_stride] */
     int out_stride;
     const float *bias; /* [n_out] or NULL */
     uint32_t at;
-    size_t arow;       /* bytes of one quantized activation row */
+    size_t arow; /* bytes of one quantized activation row */
     kernels_dot_fn dot;
     kernels_dot4_fn dot4; /* NULL: one row at a time */
     int rows_per_chunk;
@@ -126,10 +126,8 @@ static void matmul(struct backend *b, const struct model_tensor *w, const float 
     long work = (long)j.n_in * n_tok;
     int min_rows = (int)(65536 / (work > 0 ? work : 1)) + 1;
     int rpc = j.n_out / (nth * 16) + 1;
-    if (rpc < min_rows)
-        rpc = min_rows;
-    if (nth == 1 || work * j.n_out < 262144)
-        rpc = j.n_out;
+    if (rpc < min_rows) rpc = min_rows;
+    if (nth == 1 || work * j.n_out < 262144) rpc = j.n_out;
     j.rows_per_chunk = rpc;
     pool_for(b->pool, (j.n_out + rpc - 1) / rpc, mm_rows, &j);
 }
@@ -262,13 +260,11 @@ static void att_run(void *arg, int task, int ith)
 
 static int check_batch(struct backend *b, const struct batch *bt)
 {
-    if (bt->n_tokens < 1 || bt->n_tokens > b->cfg.max_batch)
-        return ST_EINVAL;
+    if (bt->n_tokens < 1 || bt->n_tokens > b->cfg.max_batch) return ST_EINVAL;
     int *next = b->tok_pos; /* scratch: expected next position per seq */
     int ns = b->cfg.max_seqs;
     int *exp = calloc((size_t)ns, sizeof(int));
-    if (!exp)
-        return ST_ENOMEM;
+    if (!exp) return ST_ENOMEM;
     for (int s = 0; s < ns; s++)
         exp[s] = b->len[s];
     int rc = 0;
@@ -328,13 +324,11 @@ static void layer_forward(struct backend *b, int l, int n_tok)
         const float *c = b->rope_cos + (size_t)t * half, *s = b->rope_sin + (size_t)t * half;
         float *q = b->q + (size_t)t * b->q_dim, *k = b->k + (size_t)t * b->kv_dim;
         for (int h = 0; h < (int)hp->n_heads; h++) {
-            if (L->q_norm.data)
-                rmsnorm(q + h * hd, q + h * hd, L->q_norm.data, hd, hp->rms_eps);
+            if (L->q_norm.data) rmsnorm(q + h * hd, q + h * hd, L->q_norm.data, hd, hp->rms_eps);
             rope_head(q + h * hd, c, s, (int)hp->rope_dim, (int)hp->rope_kind);
         }
         for (int h = 0; h < (int)hp->n_kv_heads; h++) {
-            if (L->k_norm.data)
-                rmsnorm(k + h * hd, k + h * hd, L->k_norm.data, hd, hp->rms_eps);
+            if (L->k_norm.data) rmsnorm(k + h * hd, k + h * hd, L->k_norm.data, hd, hp->rms_eps);
             rope_head(k + h * hd, c, s, (int)hp->rope_dim, (int)hp->rope_kind);
         }
         size_t off = (size_t)l * layer_stride + (size_t)b->tok_seq[t] * seq_stride +
@@ -377,8 +371,7 @@ static void layer_forward(struct backend *b, int l, int n_tok)
 static int cpu_forward(struct backend *b, const struct batch *bt, float *logits)
 {
     int rc = check_batch(b, bt);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     int n = bt->n_tokens, dim = (int)b->hp.dim;
     for (int t = 0; t < n; t++) {
         b->tok_seq[t] = bt->seq[t];
@@ -392,14 +385,12 @@ static int cpu_forward(struct backend *b, const struct batch *bt, float *logits)
         b->len[bt->seq[t]] = bt->pos[t] + 1;
     int n_out = 0;
     for (int t = 0; t < n; t++) {
-        if (!bt->logits || !bt->logits[t])
-            continue;
+        if (!bt->logits || !bt->logits[t]) continue;
         rmsnorm(b->xo + (size_t)n_out * dim, b->x + (size_t)t * dim, b->out_norm.data, dim,
                 b->hp.rms_eps);
         n_out++;
     }
-    if (n_out > 0)
-        matmul(b, &b->out, b->xo, n_out, logits, (int)b->hp.n_vocab, NULL);
+    if (n_out > 0) matmul(b, &b->out, b->xo, n_out, logits, (int)b->hp.n_vocab, NULL);
     return 0;
 }
 
@@ -427,8 +418,7 @@ static int need(const struct st_model *m, int layer, const char *name, struct mo
 static void cpu_destroy(struct backend **pb)
 {
     struct backend *b = pb ? *pb : NULL;
-    if (!b)
-        return;
+    if (!b) return;
     pool_destroy(&b->pool);
     free(b->layers);
     free(b->kc);
@@ -466,8 +456,7 @@ static int cpu_create(const struct st_model *m, const struct backend_config *cfg
         return st_errf(eb, ST_EUNSUPPORTED, "cpu backend: heads %u / kv heads %u / rope dim %u",
                        hp->n_heads, hp->n_kv_heads, hp->rope_dim);
     struct backend *b = calloc(1, sizeof(*b));
-    if (!b)
-        return st_errf(eb, ST_ENOMEM, "cpu backend: out of memory");
+    if (!b) return st_errf(eb, ST_ENOMEM, "cpu backend: out of memory");
     b->m = m;
     b->hp = *hp;
     b->cfg = *cfg;
@@ -476,8 +465,7 @@ static int cpu_create(const struct st_model *m, const struct backend_config *cfg
     size_t cache = (size_t)hp->n_layers * cfg->max_seqs * cfg->max_ctx * b->kv_dim;
     int rc;
     b->layers = calloc(hp->n_layers, sizeof(*b->layers));
-    if (!b->layers)
-        goto oom;
+    if (!b->layers) goto oom;
     if ((rc = need(m, -1, "token_embd.weight", &b->embd, false, eb)) ||
         (rc = need(m, -1, "output_norm.weight", &b->out_norm, true, eb)))
         goto err;
@@ -497,10 +485,9 @@ static int cpu_create(const struct st_model *m, const struct backend_config *cfg
             (rc = need(m, l, "ffn_up.weight", &L->wu, false, eb)) ||
             (rc = need(m, l, "ffn_down.weight", &L->wd, false, eb)))
             goto err;
-        if (hp->has_qkv_bias &&
-            ((rc = need(m, l, "attn_q.bias", &L->bq, true, eb)) ||
-             (rc = need(m, l, "attn_k.bias", &L->bk, true, eb)) ||
-             (rc = need(m, l, "attn_v.bias", &L->bv, true, eb))))
+        if (hp->has_qkv_bias && ((rc = need(m, l, "attn_q.bias", &L->bq, true, eb)) ||
+                                 (rc = need(m, l, "attn_k.bias", &L->bk, true, eb)) ||
+                                 (rc = need(m, l, "attn_v.bias", &L->bv, true, eb))))
             goto err;
         if (hp->has_qk_norm && ((rc = need(m, l, "attn_q_norm.weight", &L->q_norm, true, eb)) ||
                                 (rc = need(m, l, "attn_k_norm.weight", &L->k_norm, true, eb))))
@@ -508,14 +495,11 @@ static int cpu_create(const struct st_model *m, const struct backend_config *cfg
     }
     size_t B = (size_t)cfg->max_batch;
     int maxd = (int)hp->dim;
-    if ((int)hp->ffn_dim > maxd)
-        maxd = (int)hp->ffn_dim;
-    if (b->q_dim > maxd)
-        maxd = b->q_dim;
+    if ((int)hp->ffn_dim > maxd) maxd = (int)hp->ffn_dim;
+    if (b->q_dim > maxd) maxd = b->q_dim;
     b->act_row_cap = (size_t)maxd * 4;
     int nth = cfg->n_threads > 0 ? cfg->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (nth < 1)
-        nth = 1;
+    if (nth < 1) nth = 1;
     b->kc = malloc(cache * 2);
     b->vc = malloc(cache * 2);
     b->len = calloc((size_t)cfg->max_seqs, sizeof(int));
@@ -539,13 +523,11 @@ static int cpu_create(const struct st_model *m, const struct backend_config *cfg
         !b->tok_seq || !b->tok_pos)
         goto oom;
     b->pool = pool_new(nth);
-    if (!b->pool)
-        goto oom;
+    if (!b->pool) goto oom;
     *out = b;
     return 0;
 oom:
-    rc = st_errf(eb, ST_ENOMEM, "cpu backend: out of memory (KV cache %zu MiB)",
-                 (cache * 4) >> 20);
+    rc = st_errf(eb, ST_ENOMEM, "cpu backend: out of memory (KV cache %zu MiB)", (cache * 4) >> 20);
 err:
     cpu_destroy(&b);
     return rc;
@@ -553,17 +535,14 @@ err:
 
 static int cpu_seq_truncate(struct backend *b, int seq, int keep)
 {
-    if (seq < 0 || seq >= b->cfg.max_seqs || keep < 0)
-        return ST_EINVAL;
-    if (keep < b->len[seq])
-        b->len[seq] = keep;
+    if (seq < 0 || seq >= b->cfg.max_seqs || keep < 0) return ST_EINVAL;
+    if (keep < b->len[seq]) b->len[seq] = keep;
     return 0;
 }
 
 static int cpu_seq_len(struct backend *b, int seq)
 {
-    if (seq < 0 || seq >= b->cfg.max_seqs)
-        return ST_EINVAL;
+    if (seq < 0 || seq >= b->cfg.max_seqs) return ST_EINVAL;
     return b->len[seq];
 }
 

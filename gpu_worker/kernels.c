@@ -143,8 +143,8 @@ static float dot_q5_1(int64_t n, const void *w, const void *act)
     for (int64_t b = 0; b < n / QK; b++) {
         __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
         summ += quant_f16_to_f32(x[b].m) * quant_f16_to_f32(y[b].s);
-        __m256i q = _mm256_or_si256(unpack_nib(x[b].qs),
-                                    _mm256_and_si256(bits_to_bytes(x[b].qh), b4));
+        __m256i q =
+            _mm256_or_si256(unpack_nib(x[b].qs), _mm256_and_si256(bits_to_bytes(x[b].qh), b4));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(mul_u8s8(q, load32(y[b].qs))), acc);
     }
     return hsum_ps(acc) + summ;
@@ -291,16 +291,16 @@ static float dot_q6_K(int64_t n, const void *w, const void *act)
                 _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                 _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
             const int8_t *s = sc + 8 * h;
-            __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q0, load32(qa)),
-                                           scale_pair(s[0], s[1]));
+            __m256i p0 =
+                _mm256_madd_epi16(_mm256_maddubs_epi16(q0, load32(qa)), scale_pair(s[0], s[1]));
             __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, load32(qa + 32)),
                                            scale_pair(s[2], s[3]));
             __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(q2, load32(qa + 64)),
                                            scale_pair(s[4], s[5]));
             __m256i p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(q3, load32(qa + 96)),
                                            scale_pair(s[6], s[7]));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_add_epi32(p0, p1),
-                                                           _mm256_add_epi32(p2, p3)));
+            sumi = _mm256_add_epi32(
+                sumi, _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3)));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
@@ -311,47 +311,46 @@ static float dot_q6_K(int64_t n, const void *w, const void *act)
  * The weight block is decoded once and dotted with the same block of 4
  * activation rows (act + k * stride). */
 
-#define ACT(k, T, b) ((const T *)((const uint8_t *)act + (size_t)(k) * stride) + (b))
+#define ACT(k, T, b) ((const T *)((const uint8_t *)act + (size_t)(k)*stride) + (b))
 
 /* 32-blocks with Q8_0 activations: QUANTS(x) gives the signed quants of a
  * block. One accumulator in the block order (llama.cpp's order, which keeps
  * our logits on its rounding path), in the one-row and the 4-row kernel
  * alike, so both give bit-identical results. */
-#define DOT_32(NAME, NAME4, WT, QUANTS, MULS, ATTR)                                            \
-    ATTR static float NAME(int64_t n, const void *w, const void *act)                           \
-    {                                                                                           \
-        const WT *x = w;                                                                        \
-        const struct block_q8_0 *y = act;                                                       \
-        __m256 acc[1] = {_mm256_setzero_ps()};                                                  \
-        for (int64_t b = 0; b < n / QK; b++) {                                                  \
-            __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));     \
-            __m256i q = QUANTS(&x[b]);                                                          \
-            __m256i p = MULS(_mm256_sign_epi8(q, q), _mm256_sign_epi8(load32(y[b].qs), q));     \
-            acc[0] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[0]);                   \
-        }                                                                                       \
-        return hsum_ps(acc[0]);                                                                 \
-    }                                                                                           \
-    ATTR static void NAME4(int64_t n, const void *w, const void *act, size_t stride,           \
-                           float *out)                                                          \
-    {                                                                                           \
-        const WT *x = w;                                                                        \
-        __m256 acc[1][4];                                                                       \
-        for (int k = 0; k < 4; k++)                                                             \
-            acc[0][k] = _mm256_setzero_ps();                                                    \
-        for (int64_t b = 0; b < n / QK; b++) {                                                  \
-            __m256i q = QUANTS(&x[b]);                                                          \
-            __m256i ax = _mm256_sign_epi8(q, q);                                                \
-            float dw = quant_f16_to_f32(x[b].d);                                                \
-            for (int k = 0; k < 4; k++) {                                                       \
-                const struct block_q8_0 *y = ACT(k, struct block_q8_0, b);                      \
-                __m256i sy = _mm256_sign_epi8(load32(y->qs), q);                                \
-                __m256i p = MULS(ax, sy);                                                       \
-                acc[0][k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * quant_f16_to_f32(y->d)),        \
-                                            _mm256_cvtepi32_ps(p), acc[0][k]);                  \
-            }                                                                                   \
-        }                                                                                       \
-        for (int k = 0; k < 4; k++)                                                             \
-            out[k] = hsum_ps(acc[0][k]);                                                        \
+#define DOT_32(NAME, NAME4, WT, QUANTS, MULS, ATTR)                                                \
+    ATTR static float NAME(int64_t n, const void *w, const void *act)                              \
+    {                                                                                              \
+        const WT *x = w;                                                                           \
+        const struct block_q8_0 *y = act;                                                          \
+        __m256 acc[1] = {_mm256_setzero_ps()};                                                     \
+        for (int64_t b = 0; b < n / QK; b++) {                                                     \
+            __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));        \
+            __m256i q = QUANTS(&x[b]);                                                             \
+            __m256i p = MULS(_mm256_sign_epi8(q, q), _mm256_sign_epi8(load32(y[b].qs), q));        \
+            acc[0] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[0]);                            \
+        }                                                                                          \
+        return hsum_ps(acc[0]);                                                                    \
+    }                                                                                              \
+    ATTR static void NAME4(int64_t n, const void *w, const void *act, size_t stride, float *out)   \
+    {                                                                                              \
+        const WT *x = w;                                                                           \
+        __m256 acc[1][4];                                                                          \
+        for (int k = 0; k < 4; k++)                                                                \
+            acc[0][k] = _mm256_setzero_ps();                                                       \
+        for (int64_t b = 0; b < n / QK; b++) {                                                     \
+            __m256i q = QUANTS(&x[b]);                                                             \
+            __m256i ax = _mm256_sign_epi8(q, q);                                                   \
+            float dw = quant_f16_to_f32(x[b].d);                                                   \
+            for (int k = 0; k < 4; k++) {                                                          \
+                const struct block_q8_0 *y = ACT(k, struct block_q8_0, b);                         \
+                __m256i sy = _mm256_sign_epi8(load32(y->qs), q);                                   \
+                __m256i p = MULS(ax, sy);                                                          \
+                acc[0][k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * quant_f16_to_f32(y->d)),           \
+                                            _mm256_cvtepi32_ps(p), acc[0][k]);                     \
+            }                                                                                      \
+        }                                                                                          \
+        for (int k = 0; k < 4; k++)                                                                \
+            out[k] = hsum_ps(acc[0][k]);                                                           \
     }
 
 /* |x| (unsigned) times sign-adjusted y (signed), summed in groups of 4 into
@@ -465,8 +464,8 @@ static void dot4_q6_K(int64_t n, const void *w, const void *act, size_t stride, 
             __m256i sumi = _mm256_setr_epi32(-32 * bsum, 0, 0, 0, 0, 0, 0, 0);
             for (int i = 0; i < 8; i++)
                 sumi = _mm256_add_epi32(
-                    sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], load32(y->qs + 32 * i)),
-                                            sv[i]));
+                    sumi,
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], load32(y->qs + 32 * i)), sv[i]));
             acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * dw), _mm256_cvtepi32_ps(sumi), acc[k]);
         }
     }
@@ -480,7 +479,8 @@ static void dot4_q6_K(int64_t n, const void *w, const void *act, size_t stride, 
 static inline __m256i round_pack32(const float *x, __m256 scale)
 {
     const int mode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-    __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), scale), mode));
+    __m256i i0 =
+        _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), scale), mode));
     __m256i i1 =
         _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8), scale), mode));
     __m256i i2 =
@@ -521,7 +521,8 @@ static void quantize_q8_0_avx2(const float *x, struct block_q8_0 *y, struct bloc
         __m256i q = round_pack32(x, _mm256_set1_ps(id));
         if (y1) {
             _mm256_storeu_si256((__m256i *)y1[b].qs, q);
-            int sum = sum16_s8(_mm256_castsi256_si128(q)) + sum16_s8(_mm256_extracti128_si256(q, 1));
+            int sum =
+                sum16_s8(_mm256_castsi256_si128(q)) + sum16_s8(_mm256_extracti128_si256(q, 1));
             y1[b].d = quant_f32_to_f16(d);
             y1[b].s = quant_f32_to_f16(d * (float)sum);
         } else {
@@ -560,14 +561,19 @@ static void quantize_q8_K_avx2(const float *x, struct block_q8_K *y, int64_t n)
     }
 }
 
-void kernels_quantize_row(uint32_t act_type, const float *x, void *dst, int64_t n,
-                          bool reference)
+void kernels_quantize_row(uint32_t act_type, const float *x, void *dst, int64_t n, bool reference)
 {
     if (!reference) {
         switch (act_type) {
-        case GGML_TYPE_Q8_0: quantize_q8_0_avx2(x, dst, NULL, n); return;
-        case GGML_TYPE_Q8_1: quantize_q8_0_avx2(x, NULL, dst, n); return;
-        case GGML_TYPE_Q8_K: quantize_q8_K_avx2(x, dst, n); return;
+        case GGML_TYPE_Q8_0:
+            quantize_q8_0_avx2(x, dst, NULL, n);
+            return;
+        case GGML_TYPE_Q8_1:
+            quantize_q8_0_avx2(x, NULL, dst, n);
+            return;
+        case GGML_TYPE_Q8_K:
+            quantize_q8_K_avx2(x, dst, n);
+            return;
         }
     }
     quant_quantize_row(act_type, x, dst, n);
@@ -575,10 +581,10 @@ void kernels_quantize_row(uint32_t act_type, const float *x, void *dst, int64_t 
 
 /* ---- reference wrappers ---- */
 
-#define REF(T, NAME)                                                     \
-    static float NAME(int64_t n, const void *w, const void *act)         \
-    {                                                                    \
-        return quant_vec_dot_ref(T, n, w, act);                          \
+#define REF(T, NAME)                                                                               \
+    static float NAME(int64_t n, const void *w, const void *act)                                   \
+    {                                                                                              \
+        return quant_vec_dot_ref(T, n, w, act);                                                    \
     }
 REF(GGML_TYPE_F32, ref_f32)
 REF(GGML_TYPE_F16, ref_f16)
@@ -597,19 +603,32 @@ REF(GGML_TYPE_Q6_K, ref_q6_K)
 kernels_dot_fn kernels_dot(uint32_t w, bool reference)
 {
     switch (w) {
-    case GGML_TYPE_F32: return reference ? ref_f32 : dot_f32;
-    case GGML_TYPE_F16: return reference ? ref_f16 : dot_f16;
-    case GGML_TYPE_BF16: return reference ? ref_bf16 : dot_bf16;
-    case GGML_TYPE_Q4_0: return reference ? ref_q4_0 : have_vnni() ? dotv_q4_0 : dot_q4_0;
-    case GGML_TYPE_Q4_1: return reference ? ref_q4_1 : dot_q4_1;
-    case GGML_TYPE_Q5_0: return reference ? ref_q5_0 : have_vnni() ? dotv_q5_0 : dot_q5_0;
-    case GGML_TYPE_Q5_1: return reference ? ref_q5_1 : dot_q5_1;
-    case GGML_TYPE_Q8_0: return reference ? ref_q8_0 : have_vnni() ? dotv_q8_0 : dot_q8_0;
-    case GGML_TYPE_Q2_K: return ref_q2_K;
-    case GGML_TYPE_Q3_K: return ref_q3_K;
-    case GGML_TYPE_Q4_K: return reference ? ref_q4_K : dot_q4_K;
-    case GGML_TYPE_Q5_K: return reference ? ref_q5_K : dot_q5_K;
-    case GGML_TYPE_Q6_K: return reference ? ref_q6_K : dot_q6_K;
+    case GGML_TYPE_F32:
+        return reference ? ref_f32 : dot_f32;
+    case GGML_TYPE_F16:
+        return reference ? ref_f16 : dot_f16;
+    case GGML_TYPE_BF16:
+        return reference ? ref_bf16 : dot_bf16;
+    case GGML_TYPE_Q4_0:
+        return reference ? ref_q4_0 : have_vnni() ? dotv_q4_0 : dot_q4_0;
+    case GGML_TYPE_Q4_1:
+        return reference ? ref_q4_1 : dot_q4_1;
+    case GGML_TYPE_Q5_0:
+        return reference ? ref_q5_0 : have_vnni() ? dotv_q5_0 : dot_q5_0;
+    case GGML_TYPE_Q5_1:
+        return reference ? ref_q5_1 : dot_q5_1;
+    case GGML_TYPE_Q8_0:
+        return reference ? ref_q8_0 : have_vnni() ? dotv_q8_0 : dot_q8_0;
+    case GGML_TYPE_Q2_K:
+        return ref_q2_K;
+    case GGML_TYPE_Q3_K:
+        return ref_q3_K;
+    case GGML_TYPE_Q4_K:
+        return reference ? ref_q4_K : dot_q4_K;
+    case GGML_TYPE_Q5_K:
+        return reference ? ref_q5_K : dot_q5_K;
+    case GGML_TYPE_Q6_K:
+        return reference ? ref_q6_K : dot_q6_K;
     }
     return NULL;
 }
@@ -617,11 +636,16 @@ kernels_dot_fn kernels_dot(uint32_t w, bool reference)
 kernels_dot4_fn kernels_dot4(uint32_t w)
 {
     switch (w) {
-    case GGML_TYPE_Q8_0: return have_vnni() ? dot4v_q8_0 : dot4_q8_0;
-    case GGML_TYPE_Q5_0: return have_vnni() ? dot4v_q5_0 : dot4_q5_0;
-    case GGML_TYPE_Q4_0: return have_vnni() ? dot4v_q4_0 : dot4_q4_0;
-    case GGML_TYPE_Q4_K: return dot4_q4_K;
-    case GGML_TYPE_Q6_K: return dot4_q6_K;
+    case GGML_TYPE_Q8_0:
+        return have_vnni() ? dot4v_q8_0 : dot4_q8_0;
+    case GGML_TYPE_Q5_0:
+        return have_vnni() ? dot4v_q5_0 : dot4_q5_0;
+    case GGML_TYPE_Q4_0:
+        return have_vnni() ? dot4v_q4_0 : dot4_q4_0;
+    case GGML_TYPE_Q4_K:
+        return dot4_q4_K;
+    case GGML_TYPE_Q6_K:
+        return dot4_q6_K;
     }
     return NULL;
 }

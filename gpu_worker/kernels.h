@@ -34,8 +34,7 @@ kernels_dot4_fn kernels_dot4(uint32_t w);
 
 /* quant_quantize_row with AVX2 for Q8_0 / Q8_1 / Q8_K (same results;
  * reference = the scalar code). */
-void kernels_quantize_row(uint32_t act_type, const float *x, void *dst, int64_t n,
-                          bool reference);
+void kernels_quantize_row(uint32_t act_type, const float *x, void *dst, int64_t n, bool reference);
 
 /* Name of the instruction set the fast kernels use ("avx2", "avx512vnni"). */
 const char *kernels_isa(void);

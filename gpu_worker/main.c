@@ -13,20 +13,17 @@
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: staged-worker eval|generate|serve ...  (--help after the subcommand)\n");
+    fprintf(stderr,
+            "usage: staged-worker eval|generate|serve ...  (--help after the subcommand)\n");
     return 2;
 }
 
 int main(int argc, char **argv)
 {
-    if (argc < 2)
-        return usage();
+    if (argc < 2) return usage();
     const char *cmd = argv[1];
-    if (!strcmp(cmd, "eval"))
-        return cli_eval(argc - 2, argv + 2);
-    if (!strcmp(cmd, "generate"))
-        return cli_generate(argc - 2, argv + 2);
-    if (!strcmp(cmd, "serve"))
-        return worker_serve_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "eval")) return cli_eval(argc - 2, argv + 2);
+    if (!strcmp(cmd, "generate")) return cli_generate(argc - 2, argv + 2);
+    if (!strcmp(cmd, "serve")) return worker_serve_main(argc - 1, argv + 1);
     return usage();
 }

@@ -20,7 +20,7 @@ struct pool {
     /* one word, so a claim is checked against its own generation's count:
      * generation << 40 | n_chunks << 20 | next chunk to claim */
     _Atomic uint64_t claim;
-    atomic_int done;  /* chunks finished in this generation */
+    atomic_int done; /* chunks finished in this generation */
     atomic_bool stop;
     pool_fn fn;
     void *arg;
@@ -33,7 +33,7 @@ struct worker_arg {
 
 #define GEN_OF(c) ((uint32_t)((c) >> 40))
 #define COUNT_OF(c) ((uint32_t)((c) >> 20) & 0xfffffu)
-#define NEXT_OF(c) ((uint32_t)(c) & 0xfffffu)
+#define NEXT_OF(c) ((uint32_t)(c)&0xfffffu)
 #define MAX_CHUNKS 0xfffff
 
 /* Claim and run chunks of generation gen until none is left. */
@@ -41,10 +41,8 @@ static void run_chunks(struct pool *p, uint32_t gen, int ith)
 {
     for (;;) {
         uint64_t c = atomic_load(&p->claim);
-        if (GEN_OF(c) != gen || NEXT_OF(c) >= COUNT_OF(c))
-            return;
-        if (!atomic_compare_exchange_weak(&p->claim, &c, c + 1))
-            continue;
+        if (GEN_OF(c) != gen || NEXT_OF(c) >= COUNT_OF(c)) return;
+        if (!atomic_compare_exchange_weak(&p->claim, &c, c + 1)) continue;
         /* a claimed chunk keeps its generation, and so fn and arg, alive */
         p->fn(p->arg, (int)NEXT_OF(c), ith);
         atomic_fetch_add(&p->done, 1);
@@ -61,8 +59,7 @@ static void *worker_main(void *a)
     for (;;) {
         int spins = 0;
         uint32_t gen;
-        while ((gen = GEN_OF(atomic_load(&p->claim))) == seen &&
-               !atomic_load(&p->stop)) {
+        while ((gen = GEN_OF(atomic_load(&p->claim))) == seen && !atomic_load(&p->stop)) {
             if (++spins < SPIN_ITERS) {
                 _mm_pause();
                 continue;
@@ -72,8 +69,7 @@ static void *worker_main(void *a)
                 pthread_cond_wait(&p->cv, &p->mu);
             pthread_mutex_unlock(&p->mu);
         }
-        if (atomic_load(&p->stop))
-            break;
+        if (atomic_load(&p->stop)) break;
         seen = gen;
         run_chunks(p, gen, ith);
     }
@@ -82,11 +78,9 @@ static void *worker_main(void *a)
 
 struct pool *pool_new(int n)
 {
-    if (n < 1)
-        n = 1;
+    if (n < 1) n = 1;
     struct pool *p = calloc(1, sizeof(*p));
-    if (!p)
-        return NULL;
+    if (!p) return NULL;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     p->th = calloc((size_t)n, sizeof(pthread_t));
@@ -97,8 +91,7 @@ struct pool *pool_new(int n)
     p->n = 1;
     for (int i = 1; i < n; i++) {
         struct worker_arg *wa = malloc(sizeof(*wa));
-        if (!wa)
-            goto err;
+        if (!wa) goto err;
         wa->p = p;
         wa->ith = i;
         if (pthread_create(&p->th[i], NULL, worker_main, wa) != 0) {
@@ -120,8 +113,7 @@ int pool_size(const struct pool *p)
 
 void pool_for(struct pool *p, int n_chunks, pool_fn fn, void *arg)
 {
-    if (n_chunks <= 0)
-        return;
+    if (n_chunks <= 0) return;
     if (p->n == 1 || n_chunks == 1) {
         for (int c = 0; c < n_chunks; c++)
             fn(arg, c, 0);
@@ -151,8 +143,7 @@ void pool_for(struct pool *p, int n_chunks, pool_fn fn, void *arg)
 void pool_destroy(struct pool **pp)
 {
     struct pool *p = pp ? *pp : NULL;
-    if (!p)
-        return;
+    if (!p) return;
     pthread_mutex_lock(&p->mu);
     atomic_store(&p->stop, true);
     pthread_cond_broadcast(&p->cv);

@@ -173,7 +173,8 @@ static void unpack_32(uint32_t type, const void *blk, int8_t *q, float *d, float
         *m = 0;
         break;
     }
-    default: assert(!"not a 32-block type");
+    default:
+        assert(!"not a 32-block type");
     }
 }
 
@@ -225,7 +226,8 @@ static void unpack_k(uint32_t type, const void *blk, int8_t *q, int *sc, int *mn
         *d = b->d;
         break;
     }
-    default: assert(!"not a k-quant type");
+    default:
+        assert(!"not a k-quant type");
     }
 }
 
@@ -240,29 +242,45 @@ static uint32_t block_elems(uint32_t type)
     switch (type) {
     case GGML_TYPE_F32:
     case GGML_TYPE_F16:
-    case GGML_TYPE_BF16: return 1;
-    default: return is_k(type) ? QK_K : QK;
+    case GGML_TYPE_BF16:
+        return 1;
+    default:
+        return is_k(type) ? QK_K : QK;
     }
 }
 
 static size_t block_bytes(uint32_t type)
 {
     switch (type) {
-    case GGML_TYPE_F32: return 4;
+    case GGML_TYPE_F32:
+        return 4;
     case GGML_TYPE_F16:
-    case GGML_TYPE_BF16: return 2;
-    case GGML_TYPE_Q4_0: return sizeof(struct block_q4_0);
-    case GGML_TYPE_Q4_1: return sizeof(struct block_q4_1);
-    case GGML_TYPE_Q5_0: return sizeof(struct block_q5_0);
-    case GGML_TYPE_Q5_1: return sizeof(struct block_q5_1);
-    case GGML_TYPE_Q8_0: return sizeof(struct block_q8_0);
-    case GGML_TYPE_Q8_1: return sizeof(struct block_q8_1);
-    case GGML_TYPE_Q2_K: return sizeof(struct block_q2_K);
-    case GGML_TYPE_Q3_K: return sizeof(struct block_q3_K);
-    case GGML_TYPE_Q4_K: return sizeof(struct block_q4_K);
-    case GGML_TYPE_Q5_K: return sizeof(struct block_q5_K);
-    case GGML_TYPE_Q6_K: return sizeof(struct block_q6_K);
-    case GGML_TYPE_Q8_K: return sizeof(struct block_q8_K);
+    case GGML_TYPE_BF16:
+        return 2;
+    case GGML_TYPE_Q4_0:
+        return sizeof(struct block_q4_0);
+    case GGML_TYPE_Q4_1:
+        return sizeof(struct block_q4_1);
+    case GGML_TYPE_Q5_0:
+        return sizeof(struct block_q5_0);
+    case GGML_TYPE_Q5_1:
+        return sizeof(struct block_q5_1);
+    case GGML_TYPE_Q8_0:
+        return sizeof(struct block_q8_0);
+    case GGML_TYPE_Q8_1:
+        return sizeof(struct block_q8_1);
+    case GGML_TYPE_Q2_K:
+        return sizeof(struct block_q2_K);
+    case GGML_TYPE_Q3_K:
+        return sizeof(struct block_q3_K);
+    case GGML_TYPE_Q4_K:
+        return sizeof(struct block_q4_K);
+    case GGML_TYPE_Q5_K:
+        return sizeof(struct block_q5_K);
+    case GGML_TYPE_Q6_K:
+        return sizeof(struct block_q6_K);
+    case GGML_TYPE_Q8_K:
+        return sizeof(struct block_q8_K);
     }
     assert(!"unknown type");
     return 0;
@@ -277,7 +295,9 @@ void quant_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n)
 {
     const uint8_t *p = src;
     switch (type) {
-    case GGML_TYPE_F32: memcpy(dst, src, (size_t)n * 4); return;
+    case GGML_TYPE_F32:
+        memcpy(dst, src, (size_t)n * 4);
+        return;
     case GGML_TYPE_F16:
         for (int64_t i = 0; i < n; i++) {
             uint16_t h;
@@ -321,15 +341,19 @@ uint32_t quant_vec_dot_type(uint32_t w)
     switch (w) {
     case GGML_TYPE_Q4_0:
     case GGML_TYPE_Q5_0:
-    case GGML_TYPE_Q8_0: return GGML_TYPE_Q8_0;
+    case GGML_TYPE_Q8_0:
+        return GGML_TYPE_Q8_0;
     case GGML_TYPE_Q4_1:
-    case GGML_TYPE_Q5_1: return GGML_TYPE_Q8_1;
+    case GGML_TYPE_Q5_1:
+        return GGML_TYPE_Q8_1;
     case GGML_TYPE_Q2_K:
     case GGML_TYPE_Q3_K:
     case GGML_TYPE_Q4_K:
     case GGML_TYPE_Q5_K:
-    case GGML_TYPE_Q6_K: return GGML_TYPE_Q8_K;
-    default: return w; /* F32, F16, BF16 */
+    case GGML_TYPE_Q6_K:
+        return GGML_TYPE_Q8_K;
+    default:
+        return w; /* F32, F16, BF16 */
     }
 }
 
@@ -389,7 +413,9 @@ static void quantize_q8_K(const float *x, struct block_q8_K *y, int64_t n)
 void quant_quantize_row(uint32_t act_type, const float *x, void *dst, int64_t n)
 {
     switch (act_type) {
-    case GGML_TYPE_F32: memcpy(dst, x, (size_t)n * 4); return;
+    case GGML_TYPE_F32:
+        memcpy(dst, x, (size_t)n * 4);
+        return;
     case GGML_TYPE_F16: {
         uint16_t *h = dst;
         for (int64_t i = 0; i < n; i++)
@@ -402,9 +428,15 @@ void quant_quantize_row(uint32_t act_type, const float *x, void *dst, int64_t n)
             h[i] = quant_f32_to_bf16(x[i]);
         return;
     }
-    case GGML_TYPE_Q8_0: quantize_q8_0(x, dst, n, NULL); return;
-    case GGML_TYPE_Q8_1: quantize_q8_0(x, NULL, n, dst); return;
-    case GGML_TYPE_Q8_K: quantize_q8_K(x, dst, n); return;
+    case GGML_TYPE_Q8_0:
+        quantize_q8_0(x, dst, n, NULL);
+        return;
+    case GGML_TYPE_Q8_1:
+        quantize_q8_0(x, NULL, n, dst);
+        return;
+    case GGML_TYPE_Q8_K:
+        quantize_q8_K(x, dst, n);
+        return;
     }
     assert(!"not an activation type");
 }

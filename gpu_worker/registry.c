@@ -5,8 +5,7 @@
 
 const struct backend_ops *registry_find(const char *name, struct st_errbuf *eb)
 {
-    if (!strcmp(name, "cpu"))
-        return &cpu_backend_ops;
+    if (!strcmp(name, "cpu")) return &cpu_backend_ops;
     if (!strcmp(name, "cuda")) {
         const struct backend_ops *ops = cuda_backend_ops();
         if (!ops)

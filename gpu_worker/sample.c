@@ -36,18 +36,15 @@ int32_t sample_argmax(const float *logits, int n_vocab)
 {
     int32_t best = 0;
     for (int i = 1; i < n_vocab; i++)
-        if (logits[i] > logits[best])
-            best = i;
+        if (logits[i] > logits[best]) best = i;
     return best;
 }
 
 bool sample_is_stop_token(int32_t token, int32_t eos, const int32_t *stop_ids, int n)
 {
-    if (token == eos)
-        return true;
+    if (token == eos) return true;
     for (int i = 0; i < n; i++)
-        if (stop_ids[i] == token)
-            return true;
+        if (stop_ids[i] == token) return true;
     return false;
 }
 
@@ -63,13 +60,10 @@ void sample_apply_penalties(const struct sample_params *p, float *logits, int n_
     if (p->repeat_penalty == 1.0f && p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f)
         return;
     int n = p->repeat_last_n < 0 ? n_history : p->repeat_last_n;
-    if (n > n_history)
-        n = n_history;
-    if (n <= 0)
-        return;
+    if (n > n_history) n = n_history;
+    if (n <= 0) return;
     int32_t *w = malloc(sizeof(int32_t) * (size_t)n);
-    if (!w)
-        return; /* penalties are best effort under memory exhaustion */
+    if (!w) return; /* penalties are best effort under memory exhaustion */
     memcpy(w, history + (n_history - n), sizeof(int32_t) * (size_t)n);
     qsort(w, (size_t)n, sizeof(int32_t), cmp_i32);
     for (int i = 0; i < n;) {
@@ -79,11 +73,9 @@ void sample_apply_penalties(const struct sample_params *p, float *logits, int n_
         int32_t t = w[i];
         int count = j - i;
         i = j;
-        if (t < 0 || t >= n_vocab)
-            continue;
+        if (t < 0 || t >= n_vocab) continue;
         float l = logits[t];
-        if (p->repeat_penalty != 1.0f)
-            l = l > 0 ? l / p->repeat_penalty : l * p->repeat_penalty;
+        if (p->repeat_penalty != 1.0f) l = l > 0 ? l / p->repeat_penalty : l * p->repeat_penalty;
         l -= p->frequency_penalty * (float)count + p->presence_penalty;
         logits[t] = l;
     }
@@ -98,16 +90,14 @@ struct cand {
 static int cmp_cand(const void *a, const void *b)
 {
     const struct cand *x = a, *y = b;
-    if (x->logit != y->logit)
-        return x->logit < y->logit ? 1 : -1;
+    if (x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
     return (x->id > y->id) - (x->id < y->id);
 }
 
 /* The k best candidates (sorted, best first) of logits; returns the count. */
 static int best_k(const float *logits, int n_vocab, int k, struct cand *c)
 {
-    if (k <= 0 || k > n_vocab)
-        k = n_vocab;
+    if (k <= 0 || k > n_vocab) k = n_vocab;
     if (k == n_vocab) {
         for (int i = 0; i < n_vocab; i++)
             c[i] = (struct cand){logits[i], i};
@@ -118,8 +108,7 @@ static int best_k(const float *logits, int n_vocab, int k, struct cand *c)
     int n = 0;
     for (int i = 0; i < n_vocab; i++) {
         struct cand x = {logits[i], i};
-        if (n == k && cmp_cand(&x, &c[k - 1]) >= 0)
-            continue;
+        if (n == k && cmp_cand(&x, &c[k - 1]) >= 0) continue;
         int j = n < k ? n++ : k - 1;
         while (j > 0 && cmp_cand(&x, &c[j - 1]) < 0) {
             c[j] = c[j - 1];
@@ -140,10 +129,8 @@ static void fill_logprobs(const float *logits, int n_vocab, int32_t token, int n
     double lse = mx + log(sum);
     out->logprob = (float)(logits[token] - lse);
     out->n_top = 0;
-    if (n_top > SAMPLE_MAX_TOP)
-        n_top = SAMPLE_MAX_TOP;
-    if (n_top <= 0)
-        return;
+    if (n_top > SAMPLE_MAX_TOP) n_top = SAMPLE_MAX_TOP;
+    if (n_top <= 0) return;
     struct cand c[SAMPLE_MAX_TOP];
     int n = best_k(logits, n_vocab, n_top < n_vocab ? n_top : n_vocab, c);
     for (int i = 0; i < n; i++) {
@@ -158,8 +145,7 @@ int32_t sample_next(const struct sample_params *p, float *logits, int n_vocab,
                     struct sample_result *out)
 {
     struct sample_result tmp;
-    if (!out)
-        out = &tmp;
+    if (!out) out = &tmp;
     sample_apply_penalties(p, logits, n_vocab, history, n_history);
     int32_t tok;
     if (p->temperature <= 0.0f) {
@@ -222,16 +208,14 @@ int sample_stop_find(const char *text, size_t len, const char *const *stops, int
     size_t best_at = 0;
     for (int s = 0; s < n_stops; s++) {
         size_t sl = strlen(stops[s]);
-        if (sl == 0 || sl > len)
-            continue;
+        if (sl == 0 || sl > len) continue;
         const char *hit = memmem(text, len, stops[s], sl);
         if (hit && (best < 0 || (size_t)(hit - text) < best_at)) {
             best = s;
             best_at = (size_t)(hit - text);
         }
     }
-    if (best >= 0 && at)
-        *at = best_at;
+    if (best >= 0 && at) *at = best_at;
     return best;
 }
 

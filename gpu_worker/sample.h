@@ -48,9 +48,9 @@ struct sample_params {
 
 struct sample_result {
     int32_t token;
-    float logprob;                       /* of token */
-    int n_top;                           /* alternatives filled */
-    int32_t top_ids[SAMPLE_MAX_TOP];     /* best first */
+    float logprob;                   /* of token */
+    int n_top;                       /* alternatives filled */
+    int32_t top_ids[SAMPLE_MAX_TOP]; /* best first */
     float top_logprobs[SAMPLE_MAX_TOP];
 };
 

@@ -25,8 +25,8 @@
 
 #include <cmocka.h>
 
-static const int32_t ref_prompt[16] = {5,  17,   300, 1000, 42,  7,   2048, 99,
-                                       123, 4000, 8,   64,   1,   511, 777,  3333};
+static const int32_t ref_prompt[16] = {5,   17,   300, 1000, 42, 7,   2048, 99,
+                                       123, 4000, 8,   64,   1,  511, 777,  3333};
 
 static const char *models_dir(void)
 {
@@ -43,8 +43,7 @@ struct reflog {
 static bool reflog_load(const char *path, struct reflog *r)
 {
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return false;
+    if (!f) return false;
     int32_t h[3];
     bool ok = fread(h, 4, 3, f) == 3 && h[0] > 0 && h[1] > 0 && h[2] >= 0;
     if (ok) {
@@ -81,8 +80,7 @@ static int argmax(const float *x, int n)
 {
     int b = 0;
     for (int i = 1; i < n; i++)
-        if (x[i] > x[b])
-            b = i;
+        if (x[i] > x[b]) b = i;
     return b;
 }
 
@@ -111,8 +109,7 @@ static struct backend *make(const struct st_model *m, int seqs, int ctx, int bat
     struct backend *b = NULL;
     struct st_errbuf eb = {{0}};
     int rc = cpu_backend_ops.create(m, &cfg, &b, &eb);
-    if (rc)
-        print_message("create: %s\n", eb.msg);
+    if (rc) print_message("create: %s\n", eb.msg);
     assert_int_equal(rc, 0);
     return b;
 }
@@ -197,8 +194,7 @@ static void check_ref(const struct refcase *c)
     double worst = 0;
     for (int p = 0; p < np; p++) {
         double e = rel_rms(lg + (size_t)p * nv, r.logits + (size_t)p * nv, nv);
-        if (e > worst)
-            worst = e;
+        if (e > worst) worst = e;
     }
     /* greedy continuation while the reference's picks are well separated */
     float *cur = malloc(sizeof(float) * nv);
@@ -222,8 +218,7 @@ static void check_ref(const struct refcase *c)
         run(b, 0, &r.tokens[s], 1, np + s, false, cur);
         refrow = r.logits + (size_t)(np + s) * nv;
         double e = rel_rms(cur, refrow, nv);
-        if (e > gen_worst)
-            gen_worst = e;
+        if (e > gen_worst) gen_worst = e;
     }
     print_message("%-18s prompt rel err max %.5f (bound %.4f), greedy agree %2d/%d, "
                   "generated rel err max %.5f\n",
@@ -250,8 +245,7 @@ static void test_ref_models(void **state)
     (void)state;
     for (size_t i = 0; i < sizeof(refcases) / sizeof(refcases[0]); i++)
         check_ref(&refcases[i]);
-    if (n_checked == 0)
-        skip();
+    if (n_checked == 0) skip();
     assert_int_equal(n_failed, 0);
 }
 
@@ -259,8 +253,7 @@ static void test_ref_models(void **state)
 static void check_incremental(const char *rel, double tol)
 {
     struct st_model *m = open_model(rel);
-    if (!m)
-        skip();
+    if (!m) skip();
     int nv = (int)m->hp.n_vocab;
     struct backend *b1 = make(m, 1, 32, 16, 2), *b2 = make(m, 1, 32, 16, 1);
     float *all = malloc(sizeof(float) * nv * 16), *one = malloc(sizeof(float) * nv);
@@ -268,8 +261,7 @@ static void check_incremental(const char *rel, double tol)
     for (int p = 0; p < 16; p++) {
         run(b2, 0, &ref_prompt[p], 1, p, true, one);
         double e = rel_rms(one, all + (size_t)p * nv, nv);
-        if (e > tol)
-            print_message("%s pos %d: incremental vs batched rel err %g\n", rel, p, e);
+        if (e > tol) print_message("%s pos %d: incremental vs batched rel err %g\n", rel, p, e);
         assert_true(e <= tol);
     }
     assert_int_equal(cpu_backend_ops.seq_len(b2, 0), 16);
@@ -293,8 +285,7 @@ static void test_multi_seq(void **state)
 {
     (void)state;
     struct st_model *m = open_model("ref/ref-qwen2.Q6_K.gguf");
-    if (!m)
-        skip();
+    if (!m) skip();
     int nv = (int)m->hp.n_vocab;
     struct backend *b = make(m, 3, 32, 24, 2);
     /* seq s gets prompt tokens [4s .. 4s+6) */
@@ -360,14 +351,13 @@ static void test_reference_path(void **state)
     static const struct {
         const char *file;
         double tol;
-    } files[] = {{"ref/ref-qwen2.F32.gguf", 1e-3},     {"ref/ref-llama.F16.gguf", 1e-3},
-                 {"ref/ref-qwen2.BF16.gguf", 0.01},    {"ref/ref-qwen2.Q4_K_M.gguf", 0.03},
-                 {"ref/ref-qwen2.Q5_K_S.gguf", 0.03},  {"ref/ref-qwen2.Q4_0.gguf", 0.03},
+    } files[] = {{"ref/ref-qwen2.F32.gguf", 1e-3},    {"ref/ref-llama.F16.gguf", 1e-3},
+                 {"ref/ref-qwen2.BF16.gguf", 0.01},   {"ref/ref-qwen2.Q4_K_M.gguf", 0.03},
+                 {"ref/ref-qwen2.Q5_K_S.gguf", 0.03}, {"ref/ref-qwen2.Q4_0.gguf", 0.03},
                  {"ref/ref-llama.Q8_0.gguf", 0.03}};
     for (size_t k = 0; k < sizeof(files) / sizeof(files[0]); k++) {
         struct st_model *m = open_model(files[k].file);
-        if (!m)
-            skip();
+        if (!m) skip();
         int nv = (int)m->hp.n_vocab;
         struct backend *fast = make(m, 1, 32, 16, 2), *ref = make(m, 1, 32, 16, 2);
         cpu_backend_set_reference(ref, true);
@@ -375,8 +365,8 @@ static void test_reference_path(void **state)
         run(fast, 0, ref_prompt, 16, 0, true, a);
         run(ref, 0, ref_prompt, 16, 0, true, r);
         double e = rel_rms(a, r, nv * 16);
-        print_message("%-28s SIMD vs scalar reference rel err %.2g (bound %g)\n", files[k].file,
-                      e, files[k].tol);
+        print_message("%-28s SIMD vs scalar reference rel err %.2g (bound %g)\n", files[k].file, e,
+                      files[k].tol);
         assert_true(e <= files[k].tol);
         free(a);
         free(r);
@@ -395,8 +385,7 @@ static void test_stories_greedy(void **state)
     FILE *f = fopen(path, "r");
     struct st_model *m = open_model("stories260K.gguf");
     if (!f || !m) {
-        if (f)
-            fclose(f);
+        if (f) fclose(f);
         model_close(&m);
         skip();
     }
@@ -404,8 +393,7 @@ static void test_stories_greedy(void **state)
     int32_t want[128];
     int n_want = 0;
     while (fgets(line, sizeof(line), f)) {
-        if (strncmp(line, "tokens: [", 9))
-            continue;
+        if (strncmp(line, "tokens: [", 9)) continue;
         char *p = line + 9;
         while (*p && *p != ']' && n_want < 128) {
             want[n_want++] = (int32_t)strtol(p, &p, 10);

@@ -50,8 +50,7 @@ static void run_many(int threads)
         assert_int_equal(atomic_load(&j.in_flight), 0);
         for (int i = 0; i < n; i++)
             if (atomic_load(&hits[i]) != 1)
-                fail_msg("call %d: chunk %d of %d ran %d times", call, i, n,
-                         atomic_load(&hits[i]));
+                fail_msg("call %d: chunk %d of %d ran %d times", call, i, n, atomic_load(&hits[i]));
     }
     free(hits);
     pool_destroy(&p);

@@ -144,8 +144,8 @@ static void check_case(const struct qcase *c)
                 size_t ab = quant_row_size(at, n);
                 uint8_t *x4 = malloc(4 * ab);
                 for (int k = 0; k < 4; k++)
-                    quant_quantize_row(at, (const float *)b.data + (size_t)(k + 1) * n,
-                                       x4 + k * ab, n);
+                    quant_quantize_row(at, (const float *)b.data + (size_t)(k + 1) * n, x4 + k * ab,
+                                       n);
                 for (int64_t r = 0; r < rows; r++) {
                     const uint8_t *wr = (const uint8_t *)a.data + r * rb;
                     float o4[4];

@@ -252,10 +252,14 @@ static void test_stops(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_greedy_and_determinism), cmocka_unit_test(test_temperature_one),
-        cmocka_unit_test(test_temperature_half),       cmocka_unit_test(test_top_k),
-        cmocka_unit_test(test_top_p),                  cmocka_unit_test(test_min_p),
-        cmocka_unit_test(test_penalties),              cmocka_unit_test(test_logprobs),
+        cmocka_unit_test(test_greedy_and_determinism),
+        cmocka_unit_test(test_temperature_one),
+        cmocka_unit_test(test_temperature_half),
+        cmocka_unit_test(test_top_k),
+        cmocka_unit_test(test_top_p),
+        cmocka_unit_test(test_min_p),
+        cmocka_unit_test(test_penalties),
+        cmocka_unit_test(test_logprobs),
         cmocka_unit_test(test_stops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
