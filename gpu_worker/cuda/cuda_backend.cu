@@ -475,14 +475,15 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
     float *ys[3] = {b->q, b->k, b->v};
     const float *bs[3] = {L->bq, L->bk, L->bv};
     bool done[3] = {false, false, false};
-    int rc;
     for (int i = 0; i < 3; i++) {
         if (done[i]) continue;
         int c = in_class(b, qkv[i]);
+        ST_TRY(k_norm_round(st, b->x, L->attn_norm, hp->rms_eps, n, D, c, b->xr));
         struct mv_args a;
         memset(&a, 0, sizeof(a));
         a.K = D;
         a.n = n;
+        a.x = b->xr;
         for (int j = i; j < 3; j++) {
             if (done[j] || in_class(b, qkv[j]) != c) continue;
             a.seg[a.nseg].w = qkv[j]->w;
@@ -493,18 +494,7 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
             a.nseg++;
             done[j] = true;
         }
-        /* norm + rounding inside the product's blocks, else a kernel of its own */
-        a.x_src = b->x;
-        a.norm_w = L->attn_norm;
-        a.eps = hp->rms_eps;
-        a.cls = c;
-        ST_TRY(rc = k_matvec_fast(st, &a));
-        if (rc == 1) {
-            ST_TRY(k_norm_round(st, b->x, L->attn_norm, hp->rms_eps, n, D, c, b->xr));
-            a.x_src = NULL;
-            a.x = b->xr;
-            ST_TRY(k_matvec_fast(st, &a));
-        }
+        ST_TRY(k_matvec_fast(st, &a));
     }
     if (L->qn) {
         ST_TRY(k_rmsnorm(st, b->q, L->qn, b->q, n * (int)hp->n_heads, hd, hp->rms_eps));
@@ -516,46 +506,35 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
                         d_pos, d_seq));
     ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
                        b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->attn_ref));
-    /* x += Wo att, then x += Wd g: rounding inside the products when it fits */
-    const struct cmat *outs[2] = {&L->o, &L->down};
-    float *ins[2] = {b->att, b->g};
-    for (int k = 0; k < 2; k++) {
-        const struct cmat *W = outs[k];
-        struct mv_args a;
-        memset(&a, 0, sizeof(a));
-        a.nseg = 1;
-        a.K = W->K;
-        a.n = n;
-        a.add = 1;
-        a.seg[0].w = W->w;
-        a.seg[0].type = W->type;
-        a.seg[0].N = W->N;
-        a.seg[0].y = b->x;
-        a.x_src = ins[k];
-        a.cls = in_class(b, W);
-        ST_TRY(rc = k_matvec_fast(st, &a));
-        if (rc == 1) {
-            const float *xa;
-            ST_TRY(round_for(b, W, ins[k], b->xr, n, &xa));
-            a.x_src = NULL;
-            a.x = xa;
-            ST_TRY(k_matvec_fast(st, &a));
-        }
-        if (k == 1) break;
-        /* g = silu(Wg xn) * (Wu xn) */
-        int cg = in_class(b, &L->gate), cu = in_class(b, &L->up);
-        rc = 1;
-        if (cg == cu)
-            ST_TRY(rc = k_swiglu_fused(st, L->gate.w, L->gate.type, L->up.w, L->up.type,
-                                       L->gate.N, D, b->x, L->ffn_norm, hp->rms_eps, cg, n, b->g));
-        if (rc == 1) {
-            ST_TRY(k_norm_round(st, b->x, L->ffn_norm, hp->rms_eps, n, D, cg, b->xr));
-            if (cu != cg)
-                ST_TRY(k_norm_round(st, b->x, L->ffn_norm, hp->rms_eps, n, D, cu, b->xr2));
-            ST_TRY(k_swiglu_fast(st, L->gate.w, L->gate.type, L->up.w, L->up.type, L->gate.N, D,
-                                 b->xr, cu != cg ? b->xr2 : b->xr, n, b->g));
-        }
-    }
+    /* x += Wo att */
+    const float *xa;
+    ST_TRY(round_for(b, &L->o, b->att, b->xr, n, &xa));
+    struct mv_args a;
+    memset(&a, 0, sizeof(a));
+    a.nseg = 1;
+    a.K = L->o.K;
+    a.n = n;
+    a.add = 1;
+    a.x = xa;
+    a.seg[0].w = L->o.w;
+    a.seg[0].type = L->o.type;
+    a.seg[0].N = L->o.N;
+    a.seg[0].y = b->x;
+    ST_TRY(k_matvec_fast(st, &a));
+    /* g = silu(Wg xn) * (Wu xn) */
+    int cg = in_class(b, &L->gate), cu = in_class(b, &L->up);
+    ST_TRY(k_norm_round(st, b->x, L->ffn_norm, hp->rms_eps, n, D, cg, b->xr));
+    if (cu != cg) ST_TRY(k_norm_round(st, b->x, L->ffn_norm, hp->rms_eps, n, D, cu, b->xr2));
+    ST_TRY(k_swiglu_fast(st, L->gate.w, L->gate.type, L->up.w, L->up.type, L->gate.N, D, b->xr,
+                           cu != cg ? b->xr2 : b->xr, n, b->g));
+    /* x += Wd g */
+    ST_TRY(round_for(b, &L->down, b->g, b->xr, n, &xa));
+    a.K = L->down.K;
+    a.x = xa;
+    a.seg[0].w = L->down.w;
+    a.seg[0].type = L->down.type;
+    a.seg[0].N = L->down.N;
+    ST_TRY(k_matvec_fast(st, &a));
     return 0;
 }
 

@@ -1114,40 +1114,9 @@ static __device__ __forceinline__ void rows_reduce_t(float (&acc)[NT], int n, in
             for (int w = 1; w < wpr; w++) acc[t] += part[warp + w][t];
 }
 
-/* Block prologue: xs[t] = round_cls(rmsnorm(src[t]) * w) (no norm when w is
- * NULL) for t < n, in shared memory. */
-static __device__ void make_input(float *xs, const float *src, const float *w, float eps, int cls,
-                                  int n, int K)
-{
-    for (int t = 0; t < n; t++) {
-        const float *st = src + (size_t)t * K;
-        float *xt = xs + (size_t)t * K;
-        float sc = 1.f;
-        if (w) {
-            float ss = 0.f;
-            for (int i = threadIdx.x; i < K; i += blockDim.x) ss += st[i] * st[i];
-            sc = rsqrtf(block_sum(ss) / K + eps);
-            for (int i = threadIdx.x; i < K; i += blockDim.x) xt[i] = st[i] * sc * w[i];
-        } else {
-            for (int i = threadIdx.x; i < K; i += blockDim.x) xt[i] = st[i];
-        }
-    }
-    __syncthreads();
-    for (int t = 0; t < n; t++) round_row(xs + (size_t)t * K, K, cls);
-    __syncthreads();
-}
-
 template <int T, int NT>
 static __global__ void __launch_bounds__(128) mv_fast_kernel(struct mv_args a)
 {
-    extern __shared__ uint4 dyn[];
-    const float *xin = a.x;
-    uint4 *stage = dyn;
-    if (a.x_src) {
-        make_input((float *)dyn, a.x_src, a.norm_w, a.eps, a.cls, a.n, a.K);
-        xin = (const float *)dyn;
-        stage = dyn + ((size_t)a.n * a.K * 4 + 15) / 16;
-    }
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int wpr = a.wpr, sub = warp % wpr;
     int row = blockIdx.x * (4 / wpr) + warp / wpr;
@@ -1171,8 +1140,11 @@ static __global__ void __launch_bounds__(128) mv_fast_kernel(struct mv_args a)
     for (int t = 0; t < NT; t++) acc[t] = 0.f;
     if (live) {
         const uint8_t *wr = (const uint8_t *)w + (size_t)row * rb;
-        if (a.stage_u4) wr = stage_row(wr, rb, stage + warp * a.stage_u4, lane);
-        row_dot_t<T, NT>(wr, a.K, xin, a.n, acc, sub * 32 + lane, 32 * wpr);
+        if (a.stage_u4) {
+            extern __shared__ uint4 stage[];
+            wr = stage_row(wr, rb, stage + warp * a.stage_u4, lane);
+        }
+        row_dot_t<T, NT>(wr, a.K, a.x, a.n, acc, sub * 32 + lane, 32 * wpr);
     }
     rows_reduce_t<NT>(acc, a.n, wpr);
     if (!live || sub != 0 || lane != 0) return;
@@ -1191,7 +1163,6 @@ template <int T> static int mv_fast_launch(cudaStream_t st, struct mv_args *a, i
 {
     int rpb = 4 / a->wpr;
     size_t smem = (size_t)a->stage_u4 * 16 * 4;
-    if (a->x_src) smem += ((size_t)a->n * a->K * 4 + 15) / 16 * 16;
     if (a->n == 1) mv_fast_kernel<T, 1><<<(rows + rpb - 1) / rpb, 128, smem, st>>>(*a);
     else mv_fast_kernel<T, MATVEC_MAX_N><<<(rows + rpb - 1) / rpb, 128, smem, st>>>(*a);
     CUDA_LAUNCHED("mv_fast");
@@ -1217,10 +1188,8 @@ int k_matvec_fast(cudaStream_t st, const struct mv_args *in)
         }
         a.wpr = pick_wpr(rows, a.K);
         size_t u4 = (a.seg[0].rb + 31) / 16 + 1;
-        size_t xbytes = a.x_src ? ((size_t)a.n * a.K * 4 + 15) / 16 * 16 : 0;
-        if (xbytes > 40 * 1024) return 1; /* caller makes x separately */
         a.stage_u4 = 0;
-        if (g_stage && 4 * u4 * 16 + xbytes <= 44 * 1024) {
+        if (g_stage && 4 * u4 * 16 <= 40 * 1024) {
             a.wpr = 1;
             a.stage_u4 = (int)u4;
         }
@@ -1249,16 +1218,8 @@ int k_matvec_fast(cudaStream_t st, const struct mv_args *in)
 template <int T, int NT>
 static __global__ void __launch_bounds__(128)
     swiglu_fast_kernel(const uint8_t *wg, const uint8_t *wu, size_t rb, int N, int K,
-                       const float *xg, const float *xu, int n, float *h, int wpr, int stage_u4,
-                       const float *x_src, const float *norm_w, float eps, int cls)
+                       const float *xg, const float *xu, int n, float *h, int wpr, int stage_u4)
 {
-    extern __shared__ uint4 dyn[];
-    uint4 *stage = dyn;
-    if (x_src) {
-        make_input((float *)dyn, x_src, norm_w, eps, cls, n, K);
-        xg = xu = (const float *)dyn;
-        stage = dyn + ((size_t)n * K * 4 + 15) / 16;
-    }
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int sub = warp % wpr;
     int row = blockIdx.x * (4 / wpr) + warp / wpr;
@@ -1269,6 +1230,7 @@ static __global__ void __launch_bounds__(128)
     if (live) {
         const uint8_t *rg = wg + (size_t)row * rb, *ru = wu + (size_t)row * rb;
         if (stage_u4) {
+            extern __shared__ uint4 stage[];
             rg = stage_row(rg, rb, stage + warp * 2 * stage_u4, lane);
             ru = stage_row(ru, rb, stage + (warp * 2 + 1) * stage_u4, lane);
         }
@@ -1285,41 +1247,29 @@ static __global__ void __launch_bounds__(128)
 
 template <int T>
 static int swiglu_fast_launch(cudaStream_t st, const void *wg, const void *wu, int N, int K,
-                              const float *xg, const float *xu, int n, float *h,
-                              const float *x_src, const float *norm_w, float eps, int cls)
+                              const float *xg, const float *xu, int n, float *h)
 {
     size_t rb = row_bytes(T, K);
-    size_t xbytes = x_src ? ((size_t)n * K * 4 + 15) / 16 * 16 : 0;
-    if (xbytes > 40 * 1024) return 1;
     int wpr = pick_wpr(N, K), u4 = (int)((rb + 31) / 16 + 1), stage_u4 = 0;
-    if (g_stage && 8 * (size_t)u4 * 16 + xbytes <= 44 * 1024) {
+    if (g_stage && 8 * (size_t)u4 * 16 <= 40 * 1024) {
         wpr = 1;
         stage_u4 = u4;
     }
     int rpb = 4 / wpr;
-    size_t smem = (size_t)stage_u4 * 16 * 8 + xbytes;
+    size_t smem = (size_t)stage_u4 * 16 * 8;
     if (n == 1)
         swiglu_fast_kernel<T, 1><<<(N + rpb - 1) / rpb, 128, smem, st>>>(
-            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, wpr, stage_u4, x_src,
-            norm_w, eps, cls);
+            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, wpr, stage_u4);
     else
         swiglu_fast_kernel<T, MATVEC_MAX_N><<<(N + rpb - 1) / rpb, 128, smem, st>>>(
-            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, wpr, stage_u4, x_src,
-            norm_w, eps, cls);
+            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, wpr, stage_u4);
     CUDA_LAUNCHED("swiglu_fast");
     return 0;
-}
-
-int k_swiglu_fused(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
-                   const float *x, const float *norm_w, float eps, int cls, int n, float *h)
-{
-    if (tg != tu) return 1;
-    DISPATCH_TYPE(tg, swiglu_fast_launch, st, wg, wu, N, K, NULL, NULL, n, h, x, norm_w, eps, cls);
 }
 
 int k_swiglu_fast(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
                   const float *xg, const float *xu, int n, float *h)
 {
     if (tg != tu) return k_matvec_swiglu(st, wg, tg, wu, tu, N, K, xg, xu, n, h);
-    DISPATCH_TYPE(tg, swiglu_fast_launch, st, wg, wu, N, K, xg, xu, n, h, NULL, NULL, 0.f, 0);
+    DISPATCH_TYPE(tg, swiglu_fast_launch, st, wg, wu, N, K, xg, xu, n, h);
 }

@@ -85,14 +85,6 @@ struct mv_args {
     int wpr;           /* warps per row, filled by k_matvec_multi */
     int stage_u4;      /* shared staging per warp in 16-byte units (0 = none), filled too */
     const float *x;    /* [n][K], already rounded for the weights' class */
-    /* k_matvec_fast only: with x_src set, each block makes x itself in shared
-     * memory from x_src: rmsnorm with norm_w (if set, eps) then rounding class
-     * cls. Needs n*K*4 bytes of shared memory; k_matvec_fast returns 1 (nothing
-     * launched) when that does not fit, and the caller rounds separately. */
-    const float *x_src;
-    const float *norm_w;
-    float eps;
-    int cls;
 };
 int k_matvec_multi(cudaStream_t st, struct mv_args *a);
 /* Weight rows staged through shared memory with 16-byte loads (default on). */
@@ -104,11 +96,6 @@ int k_matvec_fast(cudaStream_t st, const struct mv_args *a);
  * (gate and up of one type; else it falls back to k_matvec_swiglu). */
 int k_swiglu_fast(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
                   const float *xg, const float *xu, int n, float *h);
-/* The same with the input made in each block: xn = round_cls(rmsnorm(x) * w)
- * (gate and up of one type). Returns 1 when it does not apply (types differ
- * or shared memory too small): the caller takes the unfused route. */
-int k_swiglu_fused(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
-                   const float *x, const float *norm_w, float eps, int cls, int n, float *h);
 int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
                     const float *xg, const float *xu, int n, float *h);
 /* Rotary embedding of q and k in place, then k and v into the cache (see
