@@ -418,7 +418,19 @@ static int mm(struct backend *b, const struct cmat *W, const float *x, float *y,
         b->memo_a16 = false;
         hit = true;
     }
-    if (n <= MATVEC_MAX_N) return k_matvec(b->st, W->w, W->type, W->N, W->K, xa, y, n);
+    if (n <= MATVEC_MAX_N) {
+        struct mv_args a;
+        memset(&a, 0, sizeof(a));
+        a.nseg = 1;
+        a.K = W->K;
+        a.n = n;
+        a.x = xa;
+        a.seg[0].w = W->w;
+        a.seg[0].type = W->type;
+        a.seg[0].N = W->N;
+        a.seg[0].y = y;
+        return k_matvec_fast(b->st, &a);
+    }
     const float one = 1.f, zero = 0.f;
     if (W->type == QT_F32) {
         CUBLAS_TRY(cublasSgemm(b->cb, CUBLAS_OP_T, CUBLAS_OP_N, W->N, n, W->K, &one,

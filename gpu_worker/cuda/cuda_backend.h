@@ -18,6 +18,25 @@
  * that read the quantized blocks in place; larger ones decode one matrix at a
  * time to half precision in scratch and call cuBLAS.
  *
+ * Execution: batches of up to 8 tokens run a fused path (10 kernels per
+ * layer: norm + rounding, q/k/v in one launch with biases, rope + cache
+ * store, attention, o with the residual add, gate/up with SwiGLU, down with
+ * the residual add); weight rows are staged through shared memory with
+ * 16-byte loads. Forward passes of up to 64 tokens are captured once per
+ * (tokens, logits rows) shape as CUDA graphs and replayed. Attention keeps
+ * float accumulators over chunks of 32 positions.
+ *
+ * Environment switches (read at create(); for tests and measurements):
+ *   STAGED_CUDA_ATTN=ref    attention with the reference engine's rounding
+ *                           (q and the running V sum in half precision,
+ *                           positions in order: closer to llama.cpp's
+ *                           logits, slow for long contexts)
+ *   STAGED_CUDA_ACT=float   no reference-style rounding of activations
+ *   STAGED_CUDA_GRAPHS=0    no CUDA graphs
+ *   STAGED_CUDA_STAGE=0     weight rows read straight from global memory
+ *   STAGED_CUDA_UNFUSED=1   small batches take the unfused (large-batch) path
+ *   STAGED_CUDA_FAULT=1     fault injection, see cuda_backend_inject_bad_kernel
+ *
  * Errors: every CUDA call is checked and logged with statement, file and
  * line. After any device error the backend is dead: forward returns
  * ST_EDEVICE from then on; the worker must exit non-zero (a sticky CUDA error

@@ -232,66 +232,6 @@ int k_act_round(cudaStream_t st, int wtype, const float *x, float *xq, int n, in
     return 0;
 }
 
-/* ---- matrix-vector (small batches) ---- */
-
-template <int T>
-static __global__ void __launch_bounds__(128) matvec_kernel(const uint8_t *w, size_t rb, int N,
-                                                            int K, const float *x, float *y, int n)
-{
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int row = blockIdx.x * 4 + warp;
-    if (row >= N) return;
-    const uint8_t *wr = w + (size_t)row * rb;
-    float acc[MATVEC_MAX_N];
-#pragma unroll
-    for (int t = 0; t < MATVEC_MAX_N; t++) acc[t] = 0.f;
-    if (T == QT_F32 || T == QT_F16 || T == QT_BF16) {
-        for (int e = lane; e < K; e += 32) {
-            float wv = deq1<T>(wr, e);
-#pragma unroll
-            for (int t = 0; t < MATVEC_MAX_N; t++)
-                if (t < n) acc[t] += wv * x[(size_t)t * K + e];
-        }
-    } else {
-        for (int g = lane; g < K / 8; g += 32) {
-            float wv[8];
-            deq8<T>(wr, g * 8, wv);
-#pragma unroll
-            for (int t = 0; t < MATVEC_MAX_N; t++) {
-                if (t < n) {
-                    const float4 *xp = (const float4 *)(x + (size_t)t * K + g * 8);
-                    float4 a = xp[0], b = xp[1];
-                    acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w +
-                              wv[4] * b.x + wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int t = 0; t < MATVEC_MAX_N; t++) {
-        if (t < n) {
-            float s = warp_sum(acc[t]);
-            if (lane == 0) y[(size_t)t * N + row] = s;
-        }
-    }
-}
-
-template <int T>
-static int matvec_launch(cudaStream_t st, const void *w, int N, int K, const float *x, float *y,
-                         int n)
-{
-    matvec_kernel<T><<<(N + 3) / 4, 128, 0, st>>>((const uint8_t *)w, row_bytes(T, K), N, K, x, y,
-                                                  n);
-    CUDA_LAUNCHED("matvec");
-    return 0;
-}
-
-int k_matvec(cudaStream_t st, const void *w, int type, int N, int K, const float *x, float *y,
-             int n)
-{
-    DISPATCH_TYPE(type, matvec_launch, st, w, N, K, x, y, n);
-}
-
 /* ---- whole-matrix decode to half ---- */
 
 template <int T>
@@ -410,59 +350,6 @@ int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n
 {
     swiglu_kernel<<<(unsigned)((n + 255) / 256), 256, 0, st>>>(g, u, h, n);
     CUDA_LAUNCHED("swiglu");
-    return 0;
-}
-
-/* ---- rotary embedding ---- */
-
-static __global__ void rope_kernel(float *x, int n_heads, int hd, int rope_dim, int kind,
-                                   float base, const int32_t *pos)
-{
-    int t = blockIdx.x;
-    int half_rd = rope_dim / 2;
-    float p = (float)pos[t];
-    float *xt = x + (size_t)t * n_heads * hd;
-    for (int idx = threadIdx.x; idx < n_heads * half_rd; idx += blockDim.x) {
-        int h = idx / half_rd, i = idx % half_rd;
-        float theta = p * powf(base, -2.f * (float)i / (float)rope_dim);
-        float s, c;
-        sincosf(theta, &s, &c);
-        float *xh = xt + (size_t)h * hd;
-        int i0 = kind == 0 ? 2 * i : i;
-        int i1 = kind == 0 ? 2 * i + 1 : i + half_rd;
-        float a = xh[i0], b = xh[i1];
-        xh[i0] = a * c - b * s;
-        xh[i1] = a * s + b * c;
-    }
-}
-
-int k_rope(cudaStream_t st, float *x, int n, int n_heads, int hd, int rope_dim, int kind,
-           float base, const int32_t *pos)
-{
-    rope_kernel<<<n, 128, 0, st>>>(x, n_heads, hd, rope_dim, kind, base, pos);
-    CUDA_LAUNCHED("rope");
-    return 0;
-}
-
-/* ---- KV cache ---- */
-
-static __global__ void kv_store_kernel(const float *k, const float *v, __half *kc, __half *vc,
-                                       int kv_dim, int max_ctx, const int32_t *pos,
-                                       const int32_t *seq)
-{
-    int t = blockIdx.x;
-    size_t dst = ((size_t)seq[t] * max_ctx + pos[t]) * kv_dim;
-    for (int j = threadIdx.x; j < kv_dim; j += blockDim.x) {
-        kc[dst + j] = __float2half_rn(k[(size_t)t * kv_dim + j]);
-        vc[dst + j] = __float2half_rn(v[(size_t)t * kv_dim + j]);
-    }
-}
-
-int k_kv_store(cudaStream_t st, const float *k, const float *v, __half *kc, __half *vc, int n,
-               int kv_dim, int max_ctx, const int32_t *pos, const int32_t *seq)
-{
-    kv_store_kernel<<<n, 128, 0, st>>>(k, v, kc, vc, kv_dim, max_ctx, pos, seq);
-    CUDA_LAUNCHED("kv_store");
     return 0;
 }
 

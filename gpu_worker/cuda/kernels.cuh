@@ -31,10 +31,8 @@ int k_rmsnorm(cudaStream_t st, const float *x, const float *w, float *y, int n, 
  * *used is set to xq when written, else to x. */
 int k_act_round(cudaStream_t st, int wtype, const float *x, float *xq, int n, int K,
                 const float **used);
-/* y[n][N] = x[n][K] * W^T for n <= MATVEC_MAX_N, reading W's blocks directly. */
+/* Largest batch the matrix-vector kernels take (bigger ones use cuBLAS). */
 #define MATVEC_MAX_N 8
-int k_matvec(cudaStream_t st, const void *w, int type, int N, int K, const float *x, float *y,
-             int n);
 /* Decode a whole matrix (N rows of K) into half precision. */
 int k_dequant_f16(cudaStream_t st, const void *w, int type, int N, int K, __half *out);
 /* Convert n floats to half / bfloat16. */
@@ -46,13 +44,6 @@ int k_add_bias(cudaStream_t st, float *y, const float *b, int n, int N);
 int k_add(cudaStream_t st, float *x, const float *y, size_t n);
 /* h = silu(g) * u, n floats. */
 int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n);
-/* Rotary embedding in place on x[n][n_heads*hd]; kind 0 = adjacent pairs,
- * 1 = halves (NEOX); the first rope_dim elements of each head rotate. */
-int k_rope(cudaStream_t st, float *x, int n, int n_heads, int hd, int rope_dim, int kind,
-           float base, const int32_t *pos);
-/* Store k[t], v[t] (n_kv*hd floats each) at (seq[t], pos[t]) of a layer's cache. */
-int k_kv_store(cudaStream_t st, const float *k, const float *v, __half *kc, __half *vc, int n,
-               int kv_dim, int max_ctx, const int32_t *pos, const int32_t *seq);
 /* Causal attention of each token over its sequence's positions 0..pos[t]:
  * out[t][h*hd..] = softmax(q.K^T * scale) V, with GQA (kv head = h / (n_heads/n_kv)).
  * ref = false: float accumulation, positions split over warps (fast);
@@ -98,8 +89,9 @@ int k_swiglu_fast(cudaStream_t st, const void *wg, int tg, const void *wu, int t
                   const float *xg, const float *xu, int n, float *h);
 int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
                     const float *xg, const float *xu, int n, float *h);
-/* Rotary embedding of q and k in place, then k and v into the cache (see
- * k_rope and k_kv_store). */
+/* Rotary embedding of q and k in place, then k and v into the cache (rope kind 0 =
+ * adjacent pairs, 1 = halves (NEOX); the first rope_dim elements of each head
+ * rotate; the cache is [seq][pos][n_kv * hd] per layer). */
 int k_rope_store(cudaStream_t st, float *q, float *k, const float *v, __half *kc, __half *vc, int n,
                  int n_heads, int n_kv, int hd, int rope_dim, int kind, float base, int max_ctx,
                  const int32_t *pos, const int32_t *seq);
