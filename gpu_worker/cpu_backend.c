@@ -452,9 +452,11 @@ static int cpu_create(const struct st_model *m, const struct backend_config *cfg
         return st_errf(eb, ST_EUNSUPPORTED, "cpu backend: model has no tensors (vocab-only file)");
     if (cfg->max_seqs < 1 || cfg->max_ctx < 1 || cfg->max_batch < 1)
         return st_errf(eb, ST_EINVAL, "cpu backend: max_seqs, max_ctx, max_batch must be >= 1");
-    if (hp->n_heads % hp->n_kv_heads != 0 || hp->rope_dim > hp->head_dim || hp->rope_dim % 2)
-        return st_errf(eb, ST_EUNSUPPORTED, "cpu backend: heads %u / kv heads %u / rope dim %u",
-                       hp->n_heads, hp->n_kv_heads, hp->rope_dim);
+    if (hp->n_heads % hp->n_kv_heads != 0 || hp->rope_dim > hp->head_dim || hp->rope_dim % 2 ||
+        hp->head_dim > 512)
+        return st_errf(eb, ST_EUNSUPPORTED,
+                       "cpu backend: heads %u / kv heads %u / head dim %u (max 512) / rope dim %u",
+                       hp->n_heads, hp->n_kv_heads, hp->head_dim, hp->rope_dim);
     struct backend *b = calloc(1, sizeof(*b));
     if (!b) return st_errf(eb, ST_ENOMEM, "cpu backend: out of memory");
     b->m = m;

@@ -422,12 +422,67 @@ static void test_stories_greedy(void **state)
     model_close(&m);
 }
 
+/* creation and batch errors: a vocab-only file, bad limits, oversize batch */
+static void test_errors(void **state)
+{
+    (void)state;
+    struct st_model *v = open_model("vocab/ggml-vocab-qwen2.gguf");
+    struct st_model *m = open_model("stories260K.gguf");
+    if (!v || !m) {
+        model_close(&v);
+        model_close(&m);
+        skip();
+    }
+    struct backend *b = NULL;
+    struct st_errbuf eb = {{0}};
+    struct backend_config cfg = {.n_threads = 1, .max_seqs = 1, .max_ctx = 8, .max_batch = 2};
+    assert_int_equal(cpu_backend_ops.create(v, &cfg, &b, &eb), ST_EUNSUPPORTED);
+    assert_null(b);
+    assert_non_null(strstr(eb.msg, "vocab-only"));
+    cfg.max_batch = 0;
+    assert_int_equal(cpu_backend_ops.create(m, &cfg, &b, &eb), ST_EINVAL);
+    assert_null(b);
+    cfg.max_batch = 2;
+    assert_int_equal(cpu_backend_ops.create(m, &cfg, &b, &eb), 0);
+    int32_t tok[3] = {1, 2, 3}, pos[3] = {0, 1, 2}, seq[3] = {0, 0, 0};
+    int8_t lg[3] = {1, 1, 1};
+    float *out = malloc(sizeof(float) * 3 * m->hp.n_vocab);
+    struct batch bt = {.n_tokens = 3, .token = tok, .pos = pos, .seq = seq, .logits = lg};
+    assert_int_equal(cpu_backend_ops.forward(b, &bt, out), ST_EINVAL); /* > max_batch */
+    bt.n_tokens = 0;
+    assert_int_equal(cpu_backend_ops.forward(b, &bt, out), ST_EINVAL);
+    bt.n_tokens = 2;
+    pos[1] = 2; /* gap */
+    assert_int_equal(cpu_backend_ops.forward(b, &bt, out), ST_EINVAL);
+    assert_int_equal(cpu_backend_ops.seq_len(b, 0), 0);
+    pos[1] = 1;
+    assert_int_equal(cpu_backend_ops.forward(b, &bt, out), 0);
+    assert_int_equal(cpu_backend_ops.seq_len(b, 0), 2);
+    /* positions past max_ctx */
+    for (int p = 2; p < 8; p++) {
+        int32_t t = 5, pp = p, s0 = 0;
+        int8_t l0 = 0;
+        struct batch one = {.n_tokens = 1, .token = &t, .pos = &pp, .seq = &s0, .logits = &l0};
+        assert_int_equal(cpu_backend_ops.forward(b, &one, out), 0);
+    }
+    int32_t t = 5, pp = 8, s0 = 0;
+    struct batch one = {.n_tokens = 1, .token = &t, .pos = &pp, .seq = &s0, .logits = NULL};
+    assert_int_equal(cpu_backend_ops.forward(b, &one, out), ST_EINVAL);
+    assert_int_equal(cpu_backend_ops.seq_truncate(b, 1, 0), ST_EINVAL);
+    assert_int_equal(cpu_backend_ops.seq_len(b, -1), ST_EINVAL);
+    free(out);
+    cpu_backend_ops.destroy(&b);
+    cpu_backend_ops.destroy(&b); /* safe twice */
+    model_close(&v);
+    model_close(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stories_greedy), cmocka_unit_test(test_ref_models),
         cmocka_unit_test(test_incremental),    cmocka_unit_test(test_multi_seq),
-        cmocka_unit_test(test_reference_path),
+        cmocka_unit_test(test_reference_path), cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
