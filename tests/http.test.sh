@@ -285,6 +285,15 @@ done
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$H/health")" = 200 ] || fail "health not back to 200"
 echo "health: 503 naming the worker while it is stopped, 200 after its restart"
 
+# ---- a frontend that does not answer: /health 503 within its 1 s query timeout ----
+FPID=$(cat "$T/logs/frontend.pid")
+kill -STOP "$FPID"
+sleep 0.3 # past the 200 ms reply cache
+R=$(curl -s -m 5 -w '\n%{http_code}' "$H/health")
+kill -CONT "$FPID"
+[ "$(code_of "$R")" = 503 ] && grep -q "frontend does not answer" <<<"$R" || fail "health with a silent frontend: $R"
+echo "health: 503 'the frontend does not answer' while the frontend is stopped"
+
 # ---- metrics ----
 M=$(curl -s "$H/metrics")
 for want in 'staged_http_requests_total{endpoint="completions",outcome="length"}' \
