@@ -516,11 +516,14 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
     ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
                         (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->cfg.max_ctx,
                         d_pos, d_seq));
+    /* the attention kernel rounds its output for o when it can */
+    bool att_rounds = !b->attn_ref && in_class(b, &L->o) == 3 && hd % 32 == 0;
     ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
-                       b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->attn_ref));
+                       b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->attn_ref,
+                       att_rounds));
     /* x += Wo att */
-    const float *xa;
-    ST_TRY(round_for(b, &L->o, b->att, b->xr, n, &xa));
+    const float *xa = b->att;
+    if (!att_rounds) ST_TRY(round_for(b, &L->o, b->att, b->xr, n, &xa));
     struct mv_args a;
     memset(&a, 0, sizeof(a));
     a.nseg = 1;
@@ -581,7 +584,7 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
                             (int)hp->n_kv_heads, hd, (int)hp->rope_dim, (int)hp->rope_kind,
                             hp->rope_base, b->cfg.max_ctx, d_pos, d_seq));
         ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
-                           b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->attn_ref));
+                           b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->attn_ref, false));
         memo_reset(b);
         ST_TRY(mm(b, &L->o, b->att, b->tmp, n));
         ST_TRY(k_add(st, b->x, b->tmp, (size_t)n * D));

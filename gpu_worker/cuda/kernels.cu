@@ -150,14 +150,18 @@ static __global__ void round_bf16_kernel(const float *x, float *y, size_t n)
 
 /* A warp rounds one 32-element block like llama.cpp's Q8_0 activations:
  * q = rint(x * 127/amax), scale half(amax/127). src may equal dst. */
-static __device__ __forceinline__ void round_q8_0_warp(const float *src, float *dst, int lane)
+static __device__ __forceinline__ float round_q8_0_reg(float v)
 {
-    float v = src[lane];
     float amax = warp_max(fabsf(v));
     float d = amax / 127.f;
     float id = amax != 0.f ? 127.f / amax : 0.f;
     float dh = __half2float(__float2half_rn(d));
-    dst[lane] = rintf(v * id) * dh;
+    return rintf(v * id) * dh;
+}
+
+static __device__ __forceinline__ void round_q8_0_warp(const float *src, float *dst, int lane)
+{
+    dst[lane] = round_q8_0_reg(src[lane]);
 }
 
 /* A warp rounds one 256-element block like Q8_K: the element of largest
@@ -438,7 +442,7 @@ template <int ND>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_chunk_kernel(const float *q, const __half *kc, const __half *vc, float *out,
                            int n_heads, int n_kv, int hd, int max_ctx, float scale,
-                           const int32_t *pos, const int32_t *seq)
+                           const int32_t *pos, const int32_t *seq, bool round_q8_0)
 {
     int h = blockIdx.x, t = blockIdx.y;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -520,7 +524,11 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         float r = 0.f;
         for (int w = 0; w < ATT_WARPS; w++)
             if (f[w] > 0.f) r += sacc[w][e] * f[w];
-        oh[e] = r / L;
+        if (round_q8_0) { /* hd % 32 == 0: whole warps, one 32-block each */
+            oh[e] = round_q8_0_reg(r / L);
+        } else {
+            oh[e] = r / L;
+        }
     }
 }
 
@@ -590,7 +598,7 @@ static __global__ void attention_ref_kernel(const float *q, const __half *kc, co
 
 int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half *vc, float *out,
                 int n, int n_heads, int n_kv, int hd, int max_ctx, float scale,
-                const int32_t *pos, const int32_t *seq, bool ref)
+                const int32_t *pos, const int32_t *seq, bool ref, bool round)
 {
     if (hd > 32 * ATT_MAXD) {
         log_error("cuda: attention: head_dim %d > %d unsupported", hd, 32 * ATT_MAXD);
@@ -607,7 +615,7 @@ int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half 
     if (hd % 8 == 0 && nd <= 8) {
 #define ATT_CHUNK(NDV)                                                                             \
     attention_chunk_kernel<NDV><<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd, \
-                                                                 max_ctx, scale, pos, seq)
+                                                                 max_ctx, scale, pos, seq, round)
         if (nd == 1) ATT_CHUNK(1);
         else if (nd == 2) ATT_CHUNK(2);
         else if (nd <= 4) ATT_CHUNK(4);
@@ -685,9 +693,29 @@ static __global__ void norm_round_kernel(const float *x, const float *w, float e
     for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = row[i];
 }
 
+/* One thread per element (D <= 1024, D % 32 == 0, class != 4): the rounding
+ * of a 32-block is one warp's shuffles, no shared row. */
+static __global__ void norm_round_small_kernel(const float *x, const float *w, float eps, int D,
+                                               int cls, float *xr)
+{
+    int i = threadIdx.x;
+    float v = x[(size_t)blockIdx.x * D + i];
+    float sc = rsqrtf(block_sum(v * v) / D + eps);
+    v = v * sc * w[i];
+    if (cls == 1) v = __half2float(__float2half_rn(v));
+    else if (cls == 2) v = __bfloat162float(__float2bfloat16_rn(v));
+    else if (cls == 3) v = round_q8_0_reg(v);
+    xr[(size_t)blockIdx.x * D + i] = v;
+}
+
 int k_norm_round(cudaStream_t st, const float *x, const float *w, float eps, int n, int D, int cls,
                  float *xr)
 {
+    if (D <= 1024 && D % 32 == 0 && cls != 4) {
+        norm_round_small_kernel<<<n, D, 0, st>>>(x, w, eps, D, cls, xr);
+        CUDA_LAUNCHED("norm_round_small");
+        return 0;
+    }
     norm_round_kernel<<<n, 256, D * sizeof(float), st>>>(x, w, eps, D, cls, xr);
     CUDA_LAUNCHED("norm_round");
     return 0;

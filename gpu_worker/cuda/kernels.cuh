@@ -48,10 +48,12 @@ int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n
  * out[t][h*hd..] = softmax(q.K^T * scale) V, with GQA (kv head = h / (n_heads/n_kv)).
  * ref = false: float accumulation, positions split over warps (fast);
  * ref = true: the reference engine's rounding (q and the running sum of V in
- * half precision, positions in order), one warp per head and token. */
+ * half precision, positions in order), one warp per head and token.
+ * round = true (fast mode, head_dim % 32 == 0 only): the output comes rounded
+ * like Q8_0 activations (what a product with Q4_0..Q8_0 weights wants). */
 int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half *vc, float *out,
                 int n, int n_heads, int n_kv, int hd, int max_ctx, float scale,
-                const int32_t *pos, const int32_t *seq, bool ref);
+                const int32_t *pos, const int32_t *seq, bool ref, bool round);
 /* out[i] = x[idx[i]] rows of dim. */
 int k_gather_rows(cudaStream_t st, const float *x, const int32_t *idx, float *out, int n_out,
                   int dim);
