@@ -34,6 +34,7 @@ struct creq {
     int64_t last_heard;  /* last message for the current attempt (or its submission) */
     int64_t status_sent; /* when the pending status query went out; 0 = none pending */
     bool need_send;      /* the current attempt's generate is still to be sent */
+    int64_t retry_at;    /* ... not before this time (0 = at once) */
     bool need_cancel;    /* a cancel is to be sent */
     bool cancelled;      /* the caller cancelled it */
     size_t delivered;    /* completion bytes delivered to the caller */
@@ -489,6 +490,19 @@ static bool on_req_msg(struct client *c, struct creq *r, const json_t *m, const 
     }
     if (!strcmp(type, "final") || !strcmp(type, "error")) {
         bool final = !strcmp(type, "final");
+        const char *code = json_string_value(json_object_get(json_object_get(m, "error"), "code"));
+        if (!final && r->attempt > 1 && code &&
+            (!strcmp(code, "busy") || !strcmp(code, "unavailable")) &&
+            now + c->idle_ms < r->deadline && !r->cancelled) {
+            /* a resubmission the restarted frontend cannot take yet: try again */
+            log_info("client: resubmission of request %" PRIu64 " answered %s: retrying in %d ms",
+                     r->n, code, c->idle_ms);
+            r->attempt++;
+            r->need_send = true;
+            r->retry_at = now + c->idle_ms;
+            c->counters.resubmitted++;
+            return false;
+        }
         bool started = r->delivered > 0 || r->seq > 0;
         event_init(&p->ev, (final || started) ? CLIENT_FINAL : CLIENT_ERROR, r);
         json_t *err = json_object_get(m, "error");
@@ -574,7 +588,7 @@ static int do_sends_and_timers(struct client *c)
         }
         for (struct creq *r = c->reqs; r && !have; r = r->next) {
             if (r->need_send && !r->cancelled) {
-                if (send_generate(c, r, now) == 0) {
+                if (now >= r->retry_at && send_generate(c, r, now) == 0) {
                     r->need_send = false;
                     r->last_heard = now;
                     r->status_sent = 0;
@@ -599,7 +613,7 @@ static int do_sends_and_timers(struct client *c)
                 have = true;
                 break;
             }
-            if (now - r->last_heard >= c->idle_ms &&
+            if (!r->need_send && now - r->last_heard >= c->idle_ms &&
                 (!r->status_sent || now - r->status_sent >= c->idle_ms)) {
                 if (send_simple(c, "status", id) == 0) {
                     r->status_sent = now;
@@ -609,6 +623,7 @@ static int do_sends_and_timers(struct client *c)
             int64_t t = r->status_sent ? r->status_sent + c->idle_ms : r->last_heard + c->idle_ms;
             if (t < next) next = t;
             if (r->deadline + c->idle_ms < next) next = r->deadline + c->idle_ms;
+            if (r->need_send && r->retry_at > now && r->retry_at < next) next = r->retry_at;
         }
         pthread_mutex_unlock(&c->mu);
         if (!have) break;

@@ -26,7 +26,9 @@
  * attempt with the same parameters, the same seed and the time left until the
  * request's deadline as `timeout_ms`. A status with no answer is repeated
  * every idle_timeout_ms (the DEALER reconnects by itself when the frontend
- * comes back). Chunks carry byte `offset`s; the library delivers only bytes
+ * comes back). A resubmission answered "busy" or "unavailable" (the new
+ * frontend is not ready for everyone yet) is tried again after
+ * idle_timeout_ms, until the deadline. Chunks carry byte `offset`s; the library delivers only bytes
  * past what it already delivered, so callers see one continuous stream with
  * no gap and no duplicate. A request with no final by its deadline (plus one
  * idle timeout of grace for the frontend's own "cancelled" final) ends with a

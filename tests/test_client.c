@@ -308,6 +308,22 @@ static void test_resubmit_after_restart(void **state)
     json_int_t left = json_integer_value(json_object_get(g2, "timeout_ms"));
     assert_true(left > 15000 && left <= 20000); /* the time left, not a fresh deadline */
 
+    /* the restarted frontend is too busy at first: the client tries again */
+    int64_t t1 = proto_now_ms();
+    fake_send(f, json_pack("{s:s,s:s,s:{s:s,s:s}}", "type", "error", "id", id2, "error", "code",
+                           "busy", "message", "queue full"));
+    json_t *g3 = fake_recv(f, 2000);
+    assert_non_null(g3);
+    assert_string_equal(json_string_value(json_object_get(g3, "op")), "generate");
+    assert_true(proto_now_ms() - t1 >= 150); /* after the idle timeout, not at once */
+    assert_int_equal(json_integer_value(json_object_get(g3, "seed")), 42);
+    char id3[80];
+    snprintf(id3, sizeof(id3), "%s", json_string_value(json_object_get(g3, "id")));
+    assert_string_not_equal(id3, id2);
+    json_decref(g2);
+    g2 = g3;
+    id2 = id3;
+
     /* the same seed gives the same text again; the client skips what it has */
     fake_send(f, chunk(id2, 0, 0, "Once up"));
     fake_send(f, chunk(id2, 1, 7, "on a"));
@@ -320,10 +336,10 @@ static void test_resubmit_after_restart(void **state)
     assert_true(s.seq_ok);
     assert_int_equal(s.chunks, 4); /* "Once ", "upon", " a", " time" */
     assert_string_equal(s.finish, "stop");
-    assert_int_equal(s.attempts, 2);
+    assert_int_equal(s.attempts, 3);
     struct client_counters k;
     client_get_counters(c, &k);
-    assert_int_equal(k.resubmitted, 1);
+    assert_int_equal(k.resubmitted, 2);
     assert_true(k.status_sent >= 1);
     json_decref(g1);
     json_decref(st);
