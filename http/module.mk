@@ -11,3 +11,6 @@ TESTS += test_openai
 test_openai_SRC := tests/test_openai.c http/openai.c
 TESTS += test_metrics
 test_metrics_SRC := tests/test_metrics.c http/metrics.c
+TESTS += test_gateway
+test_gateway_SRC := tests/test_gateway.c http/gateway.c http/openai.c http/metrics.c frontend/client.c
+test_gateway_LIBS := -lmicrohttpd
