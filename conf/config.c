@@ -68,7 +68,7 @@ static const struct key_desc keys[] = {
     INT("frontend", "default_max_tokens", frontend.default_max_tokens, 1, 1 << 20, "256"),
     INT("frontend", "request_timeout_ms", frontend.request_timeout_ms, 0, INT64_MAX, "300000"),
     INT("frontend", "heartbeat_ms", frontend.heartbeat_ms, 10, 60000, "250"),
-    INT("frontend", "stage_timeout_ms", frontend.stage_timeout_ms, 50, 600000, "2000"),
+    INT("frontend", "stage_timeout_ms", frontend.stage_timeout_ms, 50, 600000, "1500"),
     FAULTS("frontend", frontend.faults),
     STR("http", "listen", http.listen, "127.0.0.1:8080"),
     STR("http", "api_keys", http.api_keys, ""),
