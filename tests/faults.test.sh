@@ -79,6 +79,8 @@ for fault in "fault_abort_at_step = 40" "fault_fail_alloc_at = 30" "fault_hang_a
     if [[ $fault == fault_hang* ]]; then
         grep -q "worker silent for" "$T/logs/frontend.log" || fail "hang not detected by heartbeat"
         grep "worker silent for" "$T/logs/frontend.log"
+        ms=$(sed -n 's/.*worker silent for \([0-9]*\) ms: treating it as dead.*/\1/p' "$T/logs/frontend.log" | head -1)
+        [ "$ms" -le 2000 ] || fail "the hung worker was noticed after $ms ms (more than 2 s)"
     fi
     "$S" stop "$FC" >/dev/null
     rm -f "$T"/logs/*.log
