@@ -248,7 +248,6 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
     b->act_float = getenv("STAGED_CUDA_ACT") && strcmp(getenv("STAGED_CUDA_ACT"), "float") == 0;
     b->attn_ref = getenv("STAGED_CUDA_ATTN") && strcmp(getenv("STAGED_CUDA_ATTN"), "ref") == 0;
     b->unfused = getenv("STAGED_CUDA_UNFUSED") && strcmp(getenv("STAGED_CUDA_UNFUSED"), "1") == 0;
-    if (getenv("STAGED_CUDA_PDL") && strcmp(getenv("STAGED_CUDA_PDL"), "0") == 0) k_set_pdl(false);
     if (getenv("STAGED_CUDA_STAGE") && strcmp(getenv("STAGED_CUDA_STAGE"), "0") == 0)
         k_set_staging(false);
     b->use_graphs = !(getenv("STAGED_CUDA_GRAPHS") && strcmp(getenv("STAGED_CUDA_GRAPHS"), "0") == 0);

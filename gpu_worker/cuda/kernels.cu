@@ -4,46 +4,6 @@
 #include "gpu_worker/cuda/quant.cuh"
 
 #include <cuda_bf16.h>
-#include <string.h>
-
-
-/* Programmatic dependent launch: kernels launched with PDL_LAUNCH may start
- * while the previous kernel of the stream finishes; each such kernel first
- * waits (griddepcontrol.wait) until the previous grid completed and its
- * writes are visible, then lets the next kernel start launching. Both
- * instructions are no-ops for kernels launched the ordinary way. */
-static __device__ __forceinline__ void pdl_enter(void)
-{
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-}
-
-static bool g_pdl = true;
-
-void k_set_pdl(bool on)
-{
-    g_pdl = on;
-}
-
-template <typename... KArgs, typename... Args>
-static cudaError_t pdl_launch(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem,
-                              cudaStream_t st, Args... args)
-{
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = g_pdl ? 1 : 0;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, kern, ((KArgs)args)...);
-}
-
-#define PDL_LAUNCH(kern, grid, block, smem, st, ...)                                               \
-    CUDA_TRY(pdl_launch(kern, dim3(grid), dim3(block), (size_t)(smem), st, __VA_ARGS__))
 
 static __device__ __forceinline__ float warp_sum(float v)
 {
@@ -135,7 +95,6 @@ template <int T>
 static __global__ void embed_kernel(const uint8_t *w, size_t rb, int dim, const int32_t *tok,
                                     float *x)
 {
-    pdl_enter();
     int t = blockIdx.x;
     deq_row<T>(w + (size_t)tok[t] * rb, dim, x + (size_t)t * dim);
 }
@@ -144,7 +103,7 @@ template <int T>
 static int embed_launch(cudaStream_t st, const void *w, int dim, const int32_t *tok, int n,
                         float *x)
 {
-    PDL_LAUNCH(embed_kernel<T>, n, 256, 0, st, (const uint8_t *)w, row_bytes(T, dim), dim, tok, x);
+    embed_kernel<T><<<n, 256, 0, st>>>((const uint8_t *)w, row_bytes(T, dim), dim, tok, x);
     CUDA_LAUNCHED("embed");
     return 0;
 }
@@ -158,7 +117,6 @@ int k_embed(cudaStream_t st, const void *w, int type, int dim, const int32_t *to
 
 static __global__ void rmsnorm_kernel(const float *x, const float *w, float *y, int dim, float eps)
 {
-    pdl_enter();
     const float *xr = x + (size_t)blockIdx.x * dim;
     float *yr = y + (size_t)blockIdx.x * dim;
     float ss = 0.f;
@@ -171,7 +129,7 @@ static __global__ void rmsnorm_kernel(const float *x, const float *w, float *y, 
 int k_rmsnorm(cudaStream_t st, const float *x, const float *w, float *y, int n, int dim, float eps)
 {
     int th = dim >= 1024 ? 1024 : (dim + 31) / 32 * 32;
-    PDL_LAUNCH(rmsnorm_kernel, n, th, 0, st, x, w, y, dim, eps);
+    rmsnorm_kernel<<<n, th, 0, st>>>(x, w, y, dim, eps);
     CUDA_LAUNCHED("rmsnorm");
     return 0;
 }
@@ -180,14 +138,12 @@ int k_rmsnorm(cudaStream_t st, const float *x, const float *w, float *y, int n, 
 
 static __global__ void round_f16_kernel(const float *x, float *y, size_t n)
 {
-    pdl_enter();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = __half2float(__float2half_rn(x[i]));
 }
 
 static __global__ void round_bf16_kernel(const float *x, float *y, size_t n)
 {
-    pdl_enter();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = __bfloat162float(__float2bfloat16_rn(x[i]));
 }
@@ -242,7 +198,6 @@ static __device__ __forceinline__ void round_q8_k_warp(const float *src, float *
 
 static __global__ void q8_0_round_kernel(const float *x, float *y, size_t nblk)
 {
-    pdl_enter();
     size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (blk >= nblk) return;
     round_q8_0_warp(x + blk * 32, y + blk * 32, threadIdx.x & 31);
@@ -250,7 +205,6 @@ static __global__ void q8_0_round_kernel(const float *x, float *y, size_t nblk)
 
 static __global__ void q8_k_round_kernel(const float *x, float *y, size_t nblk)
 {
-    pdl_enter();
     size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (blk >= nblk) return;
     round_q8_k_warp(x + blk * 256, y + blk * 256, threadIdx.x & 31);
@@ -272,11 +226,10 @@ int k_act_round(cudaStream_t st, int wtype, const float *x, float *xq, int n, in
         round_bf16_kernel<<<(unsigned)((total + 255) / 256), 256, 0, st>>>(x, xq, total);
         break;
     case QT_Q4_0: case QT_Q4_1: case QT_Q5_0: case QT_Q5_1: case QT_Q8_0:
-        PDL_LAUNCH(q8_0_round_kernel, (unsigned)((total / 32 + 7) / 8), 256, 0, st, x, xq, total / 32);
+        q8_0_round_kernel<<<(unsigned)((total / 32 + 7) / 8), 256, 0, st>>>(x, xq, total / 32);
         break;
     default:
-        PDL_LAUNCH(q8_k_round_kernel, (unsigned)((total / 256 + 7) / 8), 256, 0, st, x, xq,
-                   total / 256);
+        q8_k_round_kernel<<<(unsigned)((total / 256 + 7) / 8), 256, 0, st>>>(x, xq, total / 256);
         break;
     }
     CUDA_LAUNCHED("act_round");
@@ -289,7 +242,6 @@ template <int T>
 static __global__ void dequant_kernel(const uint8_t *w, size_t rb, int K, size_t total_groups,
                                       __half *out)
 {
-    pdl_enter();
     size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= total_groups) return;
     size_t per_row = (size_t)K / 8;
@@ -304,14 +256,12 @@ static __global__ void dequant_kernel(const uint8_t *w, size_t rb, int K, size_t
 
 static __global__ void f32_to_f16_kernel(const float *x, __half *out, size_t n)
 {
-    pdl_enter();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = __float2half_rn(x[i]);
 }
 
 static __global__ void bf16_to_f16_kernel(const __nv_bfloat16 *x, __half *out, size_t n)
 {
-    pdl_enter();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = __float2half_rn(__bfloat162float(x[i]));
 }
@@ -351,7 +301,6 @@ int k_to_f16(cudaStream_t st, const float *x, __half *out, size_t n)
 
 static __global__ void f32_to_bf16_kernel(const float *x, __nv_bfloat16 *out, size_t n)
 {
-    pdl_enter();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = __float2bfloat16_rn(x[i]);
 }
@@ -367,7 +316,6 @@ int k_to_bf16(cudaStream_t st, const float *x, void *out, size_t n)
 
 static __global__ void add_bias_kernel(float *y, const float *b, size_t total, int N)
 {
-    pdl_enter();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < total) y[i] += b[i % N];
 }
@@ -382,7 +330,6 @@ int k_add_bias(cudaStream_t st, float *y, const float *b, int n, int N)
 
 static __global__ void add_kernel(float *x, const float *y, size_t n)
 {
-    pdl_enter();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += y[i];
 }
@@ -396,7 +343,6 @@ int k_add(cudaStream_t st, float *x, const float *y, size_t n)
 
 static __global__ void swiglu_kernel(const float *g, const float *u, float *h, size_t n)
 {
-    pdl_enter();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float a = g[i];
@@ -424,7 +370,6 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
                      int n_kv, int hd, int max_ctx, float scale, const int32_t *pos,
                      const int32_t *seq)
 {
-    pdl_enter();
     int h = blockIdx.x, t = blockIdx.y;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int kvh = h / (n_heads / n_kv);
@@ -499,7 +444,6 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
                            int n_heads, int n_kv, int hd, int max_ctx, float scale,
                            const int32_t *pos, const int32_t *seq, bool round_q8_0)
 {
-    pdl_enter();
     int h = blockIdx.x, t = blockIdx.y;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int kvh = h / (n_heads / n_kv);
@@ -597,7 +541,6 @@ static __global__ void attention_ref_kernel(const float *q, const __half *kc, co
                                             int max_ctx, float scale, const int32_t *pos,
                                             const int32_t *seq)
 {
-    pdl_enter();
     int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x;
     int kvh = h / (n_heads / n_kv);
     int kv_dim = n_kv * hd;
@@ -671,8 +614,8 @@ int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half 
     int nd = (hd + 31) / 32;
     if (hd % 8 == 0 && nd <= 8) {
 #define ATT_CHUNK(NDV)                                                                             \
-    PDL_LAUNCH(attention_chunk_kernel<NDV>, grid, ATT_WARPS * 32, 0, st, q, kc, vc, out, n_heads,  \
-               n_kv, hd, max_ctx, scale, pos, seq, round)
+    attention_chunk_kernel<NDV><<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd, \
+                                                                 max_ctx, scale, pos, seq, round)
         if (nd == 1) ATT_CHUNK(1);
         else if (nd == 2) ATT_CHUNK(2);
         else if (nd <= 4) ATT_CHUNK(4);
@@ -689,7 +632,6 @@ int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half 
 
 static __global__ void gather_kernel(const float *x, const int32_t *idx, float *out, int dim)
 {
-    pdl_enter();
     const float *src = x + (size_t)idx[blockIdx.x] * dim;
     float *dst = out + (size_t)blockIdx.x * dim;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = src[i];
@@ -698,14 +640,13 @@ static __global__ void gather_kernel(const float *x, const int32_t *idx, float *
 int k_gather_rows(cudaStream_t st, const float *x, const int32_t *idx, float *out, int n_out,
                   int dim)
 {
-    PDL_LAUNCH(gather_kernel, n_out, 256, 0, st, x, idx, out, dim);
+    gather_kernel<<<n_out, 256, 0, st>>>(x, idx, out, dim);
     CUDA_LAUNCHED("gather");
     return 0;
 }
 
 static __global__ void fault_kernel(int *p)
 {
-    pdl_enter();
     p[threadIdx.x * 1024] = 1;
 }
 
@@ -738,7 +679,6 @@ static __device__ void round_row(float *v, int D, int cls)
 static __global__ void norm_round_kernel(const float *x, const float *w, float eps, int D, int cls,
                                          float *xr)
 {
-    pdl_enter();
     extern __shared__ float row[];
     const float *xt = x + (size_t)blockIdx.x * D;
     float ss = 0.f;
@@ -758,7 +698,6 @@ static __global__ void norm_round_kernel(const float *x, const float *w, float e
 static __global__ void norm_round_small_kernel(const float *x, const float *w, float eps, int D,
                                                int cls, float *xr)
 {
-    pdl_enter();
     int i = threadIdx.x;
     float v = x[(size_t)blockIdx.x * D + i];
     float sc = rsqrtf(block_sum(v * v) / D + eps);
@@ -773,11 +712,11 @@ int k_norm_round(cudaStream_t st, const float *x, const float *w, float eps, int
                  float *xr)
 {
     if (D <= 1024 && D % 32 == 0 && cls != 4) {
-        PDL_LAUNCH(norm_round_small_kernel, n, D, 0, st, x, w, eps, D, cls, xr);
+        norm_round_small_kernel<<<n, D, 0, st>>>(x, w, eps, D, cls, xr);
         CUDA_LAUNCHED("norm_round_small");
         return 0;
     }
-    PDL_LAUNCH(norm_round_kernel, n, 256, D * sizeof(float), st, x, w, eps, D, cls, xr);
+    norm_round_kernel<<<n, 256, D * sizeof(float), st>>>(x, w, eps, D, cls, xr);
     CUDA_LAUNCHED("norm_round");
     return 0;
 }
@@ -870,7 +809,6 @@ static __device__ __forceinline__ const uint8_t *stage_row(const uint8_t *row, s
 
 static __global__ void __launch_bounds__(128) matvec_multi_kernel(struct mv_args a)
 {
-    pdl_enter();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int wpr = a.wpr, sub = warp % wpr;
     int row = blockIdx.x * (4 / wpr) + warp / wpr, s = 0;
@@ -951,7 +889,6 @@ static __global__ void __launch_bounds__(128)
                          size_t rbu, int N, int K, const float *xg, const float *xu, int n,
                          float *h, int wpr, int stage_u4)
 {
-    pdl_enter();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int sub = warp % wpr;
     int row = blockIdx.x * (4 / wpr) + warp / wpr;
@@ -1005,7 +942,6 @@ static __global__ void rope_store_kernel(float *q, float *k, const float *v, __h
                                          int kind, float base, int max_ctx, const int32_t *pos,
                                          const int32_t *seq)
 {
-    pdl_enter();
     int t = blockIdx.x;
     int half_rd = rope_dim / 2;
     float p = (float)pos[t];
@@ -1036,8 +972,8 @@ int k_rope_store(cudaStream_t st, float *q, float *k, const float *v, __half *kc
                  int n_heads, int n_kv, int hd, int rope_dim, int kind, float base, int max_ctx,
                  const int32_t *pos, const int32_t *seq)
 {
-    PDL_LAUNCH(rope_store_kernel, n, 256, 0, st, q, k, v, kc, vc, n_heads, n_kv, hd, rope_dim, kind,
-               base, max_ctx, pos, seq);
+    rope_store_kernel<<<n, 256, 0, st>>>(q, k, v, kc, vc, n_heads, n_kv, hd, rope_dim, kind, base,
+                                         max_ctx, pos, seq);
     CUDA_LAUNCHED("rope_store");
     return 0;
 }
@@ -1096,7 +1032,6 @@ static __device__ __forceinline__ void rows_reduce_t(float (&acc)[NT], int n, in
 template <int T, int NT>
 static __global__ void __launch_bounds__(128) mv_fast_kernel(struct mv_args a)
 {
-    pdl_enter();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int wpr = a.wpr, sub = warp % wpr;
     int row = blockIdx.x * (4 / wpr) + warp / wpr;
@@ -1143,8 +1078,8 @@ template <int T> static int mv_fast_launch(cudaStream_t st, struct mv_args *a, i
 {
     int rpb = 4 / a->wpr;
     size_t smem = (size_t)a->stage_u4 * 16 * 4;
-    if (a->n == 1) PDL_LAUNCH((mv_fast_kernel<T, 1>), (rows + rpb - 1) / rpb, 128, smem, st, *a);
-    else PDL_LAUNCH((mv_fast_kernel<T, MATVEC_MAX_N>), (rows + rpb - 1) / rpb, 128, smem, st, *a);
+    if (a->n == 1) mv_fast_kernel<T, 1><<<(rows + rpb - 1) / rpb, 128, smem, st>>>(*a);
+    else mv_fast_kernel<T, MATVEC_MAX_N><<<(rows + rpb - 1) / rpb, 128, smem, st>>>(*a);
     CUDA_LAUNCHED("mv_fast");
     return 0;
 }
@@ -1200,7 +1135,6 @@ static __global__ void __launch_bounds__(128)
     swiglu_fast_kernel(const uint8_t *wg, const uint8_t *wu, size_t rb, int N, int K,
                        const float *xg, const float *xu, int n, float *h, int wpr, int stage_u4)
 {
-    pdl_enter();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int sub = warp % wpr;
     int row = blockIdx.x * (4 / wpr) + warp / wpr;
@@ -1239,13 +1173,11 @@ static int swiglu_fast_launch(cudaStream_t st, const void *wg, const void *wu, i
     int rpb = 4 / wpr;
     size_t smem = (size_t)stage_u4 * 16 * 8;
     if (n == 1)
-        PDL_LAUNCH((swiglu_fast_kernel<T, 1>), (N + rpb - 1) / rpb, 128, smem, st,
-                   (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, wpr,
-                   stage_u4);
+        swiglu_fast_kernel<T, 1><<<(N + rpb - 1) / rpb, 128, smem, st>>>(
+            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, wpr, stage_u4);
     else
-        PDL_LAUNCH((swiglu_fast_kernel<T, MATVEC_MAX_N>), (N + rpb - 1) / rpb, 128, smem, st,
-                   (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, wpr,
-                   stage_u4);
+        swiglu_fast_kernel<T, MATVEC_MAX_N><<<(N + rpb - 1) / rpb, 128, smem, st>>>(
+            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, wpr, stage_u4);
     CUDA_LAUNCHED("swiglu_fast");
     return 0;
 }

@@ -98,9 +98,6 @@ int k_rope_store(cudaStream_t st, float *q, float *k, const float *v, __half *kc
                  int n_heads, int n_kv, int hd, int rope_dim, int kind, float base, int max_ctx,
                  const int32_t *pos, const int32_t *seq);
 
-/* Programmatic dependent launch for the decode kernels (default on). */
-void k_set_pdl(bool on);
-
 /* Fault injection: a kernel that writes through an invalid address. */
 int k_fault(cudaStream_t st);
 #endif
