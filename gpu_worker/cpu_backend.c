@@ -152,26 +152,11 @@ static void rope_head(float *h, const float *c, const float *s, int rope_dim, in
         int a = kind == ROPE_NEOX ? i : 2 * i;
         int bb = kind == ROPE_NEOX ? i + half : 2 * i + 1;
         float x0 = h[a], x1 = h[bb];
-        h[a] = x0 * c[i] - x1 * s[i];
-        h[bb] = x0 * s[i] + x1 * c[i];
+        /* fused as GCC fuses llama.cpp's x0*c - x1*s and x0*s + x1*c, so
+         * the rounding does not depend on our compiler flags */
+        h[a] = fmaf(x0, c[i], -(x1 * s[i]));
+        h[bb] = fmaf(x0, s[i], x1 * c[i]);
     }
-}
-
-static inline float dot_f32_f16(const float *q, const uint16_t *k, int n)
-{
-    int i = 0;
-    __m256 acc = _mm256_setzero_ps();
-    for (; i + 8 <= n; i += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i),
-                              _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i))), acc);
-    __m128 lo = _mm256_castps256_ps128(acc), hi = _mm256_extractf128_ps(acc, 1);
-    lo = _mm_add_ps(lo, hi);
-    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
-    float s = _mm_cvtss_f32(lo);
-    for (; i < n; i++)
-        s += q[i] * quant_f16_to_f32(k[i]);
-    return s;
 }
 
 /* ---------------- attention ----------------
@@ -229,15 +214,15 @@ static void att_run(void *arg, int task, int ith)
         /* llama.cpp's CPU flash attention, whose rounding we follow so that
          * logits track the reference: q rounded to binary16, online softmax,
          * the output accumulated in binary16 */
-        float qr[512];
+        uint16_t q16[512];
         for (int d = 0; d < hd; d++)
-            qr[d] = quant_f16_to_f32(quant_f32_to_f16(qh[d]));
+            q16[d] = quant_f32_to_f16(qh[d]);
         float *o = b->att + (size_t)t * b->q_dim + (size_t)h * hd;
         uint16_t acc[512];
         memset(acc, 0, sizeof(uint16_t) * hd);
         float M = -INFINITY, S = 0;
         for (int i = 0; i <= p; i++) {
-            float sv = dot_f32_f16(qr, kb + (size_t)i * b->kv_dim, hd) * scale;
+            float sv = kernels_dot_f16(hd, kb + (size_t)i * b->kv_dim, q16) * scale;
             float ms = 1.0f, vs = 1.0f;
             if (sv > M) {
                 float Mold = M;
@@ -248,7 +233,7 @@ static void att_run(void *arg, int task, int ith)
                 vs = expf(sv - M);
             }
             mad_f16(acc, vb + (size_t)i * b->kv_dim, vs, hd);
-            S = S * ms + vs;
+            S = fmaf(S, ms, vs);
         }
         float inv = 1.0f / S;
         for (int d = 0; d < hd; d++)

@@ -4,6 +4,7 @@
 #include "quant.h"
 
 #include <immintrin.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,38 +24,97 @@ static inline __m256i load32(const void *p)
 
 /* ---- float types ---- */
 
-static float dot_f32(int64_t n, const void *w, const void *act)
+/*
+ * F32 / F16 dot products in the summation order of llama.cpp's AVX-512
+ * build (the reference logits were computed by one), written with AVX2:
+ * a 16-lane register is two 8-lane halves (lo, hi).
+ *
+ *   one row  (ggml_vec_dot_f32/f16): 4 accumulators of 16 lanes over steps
+ *            of 64 elements, fused multiply-adds; then a0 += a2, a1 += a3,
+ *            a0 += a1, and the 16 lanes reduced as a 512-bit reduce-add
+ *            (halves, quarters, pairs); the tail (n % 64) added one product
+ *            at a time in double.
+ *   4 rows   (the batched path, tinyBLAS): one 16-lane accumulator over
+ *            steps of 16, reduced the same way; used when n % 16 == 0.
+ */
+struct v16 {
+    __m256 lo, hi;
+};
+
+static inline float reduce16(struct v16 v)
 {
-    const float *a = w, *b = act;
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-    }
-    float s = hsum_ps(_mm256_add_ps(s0, s1));
-    for (; i < n; i++)
-        s += a[i] * b[i];
-    return s;
+    __m256 t = _mm256_add_ps(v.hi, v.lo);
+    __m128 q = _mm_add_ps(_mm256_extractf128_ps(t, 1), _mm256_castps256_ps128(t));
+    q = _mm_add_ps(q, _mm_shuffle_ps(q, q, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm_cvtss_f32(q) + _mm_cvtss_f32(_mm_shuffle_ps(q, q, 1));
 }
 
-static float dot_f16(int64_t n, const void *w, const void *act)
+static inline __m256 ld_f32(const void *p, int64_t i)
 {
-    const uint16_t *a = w, *b = act;
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m256 a0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i)));
-        __m256 b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i)));
-        __m256 a1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i + 8)));
-        __m256 b1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i + 8)));
-        s0 = _mm256_fmadd_ps(a0, b0, s0);
-        s1 = _mm256_fmadd_ps(a1, b1, s1);
+    return _mm256_loadu_ps((const float *)p + i);
+}
+
+static inline __m256 ld_f16(const void *p, int64_t i)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+}
+
+#define DOT_FLOAT(NAME, NAME4, LD, SCALAR)                                                         \
+    static float NAME(int64_t n, const void *w, const void *act)                                   \
+    {                                                                                              \
+        struct v16 acc[4];                                                                         \
+        for (int j = 0; j < 4; j++)                                                                \
+            acc[j].lo = acc[j].hi = _mm256_setzero_ps();                                           \
+        int64_t np = n & ~(int64_t)63;                                                             \
+        for (int64_t i = 0; i < np; i += 64)                                                       \
+            for (int j = 0; j < 4; j++) {                                                          \
+                acc[j].lo = _mm256_fmadd_ps(LD(w, i + 16 * j), LD(act, i + 16 * j), acc[j].lo);    \
+                acc[j].hi =                                                                        \
+                    _mm256_fmadd_ps(LD(w, i + 16 * j + 8), LD(act, i + 16 * j + 8), acc[j].hi);    \
+            }                                                                                      \
+        for (int j = 0; j < 2; j++) {                                                              \
+            acc[j].lo = _mm256_add_ps(acc[j].lo, acc[j + 2].lo);                                   \
+            acc[j].hi = _mm256_add_ps(acc[j].hi, acc[j + 2].hi);                                   \
+        }                                                                                          \
+        acc[0].lo = _mm256_add_ps(acc[0].lo, acc[1].lo);                                           \
+        acc[0].hi = _mm256_add_ps(acc[0].hi, acc[1].hi);                                           \
+        double sum = reduce16(acc[0]);                                                             \
+        for (int64_t i = np; i < n; i++)                                                           \
+            sum += (double)SCALAR(w, act, i);                                                      \
+        return (float)sum;                                                                         \
+    }                                                                                              \
+    static void NAME4(int64_t n, const void *w, const void *act, size_t stride, float *out)        \
+    {                                                                                              \
+        if (n % 16) {                                                                              \
+            for (int k = 0; k < 4; k++)                                                            \
+                out[k] = NAME(n, w, (const uint8_t *)act + (size_t)k * stride);                    \
+            return;                                                                                \
+        }                                                                                          \
+        struct v16 acc[4];                                                                         \
+        for (int k = 0; k < 4; k++)                                                                \
+            acc[k].lo = acc[k].hi = _mm256_setzero_ps();                                           \
+        for (int64_t i = 0; i < n; i += 16) {                                                      \
+            __m256 wl = LD(w, i), wh = LD(w, i + 8);                                               \
+            for (int k = 0; k < 4; k++) {                                                          \
+                const uint8_t *a = (const uint8_t *)act + (size_t)k * stride;                      \
+                acc[k].lo = _mm256_fmadd_ps(wl, LD(a, i), acc[k].lo);                              \
+                acc[k].hi = _mm256_fmadd_ps(wh, LD(a, i + 8), acc[k].hi);                          \
+            }                                                                                      \
+        }                                                                                          \
+        for (int k = 0; k < 4; k++)                                                                \
+            out[k] = reduce16(acc[k]);                                                             \
     }
-    float s = hsum_ps(_mm256_add_ps(s0, s1));
-    for (; i < n; i++)
-        s += quant_f16_to_f32(a[i]) * quant_f16_to_f32(b[i]);
-    return s;
+
+#define SCALAR_F32(w, a, i) (((const float *)(w))[i] * ((const float *)(a))[i])
+#define SCALAR_F16(w, a, i)                                                                        \
+    (quant_f16_to_f32(((const uint16_t *)(w))[i]) * quant_f16_to_f32(((const uint16_t *)(a))[i]))
+
+DOT_FLOAT(dot_f32, dot4_f32, ld_f32, SCALAR_F32)
+DOT_FLOAT(dot_f16, dot4_f16, ld_f16, SCALAR_F16)
+
+float kernels_dot_f16(int64_t n, const uint16_t *x, const uint16_t *y)
+{
+    return dot_f16(n, x, y);
 }
 
 static inline __m256 bf16x8(const uint16_t *p)
@@ -72,8 +132,67 @@ static float dot_bf16(int64_t n, const void *w, const void *act)
         s0 = _mm256_fmadd_ps(bf16x8(a + i), bf16x8(b + i), s0);
     float s = hsum_ps(s0);
     for (; i < n; i++)
-        s += quant_bf16_to_f32(a[i]) * quant_bf16_to_f32(b[i]);
+        s = fmaf(quant_bf16_to_f32(a[i]), quant_bf16_to_f32(b[i]), s);
     return s;
+}
+
+/* BF16 with the AVX512-BF16 dot-product instruction, whose rounding only
+ * the instruction itself gives: llama.cpp's order for one row (two
+ * accumulators over steps of 64, each reduced, the tail in double) and for
+ * batches (one accumulator over steps of 32). */
+#define AVX512BF16 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")))
+
+AVX512BF16 static float dot_bf16_512(int64_t n, const void *w, const void *act)
+{
+    const uint16_t *x = w, *y = act;
+    __m512 c1 = _mm512_setzero_ps(), c2 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        c1 = _mm512_dpbf16_ps(c1, (__m512bh)_mm512_loadu_si512(x + i),
+                              (__m512bh)_mm512_loadu_si512(y + i));
+        c2 = _mm512_dpbf16_ps(c2, (__m512bh)_mm512_loadu_si512(x + i + 32),
+                              (__m512bh)_mm512_loadu_si512(y + i + 32));
+    }
+    double sum = _mm512_reduce_add_ps(c1);
+    sum += _mm512_reduce_add_ps(c2);
+    for (; i < n; i++)
+        sum += (double)(quant_bf16_to_f32(x[i]) * quant_bf16_to_f32(y[i]));
+    return (float)sum;
+}
+
+AVX512BF16 static void dot4_bf16_512(int64_t n, const void *w, const void *act, size_t stride,
+                                     float *out)
+{
+    if (n % 32) {
+        for (int k = 0; k < 4; k++)
+            out[k] = dot_bf16_512(n, w, (const uint8_t *)act + (size_t)k * stride);
+        return;
+    }
+    const uint16_t *x = w;
+    __m512 c[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+    for (int64_t i = 0; i < n; i += 32) {
+        __m512bh wv = (__m512bh)_mm512_loadu_si512(x + i);
+        for (int k = 0; k < 4; k++) {
+            const uint16_t *y = (const uint16_t *)((const uint8_t *)act + (size_t)k * stride);
+            c[k] = _mm512_dpbf16_ps(c[k], wv, (__m512bh)_mm512_loadu_si512(y + i));
+        }
+    }
+    for (int k = 0; k < 4; k++)
+        out[k] = _mm512_reduce_add_ps(c[k]);
+}
+
+static bool have_bf16(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *isa = getenv("STAGED_CPU_ISA");
+        v = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+                    !(isa && !strcmp(isa, "avx2"))
+                ? 1
+                : 0;
+    }
+    return v == 1;
 }
 
 /* ---- 8-bit helpers ---- */
@@ -126,7 +245,7 @@ static float dot_q4_1(int64_t n, const void *w, const void *act)
     float summ = 0;
     for (int64_t b = 0; b < n / QK; b++) {
         __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
-        summ += quant_f16_to_f32(x[b].m) * quant_f16_to_f32(y[b].s);
+        summ = fmaf(quant_f16_to_f32(x[b].m), quant_f16_to_f32(y[b].s), summ);
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(mul_u8s8(unpack_nib(x[b].qs), load32(y[b].qs))),
                               acc);
     }
@@ -142,7 +261,7 @@ static float dot_q5_1(int64_t n, const void *w, const void *act)
     float summ = 0;
     for (int64_t b = 0; b < n / QK; b++) {
         __m256 d = _mm256_set1_ps(quant_f16_to_f32(x[b].d) * quant_f16_to_f32(y[b].d));
-        summ += quant_f16_to_f32(x[b].m) * quant_f16_to_f32(y[b].s);
+        summ = fmaf(quant_f16_to_f32(x[b].m), quant_f16_to_f32(y[b].s), summ);
         __m256i q =
             _mm256_or_si256(unpack_nib(x[b].qs), _mm256_and_si256(bits_to_bytes(x[b].qh), b4));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(mul_u8s8(q, load32(y[b].qs))), acc);
@@ -193,7 +312,7 @@ static float dot_q4_K(int64_t n, const void *w, const void *act)
         uint8_t sc[8], mn[8];
         scales_k4(x[b].scales, sc, mn);
         int msum = mins_dot(mn, y[b].bsums);
-        summ += y[b].d * quant_f16_to_f32(x[b].dmin) * (float)msum;
+        summ = fmaf(y[b].d * quant_f16_to_f32(x[b].dmin), (float)msum, summ);
         __m256i sumi = _mm256_setzero_si256();
         for (int g = 0; g < 4; g++) {
             __m256i q4 = load32(x[b].qs + 32 * g);
@@ -223,7 +342,7 @@ static float dot_q5_K(int64_t n, const void *w, const void *act)
         uint8_t sc[8], mn[8];
         scales_k4(x[b].scales, sc, mn);
         int msum = mins_dot(mn, y[b].bsums);
-        summ += y[b].d * quant_f16_to_f32(x[b].dmin) * (float)msum;
+        summ = fmaf(y[b].d * quant_f16_to_f32(x[b].dmin), (float)msum, summ);
         __m256i qh = load32(x[b].qh);
         __m256i sumi = _mm256_setzero_si256();
         for (int g = 0; g < 4; g++) {
@@ -271,10 +390,14 @@ static float dot_q6_K(int64_t n, const void *w, const void *act)
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / QK_K; b++) {
         const int8_t *sc = x[b].scales;
-        int bsum = scales_bsums(sc, y[b].bsums);
         float d = y[b].d * quant_f16_to_f32(x[b].d);
-        /* the -32 offset: subtract 32 * sum(scale * bsum) in the integer domain */
-        __m256i sumi = _mm256_setr_epi32(-32 * bsum, 0, 0, 0, 0, 0, 0, 0);
+        /* the -32 offset: subtract 32 * scale * bsum lane by lane (pairs of
+         * sub-blocks per lane), the order of llama.cpp's one-token kernel */
+        __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        __m256i sumi = _mm256_sub_epi32(
+            _mm256_setzero_si256(),
+            _mm256_slli_epi32(
+                _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[b].bsums), s16), 5));
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = x[b].ql + 64 * h;
             const int8_t *qa = y[b].qs + 128 * h;
@@ -414,7 +537,7 @@ static void dot4_q4_K(int64_t n, const void *w, const void *act, size_t stride, 
         for (int k = 0; k < 4; k++) {
             const struct block_q8_K *y = ACT(k, struct block_q8_K, b);
             int msum = mins_dot(mn, y->bsums);
-            summ[k] += y->d * dmw * (float)msum;
+            summ[k] = fmaf(y->d * dmw, (float)msum, summ[k]);
             __m256i sumi = _mm256_setzero_si256();
             for (int g = 0; g < 4; g++) {
                 __m256i plo = _mm256_maddubs_epi16(lo[g], load32(y->qs + 64 * g));
@@ -439,6 +562,7 @@ static void dot4_q6_K(int64_t n, const void *w, const void *act, size_t stride, 
                      _mm256_setzero_ps()};
     for (int64_t b = 0; b < n / QK_K; b++) {
         const int8_t *sc = x[b].scales;
+        __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
         __m256i q[8], sv[8];
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = x[b].ql + 64 * h;
@@ -460,8 +584,10 @@ static void dot4_q6_K(int64_t n, const void *w, const void *act, size_t stride, 
         float dw = quant_f16_to_f32(x[b].d);
         for (int k = 0; k < 4; k++) {
             const struct block_q8_K *y = ACT(k, struct block_q8_K, b);
-            int bsum = scales_bsums(sc, y->bsums);
-            __m256i sumi = _mm256_setr_epi32(-32 * bsum, 0, 0, 0, 0, 0, 0, 0);
+            __m256i sumi = _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                _mm256_slli_epi32(
+                    _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), s16), 5));
             for (int i = 0; i < 8; i++)
                 sumi = _mm256_add_epi32(
                     sumi,
@@ -608,7 +734,7 @@ kernels_dot_fn kernels_dot(uint32_t w, bool reference)
     case GGML_TYPE_F16:
         return reference ? ref_f16 : dot_f16;
     case GGML_TYPE_BF16:
-        return reference ? ref_bf16 : dot_bf16;
+        return reference ? ref_bf16 : have_bf16() ? dot_bf16_512 : dot_bf16;
     case GGML_TYPE_Q4_0:
         return reference ? ref_q4_0 : have_vnni() ? dotv_q4_0 : dot_q4_0;
     case GGML_TYPE_Q4_1:
@@ -636,6 +762,12 @@ kernels_dot_fn kernels_dot(uint32_t w, bool reference)
 kernels_dot4_fn kernels_dot4(uint32_t w)
 {
     switch (w) {
+    case GGML_TYPE_F32:
+        return dot4_f32;
+    case GGML_TYPE_F16:
+        return dot4_f16;
+    case GGML_TYPE_BF16:
+        return have_bf16() ? dot4_bf16_512 : NULL;
     case GGML_TYPE_Q8_0:
         return have_vnni() ? dot4v_q8_0 : dot4_q8_0;
     case GGML_TYPE_Q5_0:

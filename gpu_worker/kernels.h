@@ -36,6 +36,10 @@ kernels_dot4_fn kernels_dot4(uint32_t w);
  * reference = the scalar code). */
 void kernels_quantize_row(uint32_t act_type, const float *x, void *dst, int64_t n, bool reference);
 
+/* binary16 dot product in the order of the F16 weight kernel (attention
+ * scores use it). */
+float kernels_dot_f16(int64_t n, const uint16_t *x, const uint16_t *y);
+
 /* Name of the instruction set the fast kernels use ("avx2", "avx512vnni"). */
 const char *kernels_isa(void);
 

@@ -143,32 +143,25 @@ static struct st_model *open_model(const char *rel)
     return m;
 }
 
-/* bound: the brief's figure, max(1e-3, a quarter of the quantization error
- * of the type, lower end of the README's range). Where our logits miss it,
- * chaos is the cause, not a wrong kernel: with 8-bit (or bf16) activations a
- * last-bit difference in one dot product flips the rounding of an activation
- * downstream, and these random-weight models amplify such flips. Our own SIMD
- * and scalar paths, which differ only in summation order, disagree by up to
- * 0.016 on the same files (test_reference_path), and llama.cpp's AVX-512
- * kernels sum in an order we do not reproduce everywhere. Those files carry
- * `held`, the bound actually asserted, measured here with some headroom. */
+/* bound: max(1e-3, a quarter of the relative RMS error that quantization
+ * itself causes for the type, lower end of the README's range). Kernels
+ * follow the summation order of llama.cpp's CPU kernels (see kernels.h):
+ * with 8-bit or bf16 activations a last-bit difference flips the rounding
+ * of an activation downstream and these random-weight models amplify it,
+ * so many files agree to the last bit or nearly. */
 struct refcase {
     const char *name;
-    double bound; /* the brief's relative RMS bound */
-    double held;  /* the bound asserted when the brief's is out of reach, else 0 */
+    double bound; /* relative RMS bound */
 };
 
 static const struct refcase refcases[] = {
-    {"ref-qwen2.F32", 1e-3, 0},       {"ref-qwen2.F16", 1e-3, 0},
-    {"ref-qwen2.BF16", 0.002, 0.006}, {"ref-qwen2.Q8_0", 0.0075, 0.02},
-    {"ref-qwen2.Q6_K", 0.0175, 0.03}, {"ref-qwen2.Q4_0", 0.0375, 0},
-    {"ref-qwen2.Q4_1", 0.0375, 0},    {"ref-qwen2.Q5_0", 0.0375, 0},
-    {"ref-qwen2.Q5_1", 0.0375, 0},    {"ref-qwen2.Q4_K_S", 0.0375, 0},
-    {"ref-qwen2.Q5_K_S", 0.0375, 0},  {"ref-qwen2.Q4_K_M", 0.0375, 0},
-    {"ref-qwen2.Q2_K", 0.15, 0},      {"ref-qwen2.Q3_K_S", 0.15, 0},
-    {"ref-llama.F32", 1e-3, 0},       {"ref-llama.F16", 1e-3, 0},
-    {"ref-llama.Q8_0", 0.0075, 0.02}, {"ref-llama.Q6_K", 0.0175, 0.03},
-    {"ref-llama.Q4_K_M", 0.0375, 0},
+    {"ref-qwen2.F32", 1e-3},      {"ref-qwen2.F16", 1e-3},      {"ref-qwen2.BF16", 0.002},
+    {"ref-qwen2.Q8_0", 0.0075},   {"ref-qwen2.Q6_K", 0.0175},   {"ref-qwen2.Q4_0", 0.0375},
+    {"ref-qwen2.Q4_1", 0.0375},   {"ref-qwen2.Q5_0", 0.0375},   {"ref-qwen2.Q5_1", 0.0375},
+    {"ref-qwen2.Q4_K_S", 0.0375}, {"ref-qwen2.Q5_K_S", 0.0375}, {"ref-qwen2.Q4_K_M", 0.0375},
+    {"ref-qwen2.Q2_K", 0.15},     {"ref-qwen2.Q3_K_S", 0.15},   {"ref-llama.F32", 1e-3},
+    {"ref-llama.F16", 1e-3},      {"ref-llama.Q8_0", 0.0075},   {"ref-llama.Q6_K", 0.0175},
+    {"ref-llama.Q4_K_M", 0.0375},
 };
 
 static int n_checked, n_failed;
@@ -207,11 +200,10 @@ static void check_ref(const struct refcase *c)
         margin(refrow, nv, &mg, &rms);
         int mine = argmax(cur, nv);
         if (mine != r.tokens[s]) {
-            double bnd = c->held > 0 ? c->held : c->bound;
-            if (mg > 2 * bnd * rms)
+            if (mg > 2 * c->bound * rms)
                 print_message("%s step %d: picked %d, reference %d (margin %.3f)\n", c->name, s,
                               mine, r.tokens[s], mg);
-            assert_false(mg > 2 * bnd * rms);
+            assert_false(mg > 2 * c->bound * rms);
             break;
         }
         agreed++;
@@ -223,12 +215,8 @@ static void check_ref(const struct refcase *c)
     print_message("%-18s prompt rel err max %.5f (bound %.4f), greedy agree %2d/%d, "
                   "generated rel err max %.5f\n",
                   c->name, worst, c->bound, agreed, r.n_gen, gen_worst);
-    double bound = c->held > 0 ? c->held : c->bound;
-    if (worst > c->bound || gen_worst > c->bound)
-        print_message("%-18s over the brief's bound %.4f; held to %.4f\n", c->name, c->bound,
-                      bound);
-    if (worst > bound || gen_worst > bound) {
-        print_message("%s: FAILED bound %.4f\n", c->name, bound);
+    if (worst > c->bound || gen_worst > c->bound) {
+        print_message("%s: FAILED bound %.4f\n", c->name, c->bound);
         n_failed++;
     }
     n_checked++;
@@ -275,9 +263,14 @@ static void check_incremental(const char *rel, double tol)
 static void test_incremental(void **state)
 {
     (void)state;
-    /* same kernels, same order of summation per row: agreement to rounding */
+    /* quantized weights: the 4-token kernels are bit-identical to the
+     * one-token ones, so the paths agree to rounding of the float ops */
     check_incremental("ref/ref-qwen2.Q4_K_M.gguf", 1e-5);
-    check_incremental("ref/ref-llama.F16.gguf", 1e-5);
+    check_incremental("ref/ref-qwen2.Q8_0.gguf", 1e-5);
+    /* F16 weights: batched and one-token products sum in different orders
+     * (llama.cpp's two paths, which we follow); binary16 rounding in
+     * attention turns last-bit differences into ~3e-4 */
+    check_incremental("ref/ref-llama.F16.gguf", 1e-3);
 }
 
 /* three sequences interleaved in one batch == each alone; truncate + redo */
@@ -339,12 +332,11 @@ static void test_multi_seq(void **state)
     model_close(&m);
 }
 
-/* SIMD kernels vs the scalar reference kernels, whole forward pass. The
- * float types agree to rounding. With 8-bit activations, a last-bit
- * difference in one dot product can flip the rounding of an activation in
- * the next layer (binary16 rounding in attention does the same, more
- * weakly), and these random-weight models amplify such flips, so the files
- * are held to bounds of that size (printed for the record). */
+/* SIMD kernels vs the scalar reference kernels (which sum in another
+ * order), whole forward pass. A last-bit difference in one dot product can
+ * flip a binary16 rounding in attention or, with 8-bit activations, the
+ * rounding of an activation in the next layer, and these random-weight
+ * models amplify such flips: bounds of the size that gives (printed). */
 static void test_reference_path(void **state)
 {
     (void)state;
