@@ -114,6 +114,12 @@ DOT_FLOAT(dot_f16, dot4_f16, ld_f16, SCALAR_F16)
 
 float kernels_dot_f16(int64_t n, const uint16_t *x, const uint16_t *y)
 {
+    if (n < 64) { /* all tail: the same double sum, without the vector setup */
+        double sum = 0;
+        for (int64_t i = 0; i < n; i++)
+            sum += (double)(quant_f16_to_f32(x[i]) * quant_f16_to_f32(y[i]));
+        return (float)sum;
+    }
     return dot_f16(n, x, y);
 }
 
