@@ -5,7 +5,9 @@
  *
  * Prints a table and one JSON line with:
  *   upload_gbs       gpu_upload_create of the model's data region (pageable
- *                    source, like the loader's shm mapping), GB/s
+ *                    source, like the loader's shm mapping), GB/s, after the
+ *                    CUDA context exists (the log line splits registration
+ *                    and copy)
  *   prompt_tps       one sequence's prompt of N tokens (default 512) in batches of
  *                    up to 512 tokens, tokens/s (best of 3)
  *   decode1_tps      one sequence decoding after a 64-token prompt, tokens/s
@@ -75,6 +77,12 @@ int main(int argc, char **argv)
     if (!host) return 1;
     memcpy(host, m->data, region);
     struct gpu_weights *w = NULL;
+    /* create the CUDA context first: its ~130 ms are not upload time */
+    if (gpu_upload_create(host, 4096, 0, &w, &eb)) {
+        fprintf(stderr, "bench-cuda: %s\n", eb.msg);
+        return 1;
+    }
+    gpu_upload_destroy(&w);
     double t0 = now_s();
     if (gpu_upload_create(host, region, 0, &w, &eb)) {
         fprintf(stderr, "bench-cuda: %s\n", eb.msg);
@@ -160,7 +168,7 @@ int main(int argc, char **argv)
     double decodeN_tps = (double)dsteps * nseq / (now_s() - t);
 
     printf("%-28s %12s\n", "measure", "value");
-    printf("%-28s %12.2f\n", "upload GB/s (pageable src)", upload_gbs);
+    printf("%-28s %12.2f\n", "upload GB/s (shm-like src)", upload_gbs);
     printf("%-28s %12.0f\n", "prompt tok/s", prompt_tps);
     printf("%-28s %12.0f\n", "decode batch 1 tok/s", decode1_tps);
     printf("%-20s N=%-5d %12.0f\n", "decode aggregate", nseq, decodeN_tps);
