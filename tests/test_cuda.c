@@ -38,7 +38,7 @@
 
 #include <cmocka.h>
 
-static const int32_t k_prompt[16] = {5, 17, 300, 1000, 42, 7, 2048, 99,
+static const int32_t k_prompt[16] __attribute__((unused)) = {5, 17, 300, 1000, 42, 7, 2048, 99,
                                      123, 4000, 8, 64, 1, 511, 777, 3333};
 
 struct ref_case {
@@ -57,7 +57,7 @@ static const struct ref_case k_cases[] = {
     {"ref-llama.Q4_K_M", 0.0375},
 };
 
-static const char *models_dir(void)
+__attribute__((unused)) static const char *models_dir(void)
 {
     const char *m = getenv("STAGED_MODELS");
     return m && *m ? m : "../shared/models";

@@ -17,6 +17,14 @@ CUDA_LINK := -L$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lrt -lstdc++
 
 staged-worker_SRC += gpu_worker/cuda/cuda_none.c
 
+# Objects whose content depends on -DSTAGED_CUDA are rebuilt when HAVE_CUDA
+# changes (e.g. a NO_CUDA=1 build in a tree built with CUDA).
+CUDA_FLAG_STAMP := $(BUILD)/.staged-cuda-$(if $(HAVE_CUDA),on,off)
+$(CUDA_FLAG_STAMP):
+	@mkdir -p $(@D) && rm -f $(BUILD)/.staged-cuda-* && touch $@
+$(BUILD)/loader/gpu_upload_none.o $(BUILD)/gpu_worker/cuda/cuda_none.o \
+$(BUILD)/tests/test_cuda.o: $(CUDA_FLAG_STAMP)
+
 TESTS += test_cuda
 test_cuda_SRC := tests/test_cuda.c gpu_worker/cuda/cuda_none.c
 
