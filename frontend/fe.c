@@ -591,12 +591,15 @@ static void on_client_msg(struct fe *fe, struct proto_msg *pm)
                           "tokenizer", stage_json(&fe->s_tok, now), "worker",
                           stage_json(&fe->s_wrk, now), "queued", q, "running", run);
     } else if (!strcmp(op, "models")) {
+        /* n_ctx: what the worker serves (its max_ctx), at most the trained context */
         json_t *mdl = fe->model;
-        reply = json_pack("{s:s,s:[{s:s,s:s?,s:O?,s:O?}]}", "type", "models", "models", "id",
+        json_int_t n_ctx = json_integer_value(json_object_get(mdl, "n_ctx_train"));
+        if (fe->wrk_max_ctx && (!n_ctx || fe->wrk_max_ctx < n_ctx)) n_ctx = fe->wrk_max_ctx;
+        reply = json_pack("{s:s,s:[{s:s,s:s?,s:I,s:I,s:O?}]}", "type", "models", "models", "id",
                           model_name(fe), "arch",
-                          json_string_value(json_object_get(mdl, "arch")), "n_ctx",
-                          json_object_get(mdl, "n_ctx_train"), "n_vocab",
-                          json_object_get(mdl, "n_vocab"));
+                          json_string_value(json_object_get(mdl, "arch")), "n_ctx", n_ctx,
+                          "n_ctx_train", json_integer_value(json_object_get(mdl, "n_ctx_train")),
+                          "n_vocab", json_object_get(mdl, "n_vocab"));
     } else if (!strcmp(op, "stats")) {
         int q, run;
         count_states(fe, &q, &run);

@@ -8,6 +8,7 @@
  * [supervisor] stop_timeout_ms, then they are cancelled), exit 0.
  */
 #include "common/log.h"
+#include "common/stage.h"
 #include "common/ready.h"
 #include "conf/config.h"
 #include "http/gateway.h"
@@ -16,30 +17,15 @@
 #include <stdio.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t stop_flag;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_flag = 1;
-}
-
 int main(int argc, char **argv)
 {
     struct staged_config cfg;
-    log_set_name("http");
-    int rc = config_from_args(&argc, argv, &cfg);
+    int rc = stage_init("http", &argc, argv, &cfg);
     if (rc) return rc > 0 ? 0 : 1;
     if (argc > 1) {
         fprintf(stderr, "usage: staged-http [--config FILE] [--check-config]\n");
         return 2;
     }
-    enum log_level lvl;
-    if (log_parse_level(cfg.log.level, &lvl)) log_min_level = lvl;
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     struct gw *g;
     struct st_errbuf eb = {{0}};
@@ -50,7 +36,7 @@ int main(int argc, char **argv)
     log_info("listening on %s (port %u), frontend %s", cfg.http.listen, (unsigned)gw_port(g),
              cfg.frontend.endpoint);
     if (ready_signal()) log_warn("could not write the readiness file");
-    while (!stop_flag)
+    while (!stage_stop)
         usleep(50 * 1000);
     log_info("stopping: draining requests in flight (up to %lld ms)",
              (long long)cfg.supervisor.stop_timeout_ms);
