@@ -25,17 +25,22 @@ static inline __m256i load32(const void *p)
 /* ---- float types ---- */
 
 /*
- * F32 / F16 dot products in the summation order of llama.cpp's AVX-512
- * build (the reference logits were computed by one), written with AVX2:
- * a 16-lane register is two 8-lane halves (lo, hi).
+ * F32 / F16 dot products in summation orders of llama.cpp's AVX-512 build
+ * (the reference logits were computed by one), written with AVX2: a
+ * 16-lane register is two 8-lane halves (lo, hi).
  *
- *   one row  (ggml_vec_dot_f32/f16): 4 accumulators of 16 lanes over steps
- *            of 64 elements, fused multiply-adds; then a0 += a2, a1 += a3,
- *            a0 += a1, and the 16 lanes reduced as a 512-bit reduce-add
- *            (halves, quarters, pairs); the tail (n % 64) added one product
- *            at a time in double.
- *   4 rows   (the batched path, tinyBLAS): one 16-lane accumulator over
- *            steps of 16, reduced the same way; used when n % 16 == 0.
+ *   weights (tinyBLAS, its batched path): one 16-lane accumulator over
+ *            steps of 16 elements, fused multiply-adds, the 16 lanes
+ *            reduced as a 512-bit reduce-add (halves, quarters, pairs); the
+ *            tail (n % 16) added one product at a time in double.
+ *   attention scores (ggml_vec_dot_f16): 4 accumulators of 16 lanes over
+ *            steps of 64; a0 += a2, a1 += a3, a0 += a1, reduced the same
+ *            way; the tail (n % 64) in double.
+ *
+ * llama.cpp sums one-token products of float weights in the second order;
+ * we keep one order for weights so that a token's logits never depend on
+ * the batch it is in (a request gives the same tokens alone, batched, or
+ * re-run after a restart).
  */
 struct v16 {
     __m256 lo, hi;
@@ -59,7 +64,23 @@ static inline __m256 ld_f16(const void *p, int64_t i)
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
 }
 
-#define DOT_FLOAT(NAME, NAME4, LD, SCALAR)                                                         \
+#define DOT_FLOAT(NAME, LD, SCALAR)                                                                \
+    static float NAME(int64_t n, const void *w, const void *act)                                   \
+    {                                                                                              \
+        struct v16 acc;                                                                            \
+        acc.lo = acc.hi = _mm256_setzero_ps();                                                     \
+        int64_t np = n & ~(int64_t)15;                                                             \
+        for (int64_t i = 0; i < np; i += 16) {                                                     \
+            acc.lo = _mm256_fmadd_ps(LD(w, i), LD(act, i), acc.lo);                                \
+            acc.hi = _mm256_fmadd_ps(LD(w, i + 8), LD(act, i + 8), acc.hi);                        \
+        }                                                                                          \
+        double sum = reduce16(acc);                                                                \
+        for (int64_t i = np; i < n; i++)                                                           \
+            sum += (double)SCALAR(w, act, i);                                                      \
+        return (float)sum;                                                                         \
+    }
+
+#define DOT_FLOAT_4X16(NAME, LD, SCALAR)                                                           \
     static float NAME(int64_t n, const void *w, const void *act)                                   \
     {                                                                                              \
         struct v16 acc[4];                                                                         \
@@ -82,35 +103,15 @@ static inline __m256 ld_f16(const void *p, int64_t i)
         for (int64_t i = np; i < n; i++)                                                           \
             sum += (double)SCALAR(w, act, i);                                                      \
         return (float)sum;                                                                         \
-    }                                                                                              \
-    static void NAME4(int64_t n, const void *w, const void *act, size_t stride, float *out)        \
-    {                                                                                              \
-        if (n % 16) {                                                                              \
-            for (int k = 0; k < 4; k++)                                                            \
-                out[k] = NAME(n, w, (const uint8_t *)act + (size_t)k * stride);                    \
-            return;                                                                                \
-        }                                                                                          \
-        struct v16 acc[4];                                                                         \
-        for (int k = 0; k < 4; k++)                                                                \
-            acc[k].lo = acc[k].hi = _mm256_setzero_ps();                                           \
-        for (int64_t i = 0; i < n; i += 16) {                                                      \
-            __m256 wl = LD(w, i), wh = LD(w, i + 8);                                               \
-            for (int k = 0; k < 4; k++) {                                                          \
-                const uint8_t *a = (const uint8_t *)act + (size_t)k * stride;                      \
-                acc[k].lo = _mm256_fmadd_ps(wl, LD(a, i), acc[k].lo);                              \
-                acc[k].hi = _mm256_fmadd_ps(wh, LD(a, i + 8), acc[k].hi);                          \
-            }                                                                                      \
-        }                                                                                          \
-        for (int k = 0; k < 4; k++)                                                                \
-            out[k] = reduce16(acc[k]);                                                             \
     }
 
 #define SCALAR_F32(w, a, i) (((const float *)(w))[i] * ((const float *)(a))[i])
 #define SCALAR_F16(w, a, i)                                                                        \
     (quant_f16_to_f32(((const uint16_t *)(w))[i]) * quant_f16_to_f32(((const uint16_t *)(a))[i]))
 
-DOT_FLOAT(dot_f32, dot4_f32, ld_f32, SCALAR_F32)
-DOT_FLOAT(dot_f16, dot4_f16, ld_f16, SCALAR_F16)
+DOT_FLOAT(dot_f32, ld_f32, SCALAR_F32)
+DOT_FLOAT(dot_f16, ld_f16, SCALAR_F16)
+DOT_FLOAT_4X16(att_dot_f16, ld_f16, SCALAR_F16)
 
 float kernels_dot_f16(int64_t n, const uint16_t *x, const uint16_t *y)
 {
@@ -120,7 +121,7 @@ float kernels_dot_f16(int64_t n, const uint16_t *x, const uint16_t *y)
             sum += (double)(quant_f16_to_f32(x[i]) * quant_f16_to_f32(y[i]));
         return (float)sum;
     }
-    return dot_f16(n, x, y);
+    return att_dot_f16(n, x, y);
 }
 
 static inline __m256 bf16x8(const uint16_t *p)
@@ -143,49 +144,22 @@ static float dot_bf16(int64_t n, const void *w, const void *act)
 }
 
 /* BF16 with the AVX512-BF16 dot-product instruction, whose rounding only
- * the instruction itself gives: llama.cpp's order for one row (two
- * accumulators over steps of 64, each reduced, the tail in double) and for
- * batches (one accumulator over steps of 32). */
+ * the instruction itself gives, in llama.cpp's batched order (one
+ * accumulator over steps of 32, reduced, the tail in double). */
 #define AVX512BF16 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")))
 
 AVX512BF16 static float dot_bf16_512(int64_t n, const void *w, const void *act)
 {
     const uint16_t *x = w, *y = act;
-    __m512 c1 = _mm512_setzero_ps(), c2 = _mm512_setzero_ps();
+    __m512 c = _mm512_setzero_ps();
     int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        c1 = _mm512_dpbf16_ps(c1, (__m512bh)_mm512_loadu_si512(x + i),
-                              (__m512bh)_mm512_loadu_si512(y + i));
-        c2 = _mm512_dpbf16_ps(c2, (__m512bh)_mm512_loadu_si512(x + i + 32),
-                              (__m512bh)_mm512_loadu_si512(y + i + 32));
-    }
-    double sum = _mm512_reduce_add_ps(c1);
-    sum += _mm512_reduce_add_ps(c2);
+    for (; i + 32 <= n; i += 32)
+        c = _mm512_dpbf16_ps(c, (__m512bh)_mm512_loadu_si512(x + i),
+                             (__m512bh)_mm512_loadu_si512(y + i));
+    double sum = _mm512_reduce_add_ps(c);
     for (; i < n; i++)
         sum += (double)(quant_bf16_to_f32(x[i]) * quant_bf16_to_f32(y[i]));
     return (float)sum;
-}
-
-AVX512BF16 static void dot4_bf16_512(int64_t n, const void *w, const void *act, size_t stride,
-                                     float *out)
-{
-    if (n % 32) {
-        for (int k = 0; k < 4; k++)
-            out[k] = dot_bf16_512(n, w, (const uint8_t *)act + (size_t)k * stride);
-        return;
-    }
-    const uint16_t *x = w;
-    __m512 c[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                   _mm512_setzero_ps()};
-    for (int64_t i = 0; i < n; i += 32) {
-        __m512bh wv = (__m512bh)_mm512_loadu_si512(x + i);
-        for (int k = 0; k < 4; k++) {
-            const uint16_t *y = (const uint16_t *)((const uint8_t *)act + (size_t)k * stride);
-            c[k] = _mm512_dpbf16_ps(c[k], wv, (__m512bh)_mm512_loadu_si512(y + i));
-        }
-    }
-    for (int k = 0; k < 4; k++)
-        out[k] = _mm512_reduce_add_ps(c[k]);
 }
 
 static bool have_bf16(void)
@@ -767,13 +741,10 @@ kernels_dot_fn kernels_dot(uint32_t w, bool reference)
 
 kernels_dot4_fn kernels_dot4(uint32_t w)
 {
+    /* Float weights have none: their batched order (tinyBLAS's) would make a
+     * token's logits depend on the batch it came in, and serving needs a
+     * request's logits to be the same alone or batched. */
     switch (w) {
-    case GGML_TYPE_F32:
-        return dot4_f32;
-    case GGML_TYPE_F16:
-        return dot4_f16;
-    case GGML_TYPE_BF16:
-        return have_bf16() ? dot4_bf16_512 : NULL;
     case GGML_TYPE_Q8_0:
         return have_vnni() ? dot4v_q8_0 : dot4_q8_0;
     case GGML_TYPE_Q5_0:

@@ -148,20 +148,31 @@ static struct st_model *open_model(const char *rel)
  * follow the summation order of llama.cpp's CPU kernels (see kernels.h):
  * with 8-bit or bf16 activations a last-bit difference flips the rounding
  * of an activation downstream and these random-weight models amplify it,
- * so many files agree to the last bit or nearly. */
+ * so many files agree to the last bit or nearly.
+ *
+ * One exception, by choice: llama.cpp sums products of float weights in one
+ * order for batches and in another for single tokens. We use its batched
+ * order for every token (a token's logits must not depend on its batch), so
+ * BF16, whose 8-bit-mantissa activations amplify last-bit differences like
+ * 8-bit quantization does, matches the prompt logits exactly and the
+ * one-token steps to 0.004 instead of the 0.002 bound. */
 struct refcase {
     const char *name;
-    double bound; /* relative RMS bound */
+    double bound;     /* relative RMS bound */
+    double gen_bound; /* for the generated steps, if not bound (0) */
 };
 
 static const struct refcase refcases[] = {
-    {"ref-qwen2.F32", 1e-3},      {"ref-qwen2.F16", 1e-3},      {"ref-qwen2.BF16", 0.002},
-    {"ref-qwen2.Q8_0", 0.0075},   {"ref-qwen2.Q6_K", 0.0175},   {"ref-qwen2.Q4_0", 0.0375},
-    {"ref-qwen2.Q4_1", 0.0375},   {"ref-qwen2.Q5_0", 0.0375},   {"ref-qwen2.Q5_1", 0.0375},
-    {"ref-qwen2.Q4_K_S", 0.0375}, {"ref-qwen2.Q5_K_S", 0.0375}, {"ref-qwen2.Q4_K_M", 0.0375},
-    {"ref-qwen2.Q2_K", 0.15},     {"ref-qwen2.Q3_K_S", 0.15},   {"ref-llama.F32", 1e-3},
-    {"ref-llama.F16", 1e-3},      {"ref-llama.Q8_0", 0.0075},   {"ref-llama.Q6_K", 0.0175},
-    {"ref-llama.Q4_K_M", 0.0375},
+    {"ref-qwen2.F32", 1e-3, 0},       {"ref-qwen2.F16", 1e-3, 0},
+    {"ref-qwen2.BF16", 0.002, 0.006}, {"ref-qwen2.Q8_0", 0.0075, 0},
+    {"ref-qwen2.Q6_K", 0.0175, 0},    {"ref-qwen2.Q4_0", 0.0375, 0},
+    {"ref-qwen2.Q4_1", 0.0375, 0},    {"ref-qwen2.Q5_0", 0.0375, 0},
+    {"ref-qwen2.Q5_1", 0.0375, 0},    {"ref-qwen2.Q4_K_S", 0.0375, 0},
+    {"ref-qwen2.Q5_K_S", 0.0375, 0},  {"ref-qwen2.Q4_K_M", 0.0375, 0},
+    {"ref-qwen2.Q2_K", 0.15, 0},      {"ref-qwen2.Q3_K_S", 0.15, 0},
+    {"ref-llama.F32", 1e-3, 0},       {"ref-llama.F16", 1e-3, 0},
+    {"ref-llama.Q8_0", 0.0075, 0},    {"ref-llama.Q6_K", 0.0175, 0},
+    {"ref-llama.Q4_K_M", 0.0375, 0},
 };
 
 static int n_checked, n_failed;
@@ -212,10 +223,11 @@ static void check_ref(const struct refcase *c)
         double e = rel_rms(cur, refrow, nv);
         if (e > gen_worst) gen_worst = e;
     }
+    double gen_bound = c->gen_bound > 0 ? c->gen_bound : c->bound;
     print_message("%-18s prompt rel err max %.5f (bound %.4f), greedy agree %2d/%d, "
-                  "generated rel err max %.5f\n",
-                  c->name, worst, c->bound, agreed, r.n_gen, gen_worst);
-    if (worst > c->bound || gen_worst > c->bound) {
+                  "generated rel err max %.5f (bound %.4f)\n",
+                  c->name, worst, c->bound, agreed, r.n_gen, gen_worst, gen_bound);
+    if (worst > c->bound || gen_worst > gen_bound) {
         print_message("%s: FAILED bound %.4f\n", c->name, c->bound);
         n_failed++;
     }
@@ -274,10 +286,9 @@ static void test_incremental(void **state)
 }
 
 /* three sequences interleaved in one batch == each alone; truncate + redo */
-static void test_multi_seq(void **state)
+static void check_multi_seq(const char *rel)
 {
-    (void)state;
-    struct st_model *m = open_model("ref/ref-qwen2.Q6_K.gguf");
+    struct st_model *m = open_model(rel);
     if (!m) skip();
     int nv = (int)m->hp.n_vocab;
     struct backend *b = make(m, 3, 32, 24, 2);
@@ -330,6 +341,18 @@ static void test_multi_seq(void **state)
     free(alone);
     cpu_backend_ops.destroy(&b);
     model_close(&m);
+}
+
+/* the batch a token comes in never changes its logits: quantized and float
+ * weights alike */
+static void test_multi_seq(void **state)
+{
+    (void)state;
+    check_multi_seq("ref/ref-qwen2.Q6_K.gguf");
+    check_multi_seq("ref/ref-qwen2.Q5_0.gguf");
+    check_multi_seq("ref/ref-qwen2.BF16.gguf");
+    check_multi_seq("ref/ref-llama.F16.gguf");
+    check_multi_seq("ref/ref-llama.F32.gguf");
 }
 
 /* SIMD kernels vs the scalar reference kernels (which sum in another
