@@ -1029,46 +1029,93 @@ static __device__ __forceinline__ void rows_reduce_t(float (&acc)[NT], int n, in
             for (int w = 1; w < wpr; w++) acc[t] += part[warp + w][t];
 }
 
+/* Block-cooperative copy of n16 16-byte units from global (16-byte aligned
+ * source) into shared memory. */
+static __device__ __forceinline__ void block_copy16(uint4 *dst, const uint4 *src, int n16)
+{
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n16; i += blockDim.x) dst[i] = __ldg(src + i);
+}
+
+/* Rows of a block staged by all its threads: returns the row start in buf. */
+static __device__ __forceinline__ const uint8_t *block_stage_row(const uint8_t *row, size_t rb,
+                                                                 uint4 *buf)
+{
+    uintptr_t a = (uintptr_t)row, a0 = a & ~(uintptr_t)15;
+    block_copy16(buf, (const uint4 *)a0, (int)((a + rb - a0 + 15) / 16));
+    return (const uint8_t *)buf + (a - a0);
+}
+
+/* Row `row` of the concatenated segments: its matrix, output and bias. */
+struct seg_row {
+    const uint8_t *w;
+    float *y;
+    const float *bias;
+    int N, r;
+};
+
+static __device__ __forceinline__ struct seg_row find_row(const struct mv_args &a, int row)
+{
+    struct seg_row o;
+    int s = 0;
+    if (row >= a.seg[0].N && a.nseg > 1) {
+        row -= a.seg[0].N;
+        s = 1;
+        if (row >= a.seg[1].N && a.nseg > 2) {
+            row -= a.seg[1].N;
+            s = 2;
+        }
+    }
+    const struct mv_seg &g = s == 0 ? a.seg[0] : s == 1 ? a.seg[1] : a.seg[2];
+    o.w = row < g.N ? (const uint8_t *)g.w + (size_t)row * g.rb : NULL;
+    o.y = g.y;
+    o.bias = g.bias;
+    o.N = g.N;
+    o.r = row;
+    return o;
+}
+
+/* Block = 4 / wpr rows, wpr warps per row. With a.stage_u4 the block first
+ * copies its weight rows (and, with a.x_smem, the inputs) into shared memory
+ * with 16-byte loads, all issued before any is used; then every warp reads
+ * shared memory only. */
 template <int T, int NT>
 static __global__ void __launch_bounds__(128) mv_fast_kernel(struct mv_args a)
 {
+    extern __shared__ uint4 dyn[];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int wpr = a.wpr, sub = warp % wpr;
-    int row = blockIdx.x * (4 / wpr) + warp / wpr;
-    const void *w = a.seg[0].w;
-    size_t rb = a.seg[0].rb;
-    float *y = a.seg[0].y;
-    const float *bias = a.seg[0].bias;
-    int N = a.seg[0].N;
-    if (row >= N && a.nseg > 1) {
-        row -= N;
-        w = a.seg[1].w, rb = a.seg[1].rb, y = a.seg[1].y, bias = a.seg[1].bias, N = a.seg[1].N;
-        if (row >= N && a.nseg > 2) {
-            row -= N;
-            w = a.seg[2].w, rb = a.seg[2].rb, y = a.seg[2].y, bias = a.seg[2].bias;
-            N = a.seg[2].N;
+    int wpr = a.wpr, sub = warp % wpr, rpb = 4 / wpr;
+    int row0 = blockIdx.x * rpb;
+    struct seg_row me = find_row(a, row0 + warp / wpr);
+    const float *xin = a.x;
+    const uint8_t *wr = me.w;
+    if (a.stage_u4) {
+        uint4 *xs = dyn + (size_t)rpb * a.stage_u4;
+        for (int j = 0; j < rpb; j++) {
+            struct seg_row o = find_row(a, row0 + j);
+            if (o.w) {
+                const uint8_t *p = block_stage_row(o.w, a.seg[0].rb, dyn + (size_t)j * a.stage_u4);
+                if (j == warp / wpr) wr = p;
+            }
         }
+        if (a.x_smem) {
+            block_copy16(xs, (const uint4 *)a.x, a.n * a.K / 4);
+            xin = (const float *)xs;
+        }
+        __syncthreads();
     }
-    bool live = row < N;
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.f;
-    if (live) {
-        const uint8_t *wr = (const uint8_t *)w + (size_t)row * rb;
-        if (a.stage_u4) {
-            extern __shared__ uint4 stage[];
-            wr = stage_row(wr, rb, stage + warp * a.stage_u4, lane);
-        }
-        row_dot_t<T, NT>(wr, a.K, a.x, a.n, acc, sub * 32 + lane, 32 * wpr);
-    }
+    if (me.w) row_dot_t<T, NT>(wr, a.K, xin, a.n, acc, sub * 32 + lane, 32 * wpr);
     rows_reduce_t<NT>(acc, a.n, wpr);
-    if (!live || sub != 0 || lane != 0) return;
+    if (!me.w || sub != 0 || lane != 0) return;
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         if (NT == 1 || t < a.n) {
             float v = acc[t];
-            if (bias) v += bias[row];
-            float *yp = y + (size_t)t * N + row;
+            if (me.bias) v += me.bias[me.r];
+            float *yp = me.y + (size_t)t * me.N + me.r;
             *yp = a.add ? *yp + v : v;
         }
     }
@@ -1077,14 +1124,28 @@ static __global__ void __launch_bounds__(128) mv_fast_kernel(struct mv_args a)
 template <int T> static int mv_fast_launch(cudaStream_t st, struct mv_args *a, int rows)
 {
     int rpb = 4 / a->wpr;
-    size_t smem = (size_t)a->stage_u4 * 16 * 4;
+    size_t smem = (size_t)a->stage_u4 * 16 * rpb + (a->x_smem ? (size_t)a->n * a->K * 4 : 0);
     if (a->n == 1) mv_fast_kernel<T, 1><<<(rows + rpb - 1) / rpb, 128, smem, st>>>(*a);
     else mv_fast_kernel<T, MATVEC_MAX_N><<<(rows + rpb - 1) / rpb, 128, smem, st>>>(*a);
     CUDA_LAUNCHED("mv_fast");
     return 0;
 }
 
-/* Segments grouped by type, one specialised launch per type. */
+/* Staging plan: rows of the block (and the inputs when they fit) in shared
+ * memory, within 44 KB. Sets a->stage_u4 / a->x_smem, or leaves them 0. */
+static void plan_staging(struct mv_args *a, size_t rb, int rows_per_slot)
+{
+    int rpb = 4 / a->wpr;
+    size_t u4 = (rb + 31) / 16 + 1;
+    size_t wbytes = (size_t)rpb * rows_per_slot * u4 * 16;
+    size_t xbytes = (size_t)a->n * a->K * 4;
+    a->stage_u4 = 0;
+    a->x_smem = 0;
+    if (!g_stage || wbytes > 40 * 1024) return;
+    a->stage_u4 = (int)u4;
+    if (a->K % 4 == 0 && wbytes + xbytes <= 44 * 1024) a->x_smem = 1;
+}
+
 int k_matvec_fast(cudaStream_t st, const struct mv_args *in)
 {
     bool done[3] = {false, false, false};
@@ -1102,12 +1163,7 @@ int k_matvec_fast(cudaStream_t st, const struct mv_args *in)
             done[j] = true;
         }
         a.wpr = pick_wpr(rows, a.K);
-        size_t u4 = (a.seg[0].rb + 31) / 16 + 1;
-        a.stage_u4 = 0;
-        if (g_stage && 4 * u4 * 16 <= 40 * 1024) {
-            a.wpr = 1;
-            a.stage_u4 = (int)u4;
-        }
+        plan_staging(&a, a.seg[0].rb, 1);
         int rc;
         switch (in->seg[i].type) {
         case QT_F32: rc = mv_fast_launch<QT_F32>(st, &a, rows); break;
@@ -1133,22 +1189,40 @@ int k_matvec_fast(cudaStream_t st, const struct mv_args *in)
 template <int T, int NT>
 static __global__ void __launch_bounds__(128)
     swiglu_fast_kernel(const uint8_t *wg, const uint8_t *wu, size_t rb, int N, int K,
-                       const float *xg, const float *xu, int n, float *h, int wpr, int stage_u4)
+                       const float *xg, const float *xu, int n, float *h, int wpr, int stage_u4,
+                       int x_smem)
 {
+    extern __shared__ uint4 dyn[];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int sub = warp % wpr;
-    int row = blockIdx.x * (4 / wpr) + warp / wpr;
+    int sub = warp % wpr, rpb = 4 / wpr;
+    int row0 = blockIdx.x * rpb, row = row0 + warp / wpr;
     bool live = row < N;
+    const uint8_t *rg = wg + (size_t)row * rb, *ru = wu + (size_t)row * rb;
+    if (stage_u4) {
+        for (int j = 0; j < rpb && row0 + j < N; j++) {
+            const uint8_t *pg = block_stage_row(wg + (size_t)(row0 + j) * rb, rb,
+                                                dyn + (size_t)(2 * j) * stage_u4);
+            const uint8_t *pu = block_stage_row(wu + (size_t)(row0 + j) * rb, rb,
+                                                dyn + (size_t)(2 * j + 1) * stage_u4);
+            if (j == warp / wpr) rg = pg, ru = pu;
+        }
+        if (x_smem) {
+            uint4 *xs = dyn + (size_t)2 * rpb * stage_u4;
+            block_copy16(xs, (const uint4 *)xg, n * K / 4);
+            if (xu != xg) {
+                block_copy16(xs + n * K / 4, (const uint4 *)xu, n * K / 4);
+                xu = (const float *)(xs + n * K / 4);
+            } else {
+                xu = (const float *)xs;
+            }
+            xg = (const float *)xs;
+        }
+        __syncthreads();
+    }
     float ag[NT], au[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) ag[t] = au[t] = 0.f;
     if (live) {
-        const uint8_t *rg = wg + (size_t)row * rb, *ru = wu + (size_t)row * rb;
-        if (stage_u4) {
-            extern __shared__ uint4 stage[];
-            rg = stage_row(rg, rb, stage + warp * 2 * stage_u4, lane);
-            ru = stage_row(ru, rb, stage + (warp * 2 + 1) * stage_u4, lane);
-        }
         row_dot_t<T, NT>(rg, K, xg, n, ag, sub * 32 + lane, 32 * wpr);
         row_dot_t<T, NT>(ru, K, xu, n, au, sub * 32 + lane, 32 * wpr);
     }
@@ -1164,20 +1238,23 @@ template <int T>
 static int swiglu_fast_launch(cudaStream_t st, const void *wg, const void *wu, int N, int K,
                               const float *xg, const float *xu, int n, float *h)
 {
+    struct mv_args a;
+    memset(&a, 0, sizeof(a));
+    a.K = K;
+    a.n = xg == xu ? n : 2 * n; /* inputs to copy */
+    a.wpr = pick_wpr(N, K);
     size_t rb = row_bytes(T, K);
-    int wpr = pick_wpr(N, K), u4 = (int)((rb + 31) / 16 + 1), stage_u4 = 0;
-    if (g_stage && 8 * (size_t)u4 * 16 <= 40 * 1024) {
-        wpr = 1;
-        stage_u4 = u4;
-    }
-    int rpb = 4 / wpr;
-    size_t smem = (size_t)stage_u4 * 16 * 8;
+    plan_staging(&a, rb, 2);
+    int rpb = 4 / a.wpr;
+    size_t smem = (size_t)a.stage_u4 * 16 * 2 * rpb + (a.x_smem ? (size_t)a.n * K * 4 : 0);
     if (n == 1)
         swiglu_fast_kernel<T, 1><<<(N + rpb - 1) / rpb, 128, smem, st>>>(
-            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, wpr, stage_u4);
+            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, a.wpr, a.stage_u4,
+            a.x_smem);
     else
         swiglu_fast_kernel<T, MATVEC_MAX_N><<<(N + rpb - 1) / rpb, 128, smem, st>>>(
-            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, wpr, stage_u4);
+            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, a.wpr, a.stage_u4,
+            a.x_smem);
     CUDA_LAUNCHED("swiglu_fast");
     return 0;
 }

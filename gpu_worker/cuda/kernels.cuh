@@ -76,7 +76,8 @@ struct mv_args {
     struct mv_seg seg[3];
     int nseg, K, n, add;
     int wpr;           /* warps per row, filled by k_matvec_multi */
-    int stage_u4;      /* shared staging per warp in 16-byte units (0 = none), filled too */
+    int stage_u4;      /* shared staging per row in 16-byte units (0 = none), filled too */
+    int x_smem;        /* inputs copied to shared memory too (k_matvec_fast), filled */
     const float *x;    /* [n][K], already rounded for the weights' class */
 };
 int k_matvec_multi(cudaStream_t st, struct mv_args *a);
