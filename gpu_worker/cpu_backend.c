@@ -289,41 +289,102 @@ static void rope_tables(struct backend *b, int n_tok)
     }
 }
 
+/* Per-token elementwise steps of a layer, run over the pool for batches. */
+enum ew_op {
+    EW_ATTN_NORM, /* xb = rmsnorm(x) * attn_norm */
+    EW_ROPE_KV,   /* q, k: head norms (qwen3), RoPE; k, v into the cache */
+    EW_ADD_NORM,  /* x += xb; xb = rmsnorm(x) * ffn_norm */
+    EW_SWIGLU,    /* hb = silu(hb) * hb2 */
+    EW_ADD,       /* x += xb */
+};
+
+struct ew_job {
+    struct backend *b;
+    int layer;
+    enum ew_op op;
+};
+
+static void ew_rope_kv(struct backend *b, int l, int t)
+{
+    const struct model_hparams *hp = &b->hp;
+    const struct layer_w *L = &b->layers[l];
+    int hd = (int)hp->head_dim, half = (int)hp->rope_dim / 2;
+    size_t seq_stride = (size_t)b->cfg.max_ctx * b->kv_dim;
+    size_t layer_stride = (size_t)b->cfg.max_seqs * seq_stride;
+    const float *c = b->rope_cos + (size_t)t * half, *s = b->rope_sin + (size_t)t * half;
+    float *q = b->q + (size_t)t * b->q_dim, *k = b->k + (size_t)t * b->kv_dim;
+    for (int h = 0; h < (int)hp->n_heads; h++) {
+        if (L->q_norm.data) rmsnorm(q + h * hd, q + h * hd, L->q_norm.data, hd, hp->rms_eps);
+        rope_head(q + h * hd, c, s, (int)hp->rope_dim, (int)hp->rope_kind);
+    }
+    for (int h = 0; h < (int)hp->n_kv_heads; h++) {
+        if (L->k_norm.data) rmsnorm(k + h * hd, k + h * hd, L->k_norm.data, hd, hp->rms_eps);
+        rope_head(k + h * hd, c, s, (int)hp->rope_dim, (int)hp->rope_kind);
+    }
+    size_t off = (size_t)l * layer_stride + (size_t)b->tok_seq[t] * seq_stride +
+                 (size_t)b->tok_pos[t] * b->kv_dim;
+    const float *v = b->v + (size_t)t * b->kv_dim;
+    for (int i = 0; i < b->kv_dim; i++) {
+        b->kc[off + i] = quant_f32_to_f16(k[i]);
+        b->vc[off + i] = quant_f32_to_f16(v[i]);
+    }
+}
+
+static void ew_run(void *arg, int t, int ith)
+{
+    struct ew_job *j = arg;
+    struct backend *b = j->b;
+    const struct layer_w *L = &b->layers[j->layer];
+    size_t dim = b->hp.dim, ffn = b->hp.ffn_dim;
+    float *x = b->x + t * dim, *xb = b->xb + t * dim;
+    switch (j->op) {
+    case EW_ATTN_NORM:
+        rmsnorm(xb, x, L->attn_norm.data, (int)dim, b->hp.rms_eps);
+        break;
+    case EW_ROPE_KV:
+        ew_rope_kv(b, j->layer, t);
+        break;
+    case EW_ADD_NORM:
+        for (size_t i = 0; i < dim; i++)
+            x[i] += xb[i];
+        rmsnorm(xb, x, L->ffn_norm.data, (int)dim, b->hp.rms_eps);
+        break;
+    case EW_SWIGLU: {
+        float *g = b->hb + t * ffn, *u = b->hb2 + t * ffn;
+        for (size_t i = 0; i < ffn; i++)
+            g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        break;
+    }
+    case EW_ADD:
+        for (size_t i = 0; i < dim; i++)
+            x[i] += xb[i];
+        break;
+    }
+}
+
+static void elementwise(struct backend *b, int l, enum ew_op op, int n_tok)
+{
+    struct ew_job j = {.b = b, .layer = l, .op = op};
+    if (n_tok < 4) { /* a dispatch costs more than it saves */
+        for (int t = 0; t < n_tok; t++)
+            ew_run(&j, t, 0);
+        return;
+    }
+    pool_for(b->pool, n_tok, ew_run, &j);
+}
+
 static void layer_forward(struct backend *b, int l, int n_tok)
 {
     const struct model_hparams *hp = &b->hp;
     const struct layer_w *L = &b->layers[l];
-    int dim = (int)hp->dim, hd = (int)hp->head_dim, ffn = (int)hp->ffn_dim;
-    int half = (int)hp->rope_dim / 2;
+    int dim = (int)hp->dim, ffn = (int)hp->ffn_dim;
 
-    for (int t = 0; t < n_tok; t++)
-        rmsnorm(b->xb + (size_t)t * dim, b->x + (size_t)t * dim, L->attn_norm.data, dim,
-                hp->rms_eps);
+    elementwise(b, l, EW_ATTN_NORM, n_tok);
     matmul(b, &L->wq, b->xb, n_tok, b->q, b->q_dim, &L->bq);
     matmul(b, &L->wk, b->xb, n_tok, b->k, b->kv_dim, &L->bk);
     matmul(b, &L->wv, b->xb, n_tok, b->v, b->kv_dim, &L->bv);
+    elementwise(b, l, EW_ROPE_KV, n_tok);
 
-    size_t seq_stride = (size_t)b->cfg.max_ctx * b->kv_dim;
-    size_t layer_stride = (size_t)b->cfg.max_seqs * seq_stride;
-    for (int t = 0; t < n_tok; t++) {
-        const float *c = b->rope_cos + (size_t)t * half, *s = b->rope_sin + (size_t)t * half;
-        float *q = b->q + (size_t)t * b->q_dim, *k = b->k + (size_t)t * b->kv_dim;
-        for (int h = 0; h < (int)hp->n_heads; h++) {
-            if (L->q_norm.data) rmsnorm(q + h * hd, q + h * hd, L->q_norm.data, hd, hp->rms_eps);
-            rope_head(q + h * hd, c, s, (int)hp->rope_dim, (int)hp->rope_kind);
-        }
-        for (int h = 0; h < (int)hp->n_kv_heads; h++) {
-            if (L->k_norm.data) rmsnorm(k + h * hd, k + h * hd, L->k_norm.data, hd, hp->rms_eps);
-            rope_head(k + h * hd, c, s, (int)hp->rope_dim, (int)hp->rope_kind);
-        }
-        size_t off = (size_t)l * layer_stride + (size_t)b->tok_seq[t] * seq_stride +
-                     (size_t)b->tok_pos[t] * b->kv_dim;
-        const float *v = b->v + (size_t)t * b->kv_dim;
-        for (int i = 0; i < b->kv_dim; i++) {
-            b->kc[off + i] = quant_f32_to_f16(k[i]);
-            b->vc[off + i] = quant_f32_to_f16(v[i]);
-        }
-    }
     struct att_job aj = {.b = b, .layer = l, .n_tok = n_tok};
     /* short contexts: attention is cheaper than a dispatch */
     long att_work = 0;
@@ -336,21 +397,12 @@ static void layer_forward(struct backend *b, int l, int n_tok)
         pool_for(b->pool, n_tok * (int)hp->n_heads, att_run, &aj);
     }
     matmul(b, &L->wo, b->att, n_tok, b->xb, dim, NULL);
-    for (size_t i = 0; i < (size_t)n_tok * dim; i++)
-        b->x[i] += b->xb[i];
-
-    for (int t = 0; t < n_tok; t++)
-        rmsnorm(b->xb + (size_t)t * dim, b->x + (size_t)t * dim, L->ffn_norm.data, dim,
-                hp->rms_eps);
+    elementwise(b, l, EW_ADD_NORM, n_tok);
     matmul(b, &L->wg, b->xb, n_tok, b->hb, ffn, NULL);
     matmul(b, &L->wu, b->xb, n_tok, b->hb2, ffn, NULL);
-    for (size_t i = 0; i < (size_t)n_tok * ffn; i++) {
-        float g = b->hb[i];
-        b->hb[i] = g / (1.0f + expf(-g)) * b->hb2[i];
-    }
+    elementwise(b, l, EW_SWIGLU, n_tok);
     matmul(b, &L->wd, b->hb, n_tok, b->xb, dim, NULL);
-    for (size_t i = 0; i < (size_t)n_tok * dim; i++)
-        b->x[i] += b->xb[i];
+    elementwise(b, l, EW_ADD, n_tok);
 }
 
 static int cpu_forward(struct backend *b, const struct batch *bt, float *logits)
