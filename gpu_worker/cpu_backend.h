@@ -16,6 +16,19 @@
  * KV cache layout: k[layer][seq][pos][kv_heads * head_dim] (same for v),
  * binary16, max_seqs * max_ctx positions per layer, allocated at create.
  *
+ * Numerics follow llama.cpp's CPU backend (the reference logits come from
+ * it): activations are rounded to the weight type's activation type
+ * (binary16, bfloat16, 8-bit blocks), attention works as its flash
+ * attention (q rounded to binary16, online softmax, output accumulated in
+ * binary16), and dot products sum in its kernels' orders (kernels.h).
+ * Batch invariance: a token's logits depend only on its sequence's tokens,
+ * never on the other tokens or sequences in the batch, so a request gives
+ * the same output alone, batched, or re-run after a restart.
+ *
+ * Threads: matrix products are split by output rows, attention by
+ * (token, head), elementwise steps by token; small steps run on the calling
+ * thread.
+ *
  * cpu_backend_set_reference(b, true) switches every dot product to the
  * scalar reference kernels (tests compare the two paths).
  */
