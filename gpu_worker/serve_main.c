@@ -7,6 +7,7 @@
  */
 #include "gpu_worker/serve_main.h"
 
+#include "common/fault.h"
 #include "common/log.h"
 #include "common/proto.h"
 #include "common/ready.h"
@@ -18,6 +19,7 @@
 #include "shm/seg.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -99,6 +101,12 @@ int worker_serve_main(int argc, char **argv)
     if (!ops) {
         log_error("[worker] backend = cuda, but this staged was built without CUDA");
         return 1;
+    }
+    if (!strcmp(cfg.worker.backend, "cuda") && cfg.worker.faults.fail_alloc_at > 0 &&
+        fault_fire("a cudaMalloc of the worker fails")) {
+        char n[32];
+        snprintf(n, sizeof(n), "%lld", (long long)cfg.worker.faults.fail_alloc_at);
+        setenv("STAGED_CUDA_FAIL_ALLOC", n, 1);
     }
     struct seg *seg = NULL;
     struct st_errbuf eb = {{0}};

@@ -1,6 +1,7 @@
 /* The worker's serving loop: continuous batching over ZeroMQ (server.h). */
 #include "server.h"
 
+#include "common/fault.h"
 #include "common/log.h"
 #include "common/proto.h"
 #include "gpu_worker/cuda/cuda_backend.h"
@@ -54,24 +55,6 @@ struct server {
     json_t *items;
 };
 
-/*
- * Injected faults fire once per deployment: when the supervisor sets
- * STAGED_FAULT_MARK, a fault fires only if that file does not exist yet, and
- * creates it first (so the restarted worker runs clean). Without the
- * variable a fault fires in every run.
- */
-static bool fault_fire(const char *what)
-{
-    const char *mark = getenv("STAGED_FAULT_MARK");
-    if (mark && *mark) {
-        if (access(mark, F_OK) == 0) return false;
-        FILE *f = fopen(mark, "w");
-        if (f) fclose(f);
-    }
-    log_error("fault injection: %s", what);
-    return true;
-}
-
 static void send(struct server *s, json_t *m)
 {
     json_object_set_new(m, "instance", json_string(s->instance));
@@ -96,7 +79,7 @@ static void *job_alloc(struct server *s, size_t n)
 {
     s->n_allocs++;
     int64_t at = s->cfg->worker.faults.fail_alloc_at;
-    if (at > 0 && s->n_allocs == (uint64_t)at && fault_fire("this allocation fails"))
+    if (at > 0 && strcmp(s->ops->name, "cuda") != 0 /* cuda: the N-th cudaMalloc fails */ && s->n_allocs == (uint64_t)at && fault_fire("this allocation fails"))
         return NULL;
     return calloc(1, n);
 }

@@ -202,6 +202,21 @@ static size_t mat_elems_quant(const struct cmat *c)
     return direct ? 0 : (size_t)c->N * c->K;
 }
 
+/* cudaMalloc with the injectable failure: STAGED_CUDA_FAIL_ALLOC=N makes the
+ * N-th device allocation of this process fail (the worker sets it from
+ * [worker] fault_fail_alloc_at). */
+static long dev_allocs;
+
+static cudaError_t dev_malloc(void **p, size_t n)
+{
+    const char *env = getenv("STAGED_CUDA_FAIL_ALLOC");
+    if (env && ++dev_allocs == atol(env)) {
+        log_error("fault injection: cudaMalloc #%ld of %zu bytes fails", dev_allocs, n);
+        return cudaErrorMemoryAllocation;
+    }
+    return cudaMalloc(p, n);
+}
+
 #define CREATE_CUDA(call)                                                                          \
     do {                                                                                           \
         cudaError_t e_ = (call);                                                                   \
@@ -272,7 +287,7 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
             if (end > region) region = end;
         }
         /* + 256: kernels read weight rows with 16-byte loads rounded up */
-        CREATE_CUDA(cudaMalloc((void **)&b->base, region + 256));
+        CREATE_CUDA(dev_malloc((void **)&b->base, region + 256));
         b->own_base = true;
         const size_t chunk = 64u << 20;
         for (uint64_t off = 0; off < region; off += chunk) {
@@ -312,7 +327,7 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
                 if (mat_elems_quant(ms[i]) > deq) deq = mat_elems_quant(ms[i]);
         }
         if (deq && cfg->max_batch > MATVEC_MAX_N)
-            CREATE_CUDA(cudaMalloc((void **)&b->wdeq, deq * sizeof(__half)));
+            CREATE_CUDA(dev_malloc((void **)&b->wdeq, deq * sizeof(__half)));
     }
 
     /* KV cache and scratch */
@@ -320,30 +335,30 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
         size_t B = (size_t)cfg->max_batch, D = hp->dim, F = hp->ffn_dim, V = hp->n_vocab;
         b->layer_kv = (size_t)cfg->max_seqs * cfg->max_ctx * b->kv_dim;
         size_t kv_bytes = b->layer_kv * hp->n_layers * sizeof(__half);
-        CREATE_CUDA(cudaMalloc((void **)&b->kc, kv_bytes));
-        CREATE_CUDA(cudaMalloc((void **)&b->vc, kv_bytes));
+        CREATE_CUDA(dev_malloc((void **)&b->kc, kv_bytes));
+        CREATE_CUDA(dev_malloc((void **)&b->vc, kv_bytes));
         size_t wmax = D;
         if ((size_t)b->q_dim > wmax) wmax = b->q_dim;
         if (F > wmax) wmax = F;
-        CREATE_CUDA(cudaMalloc((void **)&b->x, B * D * 4));
-        CREATE_CUDA(cudaMalloc((void **)&b->xn, B * D * 4));
-        CREATE_CUDA(cudaMalloc((void **)&b->xo, B * D * 4));
-        CREATE_CUDA(cudaMalloc((void **)&b->q, B * b->q_dim * 4));
-        CREATE_CUDA(cudaMalloc((void **)&b->att, B * b->q_dim * 4));
-        CREATE_CUDA(cudaMalloc((void **)&b->k, B * b->kv_dim * 4));
-        CREATE_CUDA(cudaMalloc((void **)&b->v, B * b->kv_dim * 4));
-        CREATE_CUDA(cudaMalloc((void **)&b->g, B * F * 4));
-        CREATE_CUDA(cudaMalloc((void **)&b->u, B * F * 4));
-        CREATE_CUDA(cudaMalloc((void **)&b->tmp, B * wmax * 4));
-        CREATE_CUDA(cudaMalloc((void **)&b->xr, B * wmax * 4));
-        CREATE_CUDA(cudaMalloc((void **)&b->xr2, B * wmax * 4));
-        CREATE_CUDA(cudaMalloc((void **)&b->a16, B * wmax * 2));
-        CREATE_CUDA(cudaMalloc((void **)&b->lg, B * V * 4));
-        CREATE_CUDA(cudaMalloc((void **)&b->d_meta, B * 4 * sizeof(int32_t)));
+        CREATE_CUDA(dev_malloc((void **)&b->x, B * D * 4));
+        CREATE_CUDA(dev_malloc((void **)&b->xn, B * D * 4));
+        CREATE_CUDA(dev_malloc((void **)&b->xo, B * D * 4));
+        CREATE_CUDA(dev_malloc((void **)&b->q, B * b->q_dim * 4));
+        CREATE_CUDA(dev_malloc((void **)&b->att, B * b->q_dim * 4));
+        CREATE_CUDA(dev_malloc((void **)&b->k, B * b->kv_dim * 4));
+        CREATE_CUDA(dev_malloc((void **)&b->v, B * b->kv_dim * 4));
+        CREATE_CUDA(dev_malloc((void **)&b->g, B * F * 4));
+        CREATE_CUDA(dev_malloc((void **)&b->u, B * F * 4));
+        CREATE_CUDA(dev_malloc((void **)&b->tmp, B * wmax * 4));
+        CREATE_CUDA(dev_malloc((void **)&b->xr, B * wmax * 4));
+        CREATE_CUDA(dev_malloc((void **)&b->xr2, B * wmax * 4));
+        CREATE_CUDA(dev_malloc((void **)&b->a16, B * wmax * 2));
+        CREATE_CUDA(dev_malloc((void **)&b->lg, B * V * 4));
+        CREATE_CUDA(dev_malloc((void **)&b->d_meta, B * 4 * sizeof(int32_t)));
         CREATE_CUDA(cudaMallocHost((void **)&b->h_meta, B * 4 * sizeof(int32_t)));
     }
     CREATE_CUDA(cudaMallocHost((void **)&b->h_lg, (size_t)LG_STAGE_ROWS * hp->n_vocab * 4));
-    CREATE_CUDA(cudaMalloc(&b->cublas_ws, CUBLAS_WS_BYTES));
+    CREATE_CUDA(dev_malloc(&b->cublas_ws, CUBLAS_WS_BYTES));
     if (cublasCreate(&b->cb) != CUBLAS_STATUS_SUCCESS || cublasSetStream(b->cb, b->st) != 0 ||
         cublasSetWorkspace(b->cb, b->cublas_ws, CUBLAS_WS_BYTES) != 0) {
         rc = st_errf(eb, ST_EDEVICE, "cuda: cublasCreate failed");
