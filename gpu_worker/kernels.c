@@ -410,6 +410,81 @@ static float dot_q6_K(int64_t n, const void *w, const void *act)
     return hsum_ps(acc);
 }
 
+/* Q2_K: the mins go into the accumulator first (8 lanes of pairs of
+ * sub-blocks), then the scaled quants; Q3_K: the -4 of a clear high bit is
+ * subtracted per 16-bit pair sum. Integer sums as llama.cpp's AVX2 kernels
+ * form them, so the float steps round the same way. */
+static float dot_q2_K(int64_t n, const void *w, const void *act)
+{
+    const struct block_q2_K *x = w;
+    const struct block_q8_K *y = act;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        __m128i ms = _mm_loadu_si128((const __m128i *)x[b].scales);
+        __m128i sc = _mm_and_si128(ms, _mm_set1_epi8(15));
+        __m128i mn = _mm_and_si128(_mm_srli_epi16(ms, 4), _mm_set1_epi8(15));
+        __m256i prod = _mm256_madd_epi16(_mm256_cvtepi8_epi16(mn),
+                                         _mm256_loadu_si256((const __m256i *)y[b].bsums));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(-y[b].d * quant_f16_to_f32(x[b].dmin)),
+                              _mm256_cvtepi32_ps(prod), acc);
+        uint8_t s8[16];
+        _mm_storeu_si128((__m128i *)s8, sc);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            __m256i bits = load32(x[b].qs + 32 * h);
+            const int8_t *qa = y[b].qs + 128 * h;
+            for (int k = 0; k < 4; k++) {
+                __m256i q = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * k), m3);
+                __m256i p = _mm256_maddubs_epi16(q, load32(qa + 32 * k));
+                p = _mm256_madd_epi16(p, scale_pair(s8[8 * h + 2 * k], s8[8 * h + 2 * k + 1]));
+                sumi = _mm256_add_epi32(sumi, p);
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * quant_f16_to_f32(x[b].d)),
+                              _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc);
+}
+
+static float dot_q3_K(int64_t n, const void *w, const void *act)
+{
+    const struct block_q3_K *x = w;
+    const struct block_q8_K *y = act;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        /* 6-bit scales, bias 32 (quant.h) */
+        int sc[16];
+        for (int s = 0; s < 16; s++) {
+            int low = s < 8 ? x[b].scales[s] & 15 : x[b].scales[s - 8] >> 4;
+            int high = (x[b].scales[8 + s % 4] >> (2 * (s / 4))) & 3;
+            sc[s] = (low | high << 4) - 32;
+        }
+        __m256i hbits = load32(x[b].hmask);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            __m256i bits = load32(x[b].qs + 32 * h);
+            const int8_t *qa = y[b].qs + 128 * h;
+            for (int k = 0; k < 4; k++) {
+                int bit = 4 * h + k;
+                __m256i ql = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * k), m3);
+                /* 4 where the high bit is clear */
+                __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hbits, bit), _mm256_set1_epi8(1));
+                __m256i q4 = _mm256_slli_epi16(_mm256_xor_si256(hb, _mm256_set1_epi8(1)), 2);
+                __m256i ya = load32(qa + 32 * k);
+                __m256i p =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(ql, ya), _mm256_maddubs_epi16(q4, ya));
+                p = _mm256_madd_epi16(p, scale_pair(sc[8 * h + 2 * k], sc[8 * h + 2 * k + 1]));
+                sumi = _mm256_add_epi32(sumi, p);
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * quant_f16_to_f32(x[b].d)),
+                              _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc);
+}
+
 /* ---- 4 activation rows per weight row (batched prompts) ----
  * The weight block is decoded once and dotted with the same block of 4
  * activation rows (act + k * stride). */
@@ -726,9 +801,9 @@ kernels_dot_fn kernels_dot(uint32_t w, bool reference)
     case GGML_TYPE_Q8_0:
         return reference ? ref_q8_0 : have_vnni() ? dotv_q8_0 : dot_q8_0;
     case GGML_TYPE_Q2_K:
-        return ref_q2_K;
+        return reference ? ref_q2_K : dot_q2_K;
     case GGML_TYPE_Q3_K:
-        return ref_q3_K;
+        return reference ? ref_q3_K : dot_q3_K;
     case GGML_TYPE_Q4_K:
         return reference ? ref_q4_K : dot_q4_K;
     case GGML_TYPE_Q5_K:
