@@ -81,22 +81,24 @@ static void mm_rows(void *arg, int chunk, int ith)
     size_t rb = quant_row_size(j->w->type, j->n_in);
     const uint8_t *wd = j->w->data;
     const uint8_t *act = j->b->act;
-    for (int r = r0; r < r1; r++) {
-        const uint8_t *wrow = wd + (size_t)r * rb;
-        float bias = j->bias ? j->bias[r] : 0.f;
-        int t = 0;
-        if (j->dot4) {
-            float o4[4];
-            for (; t + 4 <= j->n_tok; t += 4) {
-                j->dot4(j->n_in, wrow, act + (size_t)t * j->arow, j->arow, o4);
+    /* groups of 4 tokens outside, the chunk's rows inside: the 4
+     * activation rows stay in L1 while the chunk's weights come from L2 */
+    int t = 0;
+    if (j->dot4) {
+        float o4[4];
+        for (; t + 4 <= j->n_tok; t += 4)
+            for (int r = r0; r < r1; r++) {
+                j->dot4(j->n_in, wd + (size_t)r * rb, act + (size_t)t * j->arow, j->arow, o4);
+                float bias = j->bias ? j->bias[r] : 0.f;
                 for (int k = 0; k < 4; k++)
                     j->out[(size_t)(t + k) * j->out_stride + r] = o4[k] + bias;
             }
-        }
-        for (; t < j->n_tok; t++)
-            j->out[(size_t)t * j->out_stride + r] =
-                j->dot(j->n_in, wrow, act + (size_t)t * j->arow) + bias;
     }
+    for (; t < j->n_tok; t++)
+        for (int r = r0; r < r1; r++)
+            j->out[(size_t)t * j->out_stride + r] =
+                j->dot(j->n_in, wd + (size_t)r * rb, act + (size_t)t * j->arow) +
+                (j->bias ? j->bias[r] : 0.f);
 }
 
 /* out[t][0..n_out) = W in[t] (+ bias) for t < n_tok. */
