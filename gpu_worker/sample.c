@@ -140,6 +140,62 @@ static void fill_logprobs(const float *logits, int n_vocab, int32_t token, int n
     out->n_top = n;
 }
 
+/* Move the k best of c[0..n) to the front (unordered): quickselect. */
+static void select_k(struct cand *c, int n, int k)
+{
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        struct cand pivot = c[lo + (hi - lo) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (cmp_cand(&c[i], &pivot) < 0)
+                i++;
+            while (cmp_cand(&c[j], &pivot) > 0)
+                j--;
+            if (i <= j) {
+                struct cand t = c[i];
+                c[i++] = c[j];
+                c[j--] = t;
+            }
+        }
+        if (k - 1 <= j)
+            hi = j;
+        else if (k - 1 >= i)
+            lo = i;
+        else
+            break;
+    }
+}
+
+/* The k best candidates of logits, sorted best first, into c (room for
+ * n_vocab). Small k: insertion; large k: quickselect, then sort k. */
+static int sorted_prefix(const float *logits, int n_vocab, int k, struct cand *c)
+{
+    if (k <= 64) return best_k(logits, n_vocab, k, c);
+    if (k > n_vocab) k = n_vocab;
+    for (int i = 0; i < n_vocab; i++)
+        c[i] = (struct cand){logits[i], i};
+    if (k < n_vocab) select_k(c, n_vocab, k);
+    qsort(c, (size_t)k, sizeof(*c), cmp_cand);
+    return k;
+}
+
+/* Draw from candidates c[0..n) (or all of logits in index order when c is
+ * NULL) with probabilities softmax(logit / temperature). */
+static int32_t draw(const struct cand *c, int n, const float *logits, float mx, float temp,
+                    double u01)
+{
+    double tsum = 0;
+    for (int i = 0; i < n; i++)
+        tsum += exp(((double)(c ? c[i].logit : logits[i]) - mx) / temp);
+    double u = u01 * tsum, acc = 0;
+    for (int i = 0; i < n; i++) {
+        acc += exp(((double)(c ? c[i].logit : logits[i]) - mx) / temp);
+        if (u < acc) return c ? c[i].id : i;
+    }
+    return c ? c[n - 1].id : n - 1;
+}
+
 int32_t sample_next(const struct sample_params *p, float *logits, int n_vocab,
                     const int32_t *history, int n_history, int64_t position, int n_top,
                     struct sample_result *out)
@@ -147,57 +203,68 @@ int32_t sample_next(const struct sample_params *p, float *logits, int n_vocab,
     struct sample_result tmp;
     if (!out) out = &tmp;
     sample_apply_penalties(p, logits, n_vocab, history, n_history);
-    int32_t tok;
-    if (p->temperature <= 0.0f) {
-        tok = sample_argmax(logits, n_vocab);
-    } else {
-        struct cand *c = malloc(sizeof(*c) * (size_t)n_vocab);
-        if (!c) {
-            tok = sample_argmax(logits, n_vocab);
-            goto done;
-        }
-        int n = best_k(logits, n_vocab, p->top_k, c);
-        /* probabilities at temperature 1 over the kept candidates */
-        float mx = c[0].logit;
-        double sum = 0;
+    int32_t tok = sample_argmax(logits, n_vocab);
+    if (p->temperature <= 0.0f) goto done;
+    float mx = logits[tok];
+    double u01 = sample_uniform(p->seed, position);
+    bool top_k = p->top_k > 0 && p->top_k < n_vocab;
+    if (!top_k && p->top_p >= 1.0f && p->min_p <= 0.0f) {
+        /* no truncation: no sorting either */
+        tok = draw(NULL, n_vocab, logits, mx, p->temperature, u01);
+        goto done;
+    }
+    struct cand *c = malloc(sizeof(*c) * (size_t)n_vocab);
+    if (!c) goto done; /* greedy under memory exhaustion */
+    int n;
+    double sum = 0; /* normalization of the temperature-1 probabilities */
+    if (top_k) {
+        n = sorted_prefix(logits, n_vocab, p->top_k, c);
         for (int i = 0; i < n; i++)
             sum += exp((double)c[i].logit - mx);
-        if (p->top_p < 1.0f) {
-            double cum = 0;
-            int keep = n;
-            for (int i = 0; i < n; i++) {
-                cum += exp((double)c[i].logit - mx) / sum;
-                if (cum >= p->top_p) {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            n = keep;
-        }
-        if (p->min_p > 0.0f) {
-            /* p_i / p_max = exp(l_i - l_max) */
-            int keep = 1;
-            while (keep < n && exp((double)c[keep].logit - mx) >= p->min_p)
-                keep++;
-            n = keep;
-        }
-        double tsum = 0;
-        for (int i = 0; i < n; i++)
-            tsum += exp(((double)c[i].logit - mx) / p->temperature);
-        double u = sample_uniform(p->seed, position) * tsum, acc = 0;
-        tok = c[n - 1].id;
-        for (int i = 0; i < n; i++) {
-            acc += exp(((double)c[i].logit - mx) / p->temperature);
-            if (u < acc) {
-                tok = c[i].id;
+    } else {
+        for (int i = 0; i < n_vocab; i++)
+            sum += exp((double)logits[i] - mx);
+        /* grow a sorted prefix until it holds the top-p mass / the min-p cut */
+        for (int k = 256;; k *= 4) {
+            n = sorted_prefix(logits, n_vocab, k < n_vocab ? k : n_vocab, c);
+            if (n == n_vocab) break;
+            if (p->top_p < 1.0f) {
+                double cum = 0;
+                for (int i = 0; i < n; i++)
+                    cum += exp((double)c[i].logit - mx) / sum;
+                if (cum >= p->top_p) break;
+            } else if (exp((double)c[n - 1].logit - mx) < p->min_p) {
                 break;
             }
         }
-        free(c);
     }
+    if (p->top_p < 1.0f) {
+        double cum = 0;
+        for (int i = 0; i < n; i++) {
+            cum += exp((double)c[i].logit - mx) / sum;
+            if (cum >= p->top_p) {
+                n = i + 1;
+                break;
+            }
+        }
+    }
+    if (p->min_p > 0.0f) {
+        /* p_i / p_max = exp(l_i - l_max) */
+        int keep = 1;
+        while (keep < n && exp((double)c[keep].logit - mx) >= p->min_p)
+            keep++;
+        n = keep;
+    }
+    tok = draw(c, n, logits, mx, p->temperature, u01);
+    free(c);
 done:
     out->token = tok;
-    fill_logprobs(logits, n_vocab, tok, n_top, out);
+    if (n_top >= 0) {
+        fill_logprobs(logits, n_vocab, tok, n_top, out);
+    } else {
+        out->logprob = 0;
+        out->n_top = 0;
+    }
     return tok;
 }
 

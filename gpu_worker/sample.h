@@ -68,8 +68,10 @@ void sample_apply_penalties(const struct sample_params *p, float *logits, int n_
  * Choose the next token. logits (n_vocab floats) is modified (penalties are
  * applied in place). history: the n_history tokens so far (ids outside
  * 0..n_vocab-1 are ignored). position: the position of the token being
- * chosen (selects the random number). n_top: alternatives wanted (< 0 or 0:
- * none, capped at SAMPLE_MAX_TOP). Returns the token id (also in out->token).
+ * chosen (selects the random number). n_top: alternatives wanted (capped at
+ * SAMPLE_MAX_TOP; 0: only the chosen token's logprob; < 0: no logprobs at
+ * all, out->logprob = 0, which saves a pass over the vocabulary). out may be
+ * NULL. Returns the token id (also in out->token).
  */
 int32_t sample_next(const struct sample_params *p, float *logits, int n_vocab,
                     const int32_t *history, int n_history, int64_t position, int n_top,

@@ -223,6 +223,10 @@ static void test_logprobs(void **state)
     assert_int_equal(r.n_top, NV);
     assert_int_equal(sample_next(&p, lg, NV, NULL, 0, 0, -1, &r), 0);
     assert_int_equal(r.n_top, 0);
+    assert_float_equal(r.logprob, 0, 0); /* not computed */
+    assert_int_equal(sample_next(&p, lg, NV, NULL, 0, 0, 0, &r), 0);
+    assert_int_equal(r.n_top, 0);
+    assert_float_equal(r.logprob, log(0.4), 1e-5);
 }
 
 static void test_stops(void **state)
@@ -249,6 +253,79 @@ static void test_stops(void **state)
     assert_int_equal(sample_stop_holdback("abc", 3, stops, 3), 0);
 }
 
+/* A large vocabulary (sorted prefixes grown by quickselect): every draw
+ * falls in the truncated set computed here by a full sort, and the most
+ * likely token comes up about as often as its probability says. */
+#define BIG 50000
+
+static int cmp_desc(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+static void big_logits(float *lg)
+{
+    uint64_t st = 12345;
+    for (int i = 0; i < BIG; i++) {
+        st = st * 6364136223846793005ULL + 1442695040888963407ULL;
+        double u = (double)(st >> 11) / 9007199254740992.0;
+        lg[i] = (float)(-4.0 * log(-log(u + 1e-12) + 1e-12)); /* peaked, long tail */
+    }
+}
+
+static void test_large_vocab(void **state)
+{
+    (void)state;
+    float *lg = malloc(sizeof(float) * BIG), *sorted = malloc(sizeof(float) * BIG);
+    big_logits(lg);
+    memcpy(sorted, lg, sizeof(float) * BIG);
+    qsort(sorted, BIG, sizeof(float), cmp_desc);
+    double mx = sorted[0], sum = 0;
+    for (int i = 0; i < BIG; i++)
+        sum += exp(sorted[i] - mx);
+    /* top-p 0.9 threshold logit: the smallest prefix reaching 0.9 */
+    double cum = 0;
+    int np = 0;
+    while (np < BIG && cum < 0.9)
+        cum += exp(sorted[np++] - mx) / sum;
+    float thr_p = sorted[np - 1];
+    float thr_k = sorted[99];
+    struct sample_params p;
+    sample_params_default(&p);
+    p.seed = 77;
+    int hits_top = 0, draws = 400;
+    int32_t best = sample_argmax(lg, BIG);
+    float *w = malloc(sizeof(float) * BIG);
+    for (int i = 0; i < draws; i++) {
+        memcpy(w, lg, sizeof(float) * BIG);
+        p.top_p = 0.9f;
+        p.top_k = 0;
+        int32_t t = sample_next(&p, w, BIG, NULL, 0, i, 0, NULL);
+        assert_true(lg[t] >= thr_p);
+        memcpy(w, lg, sizeof(float) * BIG);
+        p.top_p = 1.0f;
+        p.top_k = 100;
+        t = sample_next(&p, w, BIG, NULL, 0, i, 0, NULL);
+        assert_true(lg[t] >= thr_k);
+        memcpy(w, lg, sizeof(float) * BIG);
+        p.top_k = 0;
+        p.min_p = 0.05f;
+        t = sample_next(&p, w, BIG, NULL, 0, i, 0, NULL);
+        assert_true(exp(lg[t] - mx) >= 0.05);
+        p.min_p = 0;
+        memcpy(w, lg, sizeof(float) * BIG);
+        t = sample_next(&p, w, BIG, NULL, 0, i, 0, NULL);
+        hits_top += t == best;
+    }
+    /* untruncated: frequency of the best token within 5 sigma of p_best */
+    double pb = 1.0 / sum, sd = sqrt(pb * (1 - pb) / draws);
+    assert_true(fabs((double)hits_top / draws - pb) < 5 * sd + 1e-3);
+    free(w);
+    free(lg);
+    free(sorted);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -261,6 +338,7 @@ int main(void)
         cmocka_unit_test(test_penalties),
         cmocka_unit_test(test_logprobs),
         cmocka_unit_test(test_stops),
+        cmocka_unit_test(test_large_vocab),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
