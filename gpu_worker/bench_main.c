@@ -5,6 +5,7 @@
  *   bench-worker MODEL.gguf [--prompt P] [--gen G] [--threads N] [--reps R]
  *
  * Like llama-bench's pp and tg tests, both start from an empty KV cache.
+ * --seqs S: S sequences decode together; tg is then their total tok/s.
  * Prints one line: "MODEL pp P: X tok/s  tg G: Y tok/s" (best of R runs), then
  * the same per CPU-second of the process (with N threads, N x that is what
  * an idle machine would give at best).
@@ -38,7 +39,7 @@ static double cpu_now(void)
 int main(int argc, char **argv)
 {
     const char *path = NULL;
-    int n_prompt = 128, n_gen = 32, threads = 0, reps = 2;
+    int n_prompt = 128, n_gen = 32, threads = 0, reps = 2, n_seqs = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--prompt") && i + 1 < argc)
             n_prompt = atoi(argv[++i]);
@@ -48,16 +49,18 @@ int main(int argc, char **argv)
             threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--seqs") && i + 1 < argc)
+            n_seqs = atoi(argv[++i]);
         else if (argv[i][0] != '-' && !path)
             path = argv[i];
         else {
             fprintf(stderr, "usage: bench-worker MODEL.gguf [--prompt P] [--gen G] [--threads N] "
-                            "[--reps R]\n");
+                            "[--reps R] [--seqs S]\n");
             return 2;
         }
     }
-    if (!path || n_prompt < 1 || n_gen < 1 || reps < 1) {
-        fprintf(stderr, "bench-worker: need MODEL.gguf, P >= 1, G >= 1\n");
+    if (!path || n_prompt < 1 || n_gen < 1 || reps < 1 || n_seqs < 1 || n_seqs > 64) {
+        fprintf(stderr, "bench-worker: need MODEL.gguf, P >= 1, G >= 1, 1 <= S <= 64\n");
         return 2;
     }
     struct st_model *m = NULL;
@@ -67,9 +70,9 @@ int main(int argc, char **argv)
         return 1;
     }
     struct backend_config cfg = {.n_threads = threads,
-                                 .max_seqs = 1,
+                                 .max_seqs = n_seqs,
                                  .max_ctx = (n_prompt > n_gen ? n_prompt : n_gen) + 1,
-                                 .max_batch = n_prompt};
+                                 .max_batch = n_prompt > n_seqs ? n_prompt : n_seqs};
     struct backend *b = NULL;
     if (cpu_backend_ops.create(m, &cfg, &b, &eb)) {
         fprintf(stderr, "bench-worker: %s\n", eb.msg);
@@ -80,7 +83,7 @@ int main(int argc, char **argv)
     int32_t *tok = malloc(sizeof(int32_t) * (n_prompt + n_gen)),
             *pos = malloc(sizeof(int32_t) * n_prompt), *seq = calloc(n_prompt, sizeof(int32_t));
     int8_t *lg = calloc(n_prompt, 1);
-    float *logits = malloc(sizeof(float) * nv);
+    float *logits = malloc(sizeof(float) * nv * n_seqs);
     uint64_t s = 0x9e3779b97f4a7c15ULL;
     for (int i = 0; i < n_prompt + n_gen; i++) {
         s = s * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -97,27 +100,39 @@ int main(int argc, char **argv)
             .n_tokens = n_prompt, .token = tok, .pos = pos, .seq = seq, .logits = lg};
         double c0 = cpu_now(), t0 = now();
         rc = cpu_backend_ops.forward(b, &bt, logits);
-        /* generation starts from an empty cache, as llama-bench's tg test */
+        /* generation starts from an empty cache, as llama-bench's tg test;
+         * with --seqs S, S sequences decode together (one token each per
+         * step) and tg counts all their tokens */
         cpu_backend_ops.seq_truncate(b, 0, 0);
         double c1 = cpu_now(), t1 = now();
         for (int g = 0; g < n_gen && rc == 0; g++) {
-            int32_t p = g, sq = 0;
-            int8_t one = 1;
-            struct batch b1 = {
-                .n_tokens = 1, .token = &tok[n_prompt + g], .pos = &p, .seq = &sq, .logits = &one};
+            int32_t t[64], p[64], sq[64];
+            int8_t one[64];
+            for (int k = 0; k < n_seqs; k++) {
+                t[k] = tok[n_prompt + (g + k) % n_gen];
+                p[k] = g;
+                sq[k] = k;
+                one[k] = 1;
+            }
+            struct batch b1 = {.n_tokens = n_seqs, .token = t, .pos = p, .seq = sq, .logits = one};
             rc = cpu_backend_ops.forward(b, &b1, logits);
         }
+        for (int k = 0; k < n_seqs; k++)
+            cpu_backend_ops.seq_truncate(b, k, 0);
         double c2 = cpu_now(), t2 = now();
         if (n_prompt / (c1 - c0) > cpu_pp) cpu_pp = n_prompt / (c1 - c0);
-        if (n_gen / (c2 - c1) > cpu_tg) cpu_tg = n_gen / (c2 - c1);
+        if ((double)n_gen * n_seqs / (c2 - c1) > cpu_tg)
+            cpu_tg = (double)n_gen * n_seqs / (c2 - c1);
         if (n_prompt / (t1 - t0) > best_pp) best_pp = n_prompt / (t1 - t0);
-        if (n_gen / (t2 - t1) > best_tg) best_tg = n_gen / (t2 - t1);
+        if ((double)n_gen * n_seqs / (t2 - t1) > best_tg)
+            best_tg = (double)n_gen * n_seqs / (t2 - t1);
     }
     if (rc)
         fprintf(stderr, "bench-worker: forward failed: %s\n", st_strerror(rc));
     else
-        printf("%s pp %d: %.1f tok/s  tg %d: %.1f tok/s  (%s; per CPU-second: pp %.1f tg %.1f)\n",
-               path, n_prompt, best_pp, n_gen, best_tg, kernels_isa(), cpu_pp, cpu_tg);
+        printf("%s pp %d: %.1f tok/s  tg %d x %d seqs: %.1f tok/s  (%s; per CPU-second: pp %.1f tg "
+               "%.1f)\n",
+               path, n_prompt, best_pp, n_gen, n_seqs, best_tg, kernels_isa(), cpu_pp, cpu_tg);
     free(tok);
     free(pos);
     free(seq);
