@@ -63,6 +63,7 @@ struct mm_job {
     size_t arow; /* bytes of one quantized activation row */
     kernels_dot_fn dot;
     kernels_dot4_fn dot4; /* NULL: one row at a time */
+    kernels_dot2_fn dot2; /* NULL: one weight row at a time */
     int rows_per_chunk;
 };
 
@@ -94,11 +95,26 @@ static void mm_rows(void *arg, int chunk, int ith)
                     j->out[(size_t)(t + k) * j->out_stride + r] = o4[k] + bias;
             }
     }
-    for (; t < j->n_tok; t++)
-        for (int r = r0; r < r1; r++)
+    for (; t < j->n_tok; t++) {
+        int r = r0;
+        if (j->dot2) { /* rows r and r + half together (kernels.h says why apart) */
+            int half = (r1 - r0) / 2;
+            size_t ws = (size_t)half * rb;
+            const uint8_t *at = act + (size_t)t * j->arow;
+            float *o = j->out + (size_t)t * j->out_stride;
+            for (; r < r0 + half; r++) {
+                float o2[2];
+                j->dot2(j->n_in, wd + (size_t)r * rb, ws, at, o2);
+                o[r] = o2[0] + (j->bias ? j->bias[r] : 0.f);
+                o[r + half] = o2[1] + (j->bias ? j->bias[r + half] : 0.f);
+            }
+            r = r0 + 2 * half;
+        }
+        for (; r < r1; r++)
             j->out[(size_t)t * j->out_stride + r] =
                 j->dot(j->n_in, wd + (size_t)r * rb, act + (size_t)t * j->arow) +
                 (j->bias ? j->bias[r] : 0.f);
+    }
 }
 
 /* out[t][0..n_out) = W in[t] (+ bias) for t < n_tok. */
@@ -120,6 +136,7 @@ static void matmul(struct backend *b, const struct model_tensor *w, const float 
     j.arow = quant_row_size(j.at, j.n_in);
     j.dot = kernels_dot(w->type, b->reference);
     j.dot4 = b->reference || n_tok < 4 ? NULL : kernels_dot4(w->type);
+    j.dot2 = b->reference ? NULL : kernels_dot2(w->type);
     pool_for(b->pool, n_tok, mm_quantize, &j);
     /* chunks of rows: about 16 per thread, each at least ~64k weights x
      * tokens; products under ~256k multiply-adds run on the calling thread

@@ -495,7 +495,7 @@ static float dot_q3_K(int64_t n, const void *w, const void *act)
  * block. One accumulator in the block order (llama.cpp's order, which keeps
  * our logits on its rounding path), in the one-row and the 4-row kernel
  * alike, so both give bit-identical results. */
-#define DOT_32(NAME, NAME4, WT, QUANTS, MULS, ATTR)                                                \
+#define DOT_32(NAME, NAME4, NAME2, WT, QUANTS, MULS, ATTR)                                         \
     ATTR static float NAME(int64_t n, const void *w, const void *act)                              \
     {                                                                                              \
         const WT *x = w;                                                                           \
@@ -529,6 +529,25 @@ static float dot_q3_K(int64_t n, const void *w, const void *act)
         }                                                                                          \
         for (int k = 0; k < 4; k++)                                                                \
             out[k] = hsum_ps(acc[0][k]);                                                           \
+    }                                                                                              \
+    ATTR static void NAME2(int64_t n, const void *w, size_t wstride, const void *act, float *out)  \
+    {                                                                                              \
+        const WT *x0 = w, *x1 = (const WT *)((const uint8_t *)w + wstride);                        \
+        const struct block_q8_0 *y = act;                                                          \
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();                                 \
+        for (int64_t b = 0; b < n / QK; b++) {                                                     \
+            __m256i yq = load32(y[b].qs);                                                          \
+            float dy = quant_f16_to_f32(y[b].d);                                                   \
+            __m256i q0 = QUANTS(&x0[b]), q1 = QUANTS(&x1[b]);                                      \
+            __m256i p0 = MULS(_mm256_sign_epi8(q0, q0), _mm256_sign_epi8(yq, q0));                 \
+            __m256i p1 = MULS(_mm256_sign_epi8(q1, q1), _mm256_sign_epi8(yq, q1));                 \
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(quant_f16_to_f32(x0[b].d) * dy),                   \
+                                 _mm256_cvtepi32_ps(p0), a0);                                      \
+            a1 = _mm256_fmadd_ps(_mm256_set1_ps(quant_f16_to_f32(x1[b].d) * dy),                   \
+                                 _mm256_cvtepi32_ps(p1), a1);                                      \
+        }                                                                                          \
+        out[0] = hsum_ps(a0);                                                                      \
+        out[1] = hsum_ps(a1);                                                                      \
     }
 
 /* |x| (unsigned) times sign-adjusted y (signed), summed in groups of 4 into
@@ -555,12 +574,12 @@ static inline __m256i q4_0_quants(const struct block_q4_0 *x)
     return _mm256_sub_epi8(unpack_nib(x->qs), _mm256_set1_epi8(8));
 }
 
-DOT_32(dot_q8_0, dot4_q8_0, struct block_q8_0, q8_0_quants, muls_avx2, )
-DOT_32(dot_q5_0, dot4_q5_0, struct block_q5_0, q5_0_quants, muls_avx2, )
-DOT_32(dot_q4_0, dot4_q4_0, struct block_q4_0, q4_0_quants, muls_avx2, )
-DOT_32(dotv_q8_0, dot4v_q8_0, struct block_q8_0, q8_0_quants, muls_vnni, VNNI)
-DOT_32(dotv_q5_0, dot4v_q5_0, struct block_q5_0, q5_0_quants, muls_vnni, VNNI)
-DOT_32(dotv_q4_0, dot4v_q4_0, struct block_q4_0, q4_0_quants, muls_vnni, VNNI)
+DOT_32(dot_q8_0, dot4_q8_0, dot2_q8_0, struct block_q8_0, q8_0_quants, muls_avx2, )
+DOT_32(dot_q5_0, dot4_q5_0, dot2_q5_0, struct block_q5_0, q5_0_quants, muls_avx2, )
+DOT_32(dot_q4_0, dot4_q4_0, dot2_q4_0, struct block_q4_0, q4_0_quants, muls_avx2, )
+DOT_32(dotv_q8_0, dot4v_q8_0, dot2v_q8_0, struct block_q8_0, q8_0_quants, muls_vnni, VNNI)
+DOT_32(dotv_q5_0, dot4v_q5_0, dot2v_q5_0, struct block_q5_0, q5_0_quants, muls_vnni, VNNI)
+DOT_32(dotv_q4_0, dot4v_q4_0, dot2v_q4_0, struct block_q4_0, q4_0_quants, muls_vnni, VNNI)
 
 static bool have_vnni(void)
 {
@@ -810,6 +829,19 @@ kernels_dot_fn kernels_dot(uint32_t w, bool reference)
         return reference ? ref_q5_K : dot_q5_K;
     case GGML_TYPE_Q6_K:
         return reference ? ref_q6_K : dot_q6_K;
+    }
+    return NULL;
+}
+
+kernels_dot2_fn kernels_dot2(uint32_t w)
+{
+    switch (w) {
+    case GGML_TYPE_Q8_0:
+        return have_vnni() ? dot2v_q8_0 : dot2_q8_0;
+    case GGML_TYPE_Q5_0:
+        return have_vnni() ? dot2v_q5_0 : dot2_q5_0;
+    case GGML_TYPE_Q4_0:
+        return have_vnni() ? dot2v_q4_0 : dot2_q4_0;
     }
     return NULL;
 }

@@ -138,6 +138,16 @@ static void check_case(const struct qcase *c)
                                   want);
                 assert_true(fabsf(got - want) <= 1e-4f * (fabsf(want) + 1.f));
             }
+            /* the 2-weight-row kernel gives exactly the one-row results */
+            kernels_dot2_fn two = kernels_dot2(a.type);
+            for (int64_t r = 0; two && r < rows / 2; r++) {
+                const uint8_t *wr = (const uint8_t *)a.data + r * rb;
+                size_t ws = (size_t)(rows / 2) * rb;
+                float o2[2];
+                two(n, wr, ws, xq, o2);
+                assert_true(o2[0] == fast(n, wr, xq));
+                assert_true(o2[1] == fast(n, wr + ws, xq));
+            }
             /* the 4-row kernel gives exactly the one-row kernel's results for
              * quantized weights; for F32/F16/BF16 it sums in another order
              * (as llama.cpp's batched path does) */
