@@ -281,33 +281,53 @@ static inline int mins_dot(const uint8_t *mn, const int16_t *bsums)
     return _mm_cvtsi128_si32(p);
 }
 
+/* One Q4_K super-block into the accumulators (acc, summ) of one row. */
+static inline void q4_K_step(const struct block_q4_K *x, const struct block_q8_K *y, __m256 *acc,
+                             float *summ)
+{
+    const __m256i m4 = _mm256_set1_epi8(15);
+    uint8_t sc[8], mn[8];
+    scales_k4(x->scales, sc, mn);
+    int msum = mins_dot(mn, y->bsums);
+    *summ = fmaf(y->d * quant_f16_to_f32(x->dmin), (float)msum, *summ);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int g = 0; g < 4; g++) {
+        __m256i q4 = load32(x->qs + 32 * g);
+        __m256i lo = _mm256_and_si256(q4, m4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+        __m256i plo = _mm256_maddubs_epi16(lo, load32(y->qs + 64 * g));
+        __m256i phi = _mm256_maddubs_epi16(hi, load32(y->qs + 64 * g + 32));
+        plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * g]));
+        phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * g + 1]));
+        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+    }
+    __m256 d = _mm256_set1_ps(y->d * quant_f16_to_f32(x->d));
+    *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), *acc);
+}
+
 static float dot_q4_K(int64_t n, const void *w, const void *act)
 {
     const struct block_q4_K *x = w;
     const struct block_q8_K *y = act;
-    const __m256i m4 = _mm256_set1_epi8(15);
     __m256 acc = _mm256_setzero_ps();
     float summ = 0;
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        uint8_t sc[8], mn[8];
-        scales_k4(x[b].scales, sc, mn);
-        int msum = mins_dot(mn, y[b].bsums);
-        summ = fmaf(y[b].d * quant_f16_to_f32(x[b].dmin), (float)msum, summ);
-        __m256i sumi = _mm256_setzero_si256();
-        for (int g = 0; g < 4; g++) {
-            __m256i q4 = load32(x[b].qs + 32 * g);
-            __m256i lo = _mm256_and_si256(q4, m4);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-            __m256i plo = _mm256_maddubs_epi16(lo, load32(y[b].qs + 64 * g));
-            __m256i phi = _mm256_maddubs_epi16(hi, load32(y[b].qs + 64 * g + 32));
-            plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * g]));
-            phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * g + 1]));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
-        }
-        __m256 d = _mm256_set1_ps(y[b].d * quant_f16_to_f32(x[b].d));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
-    }
+    for (int64_t b = 0; b < n / QK_K; b++)
+        q4_K_step(&x[b], &y[b], &acc, &summ);
     return hsum_ps(acc) - summ;
+}
+
+static void dot2_q4_K(int64_t n, const void *w, size_t wstride, const void *act, float *out)
+{
+    const struct block_q4_K *x0 = w, *x1 = (const void *)((const uint8_t *)w + wstride);
+    const struct block_q8_K *y = act;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    float s0 = 0, s1 = 0;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        q4_K_step(&x0[b], &y[b], &a0, &s0);
+        q4_K_step(&x1[b], &y[b], &a1, &s1);
+    }
+    out[0] = hsum_ps(a0) - s0;
+    out[1] = hsum_ps(a1) - s1;
 }
 
 static float dot_q5_K(int64_t n, const void *w, const void *act)
@@ -361,53 +381,71 @@ static inline __m256i scale_pair(int a, int b)
     return _mm256_set_m128i(_mm_set1_epi16((short)b), _mm_set1_epi16((short)a));
 }
 
+/* One Q6_K super-block into the accumulator of one row. */
+static inline void q6_K_step(const struct block_q6_K *x, const struct block_q8_K *y, __m256 *acc)
+{
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const int8_t *sc = x->scales;
+    float d = y->d * quant_f16_to_f32(x->d);
+    /* the -32 offset: subtract 32 * scale * bsum lane by lane (pairs of
+     * sub-blocks per lane), the order of llama.cpp's one-token kernel */
+    __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+    __m256i sumi = _mm256_sub_epi32(
+        _mm256_setzero_si256(),
+        _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), s16),
+                          5));
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = x->ql + 64 * h;
+        const int8_t *qa = y->qs + 128 * h;
+        __m256i l0 = load32(ql), l1 = load32(ql + 32), qh = load32(x->qh + 32 * h);
+        __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                     _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
+        __m256i q1 =
+            _mm256_or_si256(_mm256_and_si256(l1, m4),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
+        __m256i q2 =
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
+        __m256i q3 =
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+        const int8_t *s = sc + 8 * h;
+        __m256i p0 =
+            _mm256_madd_epi16(_mm256_maddubs_epi16(q0, load32(qa)), scale_pair(s[0], s[1]));
+        __m256i p1 =
+            _mm256_madd_epi16(_mm256_maddubs_epi16(q1, load32(qa + 32)), scale_pair(s[2], s[3]));
+        __m256i p2 =
+            _mm256_madd_epi16(_mm256_maddubs_epi16(q2, load32(qa + 64)), scale_pair(s[4], s[5]));
+        __m256i p3 =
+            _mm256_madd_epi16(_mm256_maddubs_epi16(q3, load32(qa + 96)), scale_pair(s[6], s[7]));
+        sumi = _mm256_add_epi32(
+            sumi, _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3)));
+    }
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
+}
+
 static float dot_q6_K(int64_t n, const void *w, const void *act)
 {
     const struct block_q6_K *x = w;
     const struct block_q8_K *y = act;
-    const __m256i m4 = _mm256_set1_epi8(15);
-    const __m256i m3 = _mm256_set1_epi8(3);
     __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const int8_t *sc = x[b].scales;
-        float d = y[b].d * quant_f16_to_f32(x[b].d);
-        /* the -32 offset: subtract 32 * scale * bsum lane by lane (pairs of
-         * sub-blocks per lane), the order of llama.cpp's one-token kernel */
-        __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
-        __m256i sumi = _mm256_sub_epi32(
-            _mm256_setzero_si256(),
-            _mm256_slli_epi32(
-                _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[b].bsums), s16), 5));
-        for (int h = 0; h < 2; h++) {
-            const uint8_t *ql = x[b].ql + 64 * h;
-            const int8_t *qa = y[b].qs + 128 * h;
-            __m256i l0 = load32(ql), l1 = load32(ql + 32), qh = load32(x[b].qh + 32 * h);
-            __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, m4),
-                                         _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
-            __m256i q1 = _mm256_or_si256(
-                _mm256_and_si256(l1, m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
-            __m256i q2 = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
-            __m256i q3 = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
-            const int8_t *s = sc + 8 * h;
-            __m256i p0 =
-                _mm256_madd_epi16(_mm256_maddubs_epi16(q0, load32(qa)), scale_pair(s[0], s[1]));
-            __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, load32(qa + 32)),
-                                           scale_pair(s[2], s[3]));
-            __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(q2, load32(qa + 64)),
-                                           scale_pair(s[4], s[5]));
-            __m256i p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(q3, load32(qa + 96)),
-                                           scale_pair(s[6], s[7]));
-            sumi = _mm256_add_epi32(
-                sumi, _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3)));
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-    }
+    for (int64_t b = 0; b < n / QK_K; b++)
+        q6_K_step(&x[b], &y[b], &acc);
     return hsum_ps(acc);
+}
+
+static void dot2_q6_K(int64_t n, const void *w, size_t wstride, const void *act, float *out)
+{
+    const struct block_q6_K *x0 = w, *x1 = (const void *)((const uint8_t *)w + wstride);
+    const struct block_q8_K *y = act;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        q6_K_step(&x0[b], &y[b], &a0);
+        q6_K_step(&x1[b], &y[b], &a1);
+    }
+    out[0] = hsum_ps(a0);
+    out[1] = hsum_ps(a1);
 }
 
 /* Q2_K: the mins go into the accumulator first (8 lanes of pairs of
@@ -842,6 +880,10 @@ kernels_dot2_fn kernels_dot2(uint32_t w)
         return have_vnni() ? dot2v_q5_0 : dot2_q5_0;
     case GGML_TYPE_Q4_0:
         return have_vnni() ? dot2v_q4_0 : dot2_q4_0;
+    case GGML_TYPE_Q4_K:
+        return dot2_q4_K;
+    case GGML_TYPE_Q6_K:
+        return dot2_q6_K;
     }
     return NULL;
 }
