@@ -63,6 +63,7 @@ struct staged_config {
         int64_t max_ctx;     /* positions per sequence */
         int64_t max_batch;   /* tokens per forward pass */
         int64_t device;
+        bool deterministic;  /* batches split so that results never depend on batch mates */
         struct conf_faults faults;
     } worker;
     struct {

@@ -59,6 +59,11 @@ struct backend_ops {
     /* Current length (positions held) of sequence seq. */
     int (*seq_len)(struct backend *b, int seq);
     void (*destroy)(struct backend **b);
+    /* 0 if a token's results never depend on what else its batch holds;
+     * else the largest batch for which they do not (the serving loop splits
+     * batches to that size when [worker] deterministic is on, so that a
+     * request re-run after a restart produces the same tokens). */
+    int invariant_max_batch;
 };
 
 extern const struct backend_ops cpu_backend_ops;

@@ -263,6 +263,25 @@ static json_t *logprob_json(const struct sample_result *r, int n_top)
 }
 
 /*
+ * Run the batch, in pieces of at most `group` tokens when the backend's
+ * results are batch-invariant only up to that size (deterministic mode).
+ * Logits rows keep batch order.
+ */
+static int forward_grouped(struct server *s, const struct batch *bt, int group)
+{
+    if (group <= 0 || bt->n_tokens <= group) return s->ops->forward(s->b, bt, s->logits);
+    float *out = s->logits;
+    for (int i = 0; i < bt->n_tokens; i += group) {
+        int n = bt->n_tokens - i < group ? bt->n_tokens - i : group;
+        struct batch sub = {n, bt->token + i, bt->pos + i, bt->seq + i, bt->logits + i};
+        int rc = s->ops->forward(s->b, &sub, out);
+        if (rc) return rc;
+        for (int k = 0; k < n; k++) out += bt->logits[i + k] ? (size_t)s->n_vocab : 0;
+    }
+    return 0;
+}
+
+/*
  * Tokens the next step may take: max_batch, but no more than the measured
  * speed processes in about one heartbeat period, so that a long prompt is
  * processed in chunks between decode steps (decodes are never stalled for
@@ -312,7 +331,8 @@ static int step(struct server *s)
     if (n == 0) return 0;
     struct batch bt = {n, s->bt_tok, s->bt_pos, s->bt_seq, s->bt_logits};
     int64_t t0 = proto_now_ms();
-    int rc = s->ops->forward(s->b, &bt, s->logits);
+    int rc = forward_grouped(s, &bt,
+                             s->cfg->worker.deterministic ? s->ops->invariant_max_batch : 0);
     int64_t dt = proto_now_ms() - t0;
     if (n >= 8) { /* speed estimate from steps large enough to mean something */
         double v = (double)n / (double)(dt > 0 ? dt : 1);

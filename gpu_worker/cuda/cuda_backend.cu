@@ -748,6 +748,9 @@ static int cuda_seq_len(struct backend *b, int seq)
 
 static const struct backend_ops g_cuda_ops = {
     "cuda", cuda_create, cuda_forward, cuda_seq_truncate, cuda_seq_len, cuda_destroy,
+    /* up to MATVEC_MAX_N tokens every token takes the fused per-token path;
+     * larger batches take cuBLAS, whose rounding depends on the batch */
+    MATVEC_MAX_N,
 };
 
 extern "C" const struct backend_ops *cuda_backend_ops(void)
