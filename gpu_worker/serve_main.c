@@ -15,6 +15,7 @@
 #include "conf/config.h"
 #include "gpu_worker/backend.h"
 #include "gpu_worker/cuda/cuda_backend.h"
+#include "gpu_worker/registry.h"
 #include "gpu_worker/server.h"
 #include "shm/seg.h"
 
@@ -96,10 +97,10 @@ int worker_serve_main(int argc, char **argv)
         return 2;
     }
 
-    const struct backend_ops *ops = !strcmp(cfg.worker.backend, "cuda") ? cuda_backend_ops()
-                                                                        : &cpu_backend_ops;
+    struct st_errbuf eb = {{0}};
+    const struct backend_ops *ops = registry_find(cfg.worker.backend, &eb);
     if (!ops) {
-        log_error("[worker] backend = cuda, but this staged was built without CUDA");
+        log_error("[worker] backend: %s", eb.msg);
         return 1;
     }
     if (!strcmp(cfg.worker.backend, "cuda") && cfg.worker.faults.fail_alloc_at > 0 &&
@@ -109,7 +110,6 @@ int worker_serve_main(int argc, char **argv)
         setenv("STAGED_CUDA_FAIL_ALLOC", n, 1);
     }
     struct seg *seg = NULL;
-    struct st_errbuf eb = {{0}};
     for (int tries = 0; !stage_stop; tries++) {
         rc = seg_attach(cfg.shm.name, false, &seg, &eb);
         if (rc == 0) break;
