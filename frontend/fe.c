@@ -400,6 +400,12 @@ static void on_worker_msg(struct fe *fe, struct proto_msg *pm)
         {
             const char *rid = json_string_value(json_object_get(it, "rid"));
             struct req *r = rid ? find_rid(fe, rid) : NULL;
+            if (rid && !r) {
+                /* a request this frontend does not hold (it finished, or it was
+                 * taken by a frontend that died): stop the worker's work on it */
+                cancel_worker(fe, rid);
+                continue;
+            }
             if (!r || r->state != REQ_RUNNING) continue;
             json_t *n = json_object_get(it, "n");
             if (!json_is_integer(n) || json_integer_value(n) != r->n_gen) continue; /* dup/stale */
