@@ -110,15 +110,29 @@ int proto_send(void *router, const uint8_t *ident, size_t ident_len, const json_
     return rc;
 }
 
+json_t *proto_error_jsonv(const json_t *id, const char *code, const char *fmt, va_list ap)
+{
+    char text[512];
+    vsnprintf(text, sizeof(text), fmt, ap);
+    return json_pack("{s:O?,s:{s:s,s:s}}", "id", id, "error", "code", code, "message", text);
+}
+
+json_t *proto_error_json(const json_t *id, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    json_t *r = proto_error_jsonv(id, code, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
 int proto_send_error(void *router, const uint8_t *ident, size_t ident_len, const json_t *id,
                      const char *code, const char *fmt, ...)
 {
-    char text[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
+    json_t *r = proto_error_jsonv(id, code, fmt, ap);
     va_end(ap);
-    json_t *r = json_pack("{s:O?,s:{s:s,s:s}}", "id", id, "error", "code", code, "message", text);
     if (!r) return ST_ENOMEM;
     int rc = proto_send(router, ident, ident_len, r);
     json_decref(r);

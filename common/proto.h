@@ -16,6 +16,7 @@
 #include "common/err.h"
 
 #include <jansson.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,6 +39,12 @@ int proto_recv(void *router, size_t max_bytes, struct proto_msg *msg);
 
 /* Send body (not consumed) to the peer. Returns 0 or ST_EIO. */
 int proto_send(void *router, const uint8_t *ident, size_t ident_len, const json_t *body);
+
+/* An error object {"id": id, "error": {"code", "message"}} (id may be NULL);
+ * NULL if out of memory. Caller frees. */
+json_t *proto_error_json(const json_t *id, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+json_t *proto_error_jsonv(const json_t *id, const char *code, const char *fmt, va_list ap);
 
 /* Send an error reply echoing id (may be NULL). */
 int proto_send_error(void *router, const uint8_t *ident, size_t ident_len, const json_t *id,

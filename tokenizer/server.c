@@ -1,6 +1,7 @@
 #include "tokenizer/server.h"
 
 #include "common/log.h"
+#include "common/proto.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/detok.h"
 
@@ -50,12 +51,10 @@ static char *error_reply(const json_t *id, const char *code, const char *fmt, ..
 
 static char *error_reply(const json_t *id, const char *code, const char *fmt, ...)
 {
-    char text[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
+    json_t *r = proto_error_jsonv(id, code, fmt, ap);
     va_end(ap);
-    json_t *r = json_pack("{s:O?,s:{s:s,s:s}}", "id", id, "error", "code", code, "message", text);
     if (!r) return NULL;
     char *s = json_dumps(r, JSON_COMPACT);
     json_decref(r);
