@@ -255,6 +255,27 @@ R=$(post /v1/completions '{"model":"m","prompt":"Once upon a time","max_tokens":
 [ "$(code_of "$R")" = 200 ] || fail "not serving after garbage: $R"
 echo "garbage and half-sent requests: still serving"
 
+# ---- kill -9 of the worker during a streamed completion: one complete, correct stream ----
+sse_text() { py 'import json,sys
+ev=[l[6:] for l in open(sys.argv[1]).read().split("\n") if l.startswith("data: ")]
+assert ev and ev[-1]=="[DONE]", ev[-3:]
+print("".join(json.loads(e)["choices"][0]["text"] for e in ev[:-1]), end="")' "$1"; }
+KP='"model":"m","prompt":"Once upon a time","max_tokens":400,"temperature":0.9,"seed":77,"stream":true'
+curl -sN -H "$AUTH" "$H/v1/completions" -d "{$KP}" >"$T/kill-ref.sse" || fail "reference stream"
+curl -sN -H "$AUTH" "$H/v1/completions" -d "{$KP}" >"$T/kill.sse" &
+CURL=$!
+for i in $(seq 1 200); do [ -s "$T/kill.sse" ] && break; sleep 0.005; done
+KILLED=$(cat "$T/logs/worker.pid")
+kill -9 "$KILLED"
+wait $CURL || fail "stream broken by the worker kill"
+[ "$(sse_text "$T/kill.sse")" = "$(sse_text "$T/kill-ref.sse")" ] || fail "stream across a worker kill differs:
+$(sse_text "$T/kill.sse")
+---
+$(sse_text "$T/kill-ref.sse")"
+grep -q "exited with status 137" "$T/logs/worker.log" || fail "the worker was not killed mid-stream"
+echo "kill -9 worker (pid $KILLED) during a streamed completion: one complete stream, equal to the undisturbed one"
+for i in $(seq 1 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' "$H/health")" = 200 ] && break; sleep 0.1; done
+
 # ---- a client that disconnects cancels its request ----
 CANC0=$("$BIN/staged-client" stats --endpoint "$EP" | py 'import json,sys; print(json.load(sys.stdin)["requests"]["cancelled"])')
 WPID=$(cat "$T/logs/worker.pid")
