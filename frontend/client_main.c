@@ -219,6 +219,16 @@ int main(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "--check-config") || !strcmp(cmd, "--print-config") ||
+        !strncmp(cmd, "--config", 8)) {
+        /* only the configuration: check it (or print it) and stop */
+        struct staged_config cfg;
+        bool loaded;
+        int rc = config_from_args_opt(&argc, argv, &cfg, &loaded);
+        if (rc) return rc > 0 ? 0 : 2;
+        fprintf(stderr, "staged-client: a command is needed (generate, chat, health, models, stats)\n");
+        return 2;
+    }
     bool is_gen = !strcmp(cmd, "generate"), is_chat = !strcmp(cmd, "chat");
     bool is_query = !strcmp(cmd, "health") || !strcmp(cmd, "models") || !strcmp(cmd, "stats");
     if (!is_gen && !is_chat && !is_query) {

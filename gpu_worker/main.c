@@ -25,5 +25,9 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "eval")) return cli_eval(argc - 2, argv + 2);
     if (!strcmp(cmd, "generate")) return cli_generate(argc - 2, argv + 2);
     if (!strcmp(cmd, "serve")) return worker_serve_main(argc - 1, argv + 1);
+    /* bare config options: serving is the worker's default mode */
+    if (!strncmp(cmd, "--config", 8) || !strcmp(cmd, "--check-config") ||
+        !strcmp(cmd, "--print-config"))
+        return worker_serve_main(argc, argv);
     return usage();
 }

@@ -11,6 +11,7 @@
  * to ../shared/models). --vocab N changes the embedding's row count (the
  * tokenizer arrays are padded to it; N below the vocab file's token count is
  * an error). Exit 0 on success, 1 on failure, 2 on bad usage. */
+#include "conf/config.h"
 #include "tools/make_model.h"
 
 #include <stdbool.h>
@@ -31,6 +32,13 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
+    /* the config plays no part here; --config/--check-config are accepted
+     * like every staged program does */
+    struct staged_config cfg;
+    bool loaded;
+    int crc = config_from_args_opt(&argc, argv, &cfg, &loaded);
+    if (crc) return crc > 0 ? 0 : 2;
+    if (loaded && argc == 1) return 0;
     struct make_model_opts o = {.mix = "q4_k_m", .seed = 1, .n_threads = 2};
     const char *shape = NULL, *check = NULL;
     unsigned long long vocab_rows = 0;
