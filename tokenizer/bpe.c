@@ -1,5 +1,7 @@
 #include "tokenizer/bpe.h"
 
+#include "tokenizer/merge_heap.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,66 +29,16 @@ struct bpe_sym {
     int32_t prev, next;
 };
 
-struct bpe_cand {
-    uint32_t rank;
-    uint32_t left;
-    int32_t lid, rid; /* the pair's ids when made (stale if either changed) */
-};
-
-static bool cand_before(const struct bpe_cand *a, const struct bpe_cand *b)
-{
-    if (a->rank != b->rank) return a->rank < b->rank;
-    return a->left < b->left;
-}
-
-struct bpe_heap {
-    struct bpe_cand *a;
-    size_t n, cap;
-};
-
-static int heap_push(struct bpe_heap *h, struct bpe_cand c)
-{
-    if (h->n == h->cap) {
-        size_t nc = h->cap ? h->cap * 2 : 64;
-        struct bpe_cand *p = realloc(h->a, nc * sizeof(*p));
-        if (!p) return ST_ENOMEM;
-        h->a = p;
-        h->cap = nc;
-    }
-    size_t i = h->n++;
-    while (i > 0 && cand_before(&c, &h->a[(i - 1) / 2])) {
-        h->a[i] = h->a[(i - 1) / 2];
-        i = (i - 1) / 2;
-    }
-    h->a[i] = c;
-    return 0;
-}
-
-static struct bpe_cand heap_pop(struct bpe_heap *h)
-{
-    struct bpe_cand top = h->a[0], last = h->a[--h->n];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= h->n) break;
-        if (c + 1 < h->n && cand_before(&h->a[c + 1], &h->a[c])) c++;
-        if (!cand_before(&h->a[c], &last)) break;
-        h->a[i] = h->a[c];
-        i = c;
-    }
-    if (h->n) h->a[i] = last;
-    return top;
-}
-
-static int try_pair(const struct vocab *v, const struct bpe_sym *sym, int32_t l, struct bpe_heap *h)
+static int try_pair(const struct vocab *v, const struct bpe_sym *sym, int32_t l,
+                    struct merge_heap *h)
 {
     if (l < 0 || sym[l].next < 0) return 0;
     int32_t r = sym[l].next;
     uint32_t rank;
     int32_t res;
     if (!vocab_merge(v, sym[l].id, sym[r].id, &rank, &res)) return 0;
-    struct bpe_cand c = {rank, (uint32_t)l, sym[l].id, sym[r].id};
-    return heap_push(h, c);
+    struct merge_cand c = {rank, (uint32_t)l, sym[l].id, sym[r].id};
+    return merge_heap_push(h, c);
 }
 
 /* A word as its byte-level text (for the ignore_merges whole-word lookup). */
@@ -120,52 +72,29 @@ int bpe_encode_word(const struct vocab *v, const char *word, size_t len, struct 
         if (id >= 0) return tok_ids_push(out, id);
     }
     struct bpe_sym stack_sym[64];
-    struct bpe_cand stack_cand[64];
+    struct merge_cand stack_cand[64];
     struct bpe_sym *sym = len <= 64 ? stack_sym : malloc(len * sizeof(*sym));
-    struct bpe_heap h = {stack_cand, 0, 64};
-    bool heap_on_stack = true;
+    struct merge_heap h;
+    merge_heap_init(&h, stack_cand, 64);
     int rc = ST_ENOMEM;
     if (!sym) return rc;
     for (size_t i = 0; i < len; i++)
         sym[i] = (struct bpe_sym){vocab_byte_token(v, (uint8_t)word[i]), (int32_t)i - 1,
                                   i + 1 < len ? (int32_t)i + 1 : -1};
-    for (size_t i = 0; i + 1 < len; i++) {
-        if (heap_on_stack && h.n == h.cap) {
-            struct bpe_cand *p = malloc(h.cap * 2 * sizeof(*p));
-            if (!p) {
-                rc = ST_ENOMEM;
-                goto out;
-            }
-            memcpy(p, h.a, h.n * sizeof(*p));
-            h.a = p;
-            h.cap *= 2;
-            heap_on_stack = false;
-        }
+    for (size_t i = 0; i + 1 < len; i++)
         if ((rc = try_pair(v, sym, (int32_t)i, &h))) goto out;
-    }
     while (h.n) {
-        struct bpe_cand c = heap_pop(&h);
+        struct merge_cand c = merge_heap_pop(&h);
         struct bpe_sym *l = &sym[c.left];
-        if (l->id != c.lid || l->next < 0 || sym[l->next].id != c.rid) continue;
+        if (l->id != c.a || l->next < 0 || sym[l->next].id != c.b) continue;
         struct bpe_sym *r = &sym[l->next];
         uint32_t rank;
         int32_t res;
-        vocab_merge(v, c.lid, c.rid, &rank, &res);
+        vocab_merge(v, c.a, c.b, &rank, &res);
         l->id = res;
         r->id = -2; /* dead */
         l->next = r->next;
         if (r->next >= 0) sym[r->next].prev = (int32_t)c.left;
-        if (heap_on_stack && h.n + 2 > h.cap) {
-            struct bpe_cand *p = malloc(h.cap * 2 * sizeof(*p));
-            if (!p) {
-                rc = ST_ENOMEM;
-                goto out;
-            }
-            memcpy(p, h.a, h.n * sizeof(*p));
-            h.a = p;
-            h.cap *= 2;
-            heap_on_stack = false;
-        }
         if ((rc = try_pair(v, sym, l->prev, &h)) || (rc = try_pair(v, sym, (int32_t)c.left, &h)))
             goto out;
     }
@@ -176,6 +105,6 @@ int bpe_encode_word(const struct vocab *v, const char *word, size_t len, struct 
     rc = 0;
 out:
     if (sym != stack_sym) free(sym);
-    if (!heap_on_stack) free(h.a);
+    merge_heap_free(&h);
     return rc;
 }

@@ -1,5 +1,7 @@
 #include "tokenizer/spm.h"
 
+#include "tokenizer/merge_heap.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,58 +10,6 @@ struct spm_sym {
     int32_t prev, next;  /* -1 at the ends */
 };
 
-struct spm_cand {
-    float score;
-    uint32_t left; /* index of the left symbol */
-    uint32_t len;  /* bytes of left + right when the candidate was made */
-};
-
-/* true if a goes before b: higher score, then leftmost */
-static bool cand_before(const struct spm_cand *a, const struct spm_cand *b)
-{
-    if (a->score != b->score) return a->score > b->score;
-    return a->left < b->left;
-}
-
-struct spm_heap {
-    struct spm_cand *a;
-    size_t n, cap;
-};
-
-static int heap_push(struct spm_heap *h, struct spm_cand c)
-{
-    if (h->n == h->cap) {
-        size_t nc = h->cap ? h->cap * 2 : 64;
-        struct spm_cand *p = realloc(h->a, nc * sizeof(*p));
-        if (!p) return ST_ENOMEM;
-        h->a = p;
-        h->cap = nc;
-    }
-    size_t i = h->n++;
-    while (i > 0 && cand_before(&c, &h->a[(i - 1) / 2])) {
-        h->a[i] = h->a[(i - 1) / 2];
-        i = (i - 1) / 2;
-    }
-    h->a[i] = c;
-    return 0;
-}
-
-static struct spm_cand heap_pop(struct spm_heap *h)
-{
-    struct spm_cand top = h->a[0], last = h->a[--h->n];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= h->n) break;
-        if (c + 1 < h->n && cand_before(&h->a[c + 1], &h->a[c])) c++;
-        if (!cand_before(&h->a[c], &last)) break;
-        h->a[i] = h->a[c];
-        i = c;
-    }
-    if (h->n) h->a[i] = last;
-    return top;
-}
-
 static size_t utf8_len(uint8_t c)
 {
     static const uint8_t lens[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
@@ -67,14 +17,15 @@ static size_t utf8_len(uint8_t c)
 }
 
 static int try_pair(const struct vocab *v, const char *s, const struct spm_sym *sym, int32_t l,
-                    struct spm_heap *h)
+                    struct merge_heap *h)
 {
     if (l < 0 || sym[l].next < 0) return 0;
     uint32_t len = sym[l].len + sym[sym[l].next].len;
     int32_t id = vocab_find(v, s + sym[l].start, len);
     if (id < 0) return 0;
-    struct spm_cand c = {vocab_token_score(v, id), (uint32_t)l, len};
-    return heap_push(h, c);
+    /* highest score first; b keeps the pair's length to spot stale candidates */
+    struct merge_cand c = {-(double)vocab_token_score(v, id), (uint32_t)l, 0, (int32_t)len};
+    return merge_heap_push(h, c);
 }
 
 static int emit_symbol(const struct vocab *v, const char *s, const struct spm_sym *sym,
@@ -104,7 +55,8 @@ int spm_encode(const struct vocab *v, const char *text, size_t len, bool prefix_
     if (elen == 0) return 0;
     char *s = malloc(elen);
     struct spm_sym *sym = malloc(elen * sizeof(*sym));
-    struct spm_heap h = {0};
+    struct merge_heap h;
+    merge_heap_init(&h, NULL, 0);
     int rc = ST_ENOMEM;
     if (!s || !sym) goto out;
     size_t o = 0;
@@ -129,11 +81,11 @@ int spm_encode(const struct vocab *v, const char *text, size_t len, bool prefix_
     for (int32_t i = 0; i + 1 < n; i++)
         if ((rc = try_pair(v, s, sym, i, &h))) goto out;
     while (h.n) {
-        struct spm_cand c = heap_pop(&h);
+        struct merge_cand c = merge_heap_pop(&h);
         struct spm_sym *l = &sym[c.left];
         if (l->len == 0 || l->next < 0) continue;
         struct spm_sym *r = &sym[l->next];
-        if (l->len + r->len != c.len) continue; /* one side changed since */
+        if (l->len + r->len != (uint32_t)c.b) continue; /* one side changed since */
         l->len += r->len;
         r->len = 0;
         l->next = r->next;
@@ -147,6 +99,6 @@ int spm_encode(const struct vocab *v, const char *text, size_t len, bool prefix_
 out:
     free(s);
     free(sym);
-    free(h.a);
+    merge_heap_free(&h);
     return rc;
 }
