@@ -12,6 +12,9 @@
  *    reference, and the top-5 logits after the prompt match it;
  *  - upload + device checksums: the device wsum of every tensor equals the
  *    CPU's, a flipped byte is found and repaired;
+ *  - batched integer products (mmq) of every quantized type equal the CPU's
+ *    reference dot products (llama.cpp's arithmetic) to float rounding, and a
+ *    token's result does not depend on the batch it is in;
  *  - IPC + fault: a child process maps the upload through its IPC handle and
  *    computes the reference logits; a child whose kernel faults exits
  *    non-zero, and the parent then verifies its copy intact.
@@ -21,6 +24,8 @@
 #include "common/model.h"
 #include "gpu_worker/backend.h"
 #include "gpu_worker/cuda/cuda_backend.h"
+#include "gpu_worker/quant.h"
+#include "gpu_worker/quantize.h"
 #include "loader/gpu_upload.h"
 #include "shm/seg.h"
 
@@ -38,8 +43,8 @@
 
 #include <cmocka.h>
 
-static const int32_t k_prompt[16] __attribute__((unused)) = {5, 17, 300, 1000, 42, 7, 2048, 99,
-                                     123, 4000, 8, 64, 1, 511, 777, 3333};
+static const int32_t k_prompt[16] __attribute__((unused)) = {
+    5, 17, 300, 1000, 42, 7, 2048, 99, 123, 4000, 8, 64, 1, 511, 777, 3333};
 
 struct ref_case {
     const char *name;
@@ -48,12 +53,12 @@ struct ref_case {
 
 /* Bounds: a quarter of the quantization error of each type, at least 1e-3. */
 static const struct ref_case k_cases[] = {
-    {"ref-qwen2.F32", 1e-3},     {"ref-qwen2.F16", 1e-3},     {"ref-qwen2.BF16", 0.002},
-    {"ref-qwen2.Q8_0", 0.0075},  {"ref-qwen2.Q6_K", 0.0175},  {"ref-qwen2.Q5_1", 0.0375},
-    {"ref-qwen2.Q5_0", 0.0375},  {"ref-qwen2.Q4_1", 0.0375},  {"ref-qwen2.Q4_0", 0.0375},
+    {"ref-qwen2.F32", 1e-3},      {"ref-qwen2.F16", 1e-3},      {"ref-qwen2.BF16", 0.002},
+    {"ref-qwen2.Q8_0", 0.0075},   {"ref-qwen2.Q6_K", 0.0175},   {"ref-qwen2.Q5_1", 0.0375},
+    {"ref-qwen2.Q5_0", 0.0375},   {"ref-qwen2.Q4_1", 0.0375},   {"ref-qwen2.Q4_0", 0.0375},
     {"ref-qwen2.Q5_K_S", 0.0375}, {"ref-qwen2.Q4_K_S", 0.0375}, {"ref-qwen2.Q4_K_M", 0.0375},
-    {"ref-qwen2.Q3_K_S", 0.15},  {"ref-qwen2.Q2_K", 0.15},    {"ref-llama.F32", 1e-3},
-    {"ref-llama.F16", 1e-3},     {"ref-llama.Q8_0", 0.0075},  {"ref-llama.Q6_K", 0.0175},
+    {"ref-qwen2.Q3_K_S", 0.15},   {"ref-qwen2.Q2_K", 0.15},     {"ref-llama.F32", 1e-3},
+    {"ref-llama.F16", 1e-3},      {"ref-llama.Q8_0", 0.0075},   {"ref-llama.Q6_K", 0.0175},
     {"ref-llama.Q4_K_M", 0.0375},
 };
 
@@ -77,6 +82,78 @@ static bool gpu_or_skip(void)
     if (cuda_device_count(&eb) > 0) return true;
     print_message("skipped: %s\n", eb.msg);
     return false;
+}
+
+/* Deterministic Gaussian-ish values (sum of uniforms), xorshift state. */
+static float rnd(uint64_t *s)
+{
+    float a = 0;
+    for (int i = 0; i < 4; i++) {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        a += (float)(*s >> 40) / (float)(1 << 24) - 0.5f;
+    }
+    return a;
+}
+
+/* The batched integer product of each quantized type against the CPU
+ * reference (quant_vec_dot_ref on quant_quantize_row'd activations): N rows
+ * not a multiple of the tile, a legacy K that ends in a partial chunk, 75
+ * tokens (a partial token tile); then the first 9 tokens alone give the same
+ * bits as in the batch of 75. */
+static void test_mmq_types(void **state)
+{
+    if (!gpu_or_skip()) skip();
+    static const uint32_t types[] = {GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1,
+                                     GGML_TYPE_Q8_0, GGML_TYPE_Q2_K, GGML_TYPE_Q3_K, GGML_TYPE_Q4_K,
+                                     GGML_TYPE_Q5_K, GGML_TYPE_Q6_K};
+    const int N = 70, n = 75, n_small = 9;
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+        uint32_t t = types[ti];
+        bool kq = t >= GGML_TYPE_Q2_K;
+        int K = kq ? 768 : 288;
+        size_t rb = quant_row_size(t, K);
+        uint8_t *w = malloc(rb * N);
+        float *row = malloc(sizeof(float) * K), *x = malloc(sizeof(float) * K * n);
+        float *y = malloc(sizeof(float) * N * n), *y9 = malloc(sizeof(float) * N * n_small);
+        uint8_t *act = malloc(quant_row_size(quant_vec_dot_type(t), K));
+        assert_non_null(w);
+        for (int r = 0; r < N; r++) {
+            for (int k = 0; k < K; k++)
+                row[k] = rnd(&seed) + (kq ? 0.3f : 0.f);
+            assert_int_equal(quantize_row(t, row, w + rb * r, K), 0);
+        }
+        /* activations with a spread of block magnitudes */
+        for (int i = 0; i < K * n; i++)
+            x[i] = rnd(&seed) * (1.f + (float)(i / 32 % 7));
+        assert_int_equal(cuda_mmq_product((int)t, N, K, n, w, x, y), 0);
+        double err = 0, ref2 = 0;
+        for (int tok = 0; tok < n; tok++) {
+            quant_quantize_row(quant_vec_dot_type(t), x + (size_t)tok * K, act, K);
+            for (int r = 0; r < N; r++) {
+                double ref = quant_vec_dot_ref(t, K, w + rb * r, act);
+                double d = y[(size_t)tok * N + r] - ref;
+                err += d * d;
+                ref2 += ref * ref;
+            }
+        }
+        double rel = sqrt(err / ref2);
+        assert_int_equal(cuda_mmq_product((int)t, N, K, n_small, w, x, y9), 0);
+        bool same = memcmp(y, y9, sizeof(float) * N * n_small) == 0;
+        print_message(
+            "mmq type %2u: relative RMS error vs the CPU reference %.2e, batch of %d %s\n", t, rel,
+            n_small, same ? "identical" : "DIFFERS");
+        assert_true(rel < 1e-6);
+        assert_true(same);
+        free(w);
+        free(row);
+        free(x);
+        free(y);
+        free(y9);
+        free(act);
+    }
 }
 
 /* The reference logits file (see shared/models/README.md). */
@@ -150,8 +227,8 @@ static double prompt_error(const struct backend_ops *ops, struct backend *be,
     char line[512];
     int len = 0;
     for (int i = 0; i < 16; i++) {
-        double e = rel_rms(out + (size_t)i * r->n_vocab, r->logits + (size_t)i * r->n_vocab,
-                           r->n_vocab);
+        double e =
+            rel_rms(out + (size_t)i * r->n_vocab, r->logits + (size_t)i * r->n_vocab, r->n_vocab);
         if (e > worst) worst = e;
         len += snprintf(line + len, sizeof(line) - (size_t)len, " %.1e", e);
     }
@@ -172,8 +249,10 @@ static void ref_model_errors(const struct ref_case *c, const char *gpath,
     assert_non_null(ops);
     struct backend_config cfg = {.max_seqs = 3, .max_ctx = 64, .max_batch = 48, .device = 0};
     struct backend *be = NULL;
-    if (attn_ref) setenv("STAGED_CUDA_ATTN", "ref", 1);
-    else unsetenv("STAGED_CUDA_ATTN");
+    if (attn_ref)
+        setenv("STAGED_CUDA_ATTN", "ref", 1);
+    else
+        unsetenv("STAGED_CUDA_ATTN");
     int rc = ops->create(m, &cfg, &be, &eb);
     unsetenv("STAGED_CUDA_ATTN");
     if (rc) print_message("create: %s\n", eb.msg);
@@ -226,8 +305,8 @@ static void ref_model_errors(const struct ref_case *c, const char *gpath,
     }
     print_message("%-18s %-9s prompt %.2e  2-seq batch %.2e  3-seq decode %.2e  (bound %.2e)  "
                   "greedy picks equal %d/%d\n",
-                  c->name, attn_ref ? "attn=ref" : "attn=fast", e_prompt, e_multi, e_dec,
-                  c->bound, agree, r.n_gen);
+                  c->name, attn_ref ? "attn=ref" : "attn=fast", e_prompt, e_multi, e_dec, c->bound,
+                  agree, r.n_gen);
 
     /* a batch that breaks the rules is refused without changing anything */
     pos[0] = 5;
@@ -287,7 +366,8 @@ static int read_greedy_ref(const char *path, int32_t *toks, int *n, float top_l[
             char *p = line + 9;
             while (*p && *p != ']' && *n < 128) {
                 toks[(*n)++] = (int32_t)strtol(p, &p, 10);
-                while (*p == ',' || *p == ' ') p++;
+                while (*p == ',' || *p == ' ')
+                    p++;
             }
         } else if (strncmp(line, "top5 logits after prompt: [", 27) == 0) {
             char *p = line + 27;
@@ -332,7 +412,8 @@ static void test_stories_greedy(void **state)
     float *out = malloc(sizeof(float) * V);
     int32_t pos[5], sq[5] = {0};
     int8_t lg[5] = {0, 0, 0, 0, 1};
-    for (int i = 0; i < 5; i++) pos[i] = i;
+    for (int i = 0; i < 5; i++)
+        pos[i] = i;
     struct batch bt = {5, ref, pos, sq, lg};
     assert_int_equal(ops->forward(be, &bt, out), 0);
     double worst_top = 0;
@@ -349,9 +430,11 @@ static void test_stories_greedy(void **state)
         assert_int_equal(ops->forward(be, &b1, out), 0);
     }
     int same = 0;
-    while (same < 60 && gen[same] == ref[5 + same]) same++;
+    while (same < 60 && gen[same] == ref[5 + same])
+        same++;
     print_message("stories260K: %d/60 greedy tokens equal the reference; top-5 logits after the "
-                  "prompt within %.1e\n", same, worst_top);
+                  "prompt within %.1e\n",
+                  same, worst_top);
     assert_int_equal(same, 60);
     assert_true(worst_top < 2e-3); /* the reference prints 4 decimals */
     free(out);
@@ -404,7 +487,8 @@ static void test_upload_verify_repair(void **state)
     assert_int_equal(gpu_upload_verify_repair(w, s, bad, 8, &repaired), 1);
     assert_int_equal(bad[0], (uint32_t)last);
     print_message("upload/verify: %llu tensors, device wsum == CPU wsum, flips found and "
-                  "repaired\n", (unsigned long long)h->n_tensors);
+                  "repaired\n",
+                  (unsigned long long)h->n_tensors);
     gpu_upload_destroy(&w);
     seg_detach(&s);
     seg_unlink(g_seg_name);
@@ -449,8 +533,8 @@ static int child_main(const char *mode, const char *hex, const char *gpath, cons
     if (rc) return 14;
     double worst = 0;
     for (int i = 0; i < 16; i++) {
-        double e = rel_rms(out + (size_t)i * r.n_vocab, r.logits + (size_t)i * r.n_vocab,
-                           r.n_vocab);
+        double e =
+            rel_rms(out + (size_t)i * r.n_vocab, r.logits + (size_t)i * r.n_vocab, r.n_vocab);
         if (e > worst) worst = e;
     }
     fprintf(stderr, "child: logits through the IPC mapping: worst rel error %.2e\n", worst);
@@ -511,6 +595,7 @@ static void test_ref_model(void **state)
 #define test_stories_greedy test_ref_model
 #define test_upload_verify_repair test_ref_model
 #define test_ipc_fault test_ref_model
+#define test_mmq_types test_ref_model
 static int child_main(const char *mode, const char *hex, const char *gpath, const char *lpath)
 {
     return 1;
@@ -521,8 +606,9 @@ int main(int argc, char **argv)
 {
     if (argc == 6 && strcmp(argv[1], "--child") == 0)
         return child_main(argv[2], argv[3], argv[4], argv[5]);
-    struct CMUnitTest tests[sizeof(k_cases) / sizeof(k_cases[0]) + 3];
+    struct CMUnitTest tests[sizeof(k_cases) / sizeof(k_cases[0]) + 4];
     size_t n = 0;
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_mmq_types);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_upload_verify_repair);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_stories_greedy);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_ipc_fault);

@@ -1,6 +1,7 @@
 /* The CUDA backend of the worker (see cuda_backend.h and gpu_worker/backend.h). */
 #include "gpu_worker/cuda/cuda_util.cuh"
 #include "gpu_worker/cuda/kernels.cuh"
+#include "gpu_worker/cuda/mmq.cuh"
 #include "gpu_worker/cuda/quant.cuh"
 
 #include <cublas_v2.h>
@@ -57,25 +58,27 @@ struct backend {
     size_t layer_kv; /* elements per layer */
     /* scratch, [max_batch][...] floats */
     float *x, *xn, *q, *k, *v, *att, *g, *u, *tmp, *xr, *xr2, *xo, *lg;
-    void *a16;       /* activations as half / bfloat16 for cuBLAS */
-    __half *wdeq;    /* one decoded matrix */
+    void *a16;                /* activations as half / bfloat16 for cuBLAS (F16/BF16 weights) */
+    struct mmq_act mq;        /* activations as 8-bit blocks for the integer products */
     int32_t *d_meta, *h_meta; /* tok | pos | seq | out rows */
     int *seq_len, *seq_cnt;
     bool dead;
     bool fault;
-    /* activation-rounding memo: q/k/v (and gate/up) share one rounded input */
-    const float *memo_src;
+    /* memo of the converted input of the last product: q/k/v (and gate/up)
+     * share one; memo_reset() forgets it when the input buffer is rewritten */
+    const float *memo_src; /* rounded floats in xr (batches up to MATVEC_MAX_N) */
     int memo_cls, memo_n;
-    bool memo_a16;
+    const float *mq_src;  /* quantized in mq */
+    const float *a16_src; /* half / bfloat16 in a16 */
+    int a16_type, a16_n;
     /* CUDA graphs of whole forward passes, keyed by (n_tokens, n_out) */
     struct fgraph graphs[CUDA_MAX_GRAPHS];
     unsigned long long graph_clock;
     bool use_graphs;
     void *cublas_ws;
-    float *h_lg; /* pinned staging for logits, LG_STAGE_ROWS rows */
-    bool act_float; /* STAGED_CUDA_ACT=float: no reference-style activation rounding */
-    bool unfused;   /* STAGED_CUDA_UNFUSED=1: small batches take the unfused path too */
-    bool attn_ref;  /* STAGED_CUDA_ATTN=ref: attention with the reference's half rounding */
+    float *h_lg;   /* pinned staging for logits, LG_STAGE_ROWS rows */
+    bool unfused;  /* STAGED_CUDA_UNFUSED=1: small batches take the unfused path too */
+    bool attn_ref; /* STAGED_CUDA_ATTN=ref: attention with the reference's half rounding */
 };
 
 static volatile int g_inject_fault;
@@ -157,8 +160,8 @@ extern "C" void cuda_ipc_close(void *dev_ptr)
 
 /* ---- model setup ---- */
 
-static int bind_mat(const struct st_model *m, const struct backend *b, const char *name,
-                    int layer, struct cmat *out, struct st_errbuf *eb)
+static int bind_mat(const struct st_model *m, const struct backend *b, const char *name, int layer,
+                    struct cmat *out, struct st_errbuf *eb)
 {
     struct model_tensor t;
     bool ok = layer < 0 ? model_tensor(m, name, &t) : model_tensor_l(m, (uint32_t)layer, name, &t);
@@ -170,8 +173,7 @@ static int bind_mat(const struct st_model *m, const struct backend *b, const cha
     if (!ggml_type_supported(t.type))
         return st_errf(eb, ST_EUNSUPPORTED, "cuda: tensor %s has unsupported type %u", name,
                        t.type);
-    bool is_float = t.type == GGML_TYPE_F32 || t.type == GGML_TYPE_F16 ||
-                    t.type == GGML_TYPE_BF16;
+    bool is_float = t.type == GGML_TYPE_F32 || t.type == GGML_TYPE_F16 || t.type == GGML_TYPE_BF16;
     if (!is_float && out->K % 8 != 0)
         return st_errf(eb, ST_EFORMAT, "cuda: tensor %s row length %d", name, out->K);
     return 0;
@@ -194,12 +196,6 @@ static int bind_vec(const struct st_model *m, const struct backend *b, const cha
                        (unsigned long long)n);
     *out = (const float *)(b->base + ((const uint8_t *)t.data - m->data));
     return 0;
-}
-
-static size_t mat_elems_quant(const struct cmat *c)
-{
-    bool direct = c->type == QT_F32 || c->type == QT_F16 || c->type == QT_BF16;
-    return direct ? 0 : (size_t)c->N * c->K;
 }
 
 /* cudaMalloc with the injectable failure: STAGED_CUDA_FAIL_ALLOC=N makes the
@@ -260,12 +256,12 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
     b->q_dim = (int)(hp->n_heads * hp->head_dim);
     b->kv_dim = (int)(hp->n_kv_heads * hp->head_dim);
     b->fault = getenv("STAGED_CUDA_FAULT") && strcmp(getenv("STAGED_CUDA_FAULT"), "1") == 0;
-    b->act_float = getenv("STAGED_CUDA_ACT") && strcmp(getenv("STAGED_CUDA_ACT"), "float") == 0;
     b->attn_ref = getenv("STAGED_CUDA_ATTN") && strcmp(getenv("STAGED_CUDA_ATTN"), "ref") == 0;
     b->unfused = getenv("STAGED_CUDA_UNFUSED") && strcmp(getenv("STAGED_CUDA_UNFUSED"), "1") == 0;
     if (getenv("STAGED_CUDA_STAGE") && strcmp(getenv("STAGED_CUDA_STAGE"), "0") == 0)
         k_set_staging(false);
-    b->use_graphs = !(getenv("STAGED_CUDA_GRAPHS") && strcmp(getenv("STAGED_CUDA_GRAPHS"), "0") == 0);
+    b->use_graphs =
+        !(getenv("STAGED_CUDA_GRAPHS") && strcmp(getenv("STAGED_CUDA_GRAPHS"), "0") == 0);
     b->L = (struct clayer *)calloc(hp->n_layers, sizeof(*b->L));
     b->seq_len = (int *)calloc((size_t)cfg->max_seqs, sizeof(int));
     b->seq_cnt = (int *)calloc((size_t)cfg->max_seqs, sizeof(int));
@@ -298,12 +294,12 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
 
     /* tensors */
     {
-        size_t deq = 0;
         CREATE_TRY(bind_mat(m, b, "token_embd.weight", -1, &b->embd, eb));
-        if (hp->tied_output) b->out = b->embd;
-        else CREATE_TRY(bind_mat(m, b, "output.weight", -1, &b->out, eb));
+        if (hp->tied_output)
+            b->out = b->embd;
+        else
+            CREATE_TRY(bind_mat(m, b, "output.weight", -1, &b->out, eb));
         CREATE_TRY(bind_vec(m, b, "output_norm.weight", -1, hp->dim, true, &b->out_norm, eb));
-        deq = mat_elems_quant(&b->out);
         for (int l = 0; l < (int)hp->n_layers; l++) {
             struct clayer *L = &b->L[l];
             CREATE_TRY(bind_mat(m, b, "attn_q.weight", l, &L->q, eb));
@@ -322,12 +318,7 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
                                 &L->qn, eb));
             CREATE_TRY(bind_vec(m, b, "attn_k_norm.weight", l, hp->head_dim, hp->has_qk_norm != 0,
                                 &L->kn, eb));
-            const struct cmat *ms[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
-            for (int i = 0; i < 7; i++)
-                if (mat_elems_quant(ms[i]) > deq) deq = mat_elems_quant(ms[i]);
         }
-        if (deq && cfg->max_batch > MATVEC_MAX_N)
-            CREATE_CUDA(dev_malloc((void **)&b->wdeq, deq * sizeof(__half)));
     }
 
     /* KV cache and scratch */
@@ -353,6 +344,12 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
         CREATE_CUDA(dev_malloc((void **)&b->xr, B * wmax * 4));
         CREATE_CUDA(dev_malloc((void **)&b->xr2, B * wmax * 4));
         CREATE_CUDA(dev_malloc((void **)&b->a16, B * wmax * 2));
+        if (B > MATVEC_MAX_N) {
+            CREATE_CUDA(dev_malloc((void **)&b->mq.q, B * wmax));
+            CREATE_CUDA(dev_malloc((void **)&b->mq.d, B * wmax / 32 * 4));
+            CREATE_CUDA(dev_malloc((void **)&b->mq.s, B * wmax / 32 * 4));
+            CREATE_CUDA(dev_malloc((void **)&b->mq.bsum, B * wmax / 16 * 4));
+        }
         CREATE_CUDA(dev_malloc((void **)&b->lg, B * V * 4));
         CREATE_CUDA(dev_malloc((void **)&b->d_meta, B * 4 * sizeof(int32_t)));
         CREATE_CUDA(cudaMallocHost((void **)&b->h_meta, B * 4 * sizeof(int32_t)));
@@ -381,8 +378,9 @@ static void cuda_destroy(struct backend **pb)
         if (b->graphs[i].exec) cudaGraphExecDestroy(b->graphs[i].exec);
     if (b->cublas_ws) cudaFree(b->cublas_ws);
     if (b->h_lg) cudaFreeHost(b->h_lg);
-    void *dev[] = {b->kc, b->vc, b->x, b->xn, b->xo, b->q, b->att, b->k, b->v, b->g, b->u,
-                   b->tmp, b->xr, b->xr2, b->a16, b->lg, b->d_meta, b->wdeq};
+    void *dev[] = {b->kc,  b->vc, b->x,      b->xn,   b->xo,   b->q,    b->att,
+                   b->k,   b->v,  b->g,      b->u,    b->tmp,  b->xr,   b->xr2,
+                   b->a16, b->lg, b->d_meta, b->mq.q, b->mq.d, b->mq.s, b->mq.bsum};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
         if (dev[i]) cudaFree(dev[i]);
     if (b->h_meta) cudaFreeHost(b->h_meta);
@@ -397,16 +395,24 @@ static void cuda_destroy(struct backend **pb)
 
 /* ---- forward ---- */
 
-/* y[n][W.N] = x[n][W.K] W^T with the reference's activation rounding. */
 /* Which rounding a weight type asks of its input (see k_act_round). */
 static int act_class(int t)
 {
     switch (t) {
-    case QT_F32: return 0;
-    case QT_F16: return 1;
-    case QT_BF16: return 2;
-    case QT_Q4_0: case QT_Q4_1: case QT_Q5_0: case QT_Q5_1: case QT_Q8_0: return 3;
-    default: return 4;
+    case QT_F32:
+        return 0;
+    case QT_F16:
+        return 1;
+    case QT_BF16:
+        return 2;
+    case QT_Q4_0:
+    case QT_Q4_1:
+    case QT_Q5_0:
+    case QT_Q5_1:
+    case QT_Q8_0:
+        return 3;
+    default:
+        return 4;
     }
 }
 
@@ -414,26 +420,28 @@ static int act_class(int t)
 static void memo_reset(struct backend *b)
 {
     b->memo_src = NULL;
+    b->mq_src = NULL;
+    b->a16_src = NULL;
 }
 
+/* y[n][W.N] = x[n][W.K] W^T with the reference's activation rounding:
+ * matrix-vector kernels up to MATVEC_MAX_N tokens, then the integer
+ * tensor-core products (quantized W) or cuBLAS (float W). */
 static int mm(struct backend *b, const struct cmat *W, const float *x, float *y, int n)
 {
-    const float *xa;
-    int cls = act_class(W->type);
-    bool hit = x == b->memo_src && cls == b->memo_cls && n == b->memo_n;
-    if (b->act_float || cls == 0) {
-        xa = x;
-    } else if (hit) {
-        xa = b->xr;
-    } else {
-        ST_TRY(k_act_round(b->st, W->type, x, b->xr, n, W->K, &xa));
-        b->memo_src = x;
-        b->memo_cls = cls;
-        b->memo_n = n;
-        b->memo_a16 = false;
-        hit = true;
-    }
     if (n <= MATVEC_MAX_N) {
+        const float *xa = x;
+        int cls = act_class(W->type);
+        if (cls == 0) {
+            xa = x;
+        } else if (x == b->memo_src && cls == b->memo_cls && n == b->memo_n) {
+            xa = b->xr;
+        } else {
+            ST_TRY(k_act_round(b->st, W->type, x, b->xr, n, W->K, &xa));
+            b->memo_src = x;
+            b->memo_cls = cls;
+            b->memo_n = n;
+        }
         struct mv_args a;
         memset(&a, 0, sizeof(a));
         a.nseg = 1;
@@ -446,47 +454,36 @@ static int mm(struct backend *b, const struct cmat *W, const float *x, float *y,
         a.seg[0].y = y;
         return k_matvec_fast(b->st, &a);
     }
+    if (mmq_supported(W->type)) {
+        int cls = mmq_class(W->type);
+        if (x != b->mq_src || cls != b->mq.cls || n != b->mq.n || W->K != b->mq.K) {
+            ST_TRY(k_mmq_quantize(b->st, cls, x, n, W->K, &b->mq));
+            b->mq_src = x;
+        }
+        return k_mmq(b->st, W->w, W->type, W->N, W->K, &b->mq, y);
+    }
     const float one = 1.f, zero = 0.f;
     if (W->type == QT_F32) {
         CUBLAS_TRY(cublasSgemm(b->cb, CUBLAS_OP_T, CUBLAS_OP_N, W->N, n, W->K, &one,
-                               (const float *)W->w, W->K, xa, W->K, &zero, y, W->N));
+                               (const float *)W->w, W->K, x, W->K, &zero, y, W->N));
         return 0;
     }
-    const void *A = W->w;
-    cudaDataType_t ty = CUDA_R_16F;
-    bool a16_ok = hit && b->memo_a16 && !b->act_float;
-    if (W->type == QT_BF16) {
-        ty = CUDA_R_16BF;
-        if (!a16_ok) ST_TRY(k_to_bf16(b->st, xa, b->a16, (size_t)n * W->K));
-    } else {
-        if (W->type != QT_F16) {
-            ST_TRY(k_dequant_f16(b->st, W->w, W->type, W->N, W->K, b->wdeq));
-            A = b->wdeq;
-        }
-        if (!a16_ok) ST_TRY(k_to_f16(b->st, xa, (__half *)b->a16, (size_t)n * W->K));
+    /* F16 / BF16: the input rounded to the weights' type, products exact in
+     * float, float accumulation (as the reference) */
+    cudaDataType_t ty = W->type == QT_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    if (x != b->a16_src || W->type != b->a16_type || n != b->a16_n) {
+        if (W->type == QT_BF16)
+            ST_TRY(k_to_bf16(b->st, x, b->a16, (size_t)n * W->K));
+        else
+            ST_TRY(k_to_f16(b->st, x, (__half *)b->a16, (size_t)n * W->K));
+        b->a16_src = x;
+        b->a16_type = W->type;
+        b->a16_n = n;
     }
-    if (hit && !b->act_float) b->memo_a16 = true;
-    CUBLAS_TRY(cublasGemmEx(b->cb, CUBLAS_OP_T, CUBLAS_OP_N, W->N, n, W->K, &one, A, ty, W->K,
+    CUBLAS_TRY(cublasGemmEx(b->cb, CUBLAS_OP_T, CUBLAS_OP_N, W->N, n, W->K, &one, W->w, ty, W->K,
                             b->a16, ty, W->K, &zero, y, CUDA_R_32F, W->N, CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT));
     return 0;
-}
-
-/* Rounding class of a weight's input, or 0 (none) with STAGED_CUDA_ACT=float. */
-static int in_class(const struct backend *b, const struct cmat *W)
-{
-    return b->act_float ? 0 : act_class(W->type);
-}
-
-/* x[n][K] rounded for W into out (or x itself for class 0). */
-static int round_for(struct backend *b, const struct cmat *W, const float *x, float *out, int n,
-                     const float **used)
-{
-    if (in_class(b, W) == 0) {
-        *used = x;
-        return 0;
-    }
-    return k_act_round(b->st, W->type, x, out, n, W->K, used);
 }
 
 /* One layer for a batch of at most MATVEC_MAX_N tokens: 10 kernels (norm and
@@ -504,7 +501,7 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
     bool done[3] = {false, false, false};
     for (int i = 0; i < 3; i++) {
         if (done[i]) continue;
-        int c = in_class(b, qkv[i]);
+        int c = act_class(qkv[i]->type);
         ST_TRY(k_norm_round(st, b->x, L->attn_norm, hp->rms_eps, n, D, c, b->xr));
         struct mv_args a;
         memset(&a, 0, sizeof(a));
@@ -512,7 +509,7 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
         a.n = n;
         a.x = b->xr;
         for (int j = i; j < 3; j++) {
-            if (done[j] || in_class(b, qkv[j]) != c) continue;
+            if (done[j] || act_class(qkv[j]->type) != c) continue;
             a.seg[a.nseg].w = qkv[j]->w;
             a.seg[a.nseg].type = qkv[j]->type;
             a.seg[a.nseg].N = qkv[j]->N;
@@ -529,16 +526,16 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
     }
     __half *kc = b->kc + (size_t)l * b->layer_kv, *vc = b->vc + (size_t)l * b->layer_kv;
     ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
-                        (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->cfg.max_ctx,
-                        d_pos, d_seq));
+                        (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->cfg.max_ctx, d_pos,
+                        d_seq));
     /* the attention kernel rounds its output for o when it can */
-    bool att_rounds = !b->attn_ref && in_class(b, &L->o) == 3 && hd % 32 == 0;
+    bool att_rounds = !b->attn_ref && act_class(L->o.type) == 3 && hd % 32 == 0;
     ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
                        b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->attn_ref,
                        att_rounds));
     /* x += Wo att */
     const float *xa = b->att;
-    if (!att_rounds) ST_TRY(round_for(b, &L->o, b->att, b->xr, n, &xa));
+    if (!att_rounds) ST_TRY(k_act_round(b->st, L->o.type, b->att, b->xr, n, L->o.K, &xa));
     struct mv_args a;
     memset(&a, 0, sizeof(a));
     a.nseg = 1;
@@ -552,13 +549,13 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
     a.seg[0].y = b->x;
     ST_TRY(k_matvec_fast(st, &a));
     /* g = silu(Wg xn) * (Wu xn) */
-    int cg = in_class(b, &L->gate), cu = in_class(b, &L->up);
+    int cg = act_class(L->gate.type), cu = act_class(L->up.type);
     ST_TRY(k_norm_round(st, b->x, L->ffn_norm, hp->rms_eps, n, D, cg, b->xr));
     if (cu != cg) ST_TRY(k_norm_round(st, b->x, L->ffn_norm, hp->rms_eps, n, D, cu, b->xr2));
     ST_TRY(k_swiglu_fast(st, L->gate.w, L->gate.type, L->up.w, L->up.type, L->gate.N, D, b->xr,
-                           cu != cg ? b->xr2 : b->xr, n, b->g));
+                         cu != cg ? b->xr2 : b->xr, n, b->g));
     /* x += Wd g */
-    ST_TRY(round_for(b, &L->down, b->g, b->xr, n, &xa));
+    ST_TRY(k_act_round(b->st, L->down.type, b->g, b->xr, n, L->down.K, &xa));
     a.K = L->down.K;
     a.x = xa;
     a.seg[0].w = L->down.w;
@@ -595,11 +592,12 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
             ST_TRY(k_rmsnorm(st, b->k, L->kn, b->k, n * (int)hp->n_kv_heads, hd, hp->rms_eps));
         }
         __half *kc = b->kc + (size_t)l * b->layer_kv, *vc = b->vc + (size_t)l * b->layer_kv;
-        ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, n, (int)hp->n_heads,
-                            (int)hp->n_kv_heads, hd, (int)hp->rope_dim, (int)hp->rope_kind,
-                            hp->rope_base, b->cfg.max_ctx, d_pos, d_seq));
+        ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, n, (int)hp->n_heads, (int)hp->n_kv_heads,
+                            hd, (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base,
+                            b->cfg.max_ctx, d_pos, d_seq));
         ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
-                           b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->attn_ref, false));
+                           b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->attn_ref,
+                           false));
         memo_reset(b);
         ST_TRY(mm(b, &L->o, b->att, b->tmp, n));
         ST_TRY(k_add(st, b->x, b->tmp, (size_t)n * D));
@@ -664,8 +662,8 @@ static int copy_logits(struct backend *b, float *logits, int n_out)
     size_t row = (size_t)b->hp.n_vocab;
     cudaPointerAttributes pa;
     if (cudaPointerGetAttributes(&pa, logits) == cudaSuccess && pa.type == cudaMemoryTypeHost) {
-        CUDA_TRY(cudaMemcpyAsync(logits, b->lg, sizeof(float) * row * n_out,
-                                 cudaMemcpyDeviceToHost, b->st));
+        CUDA_TRY(cudaMemcpyAsync(logits, b->lg, sizeof(float) * row * n_out, cudaMemcpyDeviceToHost,
+                                 b->st));
         CUDA_TRY(cudaStreamSynchronize(b->st));
         return 0;
     }
@@ -729,7 +727,8 @@ static int cuda_forward(struct backend *b, const struct batch *bt, float *logits
         b->dead = true;
         return rc == ST_EUNSUPPORTED ? rc : ST_EDEVICE;
     }
-    for (int s = 0; s < b->cfg.max_seqs; s++) b->seq_len[s] += b->seq_cnt[s];
+    for (int s = 0; s < b->cfg.max_seqs; s++)
+        b->seq_len[s] += b->seq_cnt[s];
     return 0;
 }
 
@@ -747,7 +746,12 @@ static int cuda_seq_len(struct backend *b, int seq)
 }
 
 static const struct backend_ops g_cuda_ops = {
-    "cuda", cuda_create, cuda_forward, cuda_seq_truncate, cuda_seq_len, cuda_destroy,
+    "cuda",
+    cuda_create,
+    cuda_forward,
+    cuda_seq_truncate,
+    cuda_seq_len,
+    cuda_destroy,
     /* up to MATVEC_MAX_N tokens every token takes the fused per-token path;
      * larger batches take cuBLAS, whose rounding depends on the batch */
     MATVEC_MAX_N,

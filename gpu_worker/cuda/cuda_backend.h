@@ -15,8 +15,9 @@
  * T they are rounded the way llama.cpp's CPU backend rounds them (F16 or BF16
  * for those weight types, 8-bit blocks for quantized ones), so logits follow
  * the reference closely. Batches of up to 8 tokens use matrix-vector kernels
- * that read the quantized blocks in place; larger ones decode one matrix at a
- * time to half precision in scratch and call cuBLAS.
+ * that read the quantized blocks in place; larger ones multiply quantized
+ * weights on the tensor cores in integers (mmq.cuh: the reference's block
+ * arithmetic, batch-invariant) and float weights with cuBLAS.
  *
  * Execution: batches of up to 8 tokens run a fused path (10 kernels per
  * layer: norm + rounding, q/k/v in one launch with biases, rope + cache
@@ -31,7 +32,6 @@
  *                           (q and the running V sum in half precision,
  *                           positions in order: closer to llama.cpp's
  *                           logits, slow for long contexts)
- *   STAGED_CUDA_ACT=float   no reference-style rounding of activations
  *   STAGED_CUDA_GRAPHS=0    no CUDA graphs
  *   STAGED_CUDA_STAGE=0     weight rows read straight from global memory
  *   STAGED_CUDA_UNFUSED=1   small batches take the unfused (large-batch) path
@@ -78,6 +78,12 @@ void cuda_host_free(void *p);
  * Used to check that a device fault ends the worker and leaves the loader's
  * copy of the weights intact. */
 void cuda_backend_inject_bad_kernel(void);
+
+/* For tests: y[t][r] = W_r . x[t] by the batched integer product (mmq.cuh)
+ * for n tokens (x: n rows of K floats; W: N rows of K elements of a quantized
+ * ggml type, host memory); y is n rows of N floats. Returns 0, ST_EINVAL for
+ * a type mmq does not take, ST_EDEVICE (logged) for CUDA errors. */
+int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *x, float *y);
 
 #ifdef __cplusplus
 }

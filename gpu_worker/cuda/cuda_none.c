@@ -14,9 +14,7 @@ int cuda_ipc_open(const char *hex, int device, void **dev_ptr, struct st_errbuf 
     return st_errf(eb, ST_EUNSUPPORTED, "this staged was built without CUDA");
 }
 
-void cuda_ipc_close(void *dev_ptr)
-{
-}
+void cuda_ipc_close(void *dev_ptr) {}
 
 int cuda_device_count(struct st_errbuf *eb)
 {
@@ -24,16 +22,17 @@ int cuda_device_count(struct st_errbuf *eb)
     return 0;
 }
 
-void cuda_backend_inject_bad_kernel(void)
-{
-}
+void cuda_backend_inject_bad_kernel(void) {}
 
 void *cuda_host_alloc(size_t bytes)
 {
     return NULL;
 }
 
-void cuda_host_free(void *p)
+void cuda_host_free(void *p) {}
+
+int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *x, float *y)
 {
+    return ST_EUNSUPPORTED;
 }
 #endif

@@ -8,7 +8,8 @@
  * string and returns ST_EDEVICE from the enclosing function (which must
  * return int). Errors such as an illegal address are sticky: the context is
  * unusable afterwards, so callers propagate ST_EDEVICE up and the process
- * exits non-zero (the worker never goes on serving after one).
+ * exits non-zero (the worker never goes on serving after one). It also holds
+ * the warp reductions the kernels share.
  */
 #ifndef STAGED_CUDA_UTIL_CUH
 #define STAGED_CUDA_UTIL_CUH
@@ -47,6 +48,23 @@ extern "C" {
             return ST_EDEVICE;                                                                     \
         }                                                                                          \
     } while (0)
+
+/* Sum and maximum over the 32 lanes of a warp; every lane gets the result. */
+static __device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float warp_max(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
 
 /* Propagate a negative st_err from a helper. */
 #define ST_TRY(call)                                                                               \

@@ -5,70 +5,58 @@
 
 #include <cuda_bf16.h>
 
-static __device__ __forceinline__ float warp_sum(float v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-static __device__ __forceinline__ float warp_max(float v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
 /* Sum over a block of up to 1024 threads; every thread gets the result. */
-static __device__ float block_sum(float v)
+static __device__ double block_sum(double v)
 {
-    __shared__ float part[32];
+    __shared__ double part[32];
     int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     __syncthreads();
     if (lane == 0) part[wid] = v;
     __syncthreads();
-    float r = 0.f;
-    for (int i = 0; i < nw; i++) r += part[i];
+    double r = 0.;
+    for (int i = 0; i < nw; i++)
+        r += part[i];
     return r;
 }
 
-/* Size of a row of K elements in bytes. */
-static size_t row_bytes(int t, int K)
+/* The reference's RMS scale: squares summed in double, 1/sqrt in float. */
+static __device__ __forceinline__ float rms_scale(double ss, int dim, float eps)
 {
-    switch (t) {
-    case QT_F32: return (size_t)K * 4;
-    case QT_F16: case QT_BF16: return (size_t)K * 2;
-    case QT_Q4_0: return (size_t)K / 32 * 18;
-    case QT_Q4_1: return (size_t)K / 32 * 20;
-    case QT_Q5_0: return (size_t)K / 32 * 22;
-    case QT_Q5_1: return (size_t)K / 32 * 24;
-    case QT_Q8_0: return (size_t)K / 32 * 34;
-    case QT_Q2_K: return (size_t)K / 256 * 84;
-    case QT_Q3_K: return (size_t)K / 256 * 110;
-    case QT_Q4_K: return (size_t)K / 256 * 144;
-    case QT_Q5_K: return (size_t)K / 256 * 176;
-    case QT_Q6_K: return (size_t)K / 256 * 210;
-    }
-    return 0;
+    return 1.f / sqrtf((float)(ss / dim) + eps);
 }
 
 /* Call F<T>::run(args...) for the runtime type t. */
 #define DISPATCH_TYPE(t, F, ...)                                                                   \
     switch (t) {                                                                                   \
-    case QT_F32: return F<QT_F32>(__VA_ARGS__);                                                    \
-    case QT_F16: return F<QT_F16>(__VA_ARGS__);                                                    \
-    case QT_BF16: return F<QT_BF16>(__VA_ARGS__);                                                  \
-    case QT_Q4_0: return F<QT_Q4_0>(__VA_ARGS__);                                                  \
-    case QT_Q4_1: return F<QT_Q4_1>(__VA_ARGS__);                                                  \
-    case QT_Q5_0: return F<QT_Q5_0>(__VA_ARGS__);                                                  \
-    case QT_Q5_1: return F<QT_Q5_1>(__VA_ARGS__);                                                  \
-    case QT_Q8_0: return F<QT_Q8_0>(__VA_ARGS__);                                                  \
-    case QT_Q2_K: return F<QT_Q2_K>(__VA_ARGS__);                                                  \
-    case QT_Q3_K: return F<QT_Q3_K>(__VA_ARGS__);                                                  \
-    case QT_Q4_K: return F<QT_Q4_K>(__VA_ARGS__);                                                  \
-    case QT_Q5_K: return F<QT_Q5_K>(__VA_ARGS__);                                                  \
-    case QT_Q6_K: return F<QT_Q6_K>(__VA_ARGS__);                                                  \
+    case QT_F32:                                                                                   \
+        return F<QT_F32>(__VA_ARGS__);                                                             \
+    case QT_F16:                                                                                   \
+        return F<QT_F16>(__VA_ARGS__);                                                             \
+    case QT_BF16:                                                                                  \
+        return F<QT_BF16>(__VA_ARGS__);                                                            \
+    case QT_Q4_0:                                                                                  \
+        return F<QT_Q4_0>(__VA_ARGS__);                                                            \
+    case QT_Q4_1:                                                                                  \
+        return F<QT_Q4_1>(__VA_ARGS__);                                                            \
+    case QT_Q5_0:                                                                                  \
+        return F<QT_Q5_0>(__VA_ARGS__);                                                            \
+    case QT_Q5_1:                                                                                  \
+        return F<QT_Q5_1>(__VA_ARGS__);                                                            \
+    case QT_Q8_0:                                                                                  \
+        return F<QT_Q8_0>(__VA_ARGS__);                                                            \
+    case QT_Q2_K:                                                                                  \
+        return F<QT_Q2_K>(__VA_ARGS__);                                                            \
+    case QT_Q3_K:                                                                                  \
+        return F<QT_Q3_K>(__VA_ARGS__);                                                            \
+    case QT_Q4_K:                                                                                  \
+        return F<QT_Q4_K>(__VA_ARGS__);                                                            \
+    case QT_Q5_K:                                                                                  \
+        return F<QT_Q5_K>(__VA_ARGS__);                                                            \
+    case QT_Q6_K:                                                                                  \
+        return F<QT_Q6_K>(__VA_ARGS__);                                                            \
     default:                                                                                       \
         log_error("cuda: %s: tensor type %d has no kernel", #F, (int)(t));                         \
         return ST_EUNSUPPORTED;                                                                    \
@@ -78,13 +66,15 @@ static size_t row_bytes(int t, int K)
 template <int T> static __device__ void deq_row(const uint8_t *row, int dim, float *out)
 {
     if (T == QT_F32 || T == QT_F16 || T == QT_BF16) {
-        for (int e = threadIdx.x; e < dim; e += blockDim.x) out[e] = deq1<T>(row, e);
+        for (int e = threadIdx.x; e < dim; e += blockDim.x)
+            out[e] = deq1<T>(row, e);
     } else {
         for (int g = threadIdx.x; g < dim / 8; g += blockDim.x) {
             float v[8];
             deq8<T>(row, g * 8, v);
 #pragma unroll
-            for (int k = 0; k < 8; k++) out[g * 8 + k] = v[k];
+            for (int k = 0; k < 8; k++)
+                out[g * 8 + k] = v[k];
         }
     }
 }
@@ -103,7 +93,7 @@ template <int T>
 static int embed_launch(cudaStream_t st, const void *w, int dim, const int32_t *tok, int n,
                         float *x)
 {
-    embed_kernel<T><<<n, 256, 0, st>>>((const uint8_t *)w, row_bytes(T, dim), dim, tok, x);
+    embed_kernel<T><<<n, 256, 0, st>>>((const uint8_t *)w, qt_row_bytes(T, dim), dim, tok, x);
     CUDA_LAUNCHED("embed");
     return 0;
 }
@@ -119,11 +109,12 @@ static __global__ void rmsnorm_kernel(const float *x, const float *w, float *y, 
 {
     const float *xr = x + (size_t)blockIdx.x * dim;
     float *yr = y + (size_t)blockIdx.x * dim;
-    float ss = 0.f;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
-    ss = block_sum(ss);
-    float sc = rsqrtf(ss / dim + eps);
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * sc * w[i];
+    double ss = 0.;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        ss += (double)(xr[i] * xr[i]);
+    float sc = rms_scale(block_sum(ss), dim, eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        yr[i] = xr[i] * sc * w[i];
 }
 
 int k_rmsnorm(cudaStream_t st, const float *x, const float *w, float *y, int n, int dim, float eps)
@@ -176,24 +167,32 @@ static __device__ __forceinline__ void round_q8_k_warp(const float *src, float *
         int e = k * 32 + lane;
         xv[k] = src[e];
         float a = fabsf(xv[k]);
-        if (a > best) { best = a; bi = e; }
+        if (a > best) {
+            best = a;
+            bi = e;
+        }
     }
     for (int o = 16; o > 0; o >>= 1) {
         float ob = __shfl_xor_sync(0xffffffffu, best, o);
         int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
+        if (ob > best || (ob == best && oi < bi)) {
+            best = ob;
+            bi = oi;
+        }
     }
     /* the value at bi, from the lane that holds it */
     float mval = __shfl_sync(0xffffffffu, xv[bi / 32], bi % 32);
     if (best == 0.f) {
 #pragma unroll
-        for (int k = 0; k < 8; k++) dst[k * 32 + lane] = 0.f;
+        for (int k = 0; k < 8; k++)
+            dst[k * 32 + lane] = 0.f;
         return;
     }
     float iscale = -127.f / mval;
     float d = 1.f / iscale;
 #pragma unroll
-    for (int k = 0; k < 8; k++) dst[k * 32 + lane] = fminf(127.f, rintf(iscale * xv[k])) * d;
+    for (int k = 0; k < 8; k++)
+        dst[k * 32 + lane] = fminf(127.f, rintf(iscale * xv[k])) * d;
 }
 
 static __global__ void q8_0_round_kernel(const float *x, float *y, size_t nblk)
@@ -225,7 +224,11 @@ int k_act_round(cudaStream_t st, int wtype, const float *x, float *xq, int n, in
     case QT_BF16:
         round_bf16_kernel<<<(unsigned)((total + 255) / 256), 256, 0, st>>>(x, xq, total);
         break;
-    case QT_Q4_0: case QT_Q4_1: case QT_Q5_0: case QT_Q5_1: case QT_Q8_0:
+    case QT_Q4_0:
+    case QT_Q4_1:
+    case QT_Q5_0:
+    case QT_Q5_1:
+    case QT_Q8_0:
         q8_0_round_kernel<<<(unsigned)((total / 32 + 7) / 8), 256, 0, st>>>(x, xq, total / 32);
         break;
     default:
@@ -236,60 +239,12 @@ int k_act_round(cudaStream_t st, int wtype, const float *x, float *xq, int n, in
     return 0;
 }
 
-/* ---- whole-matrix decode to half ---- */
-
-template <int T>
-static __global__ void dequant_kernel(const uint8_t *w, size_t rb, int K, size_t total_groups,
-                                      __half *out)
-{
-    size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (g >= total_groups) return;
-    size_t per_row = (size_t)K / 8;
-    size_t row = g / per_row;
-    int e = (int)(g % per_row) * 8;
-    float v[8];
-    deq8<T>(w + row * rb, e, v);
-    __half2 *o = (__half2 *)(out + row * K + e);
-#pragma unroll
-    for (int k = 0; k < 4; k++) o[k] = __floats2half2_rn(v[2 * k], v[2 * k + 1]);
-}
+/* ---- conversions for cuBLAS ---- */
 
 static __global__ void f32_to_f16_kernel(const float *x, __half *out, size_t n)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = __float2half_rn(x[i]);
-}
-
-static __global__ void bf16_to_f16_kernel(const __nv_bfloat16 *x, __half *out, size_t n)
-{
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = __float2half_rn(__bfloat162float(x[i]));
-}
-
-template <int T>
-static int dequant_launch(cudaStream_t st, const void *w, int N, int K, __half *out)
-{
-    size_t total = (size_t)N * K;
-    unsigned blocks = (unsigned)((total + 255) / 256);
-    if (T == QT_F16) {
-        CUDA_TRY(cudaMemcpyAsync(out, w, total * 2, cudaMemcpyDeviceToDevice, st));
-        return 0;
-    } else if (T == QT_F32) {
-        f32_to_f16_kernel<<<blocks, 256, 0, st>>>((const float *)w, out, total);
-    } else if (T == QT_BF16) {
-        bf16_to_f16_kernel<<<blocks, 256, 0, st>>>((const __nv_bfloat16 *)w, out, total);
-    } else {
-        size_t groups = total / 8;
-        dequant_kernel<T><<<(unsigned)((groups + 255) / 256), 256, 0, st>>>(
-            (const uint8_t *)w, row_bytes(T, K), K, groups, out);
-    }
-    CUDA_LAUNCHED("dequant");
-    return 0;
-}
-
-int k_dequant_f16(cudaStream_t st, const void *w, int type, int N, int K, __half *out)
-{
-    DISPATCH_TYPE(type, dequant_launch, st, w, N, K, out);
 }
 
 int k_to_f16(cudaStream_t st, const float *x, __half *out, size_t n)
@@ -418,7 +373,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         if (i < nd) sacc[warp][lane + 32 * i] = acc[i];
     __syncthreads();
     float M = -INFINITY;
-    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm[w]);
+    for (int w = 0; w < ATT_WARPS; w++)
+        M = fmaxf(M, sm[w]);
     float L = 0.f, f[ATT_WARPS];
     for (int w = 0; w < ATT_WARPS; w++) {
         f[w] = sl[w] > 0.f ? __expf(sm[w] - M) : 0.f;
@@ -452,13 +408,15 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
     __shared__ float sacc[ATT_WARPS][ATT_MAXD * 32];
     const float *qh = q + ((size_t)t * n_heads + h) * hd;
-    for (int e = threadIdx.x; e < hd; e += blockDim.x) qs[e] = qh[e] * scale;
+    for (int e = threadIdx.x; e < hd; e += blockDim.x)
+        qs[e] = qh[e] * scale;
     __syncthreads();
     const __half *kb = kc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
     const __half *vb = vc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
     float m = -INFINITY, l = 0.f, acc[ND];
 #pragma unroll
-    for (int i = 0; i < ND; i++) acc[i] = 0.f;
+    for (int i = 0; i < ND; i++)
+        acc[i] = 0.f;
     int np = pos[t] + 1;
     for (int c0 = warp * 32; c0 < np; c0 += ATT_WARPS * 32) {
         int p = c0 + lane;
@@ -483,7 +441,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         float w = p < np ? __expf(s - mn) : 0.f;
         l = l * corr + warp_sum(w);
 #pragma unroll
-        for (int i = 0; i < ND; i++) acc[i] *= corr;
+        for (int i = 0; i < ND; i++)
+            acc[i] *= corr;
         int cnt = np - c0 < 32 ? np - c0 : 32;
         for (int j0 = 0; j0 < cnt; j0 += 8) {
             float vv[8][ND]; /* 8 V rows loaded before use: their latencies overlap */
@@ -500,7 +459,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
             for (int jj = 0; jj < 8; jj++) {
                 float wj = __shfl_sync(0xffffffffu, w, (j0 + jj) & 31);
 #pragma unroll
-                for (int i = 0; i < ND; i++) acc[i] += wj * vv[jj][i];
+                for (int i = 0; i < ND; i++)
+                    acc[i] += wj * vv[jj][i];
             }
         }
         m = mn;
@@ -510,10 +470,12 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         sl[warp] = l;
     }
 #pragma unroll
-    for (int i = 0; i < ND; i++) sacc[warp][lane + 32 * i] = acc[i];
+    for (int i = 0; i < ND; i++)
+        sacc[warp][lane + 32 * i] = acc[i];
     __syncthreads();
     float M = -INFINITY;
-    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm[w]);
+    for (int w = 0; w < ATT_WARPS; w++)
+        M = fmaxf(M, sm[w]);
     float L = 0.f, f[ATT_WARPS];
     for (int w = 0; w < ATT_WARPS; w++) {
         f[w] = sl[w] > 0.f ? __expf(sm[w] - M) : 0.f;
@@ -537,9 +499,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
  * softmax, the weighted sum of V kept in half precision after every step.
  * One warp per (head, token); sequential over positions. */
 static __global__ void attention_ref_kernel(const float *q, const __half *kc, const __half *vc,
-                                            float *out, int n_heads, int n_kv, int hd,
-                                            int max_ctx, float scale, const int32_t *pos,
-                                            const int32_t *seq)
+                                            float *out, int n_heads, int n_kv, int hd, int max_ctx,
+                                            float scale, const int32_t *pos, const int32_t *seq)
 {
     int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x;
     int kvh = h / (n_heads / n_kv);
@@ -597,8 +558,8 @@ static __global__ void attention_ref_kernel(const float *q, const __half *kc, co
 }
 
 int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half *vc, float *out,
-                int n, int n_heads, int n_kv, int hd, int max_ctx, float scale,
-                const int32_t *pos, const int32_t *seq, bool ref, bool round)
+                int n, int n_heads, int n_kv, int hd, int max_ctx, float scale, const int32_t *pos,
+                const int32_t *seq, bool ref, bool round)
 {
     if (hd > 32 * ATT_MAXD) {
         log_error("cuda: attention: head_dim %d > %d unsupported", hd, 32 * ATT_MAXD);
@@ -606,20 +567,24 @@ int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half 
     }
     dim3 grid(n_heads, n);
     if (ref) {
-        attention_ref_kernel<<<grid, 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd, max_ctx,
-                                                  scale, pos, seq);
+        attention_ref_kernel<<<grid, 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd, max_ctx, scale,
+                                                  pos, seq);
         CUDA_LAUNCHED("attention_ref");
         return 0;
     }
     int nd = (hd + 31) / 32;
     if (hd % 8 == 0 && nd <= 8) {
 #define ATT_CHUNK(NDV)                                                                             \
-    attention_chunk_kernel<NDV><<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd, \
-                                                                 max_ctx, scale, pos, seq, round)
-        if (nd == 1) ATT_CHUNK(1);
-        else if (nd == 2) ATT_CHUNK(2);
-        else if (nd <= 4) ATT_CHUNK(4);
-        else ATT_CHUNK(8);
+    attention_chunk_kernel<NDV><<<grid, ATT_WARPS * 32, 0, st>>>(                                  \
+        q, kc, vc, out, n_heads, n_kv, hd, max_ctx, scale, pos, seq, round)
+        if (nd == 1)
+            ATT_CHUNK(1);
+        else if (nd == 2)
+            ATT_CHUNK(2);
+        else if (nd <= 4)
+            ATT_CHUNK(4);
+        else
+            ATT_CHUNK(8);
 #undef ATT_CHUNK
     } else
         attention_kernel<<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd,
@@ -634,7 +599,8 @@ static __global__ void gather_kernel(const float *x, const int32_t *idx, float *
 {
     const float *src = x + (size_t)idx[blockIdx.x] * dim;
     float *dst = out + (size_t)blockIdx.x * dim;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = src[i];
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        dst[i] = src[i];
 }
 
 int k_gather_rows(cudaStream_t st, const float *x, const int32_t *idx, float *out, int n_out,
@@ -664,14 +630,17 @@ static __device__ void round_row(float *v, int D, int cls)
 {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     if (cls == 1) {
-        for (int i = threadIdx.x; i < D; i += blockDim.x) v[i] = __half2float(__float2half_rn(v[i]));
+        for (int i = threadIdx.x; i < D; i += blockDim.x)
+            v[i] = __half2float(__float2half_rn(v[i]));
     } else if (cls == 2) {
         for (int i = threadIdx.x; i < D; i += blockDim.x)
             v[i] = __bfloat162float(__float2bfloat16_rn(v[i]));
     } else if (cls == 3) {
-        for (int b = warp; b < D / 32; b += nw) round_q8_0_warp(v + b * 32, v + b * 32, lane);
+        for (int b = warp; b < D / 32; b += nw)
+            round_q8_0_warp(v + b * 32, v + b * 32, lane);
     } else if (cls == 4) {
-        for (int b = warp; b < D / 256; b += nw) round_q8_k_warp(v + b * 256, v + b * 256, lane);
+        for (int b = warp; b < D / 256; b += nw)
+            round_q8_k_warp(v + b * 256, v + b * 256, lane);
     }
 }
 
@@ -681,16 +650,18 @@ static __global__ void norm_round_kernel(const float *x, const float *w, float e
 {
     extern __shared__ float row[];
     const float *xt = x + (size_t)blockIdx.x * D;
-    float ss = 0.f;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) ss += xt[i] * xt[i];
-    ss = block_sum(ss);
-    float sc = rsqrtf(ss / D + eps);
-    for (int i = threadIdx.x; i < D; i += blockDim.x) row[i] = xt[i] * sc * w[i];
+    double ss = 0.;
+    for (int i = threadIdx.x; i < D; i += blockDim.x)
+        ss += (double)(xt[i] * xt[i]);
+    float sc = rms_scale(block_sum(ss), D, eps);
+    for (int i = threadIdx.x; i < D; i += blockDim.x)
+        row[i] = xt[i] * sc * w[i];
     __syncthreads();
     round_row(row, D, cls);
     __syncthreads();
     float *o = xr + (size_t)blockIdx.x * D;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = row[i];
+    for (int i = threadIdx.x; i < D; i += blockDim.x)
+        o[i] = row[i];
 }
 
 /* One thread per element (D <= 1024, D % 32 == 0, class != 4): the rounding
@@ -700,11 +671,14 @@ static __global__ void norm_round_small_kernel(const float *x, const float *w, f
 {
     int i = threadIdx.x;
     float v = x[(size_t)blockIdx.x * D + i];
-    float sc = rsqrtf(block_sum(v * v) / D + eps);
+    float sc = rms_scale(block_sum((double)(v * v)), D, eps);
     v = v * sc * w[i];
-    if (cls == 1) v = __half2float(__float2half_rn(v));
-    else if (cls == 2) v = __bfloat162float(__float2bfloat16_rn(v));
-    else if (cls == 3) v = round_q8_0_reg(v);
+    if (cls == 1)
+        v = __half2float(__float2half_rn(v));
+    else if (cls == 2)
+        v = __bfloat162float(__float2bfloat16_rn(v));
+    else if (cls == 3)
+        v = round_q8_0_reg(v);
     xr[(size_t)blockIdx.x * D + i] = v;
 }
 
@@ -744,8 +718,8 @@ static __device__ __forceinline__ void row_dot(const uint8_t *wr, int K, const f
                 if (t < n) {
                     const float4 *xp = (const float4 *)(x + (size_t)t * K + g * 8);
                     float4 a = xp[0], b = xp[1];
-                    acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w +
-                              wv[4] * b.x + wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
+                    acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x +
+                              wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
                 }
             }
         }
@@ -757,19 +731,45 @@ static __device__ __forceinline__ void row_dot_any(int type, const uint8_t *wr, 
                                                    int wpr)
 {
     switch (type) {
-    case QT_F32: row_dot<QT_F32>(wr, K, x, n, acc, lane, wpr); break;
-    case QT_F16: row_dot<QT_F16>(wr, K, x, n, acc, lane, wpr); break;
-    case QT_BF16: row_dot<QT_BF16>(wr, K, x, n, acc, lane, wpr); break;
-    case QT_Q4_0: row_dot<QT_Q4_0>(wr, K, x, n, acc, lane, wpr); break;
-    case QT_Q4_1: row_dot<QT_Q4_1>(wr, K, x, n, acc, lane, wpr); break;
-    case QT_Q5_0: row_dot<QT_Q5_0>(wr, K, x, n, acc, lane, wpr); break;
-    case QT_Q5_1: row_dot<QT_Q5_1>(wr, K, x, n, acc, lane, wpr); break;
-    case QT_Q8_0: row_dot<QT_Q8_0>(wr, K, x, n, acc, lane, wpr); break;
-    case QT_Q2_K: row_dot<QT_Q2_K>(wr, K, x, n, acc, lane, wpr); break;
-    case QT_Q3_K: row_dot<QT_Q3_K>(wr, K, x, n, acc, lane, wpr); break;
-    case QT_Q4_K: row_dot<QT_Q4_K>(wr, K, x, n, acc, lane, wpr); break;
-    case QT_Q5_K: row_dot<QT_Q5_K>(wr, K, x, n, acc, lane, wpr); break;
-    case QT_Q6_K: row_dot<QT_Q6_K>(wr, K, x, n, acc, lane, wpr); break;
+    case QT_F32:
+        row_dot<QT_F32>(wr, K, x, n, acc, lane, wpr);
+        break;
+    case QT_F16:
+        row_dot<QT_F16>(wr, K, x, n, acc, lane, wpr);
+        break;
+    case QT_BF16:
+        row_dot<QT_BF16>(wr, K, x, n, acc, lane, wpr);
+        break;
+    case QT_Q4_0:
+        row_dot<QT_Q4_0>(wr, K, x, n, acc, lane, wpr);
+        break;
+    case QT_Q4_1:
+        row_dot<QT_Q4_1>(wr, K, x, n, acc, lane, wpr);
+        break;
+    case QT_Q5_0:
+        row_dot<QT_Q5_0>(wr, K, x, n, acc, lane, wpr);
+        break;
+    case QT_Q5_1:
+        row_dot<QT_Q5_1>(wr, K, x, n, acc, lane, wpr);
+        break;
+    case QT_Q8_0:
+        row_dot<QT_Q8_0>(wr, K, x, n, acc, lane, wpr);
+        break;
+    case QT_Q2_K:
+        row_dot<QT_Q2_K>(wr, K, x, n, acc, lane, wpr);
+        break;
+    case QT_Q3_K:
+        row_dot<QT_Q3_K>(wr, K, x, n, acc, lane, wpr);
+        break;
+    case QT_Q4_K:
+        row_dot<QT_Q4_K>(wr, K, x, n, acc, lane, wpr);
+        break;
+    case QT_Q5_K:
+        row_dot<QT_Q5_K>(wr, K, x, n, acc, lane, wpr);
+        break;
+    case QT_Q6_K:
+        row_dot<QT_Q6_K>(wr, K, x, n, acc, lane, wpr);
+        break;
     }
 }
 
@@ -785,11 +785,13 @@ static __device__ __forceinline__ void rows_reduce(float *acc, int n, int wpr)
     if (wpr == 1) return;
     __syncthreads(); /* part may still be read by an earlier call */
     if (lane == 0)
-        for (int t = 0; t < n; t++) part[warp][t] = acc[t];
+        for (int t = 0; t < n; t++)
+            part[warp][t] = acc[t];
     __syncthreads();
     if (warp % wpr == 0)
         for (int t = 0; t < n; t++)
-            for (int w = 1; w < wpr; w++) acc[t] += part[warp + w][t];
+            for (int w = 1; w < wpr; w++)
+                acc[t] += part[warp + w][t];
 }
 
 /* Copy a row's bytes (global, 2-byte aligned) into this warp's 16-byte aligned
@@ -802,7 +804,8 @@ static __device__ __forceinline__ const uint8_t *stage_row(const uint8_t *row, s
     int n16 = (int)((a + rb - a0 + 15) / 16);
     const uint4 *src = (const uint4 *)a0;
 #pragma unroll 4
-    for (int i = lane; i < n16; i += 32) buf[i] = __ldg(src + i);
+    for (int i = lane; i < n16; i += 32)
+        buf[i] = __ldg(src + i);
     __syncwarp();
     return (const uint8_t *)buf + (a - a0);
 }
@@ -812,11 +815,13 @@ static __global__ void __launch_bounds__(128) matvec_multi_kernel(struct mv_args
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int wpr = a.wpr, sub = warp % wpr;
     int row = blockIdx.x * (4 / wpr) + warp / wpr, s = 0;
-    while (s < a.nseg && row >= a.seg[s].N) row -= a.seg[s].N, s++;
+    while (s < a.nseg && row >= a.seg[s].N)
+        row -= a.seg[s].N, s++;
     bool live = s < a.nseg;
     float acc[MATVEC_MAX_N];
 #pragma unroll
-    for (int t = 0; t < MATVEC_MAX_N; t++) acc[t] = 0.f;
+    for (int t = 0; t < MATVEC_MAX_N; t++)
+        acc[t] = 0.f;
     if (live) {
         const struct mv_seg &g0 = a.seg[s];
         const uint8_t *wr = (const uint8_t *)g0.w + (size_t)row * g0.rb;
@@ -863,7 +868,7 @@ int k_matvec_multi(cudaStream_t st, struct mv_args *a)
 {
     int rows = 0;
     for (int s = 0; s < a->nseg; s++) {
-        a->seg[s].rb = row_bytes(a->seg[s].type, a->K);
+        a->seg[s].rb = qt_row_bytes(a->seg[s].type, a->K);
         rows += a->seg[s].N;
     }
     a->wpr = pick_wpr(rows, a->K);
@@ -895,7 +900,8 @@ static __global__ void __launch_bounds__(128)
     bool live = row < N;
     float ag[MATVEC_MAX_N], au[MATVEC_MAX_N];
 #pragma unroll
-    for (int t = 0; t < MATVEC_MAX_N; t++) ag[t] = au[t] = 0.f;
+    for (int t = 0; t < MATVEC_MAX_N; t++)
+        ag[t] = au[t] = 0.f;
     if (live) {
         const uint8_t *rg = wg + (size_t)row * rbg, *ru = wu + (size_t)row * rbu;
         if (stage_u4) { /* wpr == 1: gate row and up row side by side */
@@ -922,7 +928,8 @@ int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int
                     const float *xg, const float *xu, int n, float *h)
 {
     int wpr = pick_wpr(N, K);
-    size_t rbmax = row_bytes(tg, K) > row_bytes(tu, K) ? row_bytes(tg, K) : row_bytes(tu, K);
+    size_t rbmax =
+        qt_row_bytes(tg, K) > qt_row_bytes(tu, K) ? qt_row_bytes(tg, K) : qt_row_bytes(tu, K);
     int u4 = (int)((rbmax + 31) / 16 + 1), stage_u4 = 0;
     if (g_stage && 8 * (size_t)u4 * 16 <= 40 * 1024) {
         wpr = 1;
@@ -930,16 +937,16 @@ int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int
     }
     int rpb = 4 / wpr;
     matvec_swiglu_kernel<<<(N + rpb - 1) / rpb, 128, (size_t)stage_u4 * 16 * 8, st>>>(
-        (const uint8_t *)wg, tg, row_bytes(tg, K), (const uint8_t *)wu, tu, row_bytes(tu, K), N,
-        K, xg, xu, n, h, wpr, stage_u4);
+        (const uint8_t *)wg, tg, qt_row_bytes(tg, K), (const uint8_t *)wu, tu, qt_row_bytes(tu, K),
+        N, K, xg, xu, n, h, wpr, stage_u4);
     CUDA_LAUNCHED("matvec_swiglu");
     return 0;
 }
 
 /* Block per token: rotate q and k in place, store k and v in the cache. */
-static __global__ void rope_store_kernel(float *q, float *k, const float *v, __half *kc,
-                                         __half *vc, int n_heads, int n_kv, int hd, int rope_dim,
-                                         int kind, float base, int max_ctx, const int32_t *pos,
+static __global__ void rope_store_kernel(float *q, float *k, const float *v, __half *kc, __half *vc,
+                                         int n_heads, int n_kv, int hd, int rope_dim, int kind,
+                                         float theta_scale, int max_ctx, const int32_t *pos,
                                          const int32_t *seq)
 {
     int t = blockIdx.x;
@@ -950,15 +957,17 @@ static __global__ void rope_store_kernel(float *q, float *k, const float *v, __h
     float *kt = k + (size_t)t * kv_dim;
     for (int idx = threadIdx.x; idx < (n_heads + n_kv) * half_rd; idx += blockDim.x) {
         int h = idx / half_rd, i = idx % half_rd;
-        float theta = p * powf(base, -2.f * (float)i / (float)rope_dim);
-        float sn, cs;
-        sincosf(theta, &sn, &cs);
+        /* the reference's angles: pos * theta_scale^i by repeated products */
+        float theta = p;
+        for (int j = 0; j < i; j++)
+            theta *= theta_scale;
+        float sn = sinf(theta), cs = cosf(theta);
         float *xh = h < n_heads ? qt + (size_t)h * hd : kt + (size_t)(h - n_heads) * hd;
         int i0 = kind == 0 ? 2 * i : i;
         int i1 = kind == 0 ? 2 * i + 1 : i + half_rd;
         float a = xh[i0], b = xh[i1];
-        xh[i0] = a * cs - b * sn;
-        xh[i1] = a * sn + b * cs;
+        xh[i0] = __fmaf_rn(a, cs, -__fmul_rn(b, sn)); /* fused as the reference */
+        xh[i1] = __fmaf_rn(a, sn, __fmul_rn(b, cs));
     }
     __syncthreads();
     size_t dst = ((size_t)seq[t] * max_ctx + pos[t]) * kv_dim;
@@ -972,8 +981,9 @@ int k_rope_store(cudaStream_t st, float *q, float *k, const float *v, __half *kc
                  int n_heads, int n_kv, int hd, int rope_dim, int kind, float base, int max_ctx,
                  const int32_t *pos, const int32_t *seq)
 {
-    rope_store_kernel<<<n, 256, 0, st>>>(q, k, v, kc, vc, n_heads, n_kv, hd, rope_dim, kind, base,
-                                         max_ctx, pos, seq);
+    float theta_scale = powf(base, -2.0f / (float)rope_dim); /* on the host, as the reference */
+    rope_store_kernel<<<n, 256, 0, st>>>(q, k, v, kc, vc, n_heads, n_kv, hd, rope_dim, kind,
+                                         theta_scale, max_ctx, pos, seq);
     CUDA_LAUNCHED("rope_store");
     return 0;
 }
@@ -1002,8 +1012,8 @@ static __device__ __forceinline__ void row_dot_t(const uint8_t *wr, int K,
                 if (NT == 1 || t < n) {
                     const float4 *xp = (const float4 *)(x + (size_t)t * K + g * 8);
                     float4 a = xp[0], b = xp[1];
-                    acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w +
-                              wv[4] * b.x + wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
+                    acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x +
+                              wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
                 }
             }
         }
@@ -1016,17 +1026,20 @@ static __device__ __forceinline__ void rows_reduce_t(float (&acc)[NT], int n, in
     __shared__ float part[4][NT];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] = warp_sum(acc[t]);
+    for (int t = 0; t < NT; t++)
+        acc[t] = warp_sum(acc[t]);
     if (wpr == 1) return;
     __syncthreads();
     if (lane == 0)
 #pragma unroll
-        for (int t = 0; t < NT; t++) part[warp][t] = acc[t];
+        for (int t = 0; t < NT; t++)
+            part[warp][t] = acc[t];
     __syncthreads();
     if (warp % wpr == 0)
 #pragma unroll
         for (int t = 0; t < NT; t++)
-            for (int w = 1; w < wpr; w++) acc[t] += part[warp + w][t];
+            for (int w = 1; w < wpr; w++)
+                acc[t] += part[warp + w][t];
 }
 
 /* Block-cooperative copy of n16 16-byte units from global (16-byte aligned
@@ -1034,7 +1047,8 @@ static __device__ __forceinline__ void rows_reduce_t(float (&acc)[NT], int n, in
 static __device__ __forceinline__ void block_copy16(uint4 *dst, const uint4 *src, int n16)
 {
 #pragma unroll 4
-    for (int i = threadIdx.x; i < n16; i += blockDim.x) dst[i] = __ldg(src + i);
+    for (int i = threadIdx.x; i < n16; i += blockDim.x)
+        dst[i] = __ldg(src + i);
 }
 
 /* Rows of a block staged by all its threads: returns the row start in buf. */
@@ -1106,7 +1120,8 @@ static __global__ void __launch_bounds__(128) mv_fast_kernel(struct mv_args a)
     }
     float acc[NT];
 #pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] = 0.f;
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.f;
     if (me.w) row_dot_t<T, NT>(wr, a.K, xin, a.n, acc, sub * 32 + lane, 32 * wpr);
     rows_reduce_t<NT>(acc, a.n, wpr);
     if (!me.w || sub != 0 || lane != 0) return;
@@ -1125,8 +1140,10 @@ template <int T> static int mv_fast_launch(cudaStream_t st, struct mv_args *a, i
 {
     int rpb = 4 / a->wpr;
     size_t smem = (size_t)a->stage_u4 * 16 * rpb + (a->x_smem ? (size_t)a->n * a->K * 4 : 0);
-    if (a->n == 1) mv_fast_kernel<T, 1><<<(rows + rpb - 1) / rpb, 128, smem, st>>>(*a);
-    else mv_fast_kernel<T, MATVEC_MAX_N><<<(rows + rpb - 1) / rpb, 128, smem, st>>>(*a);
+    if (a->n == 1)
+        mv_fast_kernel<T, 1><<<(rows + rpb - 1) / rpb, 128, smem, st>>>(*a);
+    else
+        mv_fast_kernel<T, MATVEC_MAX_N><<<(rows + rpb - 1) / rpb, 128, smem, st>>>(*a);
     CUDA_LAUNCHED("mv_fast");
     return 0;
 }
@@ -1157,7 +1174,7 @@ int k_matvec_fast(cudaStream_t st, const struct mv_args *in)
         for (int j = i; j < in->nseg; j++) {
             if (done[j] || in->seg[j].type != in->seg[i].type) continue;
             a.seg[a.nseg] = in->seg[j];
-            a.seg[a.nseg].rb = row_bytes(in->seg[j].type, in->K);
+            a.seg[a.nseg].rb = qt_row_bytes(in->seg[j].type, in->K);
             rows += in->seg[j].N;
             a.nseg++;
             done[j] = true;
@@ -1166,20 +1183,48 @@ int k_matvec_fast(cudaStream_t st, const struct mv_args *in)
         plan_staging(&a, a.seg[0].rb, 1);
         int rc;
         switch (in->seg[i].type) {
-        case QT_F32: rc = mv_fast_launch<QT_F32>(st, &a, rows); break;
-        case QT_F16: rc = mv_fast_launch<QT_F16>(st, &a, rows); break;
-        case QT_BF16: rc = mv_fast_launch<QT_BF16>(st, &a, rows); break;
-        case QT_Q4_0: rc = mv_fast_launch<QT_Q4_0>(st, &a, rows); break;
-        case QT_Q4_1: rc = mv_fast_launch<QT_Q4_1>(st, &a, rows); break;
-        case QT_Q5_0: rc = mv_fast_launch<QT_Q5_0>(st, &a, rows); break;
-        case QT_Q5_1: rc = mv_fast_launch<QT_Q5_1>(st, &a, rows); break;
-        case QT_Q8_0: rc = mv_fast_launch<QT_Q8_0>(st, &a, rows); break;
-        case QT_Q2_K: rc = mv_fast_launch<QT_Q2_K>(st, &a, rows); break;
-        case QT_Q3_K: rc = mv_fast_launch<QT_Q3_K>(st, &a, rows); break;
-        case QT_Q4_K: rc = mv_fast_launch<QT_Q4_K>(st, &a, rows); break;
-        case QT_Q5_K: rc = mv_fast_launch<QT_Q5_K>(st, &a, rows); break;
-        case QT_Q6_K: rc = mv_fast_launch<QT_Q6_K>(st, &a, rows); break;
-        default: rc = k_matvec_multi(st, &a); break;
+        case QT_F32:
+            rc = mv_fast_launch<QT_F32>(st, &a, rows);
+            break;
+        case QT_F16:
+            rc = mv_fast_launch<QT_F16>(st, &a, rows);
+            break;
+        case QT_BF16:
+            rc = mv_fast_launch<QT_BF16>(st, &a, rows);
+            break;
+        case QT_Q4_0:
+            rc = mv_fast_launch<QT_Q4_0>(st, &a, rows);
+            break;
+        case QT_Q4_1:
+            rc = mv_fast_launch<QT_Q4_1>(st, &a, rows);
+            break;
+        case QT_Q5_0:
+            rc = mv_fast_launch<QT_Q5_0>(st, &a, rows);
+            break;
+        case QT_Q5_1:
+            rc = mv_fast_launch<QT_Q5_1>(st, &a, rows);
+            break;
+        case QT_Q8_0:
+            rc = mv_fast_launch<QT_Q8_0>(st, &a, rows);
+            break;
+        case QT_Q2_K:
+            rc = mv_fast_launch<QT_Q2_K>(st, &a, rows);
+            break;
+        case QT_Q3_K:
+            rc = mv_fast_launch<QT_Q3_K>(st, &a, rows);
+            break;
+        case QT_Q4_K:
+            rc = mv_fast_launch<QT_Q4_K>(st, &a, rows);
+            break;
+        case QT_Q5_K:
+            rc = mv_fast_launch<QT_Q5_K>(st, &a, rows);
+            break;
+        case QT_Q6_K:
+            rc = mv_fast_launch<QT_Q6_K>(st, &a, rows);
+            break;
+        default:
+            rc = k_matvec_multi(st, &a);
+            break;
         }
         if (rc < 0) return rc;
     }
@@ -1200,8 +1245,8 @@ static __global__ void __launch_bounds__(128)
     const uint8_t *rg = wg + (size_t)row * rb, *ru = wu + (size_t)row * rb;
     if (stage_u4) {
         for (int j = 0; j < rpb && row0 + j < N; j++) {
-            const uint8_t *pg = block_stage_row(wg + (size_t)(row0 + j) * rb, rb,
-                                                dyn + (size_t)(2 * j) * stage_u4);
+            const uint8_t *pg =
+                block_stage_row(wg + (size_t)(row0 + j) * rb, rb, dyn + (size_t)(2 * j) * stage_u4);
             const uint8_t *pu = block_stage_row(wu + (size_t)(row0 + j) * rb, rb,
                                                 dyn + (size_t)(2 * j + 1) * stage_u4);
             if (j == warp / wpr) rg = pg, ru = pu;
@@ -1221,7 +1266,8 @@ static __global__ void __launch_bounds__(128)
     }
     float ag[NT], au[NT];
 #pragma unroll
-    for (int t = 0; t < NT; t++) ag[t] = au[t] = 0.f;
+    for (int t = 0; t < NT; t++)
+        ag[t] = au[t] = 0.f;
     if (live) {
         row_dot_t<T, NT>(rg, K, xg, n, ag, sub * 32 + lane, 32 * wpr);
         row_dot_t<T, NT>(ru, K, xu, n, au, sub * 32 + lane, 32 * wpr);
@@ -1243,7 +1289,7 @@ static int swiglu_fast_launch(cudaStream_t st, const void *wg, const void *wu, i
     a.K = K;
     a.n = xg == xu ? n : 2 * n; /* inputs to copy */
     a.wpr = pick_wpr(N, K);
-    size_t rb = row_bytes(T, K);
+    size_t rb = qt_row_bytes(T, K);
     plan_staging(&a, rb, 2);
     int rpb = 4 / a.wpr;
     size_t smem = (size_t)a.stage_u4 * 16 * 2 * rpb + (a.x_smem ? (size_t)a.n * K * 4 : 0);

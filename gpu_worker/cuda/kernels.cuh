@@ -31,10 +31,8 @@ int k_rmsnorm(cudaStream_t st, const float *x, const float *w, float *y, int n, 
  * *used is set to xq when written, else to x. */
 int k_act_round(cudaStream_t st, int wtype, const float *x, float *xq, int n, int K,
                 const float **used);
-/* Largest batch the matrix-vector kernels take (bigger ones use cuBLAS). */
+/* Largest batch the matrix-vector kernels take (bigger ones: mmq.cuh, cuBLAS). */
 #define MATVEC_MAX_N 8
-/* Decode a whole matrix (N rows of K) into half precision. */
-int k_dequant_f16(cudaStream_t st, const void *w, int type, int N, int K, __half *out);
 /* Convert n floats to half / bfloat16. */
 int k_to_f16(cudaStream_t st, const float *x, __half *out, size_t n);
 int k_to_bf16(cudaStream_t st, const float *x, void *out, size_t n);

@@ -7,7 +7,8 @@
 # -DSTAGED_CUDA=1. Without: gpu_worker/cuda/cuda_none.c gives
 # cuda_backend_ops() == NULL and test_cuda skips.
 
-CUDA_CU_OBJ := $(BUILD)/gpu_worker/cuda/cuda_backend.cu.o $(BUILD)/gpu_worker/cuda/kernels.cu.o
+CUDA_CU_OBJ := $(BUILD)/gpu_worker/cuda/cuda_backend.cu.o $(BUILD)/gpu_worker/cuda/kernels.cu.o \
+               $(BUILD)/gpu_worker/cuda/mmq.cu.o
 GPU_UPLOAD_OBJ := $(BUILD)/loader/gpu_upload.cu.o
 CUDA_HDRS := $(wildcard gpu_worker/cuda/*.cuh gpu_worker/cuda/*.h) gpu_worker/backend.h \
              loader/gpu_upload.h common/model.h common/gguf.h common/err.h shm/seg.h
@@ -26,7 +27,8 @@ $(BUILD)/loader/gpu_upload_none.o $(BUILD)/gpu_worker/cuda/cuda_none.o \
 $(BUILD)/tests/test_cuda.o: $(CUDA_FLAG_STAMP)
 
 TESTS += test_cuda
-test_cuda_SRC := tests/test_cuda.c gpu_worker/cuda/cuda_none.c
+test_cuda_SRC := tests/test_cuda.c gpu_worker/cuda/cuda_none.c gpu_worker/quant.c \
+                 gpu_worker/kernels.c gpu_worker/quantize.c
 
 ifeq ($(HAVE_CUDA),1)
 CFLAGS += -DSTAGED_CUDA=1

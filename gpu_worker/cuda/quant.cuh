@@ -44,24 +44,94 @@
 
 /* ggml type numbers (common/gguf.h). */
 enum {
-    QT_F32 = 0, QT_F16 = 1, QT_Q4_0 = 2, QT_Q4_1 = 3, QT_Q5_0 = 6, QT_Q5_1 = 7, QT_Q8_0 = 8,
-    QT_Q2_K = 10, QT_Q3_K = 11, QT_Q4_K = 12, QT_Q5_K = 13, QT_Q6_K = 14, QT_BF16 = 30
+    QT_F32 = 0,
+    QT_F16 = 1,
+    QT_Q4_0 = 2,
+    QT_Q4_1 = 3,
+    QT_Q5_0 = 6,
+    QT_Q5_1 = 7,
+    QT_Q8_0 = 8,
+    QT_Q2_K = 10,
+    QT_Q3_K = 11,
+    QT_Q4_K = 12,
+    QT_Q5_K = 13,
+    QT_Q6_K = 14,
+    QT_BF16 = 30
 };
 
 template <int T> struct qtraits;
-template <> struct qtraits<QT_F32> { enum { QK = 1, BS = 4 }; };
-template <> struct qtraits<QT_F16> { enum { QK = 1, BS = 2 }; };
-template <> struct qtraits<QT_BF16> { enum { QK = 1, BS = 2 }; };
-template <> struct qtraits<QT_Q4_0> { enum { QK = 32, BS = 18 }; };
-template <> struct qtraits<QT_Q4_1> { enum { QK = 32, BS = 20 }; };
-template <> struct qtraits<QT_Q5_0> { enum { QK = 32, BS = 22 }; };
-template <> struct qtraits<QT_Q5_1> { enum { QK = 32, BS = 24 }; };
-template <> struct qtraits<QT_Q8_0> { enum { QK = 32, BS = 34 }; };
-template <> struct qtraits<QT_Q2_K> { enum { QK = 256, BS = 84 }; };
-template <> struct qtraits<QT_Q3_K> { enum { QK = 256, BS = 110 }; };
-template <> struct qtraits<QT_Q4_K> { enum { QK = 256, BS = 144 }; };
-template <> struct qtraits<QT_Q5_K> { enum { QK = 256, BS = 176 }; };
-template <> struct qtraits<QT_Q6_K> { enum { QK = 256, BS = 210 }; };
+template <> struct qtraits<QT_F32> {
+    enum { QK = 1, BS = 4 };
+};
+template <> struct qtraits<QT_F16> {
+    enum { QK = 1, BS = 2 };
+};
+template <> struct qtraits<QT_BF16> {
+    enum { QK = 1, BS = 2 };
+};
+template <> struct qtraits<QT_Q4_0> {
+    enum { QK = 32, BS = 18 };
+};
+template <> struct qtraits<QT_Q4_1> {
+    enum { QK = 32, BS = 20 };
+};
+template <> struct qtraits<QT_Q5_0> {
+    enum { QK = 32, BS = 22 };
+};
+template <> struct qtraits<QT_Q5_1> {
+    enum { QK = 32, BS = 24 };
+};
+template <> struct qtraits<QT_Q8_0> {
+    enum { QK = 32, BS = 34 };
+};
+template <> struct qtraits<QT_Q2_K> {
+    enum { QK = 256, BS = 84 };
+};
+template <> struct qtraits<QT_Q3_K> {
+    enum { QK = 256, BS = 110 };
+};
+template <> struct qtraits<QT_Q4_K> {
+    enum { QK = 256, BS = 144 };
+};
+template <> struct qtraits<QT_Q5_K> {
+    enum { QK = 256, BS = 176 };
+};
+template <> struct qtraits<QT_Q6_K> {
+    enum { QK = 256, BS = 210 };
+};
+
+/* Size of a row of K elements in bytes. */
+static __host__ __device__ inline size_t qt_row_bytes(int t, int K)
+{
+    switch (t) {
+    case QT_F32:
+        return (size_t)K * 4;
+    case QT_F16:
+    case QT_BF16:
+        return (size_t)K * 2;
+    case QT_Q4_0:
+        return (size_t)K / 32 * 18;
+    case QT_Q4_1:
+        return (size_t)K / 32 * 20;
+    case QT_Q5_0:
+        return (size_t)K / 32 * 22;
+    case QT_Q5_1:
+        return (size_t)K / 32 * 24;
+    case QT_Q8_0:
+        return (size_t)K / 32 * 34;
+    case QT_Q2_K:
+        return (size_t)K / 256 * 84;
+    case QT_Q3_K:
+        return (size_t)K / 256 * 110;
+    case QT_Q4_K:
+        return (size_t)K / 256 * 144;
+    case QT_Q5_K:
+        return (size_t)K / 256 * 176;
+    case QT_Q6_K:
+        return (size_t)K / 256 * 210;
+    }
+    return 0;
+}
 
 static __host__ __device__ __forceinline__ float ld_f16(const uint8_t *p)
 {
@@ -75,7 +145,8 @@ static __host__ __device__ __forceinline__ uint32_t ld_u32_unaligned(const uint8
     return (uint32_t)h[0] | (uint32_t)h[1] << 16;
 }
 
-static __host__ __device__ __forceinline__ void k4_scale_min(const uint8_t *s, int j, int &sc, int &m)
+static __host__ __device__ __forceinline__ void k4_scale_min(const uint8_t *s, int j, int &sc,
+                                                             int &m)
 {
     if (j < 4) {
         sc = s[j] & 63;
@@ -87,7 +158,8 @@ static __host__ __device__ __forceinline__ void k4_scale_min(const uint8_t *s, i
 }
 
 /* Decode elements e..e+7 of a quantized row. */
-template <int T> static __host__ __device__ __forceinline__ void deq8(const uint8_t *row, int e, float *o)
+template <int T>
+static __host__ __device__ __forceinline__ void deq8(const uint8_t *row, int e, float *o)
 {
     const int QK = qtraits<T>::QK, BS = qtraits<T>::BS;
     const uint8_t *b = row + (size_t)(e / QK) * BS;
@@ -104,22 +176,27 @@ template <int T> static __host__ __device__ __forceinline__ void deq8(const uint
         for (int k = 0; k < 8; k++) {
             int q = hi ? qs[base + k] >> 4 : qs[base + k] & 15;
             if (has_h) q |= ((qh >> (i + k)) & 1) << 4;
-            if (T == QT_Q4_0) o[k] = (q - 8) * d;
-            else if (T == QT_Q5_0) o[k] = (q - 16) * d;
-            else o[k] = q * d + m;
+            if (T == QT_Q4_0)
+                o[k] = (q - 8) * d;
+            else if (T == QT_Q5_0)
+                o[k] = (q - 16) * d;
+            else
+                o[k] = q * d + m;
         }
     } else if (T == QT_Q8_0) {
         float d = ld_f16(b);
         const int8_t *qs = (const int8_t *)(b + 2);
 #pragma unroll
-        for (int k = 0; k < 8; k++) o[k] = qs[i + k] * d;
+        for (int k = 0; k < 8; k++)
+            o[k] = qs[i + k] * d;
     } else if (T == QT_Q2_K) {
         int n = i / 128, j = (i % 128) / 32, l = i % 32;
         int s = b[8 * n + 2 * j + l / 16];
         float dl = ld_f16(b + 80) * (s & 15), ml = ld_f16(b + 82) * (s >> 4);
         const uint8_t *q = b + 16 + 32 * n + l;
 #pragma unroll
-        for (int k = 0; k < 8; k++) o[k] = dl * ((q[k] >> (2 * j)) & 3) - ml;
+        for (int k = 0; k < 8; k++)
+            o[k] = dl * ((q[k] >> (2 * j)) & 3) - ml;
     } else if (T == QT_Q3_K) {
         int n = i / 128, j = (i % 128) / 32, l = i % 32;
         int si = 8 * n + 2 * j + l / 16;

@@ -1,0 +1,475 @@
+/* Integer tensor-core products of quantized weights and batches (see mmq.cuh). */
+#include "gpu_worker/cuda/cuda_backend.h"
+#include "gpu_worker/cuda/cuda_util.cuh"
+#include "gpu_worker/cuda/mmq.cuh"
+#include "gpu_worker/cuda/quant.cuh"
+
+/* A block computes MMQ_BM weight rows x MMQ_BN tokens, stepping through K in
+ * chunks of MMQ_KC elements (one k-quant super-block, or 8 legacy blocks).
+ * Its 4 warps each take 16 tokens of the tile: 2 x 2 mma tiles of 16 rows x
+ * 8 tokens. Shared rows are padded to MMQ_LD bytes so that the 8 rows a
+ * fragment load touches fall in different banks. */
+#define MMQ_BM 32
+#define MMQ_BN 64
+#define MMQ_KC 256
+#define MMQ_LD (MMQ_KC + 16)
+#define MMQ_THREADS 128
+
+bool mmq_supported(int type)
+{
+    switch (type) {
+    case QT_Q4_0:
+    case QT_Q4_1:
+    case QT_Q5_0:
+    case QT_Q5_1:
+    case QT_Q8_0:
+    case QT_Q2_K:
+    case QT_Q3_K:
+    case QT_Q4_K:
+    case QT_Q5_K:
+    case QT_Q6_K:
+        return true;
+    default:
+        return false;
+    }
+}
+
+int mmq_class(int type)
+{
+    return type == QT_Q2_K || type == QT_Q3_K || type == QT_Q4_K || type == QT_Q5_K ||
+                   type == QT_Q6_K
+               ? 4
+               : 3;
+}
+
+/* ---- activations ---- */
+
+/* A warp per 32-block, as the reference's Q8_0/Q8_1 quantization:
+ * d = amax/127, q = rint(x * 127/amax), s = half(d * sum q). */
+static __global__ void quant_q8_0_kernel(const float *x, size_t nblk, struct mmq_act a)
+{
+    size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (blk >= nblk) return;
+    int lane = threadIdx.x & 31;
+    float v = x[blk * 32 + lane];
+    float amax = warp_max(fabsf(v));
+    float d = amax / 127.f;
+    float id = amax != 0.f ? 127.f / amax : 0.f;
+    int q = (int)rintf(v * id);
+    a.q[blk * 32 + lane] = (int8_t)q;
+    float sum = warp_sum((float)q); /* |sum| <= 32 * 127: exact in float */
+    if (lane == 0) {
+        a.d[blk] = __half2float(__float2half_rn(d));
+        a.s[blk] = __half2float(__float2half_rn(d * sum));
+    }
+}
+
+/* A warp per 256-block, as Q8_K: the element of largest magnitude m (first
+ * on ties), iscale = -127/m, q = min(127, rint(iscale * x)), d = 1/iscale,
+ * and the sums of each 16 quants. */
+static __global__ void quant_q8_k_kernel(const float *x, size_t nblk, struct mmq_act a)
+{
+    size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (blk >= nblk) return;
+    int lane = threadIdx.x & 31;
+    const float *src = x + blk * 256;
+    float best = -1.f, xv[8];
+    int bi = 0;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        xv[k] = src[k * 32 + lane];
+        float m = fabsf(xv[k]);
+        if (m > best) {
+            best = m;
+            bi = k * 32 + lane;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ob > best || (ob == best && oi < bi)) {
+            best = ob;
+            bi = oi;
+        }
+    }
+    float mval = __shfl_sync(0xffffffffu, xv[bi / 32], bi % 32);
+    float iscale = best == 0.f ? 0.f : -127.f / mval;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        int q = min(127, (int)rintf(iscale * xv[k]));
+        a.q[blk * 256 + k * 32 + lane] = (int8_t)q;
+        /* sub-block 2k + lane/16: sum over the 16 lanes of each half-warp */
+        for (int o = 8; o > 0; o >>= 1)
+            q += __shfl_xor_sync(0xffffffffu, q, o);
+        if ((lane & 15) == 0) a.bsum[blk * 16 + 2 * k + lane / 16] = q;
+    }
+    if (lane == 0) a.d[blk] = best == 0.f ? 0.f : 1.f / iscale;
+}
+
+int k_mmq_quantize(cudaStream_t st, int cls, const float *x, int n, int K, struct mmq_act *a)
+{
+    a->n = n;
+    a->K = K;
+    a->cls = cls;
+    size_t nblk = (size_t)n * K / (cls == 4 ? 256 : 32);
+    unsigned grid = (unsigned)((nblk + 7) / 8);
+    if (cls == 4)
+        quant_q8_k_kernel<<<grid, 256, 0, st>>>(x, nblk, *a);
+    else
+        quant_q8_0_kernel<<<grid, 256, 0, st>>>(x, nblk, *a);
+    CUDA_LAUNCHED("mmq_quantize");
+    return 0;
+}
+
+/* ---- weights: int8 quants of 4 consecutive elements ---- */
+
+/* Elements e..e+3 (e % 4 == 0) of the block at b, as 4 signed bytes in the
+ * block's integer domain (Q4_0 and Q5_0 centred, Q6_K minus 32, Q3_K with
+ * its high bit applied; Q4_1, Q5_1, Q2_K, Q4_K, Q5_K unsigned, their minimum
+ * handled by the scaled sums). */
+template <int T> static __device__ __forceinline__ uint32_t quants4(const uint8_t *b, int e)
+{
+    if (T == QT_Q4_0 || T == QT_Q4_1 || T == QT_Q5_0 || T == QT_Q5_1) {
+        const bool has_m = T == QT_Q4_1 || T == QT_Q5_1, has_h = T == QT_Q5_0 || T == QT_Q5_1;
+        const int qs = 2 + (has_m ? 2 : 0) + (has_h ? 4 : 0);
+        uint32_t v = ld_u32_unaligned(b + qs + (e & 15));
+        uint32_t q = e < 16 ? v & 0x0F0F0F0Fu : (v >> 4) & 0x0F0F0F0Fu;
+        if (has_h) {
+            uint32_t h = ld_u32_unaligned(b + 2 + (has_m ? 2 : 0)) >> e;
+            q |= (h & 1u) << 4 | (h >> 1 & 1u) << 12 | (h >> 2 & 1u) << 20 | (h >> 3 & 1u) << 28;
+        }
+        if (T == QT_Q4_0) q = __vsub4(q, 0x08080808u);
+        if (T == QT_Q5_0) q = __vsub4(q, 0x10101010u);
+        return q;
+    }
+    if (T == QT_Q8_0) return ld_u32_unaligned(b + 2 + e);
+    const int h = e / 128, r = e % 128, j = r / 32, l = r % 32;
+    if (T == QT_Q2_K) return (ld_u32_unaligned(b + 16 + 32 * h + l) >> (2 * j)) & 0x03030303u;
+    if (T == QT_Q3_K) {
+        uint32_t lo = (ld_u32_unaligned(b + 32 + 32 * h + l) >> (2 * j)) & 0x03030303u;
+        uint32_t hb = (ld_u32_unaligned(b + l) >> (4 * h + j)) & 0x01010101u;
+        return __vsub4(lo | hb << 2, 0x04040404u);
+    }
+    if (T == QT_Q4_K || T == QT_Q5_K) {
+        const int g = e / 64;
+        uint32_t v = ld_u32_unaligned(b + (T == QT_Q4_K ? 16 : 48) + 32 * g + l);
+        uint32_t q = (e % 64) < 32 ? v & 0x0F0F0F0Fu : (v >> 4) & 0x0F0F0F0Fu;
+        if (T == QT_Q5_K) q |= ((ld_u32_unaligned(b + 16 + l) >> (e / 32)) & 0x01010101u) << 4;
+        return q;
+    }
+    /* Q6_K */
+    uint32_t lo = (ld_u32_unaligned(b + 64 * h + l + 32 * (j & 1)) >> (4 * (j >> 1))) & 0x0F0F0F0Fu;
+    uint32_t hi = (ld_u32_unaligned(b + 128 + 32 * h + l) >> (2 * j)) & 0x03030303u;
+    return __vsub4(lo | hi << 4, 0x20202020u);
+}
+
+/* Scale (and min) of 16-element sub-block s of a k-quant super-block, and
+ * the super-block's d and dmin. */
+template <int T>
+static __device__ __forceinline__ void kscale(const uint8_t *b, int s, int &sc, int &mn)
+{
+    mn = 0;
+    if (T == QT_Q2_K) {
+        sc = b[s] & 15;
+        mn = b[s] >> 4;
+    } else if (T == QT_Q3_K) {
+        const uint8_t *x = b + 96;
+        int lo = s < 8 ? x[s] & 15 : x[s - 8] >> 4;
+        int hi = (x[8 + s % 4] >> (2 * (s / 4))) & 3;
+        sc = (lo | hi << 4) - 32;
+    } else if (T == QT_Q4_K || T == QT_Q5_K) {
+        k4_scale_min(b + 4, s / 2, sc, mn);
+    } else {
+        sc = (int8_t)b[192 + s];
+    }
+}
+
+template <int T> static __device__ __forceinline__ void kdmin(const uint8_t *b, float &d, float &dm)
+{
+    dm = 0.f;
+    if (T == QT_Q2_K) {
+        d = ld_f16(b + 80);
+        dm = ld_f16(b + 82);
+    } else if (T == QT_Q3_K) {
+        d = ld_f16(b + 108);
+    } else if (T == QT_Q4_K || T == QT_Q5_K) {
+        d = ld_f16(b);
+        dm = ld_f16(b + 2);
+    } else {
+        d = ld_f16(b + 208);
+    }
+}
+
+/* ---- the product ---- */
+
+struct __align__(16) mmq_smem
+{
+    int8_t w[MMQ_BM][MMQ_LD];
+    int8_t x[MMQ_BN][MMQ_LD];
+    float wd[MMQ_BM][8], wm[MMQ_BM][8]; /* per legacy block; k-quants: [0] = d, dmin */
+    float xd[MMQ_BN][8], xs[MMQ_BN][8]; /* per legacy block (d, s); k-quants: [0] = d */
+    int8_t wsc[MMQ_BM][16], wmn[MMQ_BM][16];
+    int32_t xb[MMQ_BN][16];
+};
+
+static __device__ __forceinline__ void mma_s8(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t b0)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 "
+                 "{%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a0), "r"(a1), "r"(b0));
+}
+
+/* Fragments of k16 step s: A (weights, rows 16i + g and + 8) and B (tokens). */
+static __device__ __forceinline__ void load_frags(const struct mmq_smem &sm, int s, int tb, int g,
+                                                  int tig, uint32_t (&a)[2][2], uint32_t (&bf)[2])
+{
+    int col = 16 * s + 4 * tig;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        a[i][0] = *(const uint32_t *)&sm.w[16 * i + g][col];
+        a[i][1] = *(const uint32_t *)&sm.w[16 * i + g + 8][col];
+    }
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+        bf[j] = *(const uint32_t *)&sm.x[tb + 8 * j + g][col];
+}
+
+template <int T>
+static __global__ void __launch_bounds__(MMQ_THREADS)
+    mmq_kernel(const uint8_t *__restrict__ w, size_t rb, int N, int K, struct mmq_act a,
+               float *__restrict__ y)
+{
+    constexpr bool KQ = qtraits<T>::QK == 256;
+    constexpr bool HAS_M = T == QT_Q4_1 || T == QT_Q5_1;
+    constexpr bool KMIN = T == QT_Q2_K || T == QT_Q4_K || T == QT_Q5_K;
+    constexpr int BS = qtraits<T>::BS;
+    __shared__ struct mmq_smem sm;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, tig = lane & 3, tb = warp * 16;
+    const int r0 = blockIdx.x * MMQ_BM, t0 = blockIdx.y * MMQ_BN;
+    const int n = a.n;
+    float acc[2][2][4] = {};
+
+    for (int k0 = 0; k0 < K; k0 += MMQ_KC) {
+        /* elements of this chunk: MMQ_KC, or the legacy tail */
+        const int kc = K - k0 < MMQ_KC ? K - k0 : MMQ_KC;
+        const int nb = kc / 32; /* legacy blocks in the chunk */
+        /* weights -> shared int8 quants and scales */
+        if (KQ) {
+            int row = tid / 4, part = tid % 4;
+            const uint8_t *b =
+                r0 + row < N ? w + (size_t)(r0 + row) * rb + (size_t)(k0 / 256) * BS : nullptr;
+#pragma unroll 4
+            for (int i = 0; i < 16; i++) {
+                int e = 64 * part + 4 * i;
+                *(uint32_t *)&sm.w[row][e] = b ? quants4<T>(b, e) : 0u;
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int s = 4 * part + i, sc = 0, mn = 0;
+                if (b) kscale<T>(b, s, sc, mn);
+                sm.wsc[row][s] = (int8_t)sc;
+                sm.wmn[row][s] = (int8_t)mn;
+            }
+            if (part == 0) {
+                float d = 0.f, dm = 0.f;
+                if (b) kdmin<T>(b, d, dm);
+                sm.wd[row][0] = d;
+                sm.wm[row][0] = dm;
+            }
+        } else {
+            for (int p = tid; p < MMQ_BM * 8; p += MMQ_THREADS) {
+                int row = p / 8, blk = p % 8;
+                const uint8_t *b = r0 + row < N && blk < nb
+                                       ? w + (size_t)(r0 + row) * rb + (size_t)(k0 / 32 + blk) * BS
+                                       : nullptr;
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    *(uint32_t *)&sm.w[row][32 * blk + 4 * i] = b ? quants4<T>(b, 4 * i) : 0u;
+                sm.wd[row][blk] = b ? ld_f16(b) : 0.f;
+                sm.wm[row][blk] = b && HAS_M ? ld_f16(b + 2) : 0.f;
+            }
+        }
+        /* activations -> shared (16-byte copies) */
+        const int c16 = kc / 16;
+        for (int i = tid; i < MMQ_BN * c16; i += MMQ_THREADS) {
+            int t = i / c16, c = i % c16;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (t0 + t < n) v = *(const uint4 *)(a.q + (size_t)(t0 + t) * K + k0 + 16 * c);
+            *(uint4 *)&sm.x[t][16 * c] = v;
+        }
+        if (KQ) {
+            for (int i = tid; i < MMQ_BN * 16; i += MMQ_THREADS) {
+                int t = i / 16, s = i % 16;
+                bool ok = t0 + t < n;
+                sm.xb[t][s] = ok ? a.bsum[(size_t)(t0 + t) * (K / 16) + k0 / 16 + s] : 0;
+                if (s == 0) sm.xd[t][0] = ok ? a.d[(size_t)(t0 + t) * (K / 256) + k0 / 256] : 0.f;
+            }
+        } else {
+            for (int i = tid; i < MMQ_BN * nb; i += MMQ_THREADS) {
+                int t = i / nb, blk = i % nb;
+                bool ok = t0 + t < n;
+                size_t at = (size_t)(t0 + t) * (K / 32) + k0 / 32 + blk;
+                sm.xd[t][blk] = ok ? a.d[at] : 0.f;
+                sm.xs[t][blk] = ok ? a.s[at] : 0.f;
+            }
+        }
+        __syncthreads();
+
+        if (KQ) {
+            int isum[2][2][4] = {};
+#pragma unroll 4
+            for (int s = 0; s < 16; s++) {
+                uint32_t af[2][2], bf[2];
+                load_frags(sm, s, tb, g, tig, af, bf);
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    int sc_lo = sm.wsc[16 * i + g][s], sc_hi = sm.wsc[16 * i + g + 8][s];
+#pragma unroll
+                    for (int j = 0; j < 2; j++) {
+                        int c[4] = {0, 0, 0, 0};
+                        mma_s8(c, af[i][0], af[i][1], bf[j]);
+                        isum[i][j][0] += c[0] * sc_lo;
+                        isum[i][j][1] += c[1] * sc_lo;
+                        isum[i][j][2] += c[2] * sc_hi;
+                        isum[i][j][3] += c[3] * sc_hi;
+                    }
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int r = 16 * i + g + (e >= 2 ? 8 : 0), t = tb + 8 * j + 2 * tig + (e & 1);
+                        int msum = 0;
+                        if (KMIN)
+#pragma unroll
+                            for (int s = 0; s < 16; s++)
+                                msum += sm.wmn[r][s] * sm.xb[t][s];
+                        acc[i][j][e] += sm.xd[t][0] * (sm.wd[r][0] * (float)isum[i][j][e] -
+                                                       sm.wm[r][0] * (float)msum);
+                    }
+        } else {
+            for (int blk = 0; blk < nb; blk++) {
+                int c[2][2][4] = {};
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    uint32_t af[2][2], bf[2];
+                    load_frags(sm, 2 * blk + h, tb, g, tig, af, bf);
+#pragma unroll
+                    for (int i = 0; i < 2; i++)
+#pragma unroll
+                        for (int j = 0; j < 2; j++)
+                            mma_s8(c[i][j], af[i][0], af[i][1], bf[j]);
+                }
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int j = 0; j < 2; j++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            int r = 16 * i + g + (e >= 2 ? 8 : 0);
+                            int t = tb + 8 * j + 2 * tig + (e & 1);
+                            acc[i][j][e] += sm.wd[r][blk] * sm.xd[t][blk] * (float)c[i][j][e];
+                            if (HAS_M) acc[i][j][e] += sm.wm[r][blk] * sm.xs[t][blk];
+                        }
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int r = r0 + 16 * i + g + (e >= 2 ? 8 : 0);
+                int t = t0 + tb + 8 * j + 2 * tig + (e & 1);
+                if (r < N && t < n) y[(size_t)t * N + r] = acc[i][j][e];
+            }
+}
+
+template <int T>
+static int mmq_launch(cudaStream_t st, const void *w, int N, int K, const struct mmq_act *a,
+                      float *y)
+{
+    size_t rb = qt_row_bytes(T, K);
+    dim3 grid((unsigned)((N + MMQ_BM - 1) / MMQ_BM), (unsigned)((a->n + MMQ_BN - 1) / MMQ_BN));
+    mmq_kernel<T><<<grid, MMQ_THREADS, 0, st>>>((const uint8_t *)w, rb, N, K, *a, y);
+    CUDA_LAUNCHED("mmq");
+    return 0;
+}
+
+int k_mmq(cudaStream_t st, const void *w, int type, int N, int K, const struct mmq_act *a, float *y)
+{
+    if (a->K != K || a->cls != mmq_class(type)) {
+        log_error("cuda: mmq: activations of class %d, K %d for a type-%d matrix of K %d", a->cls,
+                  a->K, type, K);
+        return ST_EINVAL;
+    }
+    switch (type) {
+    case QT_Q4_0:
+        return mmq_launch<QT_Q4_0>(st, w, N, K, a, y);
+    case QT_Q4_1:
+        return mmq_launch<QT_Q4_1>(st, w, N, K, a, y);
+    case QT_Q5_0:
+        return mmq_launch<QT_Q5_0>(st, w, N, K, a, y);
+    case QT_Q5_1:
+        return mmq_launch<QT_Q5_1>(st, w, N, K, a, y);
+    case QT_Q8_0:
+        return mmq_launch<QT_Q8_0>(st, w, N, K, a, y);
+    case QT_Q2_K:
+        return mmq_launch<QT_Q2_K>(st, w, N, K, a, y);
+    case QT_Q3_K:
+        return mmq_launch<QT_Q3_K>(st, w, N, K, a, y);
+    case QT_Q4_K:
+        return mmq_launch<QT_Q4_K>(st, w, N, K, a, y);
+    case QT_Q5_K:
+        return mmq_launch<QT_Q5_K>(st, w, N, K, a, y);
+    case QT_Q6_K:
+        return mmq_launch<QT_Q6_K>(st, w, N, K, a, y);
+    default:
+        log_error("cuda: mmq: type %d is not a quantized type", type);
+        return ST_EINVAL;
+    }
+}
+
+/* ---- test entry (cuda_backend.h) ---- */
+
+extern "C" int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *x,
+                                float *y)
+{
+    if (!mmq_supported(type)) return ST_EINVAL;
+    size_t rb = qt_row_bytes(type, K);
+    uint8_t *dw = nullptr;
+    float *dx = nullptr, *dy = nullptr;
+    struct mmq_act a = {};
+    int rc = ST_EDEVICE;
+    size_t nk = (size_t)n * K;
+    /* + 256: the kernels may read a 16-byte word past a row's last block */
+    if (cudaMalloc(&dw, rb * N + 256) == cudaSuccess && cudaMalloc(&dx, nk * 4) == cudaSuccess &&
+        cudaMalloc(&dy, (size_t)n * N * 4) == cudaSuccess && cudaMalloc(&a.q, nk) == cudaSuccess &&
+        cudaMalloc(&a.d, nk / 32 * 4) == cudaSuccess &&
+        cudaMalloc(&a.s, nk / 32 * 4) == cudaSuccess &&
+        cudaMalloc(&a.bsum, nk / 16 * 4) == cudaSuccess &&
+        cudaMemcpy(dw, w, rb * N, cudaMemcpyHostToDevice) == cudaSuccess &&
+        cudaMemcpy(dx, x, nk * 4, cudaMemcpyHostToDevice) == cudaSuccess) {
+        rc = k_mmq_quantize(0, mmq_class(type), dx, n, K, &a);
+        if (rc == 0) rc = k_mmq(0, dw, type, N, K, &a, dy);
+        if (rc == 0 && cudaMemcpy(y, dy, (size_t)n * N * 4, cudaMemcpyDeviceToHost) != cudaSuccess)
+            rc = ST_EDEVICE;
+    }
+    if (rc == ST_EDEVICE)
+        log_error("cuda: mmq product: %s", cudaGetErrorString(cudaGetLastError()));
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dy);
+    cudaFree(a.q);
+    cudaFree(a.d);
+    cudaFree(a.s);
+    cudaFree(a.bsum);
+    return rc;
+}
