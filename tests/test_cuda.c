@@ -48,18 +48,38 @@ static const int32_t k_prompt[16] __attribute__((unused)) = {
 
 struct ref_case {
     const char *name;
-    double bound;
+    double bound;     /* reference mode (STAGED_CUDA_REF=1), relative RMS */
+    double gen_bound; /* reference mode, the one-token steps, if not bound (0) */
+    double fast;      /* the serving kernels */
 };
 
-/* Bounds: a quarter of the quantization error of each type, at least 1e-3. */
+/* Reference mode: the CPU backend's bounds (tests/test_cpu_backend.c): a
+ * quarter of the quantization error of each type, at least 1e-3, and for
+ * BF16's one-token steps 0.006 (llama.cpp sums float weights of one token in
+ * another order than batches; we keep the batched one for every token).
+ *
+ * The serving kernels sum in other orders (tensor-core tiles, split rows,
+ * float attention accumulators). On these random-weight models a last-bit
+ * difference flips the 8-bit rounding of some activation and the model
+ * amplifies it to 1-3% of the logits (measured: the CPU backend itself on a
+ * machine with another libm lands at 0.014-0.025 on Q2_K and Q4_K_M), so
+ * for types rounded to 8 bits (and BF16) their bound is that level, 0.04,
+ * or twice the reference bound where that is larger. F32 keeps twice the
+ * reference bound; F16 gets 0.003: the reference accumulates attention
+ * outputs in half precision, whose rounding (about 1e-3 per output) the
+ * float accumulators of the serving kernels do not repeat (measured 2.05e-3
+ * on ref-llama.F16's one-token steps). */
 static const struct ref_case k_cases[] = {
-    {"ref-qwen2.F32", 1e-3},      {"ref-qwen2.F16", 1e-3},      {"ref-qwen2.BF16", 0.002},
-    {"ref-qwen2.Q8_0", 0.0075},   {"ref-qwen2.Q6_K", 0.0175},   {"ref-qwen2.Q5_1", 0.0375},
-    {"ref-qwen2.Q5_0", 0.0375},   {"ref-qwen2.Q4_1", 0.0375},   {"ref-qwen2.Q4_0", 0.0375},
-    {"ref-qwen2.Q5_K_S", 0.0375}, {"ref-qwen2.Q4_K_S", 0.0375}, {"ref-qwen2.Q4_K_M", 0.0375},
-    {"ref-qwen2.Q3_K_S", 0.15},   {"ref-qwen2.Q2_K", 0.15},     {"ref-llama.F32", 1e-3},
-    {"ref-llama.F16", 1e-3},      {"ref-llama.Q8_0", 0.0075},   {"ref-llama.Q6_K", 0.0175},
-    {"ref-llama.Q4_K_M", 0.0375},
+    {"ref-qwen2.F32", 1e-3, 0, 2e-3},       {"ref-qwen2.F16", 1e-3, 0, 3e-3},
+    {"ref-qwen2.BF16", 0.002, 0.006, 0.04}, {"ref-qwen2.Q8_0", 0.0075, 0, 0.04},
+    {"ref-qwen2.Q6_K", 0.0175, 0, 0.04},    {"ref-qwen2.Q5_1", 0.0375, 0, 0.075},
+    {"ref-qwen2.Q5_0", 0.0375, 0, 0.075},   {"ref-qwen2.Q4_1", 0.0375, 0, 0.075},
+    {"ref-qwen2.Q4_0", 0.0375, 0, 0.075},   {"ref-qwen2.Q5_K_S", 0.0375, 0, 0.075},
+    {"ref-qwen2.Q4_K_S", 0.0375, 0, 0.075}, {"ref-qwen2.Q4_K_M", 0.0375, 0, 0.075},
+    {"ref-qwen2.Q3_K_S", 0.15, 0, 0.3},     {"ref-qwen2.Q2_K", 0.15, 0, 0.3},
+    {"ref-llama.F32", 1e-3, 0, 2e-3},       {"ref-llama.F16", 1e-3, 0, 3e-3},
+    {"ref-llama.Q8_0", 0.0075, 0, 0.04},    {"ref-llama.Q6_K", 0.0175, 0, 0.04},
+    {"ref-llama.Q4_K_M", 0.0375, 0, 0.075},
 };
 
 __attribute__((unused)) static const char *models_dir(void)
@@ -238,7 +258,7 @@ static double prompt_error(const struct backend_ops *ops, struct backend *be,
 
 /* Errors of one model in one attention mode: [prompt, 2-seq batch, 3-seq decode]. */
 static void ref_model_errors(const struct ref_case *c, const char *gpath,
-                             const struct ref_logits *rp, bool attn_ref, double err[3])
+                             const struct ref_logits *rp, bool ref_mode, double err[3])
 {
     const struct ref_logits r = *rp;
     struct st_model *m = NULL;
@@ -249,12 +269,12 @@ static void ref_model_errors(const struct ref_case *c, const char *gpath,
     assert_non_null(ops);
     struct backend_config cfg = {.max_seqs = 3, .max_ctx = 64, .max_batch = 48, .device = 0};
     struct backend *be = NULL;
-    if (attn_ref)
-        setenv("STAGED_CUDA_ATTN", "ref", 1);
+    if (ref_mode)
+        setenv("STAGED_CUDA_REF", "1", 1);
     else
-        unsetenv("STAGED_CUDA_ATTN");
+        unsetenv("STAGED_CUDA_REF");
     int rc = ops->create(m, &cfg, &be, &eb);
-    unsetenv("STAGED_CUDA_ATTN");
+    unsetenv("STAGED_CUDA_REF");
     if (rc) print_message("create: %s\n", eb.msg);
     assert_int_equal(rc, 0);
     const int V = r.n_vocab;
@@ -303,10 +323,10 @@ static void ref_model_errors(const struct ref_case *c, const char *gpath,
         }
         prev_pick = argmax(out, V);
     }
-    print_message("%-18s %-9s prompt %.2e  2-seq batch %.2e  3-seq decode %.2e  (bound %.2e)  "
+    print_message("%-18s %-4s prompt %.2e  2-seq batch %.2e  3-seq decode %.2e  (bound %.2e)  "
                   "greedy picks equal %d/%d\n",
-                  c->name, attn_ref ? "attn=ref" : "attn=fast", e_prompt, e_multi, e_dec, c->bound,
-                  agree, r.n_gen);
+                  c->name, ref_mode ? "ref" : "fast", e_prompt, e_multi, e_dec,
+                  ref_mode ? c->bound : c->fast, agree, r.n_gen);
 
     /* a batch that breaks the rules is refused without changing anything */
     pos[0] = 5;
@@ -327,8 +347,7 @@ static void ref_model_errors(const struct ref_case *c, const char *gpath,
     err[2] = e_dec;
 }
 
-/* Both attention modes; the reference-rounding mode must meet the bound, the
- * fast one (float accumulation, the serving default) twice the bound. */
+/* Both modes, each within its bound (see k_cases). */
 static void test_ref_model(void **state)
 {
     const struct ref_case *c = *state;
@@ -348,8 +367,8 @@ static void test_ref_model(void **state)
     ref_model_errors(c, gpath, &r, true, er);
     ref_free(&r);
     for (int i = 0; i < 3; i++) {
-        assert_true(er[i] <= c->bound);
-        assert_true(ef[i] <= 2 * c->bound);
+        assert_true(er[i] <= (i == 2 && c->gen_bound ? c->gen_bound : c->bound));
+        assert_true(ef[i] <= c->fast);
     }
 }
 

@@ -1,5 +1,6 @@
 /* The CUDA backend of the worker (see cuda_backend.h and gpu_worker/backend.h). */
 #include "gpu_worker/cuda/cuda_util.cuh"
+#include "gpu_worker/cuda/exact.cuh"
 #include "gpu_worker/cuda/kernels.cuh"
 #include "gpu_worker/cuda/mmq.cuh"
 #include "gpu_worker/cuda/quant.cuh"
@@ -76,9 +77,10 @@ struct backend {
     unsigned long long graph_clock;
     bool use_graphs;
     void *cublas_ws;
-    float *h_lg;   /* pinned staging for logits, LG_STAGE_ROWS rows */
-    bool unfused;  /* STAGED_CUDA_UNFUSED=1: small batches take the unfused path too */
-    bool attn_ref; /* STAGED_CUDA_ATTN=ref: attention with the reference's half rounding */
+    float *h_lg;      /* pinned staging for logits, LG_STAGE_ROWS rows */
+    bool unfused;     /* STAGED_CUDA_UNFUSED=1: small batches take the unfused path too */
+    bool ref;         /* STAGED_CUDA_REF=1: the reference's operations in its order */
+    float2 *rope_tab; /* ref: (cos, sin) [max_ctx][rope_dim / 2], computed as the reference */
 };
 
 static volatile int g_inject_fault;
@@ -256,7 +258,7 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
     b->q_dim = (int)(hp->n_heads * hp->head_dim);
     b->kv_dim = (int)(hp->n_kv_heads * hp->head_dim);
     b->fault = getenv("STAGED_CUDA_FAULT") && strcmp(getenv("STAGED_CUDA_FAULT"), "1") == 0;
-    b->attn_ref = getenv("STAGED_CUDA_ATTN") && strcmp(getenv("STAGED_CUDA_ATTN"), "ref") == 0;
+    b->ref = getenv("STAGED_CUDA_REF") && strcmp(getenv("STAGED_CUDA_REF"), "1") == 0;
     b->unfused = getenv("STAGED_CUDA_UNFUSED") && strcmp(getenv("STAGED_CUDA_UNFUSED"), "1") == 0;
     if (getenv("STAGED_CUDA_STAGE") && strcmp(getenv("STAGED_CUDA_STAGE"), "0") == 0)
         k_set_staging(false);
@@ -344,7 +346,7 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
         CREATE_CUDA(dev_malloc((void **)&b->xr, B * wmax * 4));
         CREATE_CUDA(dev_malloc((void **)&b->xr2, B * wmax * 4));
         CREATE_CUDA(dev_malloc((void **)&b->a16, B * wmax * 2));
-        if (B > MATVEC_MAX_N) {
+        if (B > MATVEC_MAX_N || b->ref) {
             CREATE_CUDA(dev_malloc((void **)&b->mq.q, B * wmax));
             CREATE_CUDA(dev_malloc((void **)&b->mq.d, B * wmax / 32 * 4));
             CREATE_CUDA(dev_malloc((void **)&b->mq.s, B * wmax / 32 * 4));
@@ -353,6 +355,29 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
         CREATE_CUDA(dev_malloc((void **)&b->lg, B * V * 4));
         CREATE_CUDA(dev_malloc((void **)&b->d_meta, B * 4 * sizeof(int32_t)));
         CREATE_CUDA(cudaMallocHost((void **)&b->h_meta, B * 4 * sizeof(int32_t)));
+    }
+    if (b->ref) {
+        /* the CPU backend's angles: pos * theta_scale^i by repeated products, libm cos/sin */
+        int half = (int)hp->rope_dim / 2;
+        size_t nt = (size_t)cfg->max_ctx * half;
+        float2 *tab = (float2 *)malloc(nt * sizeof(float2));
+        if (!tab) {
+            rc = st_errf(eb, ST_ENOMEM, "cuda: out of memory");
+            goto fail;
+        }
+        float theta_scale = powf(hp->rope_base, -2.0f / (float)hp->rope_dim);
+        for (int p = 0; p < cfg->max_ctx; p++) {
+            float theta = (float)p;
+            for (int i = 0; i < half; i++) {
+                tab[(size_t)p * half + i] = make_float2(cosf(theta), sinf(theta));
+                theta *= theta_scale;
+            }
+        }
+        cudaError_t e = dev_malloc((void **)&b->rope_tab, nt * sizeof(float2));
+        if (e == cudaSuccess)
+            e = cudaMemcpy(b->rope_tab, tab, nt * sizeof(float2), cudaMemcpyHostToDevice);
+        free(tab);
+        CREATE_CUDA(e);
     }
     CREATE_CUDA(cudaMallocHost((void **)&b->h_lg, (size_t)LG_STAGE_ROWS * hp->n_vocab * 4));
     CREATE_CUDA(dev_malloc(&b->cublas_ws, CUBLAS_WS_BYTES));
@@ -378,9 +403,9 @@ static void cuda_destroy(struct backend **pb)
         if (b->graphs[i].exec) cudaGraphExecDestroy(b->graphs[i].exec);
     if (b->cublas_ws) cudaFree(b->cublas_ws);
     if (b->h_lg) cudaFreeHost(b->h_lg);
-    void *dev[] = {b->kc,  b->vc, b->x,      b->xn,   b->xo,   b->q,    b->att,
-                   b->k,   b->v,  b->g,      b->u,    b->tmp,  b->xr,   b->xr2,
-                   b->a16, b->lg, b->d_meta, b->mq.q, b->mq.d, b->mq.s, b->mq.bsum};
+    void *dev[] = {b->kc,     b->vc,   b->x,    b->xn,   b->xo,      b->q,       b->att, b->k,
+                   b->v,      b->g,    b->u,    b->tmp,  b->xr,      b->xr2,     b->a16, b->lg,
+                   b->d_meta, b->mq.q, b->mq.d, b->mq.s, b->mq.bsum, b->rope_tab};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
         if (dev[i]) cudaFree(dev[i]);
     if (b->h_meta) cudaFreeHost(b->h_meta);
@@ -427,8 +452,44 @@ static void memo_reset(struct backend *b)
 /* y[n][W.N] = x[n][W.K] W^T with the reference's activation rounding:
  * matrix-vector kernels up to MATVEC_MAX_N tokens, then the integer
  * tensor-core products (quantized W) or cuBLAS (float W). */
+/* The input of W as mq (quantized) or a16 (half / bfloat16), memoized. */
+static int quantize_input(struct backend *b, const struct cmat *W, const float *x, int n)
+{
+    int cls = mmq_class(W->type);
+    if (x != b->mq_src || cls != b->mq.cls || n != b->mq.n || W->K != b->mq.K) {
+        ST_TRY(k_mmq_quantize(b->st, cls, x, n, W->K, &b->mq));
+        b->mq_src = x;
+    }
+    return 0;
+}
+
+static int half_input(struct backend *b, const struct cmat *W, const float *x, int n)
+{
+    if (x != b->a16_src || W->type != b->a16_type || n != b->a16_n) {
+        if (W->type == QT_BF16)
+            ST_TRY(k_to_bf16(b->st, x, b->a16, (size_t)n * W->K));
+        else
+            ST_TRY(k_to_f16(b->st, x, (__half *)b->a16, (size_t)n * W->K));
+        b->a16_src = x;
+        b->a16_type = W->type;
+        b->a16_n = n;
+    }
+    return 0;
+}
+
 static int mm(struct backend *b, const struct cmat *W, const float *x, float *y, int n)
 {
+    if (b->ref) { /* the reference's order where we have it, else its block arithmetic */
+        if (mm_exact_supported(W->type)) {
+            if (W->type == QT_F16 || W->type == QT_BF16)
+                ST_TRY(half_input(b, W, x, n));
+            else if (W->type != QT_F32)
+                ST_TRY(quantize_input(b, W, x, n));
+            return k_mm_exact(b->st, W->w, W->type, W->N, W->K, x, b->a16, &b->mq, n, y);
+        }
+        ST_TRY(quantize_input(b, W, x, n));
+        return k_mmq(b->st, W->w, W->type, W->N, W->K, &b->mq, y);
+    }
     if (n <= MATVEC_MAX_N) {
         const float *xa = x;
         int cls = act_class(W->type);
@@ -455,11 +516,7 @@ static int mm(struct backend *b, const struct cmat *W, const float *x, float *y,
         return k_matvec_fast(b->st, &a);
     }
     if (mmq_supported(W->type)) {
-        int cls = mmq_class(W->type);
-        if (x != b->mq_src || cls != b->mq.cls || n != b->mq.n || W->K != b->mq.K) {
-            ST_TRY(k_mmq_quantize(b->st, cls, x, n, W->K, &b->mq));
-            b->mq_src = x;
-        }
+        ST_TRY(quantize_input(b, W, x, n));
         return k_mmq(b->st, W->w, W->type, W->N, W->K, &b->mq, y);
     }
     const float one = 1.f, zero = 0.f;
@@ -471,15 +528,7 @@ static int mm(struct backend *b, const struct cmat *W, const float *x, float *y,
     /* F16 / BF16: the input rounded to the weights' type, products exact in
      * float, float accumulation (as the reference) */
     cudaDataType_t ty = W->type == QT_BF16 ? CUDA_R_16BF : CUDA_R_16F;
-    if (x != b->a16_src || W->type != b->a16_type || n != b->a16_n) {
-        if (W->type == QT_BF16)
-            ST_TRY(k_to_bf16(b->st, x, b->a16, (size_t)n * W->K));
-        else
-            ST_TRY(k_to_f16(b->st, x, (__half *)b->a16, (size_t)n * W->K));
-        b->a16_src = x;
-        b->a16_type = W->type;
-        b->a16_n = n;
-    }
+    ST_TRY(half_input(b, W, x, n));
     CUBLAS_TRY(cublasGemmEx(b->cb, CUBLAS_OP_T, CUBLAS_OP_N, W->N, n, W->K, &one, W->w, ty, W->K,
                             b->a16, ty, W->K, &zero, y, CUDA_R_32F, W->N, CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT));
@@ -526,13 +575,12 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
     }
     __half *kc = b->kc + (size_t)l * b->layer_kv, *vc = b->vc + (size_t)l * b->layer_kv;
     ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
-                        (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->cfg.max_ctx, d_pos,
-                        d_seq));
+                        (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->rope_tab,
+                        b->cfg.max_ctx, d_pos, d_seq));
     /* the attention kernel rounds its output for o when it can */
-    bool att_rounds = !b->attn_ref && act_class(L->o.type) == 3 && hd % 32 == 0;
+    bool att_rounds = !b->ref && act_class(L->o.type) == 3 && hd % 32 == 0;
     ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
-                       b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->attn_ref,
-                       att_rounds));
+                       b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->ref, att_rounds));
     /* x += Wo att */
     const float *xa = b->att;
     if (!att_rounds) ST_TRY(k_act_round(b->st, L->o.type, b->att, b->xr, n, L->o.K, &xa));
@@ -575,7 +623,7 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
     ST_TRY(k_embed(st, b->embd.w, b->embd.type, D, d_tok, n, b->x));
     for (int l = 0; l < (int)hp->n_layers; l++) {
         const struct clayer *L = &b->L[l];
-        if (n <= MATVEC_MAX_N && !b->unfused) {
+        if (n <= MATVEC_MAX_N && !b->unfused && !b->ref) {
             ST_TRY(layer_small(b, L, l, n, d_pos, d_seq));
             continue;
         }
@@ -593,11 +641,10 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
         }
         __half *kc = b->kc + (size_t)l * b->layer_kv, *vc = b->vc + (size_t)l * b->layer_kv;
         ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, n, (int)hp->n_heads, (int)hp->n_kv_heads,
-                            hd, (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base,
+                            hd, (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->rope_tab,
                             b->cfg.max_ctx, d_pos, d_seq));
         ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
-                           b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->attn_ref,
-                           false));
+                           b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->ref, false));
         memo_reset(b);
         ST_TRY(mm(b, &L->o, b->att, b->tmp, n));
         ST_TRY(k_add(st, b->x, b->tmp, (size_t)n * D));
@@ -605,7 +652,7 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
         memo_reset(b);
         ST_TRY(mm(b, &L->gate, b->xn, b->g, n));
         ST_TRY(mm(b, &L->up, b->xn, b->u, n));
-        ST_TRY(k_swiglu(st, b->g, b->u, b->g, (size_t)n * F));
+        ST_TRY(k_swiglu(st, b->g, b->u, b->g, (size_t)n * F, b->ref));
         memo_reset(b);
         ST_TRY(mm(b, &L->down, b->g, b->tmp, n));
         ST_TRY(k_add(st, b->x, b->tmp, (size_t)n * D));

@@ -28,10 +28,11 @@
  * float accumulators over chunks of 32 positions.
  *
  * Environment switches (read at create(); for tests and measurements):
- *   STAGED_CUDA_ATTN=ref    attention with the reference engine's rounding
- *                           (q and the running V sum in half precision,
- *                           positions in order: closer to llama.cpp's
- *                           logits, slow for long contexts)
+ *   STAGED_CUDA_REF=1       reference mode: every operation in the order of
+ *                           the reference engine's CPU kernels (exact.cuh;
+ *                           attention with half accumulators, libm's rope
+ *                           angles, correctly rounded exp), so that logits
+ *                           land on llama.cpp's bits; slow, for verification
  *   STAGED_CUDA_GRAPHS=0    no CUDA graphs
  *   STAGED_CUDA_STAGE=0     weight rows read straight from global memory
  *   STAGED_CUDA_UNFUSED=1   small batches take the unfused (large-batch) path

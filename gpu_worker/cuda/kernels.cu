@@ -296,18 +296,18 @@ int k_add(cudaStream_t st, float *x, const float *y, size_t n)
     return 0;
 }
 
-static __global__ void swiglu_kernel(const float *g, const float *u, float *h, size_t n)
+static __global__ void swiglu_kernel(const float *g, const float *u, float *h, size_t n, bool ref)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float a = g[i];
-        h[i] = a / (1.f + expf(-a)) * u[i];
+        h[i] = a / (1.f + (ref ? exp_ref(-a) : expf(-a))) * u[i];
     }
 }
 
-int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n)
+int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n, bool ref)
 {
-    swiglu_kernel<<<(unsigned)((n + 255) / 256), 256, 0, st>>>(g, u, h, n);
+    swiglu_kernel<<<(unsigned)((n + 255) / 256), 256, 0, st>>>(g, u, h, n, ref);
     CUDA_LAUNCHED("swiglu");
     return 0;
 }
@@ -498,62 +498,74 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
  * cache): q rounded to half, positions visited in order with an online
  * softmax, the weighted sum of V kept in half precision after every step.
  * One warp per (head, token); sequential over positions. */
+/* The reference's attention, operation for operation (the CPU backend's
+ * att_run): q rounded to half; each score the half dot product in the order
+ * of kernels_dot_f16 (16 lanes x 4 accumulators over steps of 64, summed
+ * pairwise, the tail in double) times scale; online softmax with expf
+ * correctly rounded; the output accumulated in half, rescaled only when
+ * the maximum grows. One warp per (head, token); lanes 16-31 mirror 0-15. */
 static __global__ void attention_ref_kernel(const float *q, const __half *kc, const __half *vc,
                                             float *out, int n_heads, int n_kv, int hd, int max_ctx,
                                             float scale, const int32_t *pos, const int32_t *seq)
 {
-    int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x;
+    __shared__ float qs[32 * ATT_MAXD];
+    int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x, L = lane & 15;
     int kvh = h / (n_heads / n_kv);
     int kv_dim = n_kv * hd;
     int nd = (hd + 31) / 32;
     const float *qh = q + ((size_t)t * n_heads + h) * hd;
-    float qv[ATT_MAXD];
+    for (int e = lane; e < hd; e += 32)
+        qs[e] = __half2float(__float2half_rn(qh[e]));
+    __syncwarp();
     __half acc[ATT_MAXD];
 #pragma unroll
-    for (int i = 0; i < ATT_MAXD; i++) {
-        int e = lane + 32 * i;
-        qv[i] = (i < nd && e < hd) ? __half2float(__float2half_rn(qh[e])) : 0.f;
+    for (int i = 0; i < ATT_MAXD; i++)
         acc[i] = __float2half_rn(0.f);
-    }
     const __half *kb = kc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
     const __half *vb = vc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
     float M = -INFINITY, S = 0.f;
-    int np = pos[t] + 1;
+    int np = pos[t] + 1, n64 = hd & ~63;
     for (int p = 0; p < np; p++) {
         const __half *kp = kb + (size_t)p * kv_dim;
-        float s = 0.f;
+        float a[4] = {0.f, 0.f, 0.f, 0.f};
+        for (int i = 0; i < n64; i += 64)
 #pragma unroll
-        for (int i = 0; i < ATT_MAXD; i++) {
-            int e = lane + 32 * i;
-            if (i < nd && e < hd) s += qv[i] * __half2float(kp[e]);
-        }
-        s = warp_sum(s) * scale;
+            for (int j = 0; j < 4; j++)
+                a[j] = __fmaf_rn(__half2float(kp[i + 16 * j + L]), qs[i + 16 * j + L], a[j]);
+        float r = __fadd_rn(__fadd_rn(a[0], a[2]), __fadd_rn(a[1], a[3]));
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1)
+            r = __fadd_rn(r, __shfl_xor_sync(0xffffffffu, r, o));
+        double sd = n64 ? (double)r : 0.0;
+        for (int i = n64; i < hd; i++)
+            sd += (double)__fmul_rn(__half2float(kp[i]), qs[i]);
+        float s = __fmul_rn((float)sd, scale);
         float ms = 1.f, vs = 1.f;
         if (s > M) {
             float mold = M;
             M = s;
-            ms = expf(mold - M);
+            ms = exp_ref(mold - M);
 #pragma unroll
             for (int i = 0; i < ATT_MAXD; i++)
-                if (i < nd) acc[i] = __float2half_rn(__half2float(acc[i]) * ms);
+                if (i < nd) acc[i] = __float2half_rn(__fmul_rn(__half2float(acc[i]), ms));
         } else {
-            vs = expf(s - M);
+            vs = exp_ref(s - M);
         }
         const __half *vp = vb + (size_t)p * kv_dim;
 #pragma unroll
         for (int i = 0; i < ATT_MAXD; i++) {
             int e = lane + 32 * i;
             if (i < nd && e < hd)
-                acc[i] = __float2half_rn(fmaf(__half2float(vp[e]), vs, __half2float(acc[i])));
+                acc[i] = __float2half_rn(__fmaf_rn(__half2float(vp[e]), vs, __half2float(acc[i])));
         }
-        S = S * ms + vs;
+        S = __fmaf_rn(S, ms, vs);
     }
     float inv = 1.f / S;
     float *oh = out + ((size_t)t * n_heads + h) * hd;
 #pragma unroll
     for (int i = 0; i < ATT_MAXD; i++) {
         int e = lane + 32 * i;
-        if (i < nd && e < hd) oh[e] = __half2float(acc[i]) * inv;
+        if (i < nd && e < hd) oh[e] = __fmul_rn(__half2float(acc[i]), inv);
     }
 }
 
@@ -946,8 +958,8 @@ int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int
 /* Block per token: rotate q and k in place, store k and v in the cache. */
 static __global__ void rope_store_kernel(float *q, float *k, const float *v, __half *kc, __half *vc,
                                          int n_heads, int n_kv, int hd, int rope_dim, int kind,
-                                         float theta_scale, int max_ctx, const int32_t *pos,
-                                         const int32_t *seq)
+                                         float theta_scale, const float2 *tab, int max_ctx,
+                                         const int32_t *pos, const int32_t *seq)
 {
     int t = blockIdx.x;
     int half_rd = rope_dim / 2;
@@ -957,11 +969,18 @@ static __global__ void rope_store_kernel(float *q, float *k, const float *v, __h
     float *kt = k + (size_t)t * kv_dim;
     for (int idx = threadIdx.x; idx < (n_heads + n_kv) * half_rd; idx += blockDim.x) {
         int h = idx / half_rd, i = idx % half_rd;
-        /* the reference's angles: pos * theta_scale^i by repeated products */
-        float theta = p;
-        for (int j = 0; j < i; j++)
-            theta *= theta_scale;
-        float sn = sinf(theta), cs = cosf(theta);
+        float sn, cs;
+        if (tab) {
+            float2 c = tab[(size_t)pos[t] * half_rd + i];
+            cs = c.x;
+            sn = c.y;
+        } else { /* the reference's angles: pos * theta_scale^i by repeated products */
+            float theta = p;
+            for (int j = 0; j < i; j++)
+                theta *= theta_scale;
+            sn = sinf(theta);
+            cs = cosf(theta);
+        }
         float *xh = h < n_heads ? qt + (size_t)h * hd : kt + (size_t)(h - n_heads) * hd;
         int i0 = kind == 0 ? 2 * i : i;
         int i1 = kind == 0 ? 2 * i + 1 : i + half_rd;
@@ -978,12 +997,12 @@ static __global__ void rope_store_kernel(float *q, float *k, const float *v, __h
 }
 
 int k_rope_store(cudaStream_t st, float *q, float *k, const float *v, __half *kc, __half *vc, int n,
-                 int n_heads, int n_kv, int hd, int rope_dim, int kind, float base, int max_ctx,
-                 const int32_t *pos, const int32_t *seq)
+                 int n_heads, int n_kv, int hd, int rope_dim, int kind, float base,
+                 const float2 *tab, int max_ctx, const int32_t *pos, const int32_t *seq)
 {
     float theta_scale = powf(base, -2.0f / (float)rope_dim); /* on the host, as the reference */
     rope_store_kernel<<<n, 256, 0, st>>>(q, k, v, kc, vc, n_heads, n_kv, hd, rope_dim, kind,
-                                         theta_scale, max_ctx, pos, seq);
+                                         theta_scale, tab, max_ctx, pos, seq);
     CUDA_LAUNCHED("rope_store");
     return 0;
 }

@@ -18,11 +18,9 @@
 #include <stdint.h>
 
 /* Token-embedding rows: x[t] = row tok[t] of w (any supported type). */
-int k_embed(cudaStream_t st, const void *w, int type, int dim, const int32_t *tok, int n,
-            float *x);
+int k_embed(cudaStream_t st, const void *w, int type, int dim, const int32_t *tok, int n, float *x);
 /* y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, rows of dim (y may equal x). */
-int k_rmsnorm(cudaStream_t st, const float *x, const float *w, float *y, int n, int dim,
-              float eps);
+int k_rmsnorm(cudaStream_t st, const float *x, const float *w, float *y, int n, int dim, float eps);
 /* Round activations the way the reference engine does before a dot product
  * with weights of type wtype: F16/BF16 rounding, or 8-bit quantization
  * (32-element blocks with a half scale for Q4_0..Q8_0, 256-element blocks
@@ -40,18 +38,19 @@ int k_to_bf16(cudaStream_t st, const float *x, void *out, size_t n);
 int k_add_bias(cudaStream_t st, float *y, const float *b, int n, int N);
 /* x += y, n floats. */
 int k_add(cudaStream_t st, float *x, const float *y, size_t n);
-/* h = silu(g) * u, n floats. */
-int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n);
+/* h = silu(g) * u, n floats; ref: exp correctly rounded, as the reference. */
+int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n, bool ref);
 /* Causal attention of each token over its sequence's positions 0..pos[t]:
  * out[t][h*hd..] = softmax(q.K^T * scale) V, with GQA (kv head = h / (n_heads/n_kv)).
  * ref = false: float accumulation, positions split over warps (fast);
- * ref = true: the reference engine's rounding (q and the running sum of V in
- * half precision, positions in order), one warp per head and token.
+ * ref = true: the reference engine's operations in its order (q and the
+ * running sum of V in half precision, positions in order, its dot-product
+ * order and correctly rounded expf), one warp per head and token.
  * round = true (fast mode, head_dim % 32 == 0 only): the output comes rounded
  * like Q8_0 activations (what a product with Q4_0..Q8_0 weights wants). */
 int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half *vc, float *out,
-                int n, int n_heads, int n_kv, int hd, int max_ctx, float scale,
-                const int32_t *pos, const int32_t *seq, bool ref, bool round);
+                int n, int n_heads, int n_kv, int hd, int max_ctx, float scale, const int32_t *pos,
+                const int32_t *seq, bool ref, bool round);
 /* out[i] = x[idx[i]] rows of dim. */
 int k_gather_rows(cudaStream_t st, const float *x, const int32_t *idx, float *out, int n_out,
                   int dim);
@@ -73,10 +72,10 @@ struct mv_seg {
 struct mv_args {
     struct mv_seg seg[3];
     int nseg, K, n, add;
-    int wpr;           /* warps per row, filled by k_matvec_multi */
-    int stage_u4;      /* shared staging per row in 16-byte units (0 = none), filled too */
-    int x_smem;        /* inputs copied to shared memory too (k_matvec_fast), filled */
-    const float *x;    /* [n][K], already rounded for the weights' class */
+    int wpr;        /* warps per row, filled by k_matvec_multi */
+    int stage_u4;   /* shared staging per row in 16-byte units (0 = none), filled too */
+    int x_smem;     /* inputs copied to shared memory too (k_matvec_fast), filled */
+    const float *x; /* [n][K], already rounded for the weights' class */
 };
 int k_matvec_multi(cudaStream_t st, struct mv_args *a);
 /* Weight rows staged through shared memory with 16-byte loads (default on). */
@@ -92,10 +91,12 @@ int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int
                     const float *xg, const float *xu, int n, float *h);
 /* Rotary embedding of q and k in place, then k and v into the cache (rope kind 0 =
  * adjacent pairs, 1 = halves (NEOX); the first rope_dim elements of each head
- * rotate; the cache is [seq][pos][n_kv * hd] per layer). */
+ * rotate; the cache is [seq][pos][n_kv * hd] per layer). Angles from tab
+ * ([pos][rope_dim / 2] of (cos, sin), computed on the host as the reference
+ * does) when given, else computed here (sinf/cosf may differ in the last bit). */
 int k_rope_store(cudaStream_t st, float *q, float *k, const float *v, __half *kc, __half *vc, int n,
-                 int n_heads, int n_kv, int hd, int rope_dim, int kind, float base, int max_ctx,
-                 const int32_t *pos, const int32_t *seq);
+                 int n_heads, int n_kv, int hd, int rope_dim, int kind, float base,
+                 const float2 *tab, int max_ctx, const int32_t *pos, const int32_t *seq);
 
 /* Fault injection: a kernel that writes through an invalid address. */
 int k_fault(cudaStream_t st);

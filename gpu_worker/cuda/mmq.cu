@@ -121,48 +121,6 @@ int k_mmq_quantize(cudaStream_t st, int cls, const float *x, int n, int K, struc
     return 0;
 }
 
-/* ---- weights: int8 quants of 4 consecutive elements ---- */
-
-/* Elements e..e+3 (e % 4 == 0) of the block at b, as 4 signed bytes in the
- * block's integer domain (Q4_0 and Q5_0 centred, Q6_K minus 32, Q3_K with
- * its high bit applied; Q4_1, Q5_1, Q2_K, Q4_K, Q5_K unsigned, their minimum
- * handled by the scaled sums). */
-template <int T> static __device__ __forceinline__ uint32_t quants4(const uint8_t *b, int e)
-{
-    if (T == QT_Q4_0 || T == QT_Q4_1 || T == QT_Q5_0 || T == QT_Q5_1) {
-        const bool has_m = T == QT_Q4_1 || T == QT_Q5_1, has_h = T == QT_Q5_0 || T == QT_Q5_1;
-        const int qs = 2 + (has_m ? 2 : 0) + (has_h ? 4 : 0);
-        uint32_t v = ld_u32_unaligned(b + qs + (e & 15));
-        uint32_t q = e < 16 ? v & 0x0F0F0F0Fu : (v >> 4) & 0x0F0F0F0Fu;
-        if (has_h) {
-            uint32_t h = ld_u32_unaligned(b + 2 + (has_m ? 2 : 0)) >> e;
-            q |= (h & 1u) << 4 | (h >> 1 & 1u) << 12 | (h >> 2 & 1u) << 20 | (h >> 3 & 1u) << 28;
-        }
-        if (T == QT_Q4_0) q = __vsub4(q, 0x08080808u);
-        if (T == QT_Q5_0) q = __vsub4(q, 0x10101010u);
-        return q;
-    }
-    if (T == QT_Q8_0) return ld_u32_unaligned(b + 2 + e);
-    const int h = e / 128, r = e % 128, j = r / 32, l = r % 32;
-    if (T == QT_Q2_K) return (ld_u32_unaligned(b + 16 + 32 * h + l) >> (2 * j)) & 0x03030303u;
-    if (T == QT_Q3_K) {
-        uint32_t lo = (ld_u32_unaligned(b + 32 + 32 * h + l) >> (2 * j)) & 0x03030303u;
-        uint32_t hb = (ld_u32_unaligned(b + l) >> (4 * h + j)) & 0x01010101u;
-        return __vsub4(lo | hb << 2, 0x04040404u);
-    }
-    if (T == QT_Q4_K || T == QT_Q5_K) {
-        const int g = e / 64;
-        uint32_t v = ld_u32_unaligned(b + (T == QT_Q4_K ? 16 : 48) + 32 * g + l);
-        uint32_t q = (e % 64) < 32 ? v & 0x0F0F0F0Fu : (v >> 4) & 0x0F0F0F0Fu;
-        if (T == QT_Q5_K) q |= ((ld_u32_unaligned(b + 16 + l) >> (e / 32)) & 0x01010101u) << 4;
-        return q;
-    }
-    /* Q6_K */
-    uint32_t lo = (ld_u32_unaligned(b + 64 * h + l + 32 * (j & 1)) >> (4 * (j >> 1))) & 0x0F0F0F0Fu;
-    uint32_t hi = (ld_u32_unaligned(b + 128 + 32 * h + l) >> (2 * j)) & 0x03030303u;
-    return __vsub4(lo | hi << 4, 0x20202020u);
-}
-
 /* Scale (and min) of 16-element sub-block s of a k-quant super-block, and
  * the super-block's d and dmin. */
 template <int T>
