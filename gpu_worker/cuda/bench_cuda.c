@@ -1,17 +1,23 @@
 /*
  * bench-cuda - speed of the CUDA backend and of the loader's upload.
  *
- *   bench-cuda MODEL.gguf [--prompt N] [--decode-steps N] [--batch N] [--ctx N]
+ *   bench-cuda MODEL.gguf [--prompt N] [--decode-steps N] [--sweep N,N,..] [--ctx N]
  *
  * Prints a table and one JSON line with:
  *   upload_gbs       gpu_upload_create of the model's data region (pageable
  *                    source, like the loader's shm mapping), GB/s, after the
  *                    CUDA context exists (the log line splits registration
  *                    and copy)
- *   prompt_tps       one sequence's prompt of N tokens (default 512) in batches of
- *                    up to 512 tokens, tokens/s (best of 3)
+ *   worker_mib       device memory the backend allocates beyond the weights
+ *                    (KV cache for max_seqs x ctx positions, scratch, cuBLAS
+ *                    workspace), MiB
+ *   prompt_tps       one sequence's prompt of N tokens (default 512) in one
+ *                    batch, tokens/s (best of 3)
  *   decode1_tps      one sequence decoding after a 64-token prompt, tokens/s
- *   decodeN_tps      N sequences (default 64) decoding together, aggregate tokens/s
+ *   sweep            for each N (default 1,8,32,64,128): N sequences, each a
+ *                    128-token prompt (prefilled in batches of up to 512
+ *                    tokens) then 128 tokens decoded together; aggregate
+ *                    decode tokens/s (N * 128 / decode time) and prefill tokens/s
  * Logits are copied to the host for every decoded token, as serving does.
  */
 #include "common/log.h"
@@ -41,6 +47,53 @@ static int run_batch(const struct backend_ops *ops, struct backend *be, int n, c
     return rc;
 }
 
+/* Aggregate decode of nseq sequences: 128-token prompts, then 128 steps. */
+static int sweep_point(const struct backend_ops *ops, struct backend *be, int nseq, int V,
+                       int max_batch, float *out, double *prefill_tps, double *decode_tps)
+{
+    const int np = 128, ng = 128;
+    int total = nseq * np;
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)total), *pos = malloc(sizeof(int32_t) * total);
+    int32_t *seq = malloc(sizeof(int32_t) * (size_t)total);
+    int8_t *lg = malloc((size_t)total);
+    int rc = 1;
+    if (!tok || !pos || !seq || !lg) goto out;
+    for (int q = 0; q < nseq; q++)
+        ops->seq_truncate(be, q, 0);
+    /* prompts position-major, so every batch holds the same positions of many sequences */
+    for (int i = 0; i < total; i++) {
+        int q = i % nseq, p = i / nseq;
+        tok[i] = (int32_t)((q * 7919 + p * 104729 + 13) % V);
+        pos[i] = p;
+        seq[i] = q;
+        lg[i] = p == np - 1;
+    }
+    double t = now_s();
+    for (int off = 0; off < total; off += max_batch) {
+        int n = total - off < max_batch ? total - off : max_batch;
+        if (run_batch(ops, be, n, tok + off, pos + off, seq + off, lg + off, out)) goto out;
+    }
+    *prefill_tps = total / (now_s() - t);
+    t = now_s();
+    for (int s = 0; s < ng; s++) {
+        for (int q = 0; q < nseq; q++) {
+            tok[q] = (int32_t)((q * 31 + s * 17) % V);
+            pos[q] = np + s;
+            seq[q] = q;
+            lg[q] = 1;
+        }
+        if (run_batch(ops, be, nseq, tok, pos, seq, lg, out)) goto out;
+    }
+    *decode_tps = (double)nseq * ng / (now_s() - t);
+    rc = 0;
+out:
+    free(tok);
+    free(pos);
+    free(seq);
+    free(lg);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -48,12 +101,33 @@ int main(int argc, char **argv)
                         "[--batch N] [--ctx N]\n");
         return 2;
     }
-    int n_prompt = 512, steps = 128, nseq = 64, ctx = 1024;
+    int n_prompt = 512, steps = 128, ctx = 1024;
+    int sweep[16] = {1, 8, 32, 64, 128}, n_sweep = 5, nseq = 1;
     for (int i = 2; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--prompt")) n_prompt = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--decode-steps")) steps = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--batch")) nseq = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--ctx")) ctx = atoi(argv[i + 1]);
+        if (!strcmp(argv[i], "--prompt"))
+            n_prompt = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--decode-steps"))
+            steps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--ctx"))
+            ctx = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--sweep")) {
+            n_sweep = 0;
+            for (char *p = argv[i + 1]; *p && n_sweep < 16; p++) {
+                sweep[n_sweep++] = (int)strtol(p, &p, 10);
+                if (*p != ',') break;
+            }
+        }
+    }
+    for (int i = 0; i < n_sweep; i++) {
+        if (sweep[i] < 1 || sweep[i] > 1024) {
+            fprintf(stderr, "bench-cuda: --sweep: %d sequences out of range\n", sweep[i]);
+            return 2;
+        }
+        if (sweep[i] > nseq) nseq = sweep[i];
+    }
+    if (n_prompt < 1 || n_prompt > 4096 || steps < 1 || ctx < 64 + steps + 8 || ctx < 256) {
+        fprintf(stderr, "bench-cuda: --prompt 1..4096, --ctx >= 256 and >= 72 + steps\n");
+        return 2;
     }
     log_set_name("bench-cuda");
     const struct backend_ops *ops = cuda_backend_ops();
@@ -90,14 +164,16 @@ int main(int argc, char **argv)
     }
     double upload_gbs = region / (now_s() - t0) / 1e9;
     free(host);
-    int max_batch = n_prompt > nseq ? n_prompt : nseq;
-    if (max_batch > 512) max_batch = 512;
+    int max_batch = n_prompt > 512 ? n_prompt : 512;
+    if (max_batch < nseq) max_batch = nseq;
     struct backend_config cfg = {.max_seqs = nseq, .max_ctx = ctx, .max_batch = max_batch};
     struct backend *be = NULL;
+    size_t used0 = cuda_device_used();
     if (ops->create(m, &cfg, &be, &eb)) {
         fprintf(stderr, "bench-cuda: %s\n", eb.msg);
         return 1;
     }
+    double worker_mib = (double)(cuda_device_used() - used0) / (1 << 20);
     int V = (int)m->hp.n_vocab;
     /* logits in page-locked memory, as a serving worker allocates them */
     float *out = cuda_host_alloc(sizeof(float) * (size_t)V * (nseq > 1 ? nseq : 1));
@@ -106,7 +182,8 @@ int main(int argc, char **argv)
     int32_t *tok = malloc(sizeof(int32_t) * nb), *pos = malloc(sizeof(int32_t) * nb),
             *seq = malloc(sizeof(int32_t) * nb);
     int8_t *lg = malloc((size_t)nb);
-    for (int i = 0; i < nb; i++) tok[i] = (int32_t)((i * 7919 + 13) % V);
+    for (int i = 0; i < nb; i++)
+        tok[i] = (int32_t)((i * 7919 + 13) % V);
 
     /* prompt: best of 3 (after a warm-up) */
     double best = 1e9;
@@ -144,38 +221,27 @@ int main(int argc, char **argv)
     }
     double decode1_tps = steps / (now_s() - t);
 
-    /* decode, nseq sequences together, each after a 32-token prompt */
-    for (int q = 0; q < nseq; q++) {
-        ops->seq_truncate(be, q, 0);
-        for (int i = 0; i < 32; i++) {
-            pos[i] = i;
-            seq[i] = q;
-            lg[i] = i == 31;
-        }
-        if (run_batch(ops, be, 32, tok + q, pos, seq, lg, out)) return 1;
-    }
-    int dsteps = steps / 2;
-    for (int s = 0; s < dsteps + 4; s++) {
-        if (s == 4) t = now_s();
-        for (int q = 0; q < nseq; q++) {
-            tok[q] = (int32_t)((q * 31 + s * 17) % V);
-            pos[q] = 32 + s;
-            seq[q] = q;
-            lg[q] = 1;
-        }
-        if (run_batch(ops, be, nseq, tok, pos, seq, lg, out)) return 1;
-    }
-    double decodeN_tps = (double)dsteps * nseq / (now_s() - t);
+    double pre[16], agg[16];
+    for (int i = 0; i < n_sweep; i++)
+        if (sweep_point(ops, be, sweep[i], V, max_batch, out, &pre[i], &agg[i])) return 1;
 
-    printf("%-28s %12s\n", "measure", "value");
-    printf("%-28s %12.2f\n", "upload GB/s (shm-like src)", upload_gbs);
-    printf("%-28s %12.0f\n", "prompt tok/s", prompt_tps);
-    printf("%-28s %12.0f\n", "decode batch 1 tok/s", decode1_tps);
-    printf("%-20s N=%-5d %12.0f\n", "decode aggregate", nseq, decodeN_tps);
-    printf("{\"model\":\"%s\",\"data_bytes\":%llu,\"upload_gbs\":%.2f,\"prompt_tokens\":%d,"
-           "\"prompt_tps\":%.0f,\"decode1_tps\":%.0f,\"decodeN\":%d,\"decodeN_tps\":%.0f}\n",
-           argv[1], (unsigned long long)region, upload_gbs, n_prompt, prompt_tps, decode1_tps,
-           nseq, decodeN_tps);
+    printf("%-30s %12s\n", "measure", "value");
+    printf("%-30s %12.2f\n", "upload GB/s (shm-like src)", upload_gbs);
+    printf("%-30s %12.0f\n", "worker device MiB (no weights)", worker_mib);
+    printf("%-22s %7d %12.0f\n", "prompt tok/s, tokens", n_prompt, prompt_tps);
+    printf("%-30s %12.0f\n", "decode batch 1 tok/s", decode1_tps);
+    for (int i = 0; i < n_sweep; i++)
+        printf("decode N=%-4d 128+128 tok/s %12.0f   (prefill %.0f tok/s)\n", sweep[i], agg[i],
+               pre[i]);
+    printf("{\"model\":\"%s\",\"data_bytes\":%llu,\"upload_gbs\":%.2f,\"worker_mib\":%.0f,"
+           "\"max_seqs\":%d,\"ctx\":%d,\"prompt_tokens\":%d,\"prompt_tps\":%.0f,"
+           "\"decode1_tps\":%.0f,\"sweep\":[",
+           argv[1], (unsigned long long)region, upload_gbs, worker_mib, nseq, ctx, n_prompt,
+           prompt_tps, decode1_tps);
+    for (int i = 0; i < n_sweep; i++)
+        printf("%s{\"n\":%d,\"decode_tps\":%.0f,\"prefill_tps\":%.0f}", i ? "," : "", sweep[i],
+               agg[i], pre[i]);
+    printf("]}\n");
     cuda_host_free(out);
     ops->destroy(&be);
     gpu_upload_destroy(&w);

@@ -30,6 +30,11 @@ struct cmat {
 #define GRAPH_MAX_TOKENS 64
 #define LG_STAGE_ROWS 64
 #define CUBLAS_WS_BYTES (32u << 20)
+/* Quantized products of at least this many tokens decode W to half for cuBLAS
+ * (fewer: mmq). Measured on the H200 (docs/perf-notes.md), cuBLAS wins from
+ * 9 tokens on, so mmq serves the reference mode only unless
+ * STAGED_CUDA_GEMM_MIN_N raises this. */
+#define GEMM_MIN_N (MATVEC_MAX_N + 1)
 
 struct fgraph {
     int n, n_out;
@@ -70,8 +75,13 @@ struct backend {
     const float *memo_src; /* rounded floats in xr (batches up to MATVEC_MAX_N) */
     int memo_cls, memo_n;
     const float *mq_src;  /* quantized in mq */
-    const float *a16_src; /* half / bfloat16 in a16 */
-    int a16_type, a16_n;
+    const float *a16_src; /* half / bfloat16 in a16 (of the rounded input for class 3/4) */
+    int a16_cls, a16_n;
+    /* quantized products of at least gemm_min_n tokens: W decoded to half
+     * in chunks of wdeq_elems elements, cuBLAS */
+    __half *wdeq;
+    size_t wdeq_elems;
+    int gemm_min_n;
     /* CUDA graphs of whole forward passes, keyed by (n_tokens, n_out) */
     struct fgraph graphs[CUDA_MAX_GRAPHS];
     unsigned long long graph_clock;
@@ -100,6 +110,13 @@ extern "C" int cuda_device_count(struct st_errbuf *eb)
     }
     if (n == 0) st_errf(eb, ST_EDEVICE, "no CUDA device");
     return n;
+}
+
+extern "C" size_t cuda_device_used(void)
+{
+    size_t free_b = 0, total = 0;
+    if (cudaMemGetInfo(&free_b, &total) != cudaSuccess) return 0;
+    return total - free_b;
 }
 
 extern "C" void *cuda_host_alloc(size_t bytes)
@@ -259,9 +276,13 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
     b->kv_dim = (int)(hp->n_kv_heads * hp->head_dim);
     b->fault = getenv("STAGED_CUDA_FAULT") && strcmp(getenv("STAGED_CUDA_FAULT"), "1") == 0;
     b->ref = getenv("STAGED_CUDA_REF") && strcmp(getenv("STAGED_CUDA_REF"), "1") == 0;
+    b->gemm_min_n = GEMM_MIN_N;
+    if (getenv("STAGED_CUDA_GEMM_MIN_N")) b->gemm_min_n = atoi(getenv("STAGED_CUDA_GEMM_MIN_N"));
+    if (b->gemm_min_n <= MATVEC_MAX_N) b->gemm_min_n = MATVEC_MAX_N + 1;
     b->unfused = getenv("STAGED_CUDA_UNFUSED") && strcmp(getenv("STAGED_CUDA_UNFUSED"), "1") == 0;
     if (getenv("STAGED_CUDA_STAGE") && strcmp(getenv("STAGED_CUDA_STAGE"), "0") == 0)
         k_set_staging(false);
+    if (getenv("STAGED_CUDA_XSTAGE")) k_set_x_staging(atoi(getenv("STAGED_CUDA_XSTAGE")));
     b->use_graphs =
         !(getenv("STAGED_CUDA_GRAPHS") && strcmp(getenv("STAGED_CUDA_GRAPHS"), "0") == 0);
     b->L = (struct clayer *)calloc(hp->n_layers, sizeof(*b->L));
@@ -320,7 +341,16 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
                                 &L->qn, eb));
             CREATE_TRY(bind_vec(m, b, "attn_k_norm.weight", l, hp->head_dim, hp->has_qk_norm != 0,
                                 &L->kn, eb));
+            const struct cmat *ms[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+            for (int i = 0; i < 7; i++)
+                if (mmq_supported(ms[i]->type) && (size_t)ms[i]->N * ms[i]->K > b->wdeq_elems)
+                    b->wdeq_elems = (size_t)ms[i]->N * ms[i]->K;
         }
+        /* the output matrix goes through in row chunks of the largest layer matrix */
+        if (mmq_supported(b->out.type) && b->wdeq_elems < (size_t)b->out.K)
+            b->wdeq_elems = (size_t)b->out.K * 256;
+        if (b->wdeq_elems && cfg->max_batch >= b->gemm_min_n && !b->ref)
+            CREATE_CUDA(dev_malloc((void **)&b->wdeq, b->wdeq_elems * sizeof(__half)));
     }
 
     /* KV cache and scratch */
@@ -351,6 +381,8 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
             CREATE_CUDA(dev_malloc((void **)&b->mq.d, B * wmax / 32 * 4));
             CREATE_CUDA(dev_malloc((void **)&b->mq.s, B * wmax / 32 * 4));
             CREATE_CUDA(dev_malloc((void **)&b->mq.bsum, B * wmax / 16 * 4));
+            b->mq.part_elems = mmq_part_elems((int)B);
+            CREATE_CUDA(dev_malloc((void **)&b->mq.part, b->mq.part_elems * 4));
         }
         CREATE_CUDA(dev_malloc((void **)&b->lg, B * V * 4));
         CREATE_CUDA(dev_malloc((void **)&b->d_meta, B * 4 * sizeof(int32_t)));
@@ -403,9 +435,10 @@ static void cuda_destroy(struct backend **pb)
         if (b->graphs[i].exec) cudaGraphExecDestroy(b->graphs[i].exec);
     if (b->cublas_ws) cudaFree(b->cublas_ws);
     if (b->h_lg) cudaFreeHost(b->h_lg);
-    void *dev[] = {b->kc,     b->vc,   b->x,    b->xn,   b->xo,      b->q,       b->att, b->k,
-                   b->v,      b->g,    b->u,    b->tmp,  b->xr,      b->xr2,     b->a16, b->lg,
-                   b->d_meta, b->mq.q, b->mq.d, b->mq.s, b->mq.bsum, b->rope_tab};
+    void *dev[] = {b->kc,   b->vc,   b->x,       b->xn,      b->xo,     b->q,
+                   b->att,  b->k,    b->v,       b->g,       b->u,      b->tmp,
+                   b->xr,   b->xr2,  b->a16,     b->lg,      b->d_meta, b->mq.q,
+                   b->mq.d, b->mq.s, b->mq.bsum, b->mq.part, b->wdeq,   b->rope_tab};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
         if (dev[i]) cudaFree(dev[i]);
     if (b->h_meta) cudaFreeHost(b->h_meta);
@@ -465,14 +498,41 @@ static int quantize_input(struct backend *b, const struct cmat *W, const float *
 
 static int half_input(struct backend *b, const struct cmat *W, const float *x, int n)
 {
-    if (x != b->a16_src || W->type != b->a16_type || n != b->a16_n) {
+    int cls = act_class(W->type);
+    if (x != b->a16_src || cls != b->a16_cls || n != b->a16_n) {
+        const float *xa = x;
+        if (cls >= 3) { /* the reference's 8-bit rounding first */
+            ST_TRY(k_act_round(b->st, W->type, x, b->xr, n, W->K, &xa));
+            b->memo_src = NULL; /* xr now holds this, not the memo's input */
+        }
         if (W->type == QT_BF16)
-            ST_TRY(k_to_bf16(b->st, x, b->a16, (size_t)n * W->K));
+            ST_TRY(k_to_bf16(b->st, xa, b->a16, (size_t)n * W->K));
         else
-            ST_TRY(k_to_f16(b->st, x, (__half *)b->a16, (size_t)n * W->K));
+            ST_TRY(k_to_f16(b->st, xa, (__half *)b->a16, (size_t)n * W->K));
         b->a16_src = x;
-        b->a16_type = W->type;
+        b->a16_cls = cls;
         b->a16_n = n;
+    }
+    return 0;
+}
+
+/* A quantized W times a large batch: the input rounded as the reference
+ * rounds it, then to half; W decoded to half in row chunks; cuBLAS with
+ * float accumulation. Faster than mmq for large batches, but each weight
+ * and input is rounded to half (2^-11 relative) on the way. */
+static int mm_dequant(struct backend *b, const struct cmat *W, const float *x, float *y, int n)
+{
+    const float one = 1.f, zero = 0.f;
+    ST_TRY(half_input(b, W, x, n));
+    int rows = (int)(b->wdeq_elems / (size_t)W->K);
+    size_t rb = qt_row_bytes(W->type, W->K);
+    for (int r0 = 0; r0 < W->N; r0 += rows) {
+        int nr = W->N - r0 < rows ? W->N - r0 : rows;
+        ST_TRY(k_dequant_f16(b->st, (const uint8_t *)W->w + (size_t)r0 * rb, W->type, nr, W->K,
+                             b->wdeq));
+        CUBLAS_TRY(cublasGemmEx(b->cb, CUBLAS_OP_T, CUBLAS_OP_N, nr, n, W->K, &one, b->wdeq,
+                                CUDA_R_16F, W->K, b->a16, CUDA_R_16F, W->K, &zero, y + r0,
+                                CUDA_R_32F, W->N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
     return 0;
 }
@@ -515,6 +575,7 @@ static int mm(struct backend *b, const struct cmat *W, const float *x, float *y,
         a.seg[0].y = y;
         return k_matvec_fast(b->st, &a);
     }
+    if (mmq_supported(W->type) && n >= b->gemm_min_n) return mm_dequant(b, W, x, y, n);
     if (mmq_supported(W->type)) {
         ST_TRY(quantize_input(b, W, x, n));
         return k_mmq(b->st, W->w, W->type, W->N, W->K, &b->mq, y);

@@ -67,6 +67,10 @@ void cuda_ipc_close(void *dev_ptr);
  * goes into eb. */
 int cuda_device_count(struct st_errbuf *eb);
 
+/* Bytes of device memory in use on the current device (all processes), 0
+ * without CUDA; for memory reports. */
+size_t cuda_device_used(void);
+
 /* Page-locked host memory for logits buffers: forward() copies logits into
  * such a buffer by DMA directly (into pageable memory it goes through a
  * staging buffer and a memcpy). NULL on failure or without CUDA. */

@@ -24,6 +24,11 @@ int cuda_device_count(struct st_errbuf *eb)
 
 void cuda_backend_inject_bad_kernel(void) {}
 
+size_t cuda_device_used(void)
+{
+    return 0;
+}
+
 void *cuda_host_alloc(size_t bytes)
 {
     return NULL;

@@ -247,6 +247,42 @@ static __global__ void f32_to_f16_kernel(const float *x, __half *out, size_t n)
     if (i < n) out[i] = __float2half_rn(x[i]);
 }
 
+/* Rows r0.. of a quantized matrix to half, 8 elements per thread. */
+template <int T>
+static __global__ void dequant_kernel(const uint8_t *w, size_t rb, int K, size_t groups,
+                                      __half *out)
+{
+    size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= groups) return;
+    size_t per_row = (size_t)K / 8, row = g / per_row;
+    int e = (int)(g % per_row) * 8;
+    float v[8];
+    deq8<T>(w + row * rb, e, v);
+    __half2 *o = (__half2 *)(out + row * K + e);
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+        o[k] = __floats2half2_rn(v[2 * k], v[2 * k + 1]);
+}
+
+template <int T>
+static int dequant_launch(cudaStream_t st, const void *w, int N, int K, __half *out)
+{
+    if (qtraits<T>::QK == 1) {
+        log_error("cuda: dequant: type %d is not quantized", T);
+        return ST_EINVAL;
+    }
+    size_t groups = (size_t)N * K / 8;
+    dequant_kernel<T><<<(unsigned)((groups + 255) / 256), 256, 0, st>>>(
+        (const uint8_t *)w, qt_row_bytes(T, K), K, groups, out);
+    CUDA_LAUNCHED("dequant");
+    return 0;
+}
+
+int k_dequant_f16(cudaStream_t st, const void *w, int type, int N, int K, __half *out)
+{
+    DISPATCH_TYPE(type, dequant_launch, st, w, N, K, out);
+}
+
 int k_to_f16(cudaStream_t st, const float *x, __half *out, size_t n)
 {
     f32_to_f16_kernel<<<(unsigned)((n + 255) / 256), 256, 0, st>>>(x, out, n);
@@ -861,6 +897,12 @@ static __global__ void __launch_bounds__(128) matvec_multi_kernel(struct mv_args
 
 /* STAGED_CUDA_STAGE=0 turns shared-memory staging of weight rows off. */
 static bool g_stage = true;
+static int g_xstage = 1; /* 0: never, 1: when it fits, 2: only when x is smaller than the rows */
+
+void k_set_x_staging(int mode)
+{
+    g_xstage = mode;
+}
 
 void k_set_staging(bool on)
 {
@@ -1179,7 +1221,9 @@ static void plan_staging(struct mv_args *a, size_t rb, int rows_per_slot)
     a->x_smem = 0;
     if (!g_stage || wbytes > 40 * 1024) return;
     a->stage_u4 = (int)u4;
-    if (a->K % 4 == 0 && wbytes + xbytes <= 44 * 1024) a->x_smem = 1;
+    if (a->K % 4 == 0 && wbytes + xbytes <= 44 * 1024 && g_xstage &&
+        (g_xstage == 1 || xbytes <= wbytes))
+        a->x_smem = 1;
 }
 
 int k_matvec_fast(cudaStream_t st, const struct mv_args *in)

@@ -31,6 +31,8 @@ int k_act_round(cudaStream_t st, int wtype, const float *x, float *xq, int n, in
                 const float **used);
 /* Largest batch the matrix-vector kernels take (bigger ones: mmq.cuh, cuBLAS). */
 #define MATVEC_MAX_N 8
+/* Decode N rows of K of a quantized matrix into half precision. */
+int k_dequant_f16(cudaStream_t st, const void *w, int type, int N, int K, __half *out);
 /* Convert n floats to half / bfloat16. */
 int k_to_f16(cudaStream_t st, const float *x, __half *out, size_t n);
 int k_to_bf16(cudaStream_t st, const float *x, void *out, size_t n);
@@ -80,6 +82,9 @@ struct mv_args {
 int k_matvec_multi(cudaStream_t st, struct mv_args *a);
 /* Weight rows staged through shared memory with 16-byte loads (default on). */
 void k_set_staging(bool on);
+/* Inputs staged too: 0 never, 1 when they fit (default), 2 only when smaller
+ * than the block's weight rows. */
+void k_set_x_staging(int mode);
 /* The same with kernels specialised per type (accumulators in registers):
  * segments are grouped by type, one launch per type. */
 int k_matvec_fast(cudaStream_t st, const struct mv_args *a);

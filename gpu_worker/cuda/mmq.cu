@@ -195,7 +195,7 @@ static __device__ __forceinline__ void load_frags(const struct mmq_smem &sm, int
 
 template <int T>
 static __global__ void __launch_bounds__(MMQ_THREADS)
-    mmq_kernel(const uint8_t *__restrict__ w, size_t rb, int N, int K, struct mmq_act a,
+    mmq_kernel(const uint8_t *__restrict__ w, size_t rb, int N, int K, struct mmq_act a, int cps,
                float *__restrict__ y)
 {
     constexpr bool KQ = qtraits<T>::QK == 256;
@@ -209,7 +209,11 @@ static __global__ void __launch_bounds__(MMQ_THREADS)
     const int n = a.n;
     float acc[2][2][4] = {};
 
-    for (int k0 = 0; k0 < K; k0 += MMQ_KC) {
+    /* split z takes chunks [z * cps, (z + 1) * cps) and writes its partial sums
+     * to a.part[z] (gridDim.z > 1), else the block writes y */
+    const int kend = min(K, (int)(blockIdx.z + 1) * cps * MMQ_KC);
+    if (gridDim.z > 1) y = a.part + (size_t)blockIdx.z * n * N;
+    for (int k0 = blockIdx.z * cps * MMQ_KC; k0 < kend; k0 += MMQ_KC) {
         /* elements of this chunk: MMQ_KC, or the legacy tail */
         const int kc = K - k0 < MMQ_KC ? K - k0 : MMQ_KC;
         const int nb = kc / 32; /* legacy blocks in the chunk */
@@ -323,16 +327,26 @@ static __global__ void __launch_bounds__(MMQ_THREADS)
                         for (int j = 0; j < 2; j++)
                             mma_s8(c[i][j], af[i][0], af[i][1], bf[j]);
                 }
+                /* this thread's rows 16i + g (+8) and tokens tb + 8j + 2tig (+1) */
+                float wd[2][2], wm[2][2], xd[2][2], xs[2][2];
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int u = 0; u < 2; u++) {
+                        wd[i][u] = sm.wd[16 * i + g + 8 * u][blk];
+                        wm[i][u] = HAS_M ? sm.wm[16 * i + g + 8 * u][blk] : 0.f;
+                        xd[i][u] = sm.xd[tb + 8 * i + 2 * tig + u][blk];
+                        xs[i][u] = HAS_M ? sm.xs[tb + 8 * i + 2 * tig + u][blk] : 0.f;
+                    }
 #pragma unroll
                 for (int i = 0; i < 2; i++)
 #pragma unroll
                     for (int j = 0; j < 2; j++)
 #pragma unroll
                         for (int e = 0; e < 4; e++) {
-                            int r = 16 * i + g + (e >= 2 ? 8 : 0);
-                            int t = tb + 8 * j + 2 * tig + (e & 1);
-                            acc[i][j][e] += sm.wd[r][blk] * sm.xd[t][blk] * (float)c[i][j][e];
-                            if (HAS_M) acc[i][j][e] += sm.wm[r][blk] * sm.xs[t][blk];
+                            int u = e >= 2, v = e & 1;
+                            acc[i][j][e] += wd[i][u] * xd[j][v] * (float)c[i][j][e];
+                            if (HAS_M) acc[i][j][e] += wm[i][u] * xs[j][v];
                         }
             }
         }
@@ -350,15 +364,66 @@ static __global__ void __launch_bounds__(MMQ_THREADS)
             }
 }
 
+/* y = sum of the split partials, in split order (a fixed order per shape). */
+static __global__ void mmq_reduce_kernel(const float *part, int splits, size_t total, float *y)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    float v = part[i];
+    for (int z = 1; z < splits; z++)
+        v += part[(size_t)z * total + i];
+    y[i] = v;
+}
+
+static int g_sms;
+
+/* K splits of an N x K product: enough blocks for two waves of the GPU when
+ * the rows alone give fewer. Depends on (N, K) only, so a token's result
+ * does not depend on its batch. */
+static int mmq_splits(int N, int K, int *cps)
+{
+    if (!g_sms) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            g_sms = 132;
+    }
+    int gx = (N + MMQ_BM - 1) / MMQ_BM, chunks = (K + MMQ_KC - 1) / MMQ_KC;
+    int want = gx >= 2 * g_sms ? 1 : (2 * g_sms + gx - 1) / gx;
+    if (want > chunks) want = chunks;
+    *cps = (chunks + want - 1) / want;
+    return (chunks + *cps - 1) / *cps;
+}
+
 template <int T>
 static int mmq_launch(cudaStream_t st, const void *w, int N, int K, const struct mmq_act *a,
                       float *y)
 {
     size_t rb = qt_row_bytes(T, K);
-    dim3 grid((unsigned)((N + MMQ_BM - 1) / MMQ_BM), (unsigned)((a->n + MMQ_BN - 1) / MMQ_BN));
-    mmq_kernel<T><<<grid, MMQ_THREADS, 0, st>>>((const uint8_t *)w, rb, N, K, *a, y);
+    int cps, splits = mmq_splits(N, K, &cps);
+    size_t total = (size_t)a->n * N;
+    if (splits > 1 && (size_t)splits * total > a->part_elems) {
+        log_error("cuda: mmq: %d splits of %zu outputs exceed the partials buffer (%zu)", splits,
+                  total, a->part_elems);
+        return ST_EINVAL;
+    }
+    dim3 grid((unsigned)((N + MMQ_BM - 1) / MMQ_BM), (unsigned)((a->n + MMQ_BN - 1) / MMQ_BN),
+              (unsigned)splits);
+    mmq_kernel<T><<<grid, MMQ_THREADS, 0, st>>>((const uint8_t *)w, rb, N, K, *a, cps, y);
     CUDA_LAUNCHED("mmq");
+    if (splits > 1) {
+        mmq_reduce_kernel<<<(unsigned)((total + 255) / 256), 256, 0, st>>>(a->part, splits, total,
+                                                                           y);
+        CUDA_LAUNCHED("mmq_reduce");
+    }
     return 0;
+}
+
+size_t mmq_part_elems(int max_n)
+{
+    /* a split product has fewer than 2 * SMs row blocks, so splits * N <
+     * (2 * SMs / gx + 1) * gx * MMQ_BM <= 4 * SMs * MMQ_BM; 160 SMs of margin */
+    return (size_t)4 * 160 * MMQ_BM * max_n;
 }
 
 int k_mmq(cudaStream_t st, const void *w, int type, int N, int K, const struct mmq_act *a, float *y)
@@ -405,6 +470,7 @@ extern "C" int cuda_mmq_product(int type, int N, int K, int n, const void *w, co
     uint8_t *dw = nullptr;
     float *dx = nullptr, *dy = nullptr;
     struct mmq_act a = {};
+    a.part_elems = mmq_part_elems(n);
     int rc = ST_EDEVICE;
     size_t nk = (size_t)n * K;
     /* + 256: the kernels may read a 16-byte word past a row's last block */
@@ -413,6 +479,7 @@ extern "C" int cuda_mmq_product(int type, int N, int K, int n, const void *w, co
         cudaMalloc(&a.d, nk / 32 * 4) == cudaSuccess &&
         cudaMalloc(&a.s, nk / 32 * 4) == cudaSuccess &&
         cudaMalloc(&a.bsum, nk / 16 * 4) == cudaSuccess &&
+        cudaMalloc(&a.part, mmq_part_elems(n) * 4) == cudaSuccess &&
         cudaMemcpy(dw, w, rb * N, cudaMemcpyHostToDevice) == cudaSuccess &&
         cudaMemcpy(dx, x, nk * 4, cudaMemcpyHostToDevice) == cudaSuccess) {
         rc = k_mmq_quantize(0, mmq_class(type), dx, n, K, &a);
@@ -429,5 +496,6 @@ extern "C" int cuda_mmq_product(int type, int N, int K, int n, const void *w, co
     cudaFree(a.d);
     cudaFree(a.s);
     cudaFree(a.bsum);
+    cudaFree(a.part);
     return rc;
 }

@@ -14,6 +14,10 @@
  * GEMM of dequantized values would add a 2^-11 rounding to every weight and
  * activation: about 1.6% relative error in the logits of a Q8_0 model).
  *
+ * Products with few row tiles are split along K into partial sums (over two
+ * waves of blocks in all), added in a fixed order by a second kernel; the
+ * split depends on the matrix shape only.
+ *
  * Use: k_mmq_quantize once per input (it serves every weight of the same
  * activation class), then k_mmq per weight matrix.
  */
@@ -32,8 +36,13 @@ struct mmq_act {
     int8_t *q;
     float *d, *s;
     int32_t *bsum;
+    float *part; /* partial sums of K-split products, mmq_part_elems(max n) */
+    size_t part_elems;
     int n, K, cls; /* set by k_mmq_quantize */
 };
+
+/* Size of mmq_act.part for batches of up to max_n tokens. */
+size_t mmq_part_elems(int max_n);
 
 /* True for the weight types k_mmq multiplies (the quantized ones). */
 bool mmq_supported(int type);
