@@ -280,8 +280,7 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
     if (getenv("STAGED_CUDA_GEMM_MIN_N")) b->gemm_min_n = atoi(getenv("STAGED_CUDA_GEMM_MIN_N"));
     if (b->gemm_min_n <= MATVEC_MAX_N) b->gemm_min_n = MATVEC_MAX_N + 1;
     b->unfused = getenv("STAGED_CUDA_UNFUSED") && strcmp(getenv("STAGED_CUDA_UNFUSED"), "1") == 0;
-    if (getenv("STAGED_CUDA_STAGE") && strcmp(getenv("STAGED_CUDA_STAGE"), "0") == 0)
-        k_set_staging(false);
+    if (getenv("STAGED_CUDA_STAGE")) k_set_staging(strcmp(getenv("STAGED_CUDA_STAGE"), "1") == 0);
     if (getenv("STAGED_CUDA_XSTAGE")) k_set_x_staging(atoi(getenv("STAGED_CUDA_XSTAGE")));
     b->use_graphs =
         !(getenv("STAGED_CUDA_GRAPHS") && strcmp(getenv("STAGED_CUDA_GRAPHS"), "0") == 0);

@@ -15,15 +15,16 @@
  * T they are rounded the way llama.cpp's CPU backend rounds them (F16 or BF16
  * for those weight types, 8-bit blocks for quantized ones), so logits follow
  * the reference closely. Batches of up to 8 tokens use matrix-vector kernels
- * that read the quantized blocks in place; larger ones multiply quantized
- * weights on the tensor cores in integers (mmq.cuh: the reference's block
- * arithmetic, batch-invariant) and float weights with cuBLAS.
+ * that read the quantized blocks in place; larger ones decode each quantized
+ * matrix to half precision in row chunks and call cuBLAS (float
+ * accumulation). The reference mode (STAGED_CUDA_REF=1) instead multiplies in
+ * the reference's own order (exact.cuh) or in integers with its block
+ * arithmetic (mmq.cuh, tensor cores, batch-invariant), for every batch size.
  *
  * Execution: batches of up to 8 tokens run a fused path (10 kernels per
  * layer: norm + rounding, q/k/v in one launch with biases, rope + cache
  * store, attention, o with the residual add, gate/up with SwiGLU, down with
- * the residual add); weight rows are staged through shared memory with
- * 16-byte loads. Forward passes of up to 64 tokens are captured once per
+ * the residual add). Forward passes of up to 64 tokens are captured once per
  * (tokens, logits rows) shape as CUDA graphs and replayed. Attention keeps
  * float accumulators over chunks of 32 positions.
  *
@@ -34,7 +35,10 @@
  *                           angles, correctly rounded exp), so that logits
  *                           land on llama.cpp's bits; slow, for verification
  *   STAGED_CUDA_GRAPHS=0    no CUDA graphs
- *   STAGED_CUDA_STAGE=0     weight rows read straight from global memory
+ *   STAGED_CUDA_STAGE=1     small-batch kernels stage weight rows (and
+ *                           inputs, STAGED_CUDA_XSTAGE=0/1/2) in shared memory
+ *   STAGED_CUDA_GEMM_MIN_N=N quantized products of N or more tokens decode the
+ *                           matrix to half for cuBLAS, fewer use mmq
  *   STAGED_CUDA_UNFUSED=1   small batches take the unfused (large-batch) path
  *   STAGED_CUDA_FAULT=1     fault injection, see cuda_backend_inject_bad_kernel
  *
