@@ -8,7 +8,12 @@
 
 int ready_signal(void)
 {
-    const char *path = getenv("STAGED_READY_FILE");
+    return ready_signal_env("STAGED_READY_FILE");
+}
+
+int ready_signal_env(const char *var)
+{
+    const char *path = getenv(var);
     if (!path || !*path) return 0;
     char tmp[4096];
     snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());

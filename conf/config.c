@@ -61,6 +61,7 @@ static const struct key_desc keys[] = {
     INT("worker", "max_batch", worker.max_batch, 1, 65536, "512"),
     INT("worker", "device", worker.device, 0, 64, "0"),
     BOOL("worker", "deterministic", worker.deterministic, "true"),
+    BOOL("worker", "standby", worker.standby, "false"),
     FAULTS("worker", worker.faults),
     STR("frontend", "endpoint", frontend.endpoint, "tcp://127.0.0.1:5555"),
     INT("frontend", "queue_limit", frontend.queue_limit, 1, 1 << 20, "256"),

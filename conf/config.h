@@ -64,6 +64,7 @@ struct staged_config {
         int64_t max_batch;   /* tokens per forward pass */
         int64_t device;
         bool deterministic;  /* batches split so that results never depend on batch mates */
+        bool standby;        /* the supervisor keeps a started spare worker to take over */
         struct conf_faults faults;
     } worker;
     struct {

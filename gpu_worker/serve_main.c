@@ -4,6 +4,12 @@
  * copy when the backend is cuda and the loader exported one, builds the
  * backend and runs the serving loop (server.h). Waits for the loader's
  * segment if it is not there yet.
+ *
+ * With STAGED_STANDBY=1 (the supervisor's spare, [worker] standby) it gets
+ * everything ready, runs one token through the backend (kernels loaded, the
+ * one-token CUDA graph captured), reports STAGED_STANDBY_READY_FILE and waits
+ * for SIGUSR1; then it checks that the loader is the one whose weights it
+ * mapped, has the device copy verified, and serves.
  */
 #include "gpu_worker/serve_main.h"
 
@@ -19,6 +25,7 @@
 #include "gpu_worker/server.h"
 #include "shm/seg.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,11 +51,13 @@ static bool loader_gpu_handle(void *z, const struct staged_config *cfg, char *he
     return ok;
 }
 
-/* Ask the loader to verify its device copy against the segment (and repair
- * it from the segment): a crashed kernel may have written into the weights. */
+/* Ask the loader to verify its device copy against the segment's checksums
+ * (and repair it from the segment): a crashed kernel may have written into
+ * the weights. The segment itself is mapped read-only by every worker, so
+ * its own re-hash (seconds for a 7B model) is skipped. */
 static void loader_verify(void *z, const struct staged_config *cfg)
 {
-    json_t *req = json_pack("{s:s}", "op", "verify");
+    json_t *req = json_pack("{s:s,s:b}", "op", "verify", "segment", 0);
     json_t *r = proto_request(z, cfg->loader.endpoint, req, 60000);
     json_decref(req);
     if (!r) {
@@ -87,8 +96,42 @@ static bool loader_same(void *ctx)
     return true;
 }
 
+static volatile sig_atomic_t g_take_over;
+
+static void on_take_over(int sig)
+{
+    (void)sig;
+    g_take_over = 1;
+}
+
+/* A standby's wait: one token through the backend first (lazy kernel loads,
+ * graph capture), then the readiness report and SIGUSR1. False if stopped. */
+static bool standby_wait(const struct backend_ops *ops, struct backend *b, int n_vocab)
+{
+    float *lg = malloc(sizeof(float) * (size_t)n_vocab);
+    int32_t tok = 0, pos = 0, seq = 0;
+    int8_t want = 1;
+    struct batch bt = {1, &tok, &pos, &seq, &want};
+    int rc = lg ? ops->forward(b, &bt, lg) : ST_ENOMEM;
+    free(lg);
+    if (rc == 0) rc = ops->seq_truncate(b, 0, 0);
+    if (rc) {
+        log_error("standby: warm-up forward pass failed: %s", st_strerror(rc));
+        return false;
+    }
+    ready_signal_env("STAGED_STANDBY_READY_FILE");
+    log_info("standby: ready to take over");
+    while (!g_take_over && !stage_stop) usleep(500);
+    if (stage_stop) return false;
+    log_info("standby: taking over");
+    return true;
+}
+
 int worker_serve_main(int argc, char **argv)
 {
+    const char *sb = getenv("STAGED_STANDBY");
+    bool standby = sb && !strcmp(sb, "1");
+    if (standby) signal(SIGUSR1, on_take_over); /* before anything: the default action kills */
     struct staged_config cfg;
     int rc = stage_init("worker", &argc, argv, &cfg);
     if (rc) return rc > 0 ? 0 : 1;
@@ -137,7 +180,7 @@ int worker_serve_main(int argc, char **argv)
                                                               &watch.pid); tries++)
             if (tries % 10 == 0) log_info("waiting for the loader's device copy of the weights");
         if (stage_stop) goto out_seg;
-        loader_verify(watch.zctx, &cfg);
+        if (!standby) loader_verify(watch.zctx, &cfg);
         rc = cuda_ipc_open(hex, bc.device, &dev_map, &eb);
         if (rc) {
             log_error("cannot map the loader's device weights: %s", eb.msg);
@@ -152,10 +195,20 @@ int worker_serve_main(int argc, char **argv)
         log_error("backend %s: %s", ops->name, eb.msg);
         goto out_map;
     }
+    if (standby) {
+        if (!standby_wait(ops, b, (int)seg_model(seg)->hp.n_vocab)) goto out_backend;
+        if (shared_gpu) {
+            /* weights mapped from a loader that has since restarted are gone:
+             * exit, the supervisor starts a fresh worker */
+            if (!loader_same(&watch)) goto out_backend;
+            loader_verify(watch.zctx, &cfg);
+        }
+    }
     ready_signal();
     rc = server_run(&cfg, seg_model(seg), ops, b, shared_gpu ? loader_same : NULL, &watch,
                     &stage_stop);
     if (rc) log_error("worker stops: %s", st_strerror(rc));
+out_backend:
     ops->destroy(&b);
 out_map:
     if (dev_map) cuda_ipc_close(dev_map);

@@ -85,10 +85,12 @@ static json_t *manifest_json(struct loader_ctl *c)
     return r;
 }
 
-static json_t *verify_json(struct loader_ctl *c)
+/* Device copy against the segment's checksums (repairing it), and with
+ * segment the segment's tensors against their checksums too. */
+static json_t *verify_json(struct loader_ctl *c, bool segment)
 {
     uint32_t bad[64];
-    int n = seg_verify_tensors(c->seg, bad, 64);
+    int n = segment ? seg_verify_tensors(c->seg, bad, 64) : 0;
     const struct seg_tensor *dir = seg_dir(c->seg);
     json_t *bs = json_array();
     for (int i = 0; i < n && i < 64; i++) json_array_append_new(bs, json_string(dir[bad[i]].name));
@@ -126,7 +128,8 @@ static void handle(struct loader_ctl *c, struct proto_msg *m)
     json_t *r = NULL;
     if (!strcmp(o, "health")) r = health_json(c);
     else if (!strcmp(o, "manifest")) r = manifest_json(c);
-    else if (!strcmp(o, "verify")) r = verify_json(c);
+    else if (!strcmp(o, "verify"))
+        r = verify_json(c, !json_is_false(json_object_get(m->body, "segment")));
     else if (!strcmp(o, "fault")) {
         if (!c->cfg->loader.faults.allow_control) {
             proto_send_error(c->router, m->ident, m->ident_len, id, "forbidden",

@@ -9,7 +9,9 @@
  *                offset,size,wsum}]) and "gpu" (null, or {device, ipc_handle, size})
  *   verify    -> re-hash every tensor of the segment (and of the device copy when
  *                uploaded; bad device tensors are repaired from the segment):
- *                {"ok":true,"bad_segment":[..],"bad_device":[..],"repaired":N}
+ *                {"ok":true,"bad_segment":[..],"bad_device":[..],"repaired":N};
+ *                with "segment":false only the device copy is checked (what a
+ *                starting worker asks: workers map the segment read-only)
  *   fault     -> only with fault_allow_control: {"op":"fault","hang":true} makes
  *                the loader stop answering (to test heartbeat detection)
  * Unknown ops, unknown fields and malformed messages get error replies.
