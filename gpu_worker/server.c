@@ -176,6 +176,8 @@ static void done(struct server *s, int slot, const char *reason)
                       j->n_tokens - j->n_prompt));
     job_free(j);
     s->slots[slot] = NULL;
+    /* the sequence's cache is free (the CUDA backend unmaps its memory) */
+    if (s->ops->seq_truncate(s->b, slot, 0)) log_warn("could not free sequence %d", slot);
 }
 
 static void cancel(struct server *s, const char *rid)

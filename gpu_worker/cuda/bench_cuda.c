@@ -8,9 +8,11 @@
  *                    source, like the loader's shm mapping), GB/s, after the
  *                    CUDA context exists (the log line splits registration
  *                    and copy)
- *   worker_mib       device memory the backend allocates beyond the weights
- *                    (KV cache for max_seqs x ctx positions, scratch, cuBLAS
- *                    workspace), MiB
+ *   worker_mib       device memory the backend allocates at start beyond the
+ *                    weights (scratch, cuBLAS workspace; the KV cache is
+ *                    mapped on demand), MiB
+ *   worker_peak_mib  the same at the end of the busiest sweep point (KV cache
+ *                    of its sequences included), MiB
  *   prompt_tps       one sequence's prompt of N tokens (default 512) in one
  *                    batch, tokens/s (best of 3)
  *   decode1_tps      one sequence decoding after a 64-token prompt, tokens/s
@@ -221,23 +223,28 @@ int main(int argc, char **argv)
     }
     double decode1_tps = steps / (now_s() - t);
 
-    double pre[16], agg[16];
-    for (int i = 0; i < n_sweep; i++)
+    double pre[16], agg[16], peak_mib = worker_mib;
+    for (int i = 0; i < n_sweep; i++) {
         if (sweep_point(ops, be, sweep[i], V, max_batch, out, &pre[i], &agg[i])) return 1;
+        double mib = (double)(cuda_device_used() - used0) / (1 << 20);
+        if (mib > peak_mib) peak_mib = mib;
+    }
 
     printf("%-30s %12s\n", "measure", "value");
     printf("%-30s %12.2f\n", "upload GB/s (shm-like src)", upload_gbs);
     printf("%-30s %12.0f\n", "worker device MiB (no weights)", worker_mib);
+    printf("%-30s %12.0f\n", "  at the busiest sweep point", peak_mib);
     printf("%-22s %7d %12.0f\n", "prompt tok/s, tokens", n_prompt, prompt_tps);
     printf("%-30s %12.0f\n", "decode batch 1 tok/s", decode1_tps);
     for (int i = 0; i < n_sweep; i++)
         printf("decode N=%-4d 128+128 tok/s %12.0f   (prefill %.0f tok/s)\n", sweep[i], agg[i],
                pre[i]);
     printf("{\"model\":\"%s\",\"data_bytes\":%llu,\"upload_gbs\":%.2f,\"worker_mib\":%.0f,"
+           "\"worker_peak_mib\":%.0f,"
            "\"max_seqs\":%d,\"ctx\":%d,\"prompt_tokens\":%d,\"prompt_tps\":%.0f,"
            "\"decode1_tps\":%.0f,\"sweep\":[",
-           argv[1], (unsigned long long)region, upload_gbs, worker_mib, nseq, ctx, n_prompt,
-           prompt_tps, decode1_tps);
+           argv[1], (unsigned long long)region, upload_gbs, worker_mib, peak_mib, nseq, ctx,
+           n_prompt, prompt_tps, decode1_tps);
     for (int i = 0; i < n_sweep; i++)
         printf("%s{\"n\":%d,\"decode_tps\":%.0f,\"prefill_tps\":%.0f}", i ? "," : "", sweep[i],
                agg[i], pre[i]);

@@ -2,6 +2,7 @@
 #include "gpu_worker/cuda/cuda_util.cuh"
 #include "gpu_worker/cuda/exact.cuh"
 #include "gpu_worker/cuda/kernels.cuh"
+#include "gpu_worker/cuda/kvpool.cuh"
 #include "gpu_worker/cuda/mmq.cuh"
 #include "gpu_worker/cuda/quant.cuh"
 
@@ -60,8 +61,11 @@ struct backend {
     struct cmat embd, out;
     const float *out_norm;
     struct clayer *L;
-    __half *kc, *vc; /* [layer][seq][pos][kv_dim] */
-    size_t layer_kv; /* elements per layer */
+    /* KV cache: [seq][pos][layer][kv_dim] halves in address ranges mapped on
+     * demand (kvpool.cuh); a sequence's slot is kl.sstride elements */
+    struct kvpool *kpool, *vpool;
+    __half *kc, *vc;
+    struct kv_layout kl;
     /* scratch, [max_batch][...] floats */
     float *x, *xn, *q, *k, *v, *att, *g, *u, *tmp, *xr, *xr2, *xo, *lg;
     void *a16;                /* activations as half / bfloat16 for cuBLAS (F16/BF16 weights) */
@@ -355,10 +359,13 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
     /* KV cache and scratch */
     {
         size_t B = (size_t)cfg->max_batch, D = hp->dim, F = hp->ffn_dim, V = hp->n_vocab;
-        b->layer_kv = (size_t)cfg->max_seqs * cfg->max_ctx * b->kv_dim;
-        size_t kv_bytes = b->layer_kv * hp->n_layers * sizeof(__half);
-        CREATE_CUDA(dev_malloc((void **)&b->kc, kv_bytes));
-        CREATE_CUDA(dev_malloc((void **)&b->vc, kv_bytes));
+        b->kl.pstride = (size_t)hp->n_layers * b->kv_dim;
+        size_t seq_bytes = (size_t)cfg->max_ctx * b->kl.pstride * sizeof(__half);
+        CREATE_TRY(kvpool_create(cfg->device, cfg->max_seqs, seq_bytes, &b->kpool, eb));
+        CREATE_TRY(kvpool_create(cfg->device, cfg->max_seqs, seq_bytes, &b->vpool, eb));
+        b->kc = (__half *)kvpool_base(b->kpool);
+        b->vc = (__half *)kvpool_base(b->vpool);
+        b->kl.sstride = kvpool_stride(b->kpool) / sizeof(__half);
         size_t wmax = D;
         if ((size_t)b->q_dim > wmax) wmax = b->q_dim;
         if (F > wmax) wmax = F;
@@ -434,10 +441,12 @@ static void cuda_destroy(struct backend **pb)
         if (b->graphs[i].exec) cudaGraphExecDestroy(b->graphs[i].exec);
     if (b->cublas_ws) cudaFree(b->cublas_ws);
     if (b->h_lg) cudaFreeHost(b->h_lg);
-    void *dev[] = {b->kc,   b->vc,   b->x,       b->xn,      b->xo,     b->q,
-                   b->att,  b->k,    b->v,       b->g,       b->u,      b->tmp,
-                   b->xr,   b->xr2,  b->a16,     b->lg,      b->d_meta, b->mq.q,
-                   b->mq.d, b->mq.s, b->mq.bsum, b->mq.part, b->wdeq,   b->rope_tab};
+    kvpool_destroy(&b->kpool);
+    kvpool_destroy(&b->vpool);
+    void *dev[] = {b->x,       b->xn,      b->xo,     b->q,       b->att,  b->k,
+                   b->v,       b->g,       b->u,      b->tmp,     b->xr,   b->xr2,
+                   b->a16,     b->lg,      b->d_meta, b->mq.q,    b->mq.d, b->mq.s,
+                   b->mq.bsum, b->mq.part, b->wdeq,   b->rope_tab};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
         if (dev[i]) cudaFree(dev[i]);
     if (b->h_meta) cudaFreeHost(b->h_meta);
@@ -633,14 +642,14 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
         ST_TRY(k_rmsnorm(st, b->q, L->qn, b->q, n * (int)hp->n_heads, hd, hp->rms_eps));
         ST_TRY(k_rmsnorm(st, b->k, L->kn, b->k, n * (int)hp->n_kv_heads, hd, hp->rms_eps));
     }
-    __half *kc = b->kc + (size_t)l * b->layer_kv, *vc = b->vc + (size_t)l * b->layer_kv;
+    __half *kc = b->kc + (size_t)l * b->kv_dim, *vc = b->vc + (size_t)l * b->kv_dim;
     ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
-                        (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->rope_tab,
-                        b->cfg.max_ctx, d_pos, d_seq));
+                        (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->rope_tab, b->kl,
+                        d_pos, d_seq));
     /* the attention kernel rounds its output for o when it can */
     bool att_rounds = !b->ref && act_class(L->o.type) == 3 && hd % 32 == 0;
     ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
-                       b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->ref, att_rounds));
+                       b->kl, 1.f / sqrtf((float)hd), d_pos, d_seq, b->ref, att_rounds));
     /* x += Wo att */
     const float *xa = b->att;
     if (!att_rounds) ST_TRY(k_act_round(b->st, L->o.type, b->att, b->xr, n, L->o.K, &xa));
@@ -699,12 +708,12 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
             ST_TRY(k_rmsnorm(st, b->q, L->qn, b->q, n * (int)hp->n_heads, hd, hp->rms_eps));
             ST_TRY(k_rmsnorm(st, b->k, L->kn, b->k, n * (int)hp->n_kv_heads, hd, hp->rms_eps));
         }
-        __half *kc = b->kc + (size_t)l * b->layer_kv, *vc = b->vc + (size_t)l * b->layer_kv;
+        __half *kc = b->kc + (size_t)l * b->kv_dim, *vc = b->vc + (size_t)l * b->kv_dim;
         ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, n, (int)hp->n_heads, (int)hp->n_kv_heads,
                             hd, (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->rope_tab,
-                            b->cfg.max_ctx, d_pos, d_seq));
+                            b->kl, d_pos, d_seq));
         ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
-                           b->cfg.max_ctx, 1.f / sqrtf((float)hd), d_pos, d_seq, b->ref, false));
+                           b->kl, 1.f / sqrtf((float)hd), d_pos, d_seq, b->ref, false));
         memo_reset(b);
         ST_TRY(mm(b, &L->o, b->att, b->tmp, n));
         ST_TRY(k_add(st, b->x, b->tmp, (size_t)n * D));
@@ -813,6 +822,17 @@ static int cuda_forward(struct backend *b, const struct batch *bt, float *logits
     }
     int32_t *d_tok = b->d_meta, *d_pos = d_tok + n, *d_seq = d_pos + n, *d_out = d_seq + n;
     int rc = 0;
+    /* back the cache positions this batch writes (memory mapped on demand) */
+    for (int s = 0; s < b->cfg.max_seqs && rc == 0; s++) {
+        if (!b->seq_cnt[s]) continue;
+        size_t bytes = (size_t)(b->seq_len[s] + b->seq_cnt[s]) * b->kl.pstride * sizeof(__half);
+        rc = kvpool_ensure(b->kpool, s, bytes);
+        if (rc == 0) rc = kvpool_ensure(b->vpool, s, bytes);
+    }
+    if (rc == ST_ENOMEM) {
+        log_error("cuda: out of device memory for the KV cache");
+        return rc;
+    }
     cudaError_t e = cudaMemcpyAsync(b->d_meta, b->h_meta, sizeof(int32_t) * (size_t)(3 * n + n_out),
                                     cudaMemcpyHostToDevice, b->st);
     if (e != cudaSuccess) {
@@ -843,7 +863,12 @@ static int cuda_seq_truncate(struct backend *b, int seq, int keep)
 {
     if (seq < 0 || seq >= b->cfg.max_seqs || keep < 0) return ST_EINVAL;
     if (keep < b->seq_len[seq]) b->seq_len[seq] = keep;
-    return 0;
+    /* give back the cache memory past the kept positions */
+    size_t bytes = (size_t)b->seq_len[seq] * b->kl.pstride * sizeof(__half);
+    int rc = kvpool_trim(b->kpool, seq, bytes);
+    if (!rc) rc = kvpool_trim(b->vpool, seq, bytes);
+    if (rc) b->dead = true;
+    return rc;
 }
 
 static int cuda_seq_len(struct backend *b, int seq)

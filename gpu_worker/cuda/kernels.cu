@@ -358,13 +358,12 @@ int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n
  * partial (max, sum, acc) are merged at the end. */
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_kernel(const float *q, const __half *kc, const __half *vc, float *out, int n_heads,
-                     int n_kv, int hd, int max_ctx, float scale, const int32_t *pos,
+                     int n_kv, int hd, struct kv_layout kl, float scale, const int32_t *pos,
                      const int32_t *seq)
 {
     int h = blockIdx.x, t = blockIdx.y;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int kvh = h / (n_heads / n_kv);
-    int kv_dim = n_kv * hd;
     int nd = (hd + 31) / 32;
     const float *qh = q + ((size_t)t * n_heads + h) * hd;
     float qv[ATT_MAXD], acc[ATT_MAXD];
@@ -374,12 +373,12 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         qv[i] = (i < nd && e < hd) ? qh[e] * scale : 0.f;
         acc[i] = 0.f;
     }
-    const __half *kb = kc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
-    const __half *vb = vc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
+    const __half *kb = kc + (size_t)seq[t] * kl.sstride + (size_t)kvh * hd;
+    const __half *vb = vc + (size_t)seq[t] * kl.sstride + (size_t)kvh * hd;
     float m = -INFINITY, l = 0.f;
     int np = pos[t] + 1;
     for (int p = warp; p < np; p += ATT_WARPS) {
-        const __half *kp = kb + (size_t)p * kv_dim;
+        const __half *kp = kb + (size_t)p * kl.pstride;
         float s = 0.f;
 #pragma unroll
         for (int i = 0; i < ATT_MAXD; i++) {
@@ -390,7 +389,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         float mn = fmaxf(m, s);
         float corr = __expf(m - mn), ps = __expf(s - mn);
         l = l * corr + ps;
-        const __half *vp = vb + (size_t)p * kv_dim;
+        const __half *vp = vb + (size_t)p * kl.pstride;
 #pragma unroll
         for (int i = 0; i < ATT_MAXD; i++) {
             int e = lane + 32 * i;
@@ -433,13 +432,12 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
 template <int ND>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_chunk_kernel(const float *q, const __half *kc, const __half *vc, float *out,
-                           int n_heads, int n_kv, int hd, int max_ctx, float scale,
+                           int n_heads, int n_kv, int hd, struct kv_layout kl, float scale,
                            const int32_t *pos, const int32_t *seq, bool round_q8_0)
 {
     int h = blockIdx.x, t = blockIdx.y;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int kvh = h / (n_heads / n_kv);
-    int kv_dim = n_kv * hd;
     __shared__ float qs[32 * ATT_MAXD];
     __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
     __shared__ float sacc[ATT_WARPS][ATT_MAXD * 32];
@@ -447,8 +445,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     for (int e = threadIdx.x; e < hd; e += blockDim.x)
         qs[e] = qh[e] * scale;
     __syncthreads();
-    const __half *kb = kc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
-    const __half *vb = vc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
+    const __half *kb = kc + (size_t)seq[t] * kl.sstride + (size_t)kvh * hd;
+    const __half *vb = vc + (size_t)seq[t] * kl.sstride + (size_t)kvh * hd;
     float m = -INFINITY, l = 0.f, acc[ND];
 #pragma unroll
     for (int i = 0; i < ND; i++)
@@ -458,7 +456,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         int p = c0 + lane;
         float s = -INFINITY;
         if (p < np) {
-            const uint4 *kr = (const uint4 *)(kb + (size_t)p * kv_dim);
+            const uint4 *kr = (const uint4 *)(kb + (size_t)p * kl.pstride);
             float d = 0.f;
             for (int j = 0; j < hd / 8; j++) {
                 uint4 u = kr[j];
@@ -484,7 +482,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
             float vv[8][ND]; /* 8 V rows loaded before use: their latencies overlap */
 #pragma unroll
             for (int jj = 0; jj < 8; jj++) {
-                const __half *vr = vb + (size_t)(c0 + j0 + jj) * kv_dim;
+                const __half *vr = vb + (size_t)(c0 + j0 + jj) * kl.pstride;
 #pragma unroll
                 for (int i = 0; i < ND; i++) {
                     int e = lane + 32 * i;
@@ -541,13 +539,13 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
  * correctly rounded; the output accumulated in half, rescaled only when
  * the maximum grows. One warp per (head, token); lanes 16-31 mirror 0-15. */
 static __global__ void attention_ref_kernel(const float *q, const __half *kc, const __half *vc,
-                                            float *out, int n_heads, int n_kv, int hd, int max_ctx,
-                                            float scale, const int32_t *pos, const int32_t *seq)
+                                            float *out, int n_heads, int n_kv, int hd,
+                                            struct kv_layout kl, float scale, const int32_t *pos,
+                                            const int32_t *seq)
 {
     __shared__ float qs[32 * ATT_MAXD];
     int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x, L = lane & 15;
     int kvh = h / (n_heads / n_kv);
-    int kv_dim = n_kv * hd;
     int nd = (hd + 31) / 32;
     const float *qh = q + ((size_t)t * n_heads + h) * hd;
     for (int e = lane; e < hd; e += 32)
@@ -557,12 +555,12 @@ static __global__ void attention_ref_kernel(const float *q, const __half *kc, co
 #pragma unroll
     for (int i = 0; i < ATT_MAXD; i++)
         acc[i] = __float2half_rn(0.f);
-    const __half *kb = kc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
-    const __half *vb = vc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
+    const __half *kb = kc + (size_t)seq[t] * kl.sstride + (size_t)kvh * hd;
+    const __half *vb = vc + (size_t)seq[t] * kl.sstride + (size_t)kvh * hd;
     float M = -INFINITY, S = 0.f;
     int np = pos[t] + 1, n64 = hd & ~63;
     for (int p = 0; p < np; p++) {
-        const __half *kp = kb + (size_t)p * kv_dim;
+        const __half *kp = kb + (size_t)p * kl.pstride;
         float a[4] = {0.f, 0.f, 0.f, 0.f};
         for (int i = 0; i < n64; i += 64)
 #pragma unroll
@@ -587,7 +585,7 @@ static __global__ void attention_ref_kernel(const float *q, const __half *kc, co
         } else {
             vs = exp_ref(s - M);
         }
-        const __half *vp = vb + (size_t)p * kv_dim;
+        const __half *vp = vb + (size_t)p * kl.pstride;
 #pragma unroll
         for (int i = 0; i < ATT_MAXD; i++) {
             int e = lane + 32 * i;
@@ -606,8 +604,8 @@ static __global__ void attention_ref_kernel(const float *q, const __half *kc, co
 }
 
 int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half *vc, float *out,
-                int n, int n_heads, int n_kv, int hd, int max_ctx, float scale, const int32_t *pos,
-                const int32_t *seq, bool ref, bool round)
+                int n, int n_heads, int n_kv, int hd, struct kv_layout kl, float scale,
+                const int32_t *pos, const int32_t *seq, bool ref, bool round)
 {
     if (hd > 32 * ATT_MAXD) {
         log_error("cuda: attention: head_dim %d > %d unsupported", hd, 32 * ATT_MAXD);
@@ -615,16 +613,16 @@ int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half 
     }
     dim3 grid(n_heads, n);
     if (ref) {
-        attention_ref_kernel<<<grid, 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd, max_ctx, scale,
-                                                  pos, seq);
+        attention_ref_kernel<<<grid, 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd, kl, scale, pos,
+                                                  seq);
         CUDA_LAUNCHED("attention_ref");
         return 0;
     }
     int nd = (hd + 31) / 32;
     if (hd % 8 == 0 && nd <= 8) {
 #define ATT_CHUNK(NDV)                                                                             \
-    attention_chunk_kernel<NDV><<<grid, ATT_WARPS * 32, 0, st>>>(                                  \
-        q, kc, vc, out, n_heads, n_kv, hd, max_ctx, scale, pos, seq, round)
+    attention_chunk_kernel<NDV><<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv,    \
+                                                                 hd, kl, scale, pos, seq, round)
         if (nd == 1)
             ATT_CHUNK(1);
         else if (nd == 2)
@@ -635,8 +633,8 @@ int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half 
             ATT_CHUNK(8);
 #undef ATT_CHUNK
     } else
-        attention_kernel<<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd,
-                                                          max_ctx, scale, pos, seq);
+        attention_kernel<<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd, kl,
+                                                          scale, pos, seq);
     CUDA_LAUNCHED("attention");
     return 0;
 }
@@ -1005,7 +1003,7 @@ int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int
 /* Block per token: rotate q and k in place, store k and v in the cache. */
 static __global__ void rope_store_kernel(float *q, float *k, const float *v, __half *kc, __half *vc,
                                          int n_heads, int n_kv, int hd, int rope_dim, int kind,
-                                         float theta_scale, const float2 *tab, int max_ctx,
+                                         float theta_scale, const float2 *tab, struct kv_layout kl,
                                          const int32_t *pos, const int32_t *seq)
 {
     int t = blockIdx.x;
@@ -1036,7 +1034,7 @@ static __global__ void rope_store_kernel(float *q, float *k, const float *v, __h
         xh[i1] = __fmaf_rn(a, sn, __fmul_rn(b, cs));
     }
     __syncthreads();
-    size_t dst = ((size_t)seq[t] * max_ctx + pos[t]) * kv_dim;
+    size_t dst = (size_t)seq[t] * kl.sstride + (size_t)pos[t] * kl.pstride;
     for (int j = threadIdx.x; j < kv_dim; j += blockDim.x) {
         kc[dst + j] = __float2half_rn(kt[j]);
         vc[dst + j] = __float2half_rn(v[(size_t)t * kv_dim + j]);
@@ -1045,11 +1043,11 @@ static __global__ void rope_store_kernel(float *q, float *k, const float *v, __h
 
 int k_rope_store(cudaStream_t st, float *q, float *k, const float *v, __half *kc, __half *vc, int n,
                  int n_heads, int n_kv, int hd, int rope_dim, int kind, float base,
-                 const float2 *tab, int max_ctx, const int32_t *pos, const int32_t *seq)
+                 const float2 *tab, struct kv_layout kl, const int32_t *pos, const int32_t *seq)
 {
     float theta_scale = powf(base, -2.0f / (float)rope_dim); /* on the host, as the reference */
     rope_store_kernel<<<n, 256, 0, st>>>(q, k, v, kc, vc, n_heads, n_kv, hd, rope_dim, kind,
-                                         theta_scale, tab, max_ctx, pos, seq);
+                                         theta_scale, tab, kl, pos, seq);
     CUDA_LAUNCHED("rope_store");
     return 0;
 }

@@ -4,8 +4,8 @@
  *
  * Activations are float32, row-major [n_tokens][width]. Weight matrices are
  * GGUF tensors read in place: ne[0] = K (row length, contiguous), ne[1] = N
- * rows; y[t][r] = sum_k W[r][k] * x[t][k]. The KV cache is half precision,
- * [seq][pos][n_kv_heads * head_dim] per layer.
+ * rows; y[t][r] = sum_k W[r][k] * x[t][k]. The KV cache is half precision;
+ * where a (sequence, position) of one layer lies is a struct kv_layout.
  *
  * Every launcher returns 0 or ST_EDEVICE (launch errors are checked with
  * cudaGetLastError right after the launch and logged with file and line).
@@ -16,6 +16,12 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+
+/* The KV cache of one layer: the n_kv_heads * head_dim values of (seq, pos)
+ * start at element seq * sstride + pos * pstride of the layer's pointer. */
+struct kv_layout {
+    size_t sstride, pstride;
+};
 
 /* Token-embedding rows: x[t] = row tok[t] of w (any supported type). */
 int k_embed(cudaStream_t st, const void *w, int type, int dim, const int32_t *tok, int n, float *x);
@@ -51,8 +57,8 @@ int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n
  * round = true (fast mode, head_dim % 32 == 0 only): the output comes rounded
  * like Q8_0 activations (what a product with Q4_0..Q8_0 weights wants). */
 int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half *vc, float *out,
-                int n, int n_heads, int n_kv, int hd, int max_ctx, float scale, const int32_t *pos,
-                const int32_t *seq, bool ref, bool round);
+                int n, int n_heads, int n_kv, int hd, struct kv_layout kl, float scale,
+                const int32_t *pos, const int32_t *seq, bool ref, bool round);
 /* out[i] = x[idx[i]] rows of dim. */
 int k_gather_rows(cudaStream_t st, const float *x, const int32_t *idx, float *out, int n_out,
                   int dim);
@@ -96,12 +102,12 @@ int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int
                     const float *xg, const float *xu, int n, float *h);
 /* Rotary embedding of q and k in place, then k and v into the cache (rope kind 0 =
  * adjacent pairs, 1 = halves (NEOX); the first rope_dim elements of each head
- * rotate; the cache is [seq][pos][n_kv * hd] per layer). Angles from tab
+ * rotate; the cache is kl). Angles from tab
  * ([pos][rope_dim / 2] of (cos, sin), computed on the host as the reference
  * does) when given, else computed here (sinf/cosf may differ in the last bit). */
 int k_rope_store(cudaStream_t st, float *q, float *k, const float *v, __half *kc, __half *vc, int n,
                  int n_heads, int n_kv, int hd, int rope_dim, int kind, float base,
-                 const float2 *tab, int max_ctx, const int32_t *pos, const int32_t *seq);
+                 const float2 *tab, struct kv_layout kl, const int32_t *pos, const int32_t *seq);
 
 /* Fault injection: a kernel that writes through an invalid address. */
 int k_fault(cudaStream_t st);
