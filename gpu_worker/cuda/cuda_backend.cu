@@ -382,7 +382,8 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
         CREATE_CUDA(dev_malloc((void **)&b->xr, B * wmax * 4));
         CREATE_CUDA(dev_malloc((void **)&b->xr2, B * wmax * 4));
         CREATE_CUDA(dev_malloc((void **)&b->a16, B * wmax * 2));
-        if (B > MATVEC_MAX_N || b->ref) {
+        /* mmq's buffers: reference mode, or serving with STAGED_CUDA_GEMM_MIN_N raised */
+        if (b->ref || (B > MATVEC_MAX_N && b->gemm_min_n > MATVEC_MAX_N + 1)) {
             CREATE_CUDA(dev_malloc((void **)&b->mq.q, B * wmax));
             CREATE_CUDA(dev_malloc((void **)&b->mq.d, B * wmax / 32 * 4));
             CREATE_CUDA(dev_malloc((void **)&b->mq.s, B * wmax / 32 * 4));
@@ -490,10 +491,7 @@ static void memo_reset(struct backend *b)
     b->a16_src = NULL;
 }
 
-/* y[n][W.N] = x[n][W.K] W^T with the reference's activation rounding:
- * matrix-vector kernels up to MATVEC_MAX_N tokens, then the integer
- * tensor-core products (quantized W) or cuBLAS (float W). */
-/* The input of W as mq (quantized) or a16 (half / bfloat16), memoized. */
+/* The input of W quantized into mq (8-bit blocks), memoized. */
 static int quantize_input(struct backend *b, const struct cmat *W, const float *x, int n)
 {
     int cls = mmq_class(W->type);
@@ -504,6 +502,8 @@ static int quantize_input(struct backend *b, const struct cmat *W, const float *
     return 0;
 }
 
+/* The input of W in a16 as half (F16 and quantized W; for quantized W first
+ * rounded to 8-bit blocks as the reference does) or bfloat16, memoized. */
 static int half_input(struct backend *b, const struct cmat *W, const float *x, int n)
 {
     int cls = act_class(W->type);
@@ -545,6 +545,11 @@ static int mm_dequant(struct backend *b, const struct cmat *W, const float *x, f
     return 0;
 }
 
+/* y[n][W.N] = x[n][W.K] W^T with the reference's activation rounding. Serving:
+ * matrix-vector kernels up to MATVEC_MAX_N tokens; larger batches decode a
+ * quantized W to half for cuBLAS (below gemm_min_n, when
+ * STAGED_CUDA_GEMM_MIN_N raises it, mmq), float W straight to cuBLAS. Reference mode: exact.cuh's
+ * orders, else mmq. */
 static int mm(struct backend *b, const struct cmat *W, const float *x, float *y, int n)
 {
     if (b->ref) { /* the reference's order where we have it, else its block arithmetic */
