@@ -267,8 +267,10 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
         return st_errf(eb, ST_ERANGE, "cuda: max_seqs %d, max_ctx %d, max_batch %d must be >= 1",
                        cfg->max_seqs, cfg->max_ctx, cfg->max_batch);
     if (hp->n_kv_heads == 0 || hp->n_heads % hp->n_kv_heads != 0 || hp->head_dim > 256 ||
-        hp->rope_dim > hp->head_dim || hp->rope_dim % 2 != 0)
-        return st_errf(eb, ST_EUNSUPPORTED, "cuda: heads %u/%u, head_dim %u, rope_dim %u",
+        hp->head_dim % 8 != 0 || hp->rope_dim > hp->head_dim || hp->rope_dim % 2 != 0)
+        return st_errf(eb, ST_EUNSUPPORTED,
+                       "cuda: heads %u/%u, head_dim %u, rope_dim %u (head_dim: a multiple of 8 up "
+                       "to 256; kv heads dividing heads; rope_dim even, at most head_dim)",
                        hp->n_heads, hp->n_kv_heads, hp->head_dim, hp->rope_dim);
 
     int rc = 0;

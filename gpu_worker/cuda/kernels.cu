@@ -353,77 +353,6 @@ int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n
 #define ATT_WARPS 4
 #define ATT_MAXD 8 /* head_dim <= 256 */
 
-/* Block = (head, token). Each warp runs an online softmax over positions
- * w, w + ATT_WARPS, ...; lanes hold head elements lane + 32 i. The warps'
- * partial (max, sum, acc) are merged at the end. */
-static __global__ void __launch_bounds__(ATT_WARPS * 32)
-    attention_kernel(const float *q, const __half *kc, const __half *vc, float *out, int n_heads,
-                     int n_kv, int hd, struct kv_layout kl, float scale, const int32_t *pos,
-                     const int32_t *seq)
-{
-    int h = blockIdx.x, t = blockIdx.y;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int kvh = h / (n_heads / n_kv);
-    int nd = (hd + 31) / 32;
-    const float *qh = q + ((size_t)t * n_heads + h) * hd;
-    float qv[ATT_MAXD], acc[ATT_MAXD];
-#pragma unroll
-    for (int i = 0; i < ATT_MAXD; i++) {
-        int e = lane + 32 * i;
-        qv[i] = (i < nd && e < hd) ? qh[e] * scale : 0.f;
-        acc[i] = 0.f;
-    }
-    const __half *kb = kc + (size_t)seq[t] * kl.sstride + (size_t)kvh * hd;
-    const __half *vb = vc + (size_t)seq[t] * kl.sstride + (size_t)kvh * hd;
-    float m = -INFINITY, l = 0.f;
-    int np = pos[t] + 1;
-    for (int p = warp; p < np; p += ATT_WARPS) {
-        const __half *kp = kb + (size_t)p * kl.pstride;
-        float s = 0.f;
-#pragma unroll
-        for (int i = 0; i < ATT_MAXD; i++) {
-            int e = lane + 32 * i;
-            if (i < nd && e < hd) s += qv[i] * __half2float(kp[e]);
-        }
-        s = warp_sum(s);
-        float mn = fmaxf(m, s);
-        float corr = __expf(m - mn), ps = __expf(s - mn);
-        l = l * corr + ps;
-        const __half *vp = vb + (size_t)p * kl.pstride;
-#pragma unroll
-        for (int i = 0; i < ATT_MAXD; i++) {
-            int e = lane + 32 * i;
-            if (i < nd && e < hd) acc[i] = acc[i] * corr + ps * __half2float(vp[e]);
-        }
-        m = mn;
-    }
-    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
-    __shared__ float sacc[ATT_WARPS][ATT_MAXD * 32];
-    if (lane == 0) {
-        sm[warp] = m;
-        sl[warp] = l;
-    }
-#pragma unroll
-    for (int i = 0; i < ATT_MAXD; i++)
-        if (i < nd) sacc[warp][lane + 32 * i] = acc[i];
-    __syncthreads();
-    float M = -INFINITY;
-    for (int w = 0; w < ATT_WARPS; w++)
-        M = fmaxf(M, sm[w]);
-    float L = 0.f, f[ATT_WARPS];
-    for (int w = 0; w < ATT_WARPS; w++) {
-        f[w] = sl[w] > 0.f ? __expf(sm[w] - M) : 0.f;
-        L += sl[w] * f[w];
-    }
-    float *oh = out + ((size_t)t * n_heads + h) * hd;
-    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
-        float r = 0.f;
-        for (int w = 0; w < ATT_WARPS; w++)
-            if (f[w] > 0.f) r += sacc[w][e] * f[w];
-        oh[e] = r / L;
-    }
-}
-
 /* Fast attention (head_dim % 8 == 0): block = (head, token), 4 warps. Each
  * warp takes chunks of 32 positions: lane j scores position j of the chunk
  * (16-byte loads of its K row, q from shared memory), the chunk joins the
@@ -528,10 +457,6 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     }
 }
 
-/* The reference's numerics (llama.cpp's CPU flash attention with an F16
- * cache): q rounded to half, positions visited in order with an online
- * softmax, the weighted sum of V kept in half precision after every step.
- * One warp per (head, token); sequential over positions. */
 /* The reference's attention, operation for operation (the CPU backend's
  * att_run): q rounded to half; each score the half dot product in the order
  * of kernels_dot_f16 (16 lanes x 4 accumulators over steps of 64, summed
@@ -607,8 +532,9 @@ int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half 
                 int n, int n_heads, int n_kv, int hd, struct kv_layout kl, float scale,
                 const int32_t *pos, const int32_t *seq, bool ref, bool round)
 {
-    if (hd > 32 * ATT_MAXD) {
-        log_error("cuda: attention: head_dim %d > %d unsupported", hd, 32 * ATT_MAXD);
+    if (hd > 32 * ATT_MAXD || hd % 8 != 0) {
+        log_error("cuda: attention: head_dim %d unsupported (a multiple of 8 up to %d)", hd,
+                  32 * ATT_MAXD);
         return ST_EUNSUPPORTED;
     }
     dim3 grid(n_heads, n);
@@ -619,22 +545,18 @@ int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half 
         return 0;
     }
     int nd = (hd + 31) / 32;
-    if (hd % 8 == 0 && nd <= 8) {
 #define ATT_CHUNK(NDV)                                                                             \
     attention_chunk_kernel<NDV><<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv,    \
                                                                  hd, kl, scale, pos, seq, round)
-        if (nd == 1)
-            ATT_CHUNK(1);
-        else if (nd == 2)
-            ATT_CHUNK(2);
-        else if (nd <= 4)
-            ATT_CHUNK(4);
-        else
-            ATT_CHUNK(8);
+    if (nd == 1)
+        ATT_CHUNK(1);
+    else if (nd == 2)
+        ATT_CHUNK(2);
+    else if (nd <= 4)
+        ATT_CHUNK(4);
+    else
+        ATT_CHUNK(8);
 #undef ATT_CHUNK
-    } else
-        attention_kernel<<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv, hd, kl,
-                                                          scale, pos, seq);
     CUDA_LAUNCHED("attention");
     return 0;
 }
