@@ -105,8 +105,9 @@ static void on_take_over(int sig)
 }
 
 /* A standby's wait: one token through the backend first (lazy kernel loads,
- * graph capture), then the readiness report and SIGUSR1. False if stopped. */
-static bool standby_wait(const struct backend_ops *ops, struct backend *b, int n_vocab)
+ * graph capture), then the readiness report and SIGUSR1. Returns 0 to take
+ * over, 1 when stopped first, or the warm-up's error. */
+static int standby_wait(const struct backend_ops *ops, struct backend *b, int n_vocab)
 {
     float *lg = malloc(sizeof(float) * (size_t)n_vocab);
     int32_t tok = 0, pos = 0, seq = 0;
@@ -117,14 +118,14 @@ static bool standby_wait(const struct backend_ops *ops, struct backend *b, int n
     if (rc == 0) rc = ops->seq_truncate(b, 0, 0);
     if (rc) {
         log_error("standby: warm-up forward pass failed: %s", st_strerror(rc));
-        return false;
+        return rc;
     }
     ready_signal_env("STAGED_STANDBY_READY_FILE");
     log_info("standby: ready to take over");
     while (!g_take_over && !stage_stop) usleep(500);
-    if (stage_stop) return false;
+    if (stage_stop) return 1;
     log_info("standby: taking over");
-    return true;
+    return 0;
 }
 
 int worker_serve_main(int argc, char **argv)
@@ -196,7 +197,11 @@ int worker_serve_main(int argc, char **argv)
         goto out_map;
     }
     if (standby) {
-        if (!standby_wait(ops, b, (int)seg_model(seg)->hp.n_vocab)) goto out_backend;
+        rc = standby_wait(ops, b, (int)seg_model(seg)->hp.n_vocab);
+        if (rc) {
+            if (rc > 0) rc = 0; /* stopped while waiting */
+            goto out_backend;
+        }
         if (shared_gpu) {
             /* weights mapped from a loader that has since restarted are gone:
              * exit, the supervisor starts a fresh worker */
