@@ -474,14 +474,8 @@ static int act_class(int t)
         return 1;
     case QT_BF16:
         return 2;
-    case QT_Q4_0:
-    case QT_Q4_1:
-    case QT_Q5_0:
-    case QT_Q5_1:
-    case QT_Q8_0:
-        return 3;
     default:
-        return 4;
+        return mmq_class(t); /* 3: Q8_0 blocks, 4: Q8_K */
     }
 }
 

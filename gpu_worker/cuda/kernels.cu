@@ -28,40 +28,6 @@ static __device__ __forceinline__ float rms_scale(double ss, int dim, float eps)
     return 1.f / sqrtf((float)(ss / dim) + eps);
 }
 
-/* Call F<T>::run(args...) for the runtime type t. */
-#define DISPATCH_TYPE(t, F, ...)                                                                   \
-    switch (t) {                                                                                   \
-    case QT_F32:                                                                                   \
-        return F<QT_F32>(__VA_ARGS__);                                                             \
-    case QT_F16:                                                                                   \
-        return F<QT_F16>(__VA_ARGS__);                                                             \
-    case QT_BF16:                                                                                  \
-        return F<QT_BF16>(__VA_ARGS__);                                                            \
-    case QT_Q4_0:                                                                                  \
-        return F<QT_Q4_0>(__VA_ARGS__);                                                            \
-    case QT_Q4_1:                                                                                  \
-        return F<QT_Q4_1>(__VA_ARGS__);                                                            \
-    case QT_Q5_0:                                                                                  \
-        return F<QT_Q5_0>(__VA_ARGS__);                                                            \
-    case QT_Q5_1:                                                                                  \
-        return F<QT_Q5_1>(__VA_ARGS__);                                                            \
-    case QT_Q8_0:                                                                                  \
-        return F<QT_Q8_0>(__VA_ARGS__);                                                            \
-    case QT_Q2_K:                                                                                  \
-        return F<QT_Q2_K>(__VA_ARGS__);                                                            \
-    case QT_Q3_K:                                                                                  \
-        return F<QT_Q3_K>(__VA_ARGS__);                                                            \
-    case QT_Q4_K:                                                                                  \
-        return F<QT_Q4_K>(__VA_ARGS__);                                                            \
-    case QT_Q5_K:                                                                                  \
-        return F<QT_Q5_K>(__VA_ARGS__);                                                            \
-    case QT_Q6_K:                                                                                  \
-        return F<QT_Q6_K>(__VA_ARGS__);                                                            \
-    default:                                                                                       \
-        log_error("cuda: %s: tensor type %d has no kernel", #F, (int)(t));                         \
-        return ST_EUNSUPPORTED;                                                                    \
-    }
-
 /* Decode one row (dim elements) of type T into out. */
 template <int T> static __device__ void deq_row(const uint8_t *row, int dim, float *out)
 {
@@ -143,11 +109,9 @@ static __global__ void round_bf16_kernel(const float *x, float *y, size_t n)
  * q = rint(x * 127/amax), scale half(amax/127). src may equal dst. */
 static __device__ __forceinline__ float round_q8_0_reg(float v)
 {
-    float amax = warp_max(fabsf(v));
-    float d = amax / 127.f;
-    float id = amax != 0.f ? 127.f / amax : 0.f;
-    float dh = __half2float(__float2half_rn(d));
-    return rintf(v * id) * dh;
+    float d;
+    int q = q8_0_quant(v, d);
+    return (float)q * __half2float(__float2half_rn(d));
 }
 
 static __device__ __forceinline__ void round_q8_0_warp(const float *src, float *dst, int lane)
@@ -160,35 +124,14 @@ static __device__ __forceinline__ void round_q8_0_warp(const float *src, float *
  * q = min(127, rint(iscale*x)), x' = q / iscale. */
 static __device__ __forceinline__ void round_q8_k_warp(const float *src, float *dst, int lane)
 {
-    float best = -1.f, xv[8];
-    int bi = 0;
-#pragma unroll
-    for (int k = 0; k < 8; k++) {
-        int e = k * 32 + lane;
-        xv[k] = src[e];
-        float a = fabsf(xv[k]);
-        if (a > best) {
-            best = a;
-            bi = e;
-        }
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        float ob = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ob > best || (ob == best && oi < bi)) {
-            best = ob;
-            bi = oi;
-        }
-    }
-    /* the value at bi, from the lane that holds it */
-    float mval = __shfl_sync(0xffffffffu, xv[bi / 32], bi % 32);
-    if (best == 0.f) {
+    float xv[8];
+    float iscale = q8_k_iscale(src, lane, xv);
+    if (iscale == 0.f) {
 #pragma unroll
         for (int k = 0; k < 8; k++)
             dst[k * 32 + lane] = 0.f;
         return;
     }
-    float iscale = -127.f / mval;
     float d = 1.f / iscale;
 #pragma unroll
     for (int k = 0; k < 8; k++)
@@ -267,10 +210,6 @@ static __global__ void dequant_kernel(const uint8_t *w, size_t rb, int K, size_t
 template <int T>
 static int dequant_launch(cudaStream_t st, const void *w, int N, int K, __half *out)
 {
-    if (qtraits<T>::QK == 1) {
-        log_error("cuda: dequant: type %d is not quantized", T);
-        return ST_EINVAL;
-    }
     size_t groups = (size_t)N * K / 8;
     dequant_kernel<T><<<(unsigned)((groups + 255) / 256), 256, 0, st>>>(
         (const uint8_t *)w, qt_row_bytes(T, K), K, groups, out);
@@ -280,7 +219,7 @@ static int dequant_launch(cudaStream_t st, const void *w, int N, int K, __half *
 
 int k_dequant_f16(cudaStream_t st, const void *w, int type, int N, int K, __half *out)
 {
-    DISPATCH_TYPE(type, dequant_launch, st, w, N, K, out);
+    DISPATCH_QUANT(type, dequant_launch, st, w, N, K, out);
 }
 
 int k_to_f16(cudaStream_t st, const float *x, __half *out, size_t n)

@@ -51,11 +51,8 @@ static __global__ void quant_q8_0_kernel(const float *x, size_t nblk, struct mmq
     size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (blk >= nblk) return;
     int lane = threadIdx.x & 31;
-    float v = x[blk * 32 + lane];
-    float amax = warp_max(fabsf(v));
-    float d = amax / 127.f;
-    float id = amax != 0.f ? 127.f / amax : 0.f;
-    int q = (int)rintf(v * id);
+    float d;
+    int q = q8_0_quant(x[blk * 32 + lane], d);
     a.q[blk * 32 + lane] = (int8_t)q;
     float sum = warp_sum((float)q); /* |sum| <= 32 * 127: exact in float */
     if (lane == 0) {
@@ -72,28 +69,8 @@ static __global__ void quant_q8_k_kernel(const float *x, size_t nblk, struct mmq
     size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (blk >= nblk) return;
     int lane = threadIdx.x & 31;
-    const float *src = x + blk * 256;
-    float best = -1.f, xv[8];
-    int bi = 0;
-#pragma unroll
-    for (int k = 0; k < 8; k++) {
-        xv[k] = src[k * 32 + lane];
-        float m = fabsf(xv[k]);
-        if (m > best) {
-            best = m;
-            bi = k * 32 + lane;
-        }
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        float ob = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ob > best || (ob == best && oi < bi)) {
-            best = ob;
-            bi = oi;
-        }
-    }
-    float mval = __shfl_sync(0xffffffffu, xv[bi / 32], bi % 32);
-    float iscale = best == 0.f ? 0.f : -127.f / mval;
+    float xv[8];
+    float iscale = q8_k_iscale(x + blk * 256, lane, xv);
 #pragma unroll
     for (int k = 0; k < 8; k++) {
         int q = min(127, (int)rintf(iscale * xv[k]));
@@ -103,7 +80,7 @@ static __global__ void quant_q8_k_kernel(const float *x, size_t nblk, struct mmq
             q += __shfl_xor_sync(0xffffffffu, q, o);
         if ((lane & 15) == 0) a.bsum[blk * 16 + 2 * k + lane / 16] = q;
     }
-    if (lane == 0) a.d[blk] = best == 0.f ? 0.f : 1.f / iscale;
+    if (lane == 0) a.d[blk] = iscale == 0.f ? 0.f : 1.f / iscale;
 }
 
 int k_mmq_quantize(cudaStream_t st, int cls, const float *x, int n, int K, struct mmq_act *a)
@@ -433,31 +410,7 @@ int k_mmq(cudaStream_t st, const void *w, int type, int N, int K, const struct m
                   a->K, type, K);
         return ST_EINVAL;
     }
-    switch (type) {
-    case QT_Q4_0:
-        return mmq_launch<QT_Q4_0>(st, w, N, K, a, y);
-    case QT_Q4_1:
-        return mmq_launch<QT_Q4_1>(st, w, N, K, a, y);
-    case QT_Q5_0:
-        return mmq_launch<QT_Q5_0>(st, w, N, K, a, y);
-    case QT_Q5_1:
-        return mmq_launch<QT_Q5_1>(st, w, N, K, a, y);
-    case QT_Q8_0:
-        return mmq_launch<QT_Q8_0>(st, w, N, K, a, y);
-    case QT_Q2_K:
-        return mmq_launch<QT_Q2_K>(st, w, N, K, a, y);
-    case QT_Q3_K:
-        return mmq_launch<QT_Q3_K>(st, w, N, K, a, y);
-    case QT_Q4_K:
-        return mmq_launch<QT_Q4_K>(st, w, N, K, a, y);
-    case QT_Q5_K:
-        return mmq_launch<QT_Q5_K>(st, w, N, K, a, y);
-    case QT_Q6_K:
-        return mmq_launch<QT_Q6_K>(st, w, N, K, a, y);
-    default:
-        log_error("cuda: mmq: type %d is not a quantized type", type);
-        return ST_EINVAL;
-    }
+    DISPATCH_QUANT(type, mmq_launch, st, w, N, K, a, y);
 }
 
 /* ---- test entry (cuda_backend.h) ---- */

@@ -38,6 +38,8 @@
 #ifndef STAGED_QUANT_CUH
 #define STAGED_QUANT_CUH
 
+#include "gpu_worker/cuda/cuda_util.cuh"
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -283,5 +285,95 @@ template <int T> static __device__ __forceinline__ uint32_t quants4(const uint8_
     uint32_t hi = (ld_u32_unaligned(b + 128 + 32 * h + l) >> (2 * j)) & 0x03030303u;
     return __vsub4(lo | hi << 4, 0x20202020u);
 }
+
+/* ---- the reference's 8-bit activation blocks, one warp per block ---- */
+
+/* Q8_0 (and Q8_1): this lane's value v of a 32-block; returns its quant
+ * rint(v * 127/amax) and sets d = amax/127 (unrounded; stored as half). */
+static __device__ __forceinline__ int q8_0_quant(float v, float &d)
+{
+    float amax = warp_max(fabsf(v));
+    d = amax / 127.f;
+    float id = amax != 0.f ? 127.f / amax : 0.f;
+    return (int)rintf(v * id);
+}
+
+/* Q8_K: loads this lane's elements k * 32 + lane (k < 8) of a 256-block into
+ * xv and returns iscale = -127/m for the element m of largest magnitude
+ * (first on ties), 0 for an all-zero block. Quants: min(127, rint(iscale *
+ * x)), scale 1/iscale. */
+static __device__ __forceinline__ float q8_k_iscale(const float *src, int lane, float (&xv)[8])
+{
+    float best = -1.f;
+    int bi = 0;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        int e = k * 32 + lane;
+        xv[k] = src[e];
+        float a = fabsf(xv[k]);
+        if (a > best) {
+            best = a;
+            bi = e;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ob > best || (ob == best && oi < bi)) {
+            best = ob;
+            bi = oi;
+        }
+    }
+    /* the value at bi, from the lane that holds it */
+    float mval = __shfl_sync(0xffffffffu, xv[bi / 32], bi % 32);
+    return best == 0.f ? 0.f : -127.f / mval;
+}
+
+/* Call F<T>(args...) for the runtime type t: DISPATCH_QUANT over the
+ * quantized types, DISPATCH_TYPE over every type (in a function returning
+ * int; other types log and return ST_EINVAL / ST_EUNSUPPORTED). */
+#define DISPATCH_QUANT_CASES(F, ...)                                                               \
+    case QT_Q4_0:                                                                                  \
+        return F<QT_Q4_0>(__VA_ARGS__);                                                            \
+    case QT_Q4_1:                                                                                  \
+        return F<QT_Q4_1>(__VA_ARGS__);                                                            \
+    case QT_Q5_0:                                                                                  \
+        return F<QT_Q5_0>(__VA_ARGS__);                                                            \
+    case QT_Q5_1:                                                                                  \
+        return F<QT_Q5_1>(__VA_ARGS__);                                                            \
+    case QT_Q8_0:                                                                                  \
+        return F<QT_Q8_0>(__VA_ARGS__);                                                            \
+    case QT_Q2_K:                                                                                  \
+        return F<QT_Q2_K>(__VA_ARGS__);                                                            \
+    case QT_Q3_K:                                                                                  \
+        return F<QT_Q3_K>(__VA_ARGS__);                                                            \
+    case QT_Q4_K:                                                                                  \
+        return F<QT_Q4_K>(__VA_ARGS__);                                                            \
+    case QT_Q5_K:                                                                                  \
+        return F<QT_Q5_K>(__VA_ARGS__);                                                            \
+    case QT_Q6_K:                                                                                  \
+        return F<QT_Q6_K>(__VA_ARGS__);
+
+#define DISPATCH_QUANT(t, F, ...)                                                                  \
+    switch (t) {                                                                                   \
+        DISPATCH_QUANT_CASES(F, __VA_ARGS__)                                                       \
+    default:                                                                                       \
+        log_error("cuda: %s: type %d is not a quantized type", #F, (int)(t));                      \
+        return ST_EINVAL;                                                                          \
+    }
+
+#define DISPATCH_TYPE(t, F, ...)                                                                   \
+    switch (t) {                                                                                   \
+    case QT_F32:                                                                                   \
+        return F<QT_F32>(__VA_ARGS__);                                                             \
+    case QT_F16:                                                                                   \
+        return F<QT_F16>(__VA_ARGS__);                                                             \
+    case QT_BF16:                                                                                  \
+        return F<QT_BF16>(__VA_ARGS__);                                                            \
+        DISPATCH_QUANT_CASES(F, __VA_ARGS__)                                                       \
+    default:                                                                                       \
+        log_error("cuda: %s: tensor type %d has no kernel", #F, (int)(t));                         \
+        return ST_EUNSUPPORTED;                                                                    \
+    }
 
 #endif
