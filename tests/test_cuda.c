@@ -149,7 +149,7 @@ static void test_mmq_types(void **state)
         /* activations with a spread of block magnitudes */
         for (int i = 0; i < K * n; i++)
             x[i] = rnd(&seed) * (1.f + (float)(i / 32 % 7));
-        assert_int_equal(cuda_mmq_product((int)t, N, K, n, w, x, y), 0);
+        assert_int_equal(cuda_mmq_product((int)t, N, K, n, w, x, y, false), 0);
         double err = 0, ref2 = 0;
         for (int tok = 0; tok < n; tok++) {
             quant_quantize_row(quant_vec_dot_type(t), x + (size_t)tok * K, act, K);
@@ -161,13 +161,37 @@ static void test_mmq_types(void **state)
             }
         }
         double rel = sqrt(err / ref2);
-        assert_int_equal(cuda_mmq_product((int)t, N, K, n_small, w, x, y9), 0);
+        assert_int_equal(cuda_mmq_product((int)t, N, K, n_small, w, x, y9, false), 0);
         bool same = memcmp(y, y9, sizeof(float) * N * n_small) == 0;
         print_message(
             "mmq type %2u: relative RMS error vs the CPU reference %.2e, batch of %d %s\n", t, rel,
             n_small, same ? "identical" : "DIFFERS");
         assert_true(rel < 1e-6);
         assert_true(same);
+        /* the decode kernels: batches of 1, 3 and 8 against the reference,
+         * and each token's bits the same in every batch */
+        static const int nd[] = {8, 3, 1};
+        for (size_t b = 0; b < sizeof(nd) / sizeof(nd[0]); b++) {
+            assert_int_equal(cuda_mmq_product((int)t, N, K, nd[b], w, x, y9, true), 0);
+            if (b == 0) {
+                err = ref2 = 0;
+                for (int tok = 0; tok < nd[b]; tok++) {
+                    quant_quantize_row(quant_vec_dot_type(t), x + (size_t)tok * K, act, K);
+                    for (int r = 0; r < N; r++) {
+                        double ref = quant_vec_dot_ref(t, K, w + rb * r, act);
+                        double d = y9[(size_t)tok * N + r] - ref;
+                        err += d * d;
+                        ref2 += ref * ref;
+                    }
+                }
+                memcpy(y, y9, sizeof(float) * N * nd[b]);
+                print_message("mvq type %2u: relative RMS error vs the CPU reference %.2e\n", t,
+                              sqrt(err / ref2));
+                assert_true(sqrt(err / ref2) < 1e-6);
+            } else {
+                assert_memory_equal(y, y9, sizeof(float) * N * nd[b]);
+            }
+        }
         free(w);
         free(row);
         free(x);

@@ -181,6 +181,7 @@ int main(int argc, char **argv)
     float *out = cuda_host_alloc(sizeof(float) * (size_t)V * (nseq > 1 ? nseq : 1));
     if (!out) return 1;
     int nb = n_prompt > nseq ? n_prompt : nseq;
+    if (nb < 64) nb = 64; /* the decode run's 64-token prompt */
     int32_t *tok = malloc(sizeof(int32_t) * nb), *pos = malloc(sizeof(int32_t) * nb),
             *seq = malloc(sizeof(int32_t) * nb);
     int8_t *lg = malloc((size_t)nb);

@@ -4,6 +4,7 @@
 #include "gpu_worker/cuda/kernels.cuh"
 #include "gpu_worker/cuda/kvpool.cuh"
 #include "gpu_worker/cuda/mmq.cuh"
+#include "gpu_worker/cuda/mvq.cuh"
 #include "gpu_worker/cuda/quant.cuh"
 
 #include <cublas_v2.h>
@@ -70,6 +71,7 @@ struct backend {
     float *x, *xn, *q, *k, *v, *att, *g, *u, *tmp, *xr, *xr2, *xo, *lg;
     void *a16;                /* activations as half / bfloat16 for cuBLAS (F16/BF16 weights) */
     struct mmq_act mq;        /* activations as 8-bit blocks for the integer products */
+    struct mmq_act sq;        /* a second input's (up's class differs from gate's) */
     int32_t *d_meta, *h_meta; /* tok | pos | seq | out rows */
     int *seq_len, *seq_cnt;
     bool dead;
@@ -255,6 +257,21 @@ static cudaError_t dev_malloc(void **p, size_t n)
 
 static void cuda_destroy(struct backend **pb);
 
+/* Buffers of quantized activations for up to `tokens` rows of wmax
+ * elements (mmq's K-split partial sums too when part). */
+static cudaError_t act_alloc(struct mmq_act *a, size_t tokens, size_t wmax, bool part)
+{
+    cudaError_t e = dev_malloc((void **)&a->q, tokens * wmax);
+    if (e == cudaSuccess) e = dev_malloc((void **)&a->d, tokens * wmax / 32 * 4);
+    if (e == cudaSuccess) e = dev_malloc((void **)&a->s, tokens * wmax / 32 * 4);
+    if (e == cudaSuccess) e = dev_malloc((void **)&a->bsum, tokens * wmax / 16 * 4);
+    if (e == cudaSuccess && part) {
+        a->part_elems = mmq_part_elems((int)tokens);
+        e = dev_malloc((void **)&a->part, a->part_elems * 4);
+    }
+    return e;
+}
+
 static int cuda_create(const struct st_model *m, const struct backend_config *cfg,
                        struct backend **out, struct st_errbuf *eb)
 {
@@ -286,8 +303,7 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
     if (getenv("STAGED_CUDA_GEMM_MIN_N")) b->gemm_min_n = atoi(getenv("STAGED_CUDA_GEMM_MIN_N"));
     if (b->gemm_min_n <= MATVEC_MAX_N) b->gemm_min_n = MATVEC_MAX_N + 1;
     b->unfused = getenv("STAGED_CUDA_UNFUSED") && strcmp(getenv("STAGED_CUDA_UNFUSED"), "1") == 0;
-    if (getenv("STAGED_CUDA_STAGE")) k_set_staging(strcmp(getenv("STAGED_CUDA_STAGE"), "1") == 0);
-    if (getenv("STAGED_CUDA_XSTAGE")) k_set_x_staging(atoi(getenv("STAGED_CUDA_XSTAGE")));
+    if (getenv("STAGED_CUDA_PDL")) g_cuda_pdl = strcmp(getenv("STAGED_CUDA_PDL"), "0") != 0;
     b->use_graphs =
         !(getenv("STAGED_CUDA_GRAPHS") && strcmp(getenv("STAGED_CUDA_GRAPHS"), "0") == 0);
     b->L = (struct clayer *)calloc(hp->n_layers, sizeof(*b->L));
@@ -384,15 +400,14 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
         CREATE_CUDA(dev_malloc((void **)&b->xr, B * wmax * 4));
         CREATE_CUDA(dev_malloc((void **)&b->xr2, B * wmax * 4));
         CREATE_CUDA(dev_malloc((void **)&b->a16, B * wmax * 2));
-        /* mmq's buffers: reference mode, or serving with STAGED_CUDA_GEMM_MIN_N raised */
-        if (b->ref || (B > MATVEC_MAX_N && b->gemm_min_n > MATVEC_MAX_N + 1)) {
-            CREATE_CUDA(dev_malloc((void **)&b->mq.q, B * wmax));
-            CREATE_CUDA(dev_malloc((void **)&b->mq.d, B * wmax / 32 * 4));
-            CREATE_CUDA(dev_malloc((void **)&b->mq.s, B * wmax / 32 * 4));
-            CREATE_CUDA(dev_malloc((void **)&b->mq.bsum, B * wmax / 16 * 4));
-            b->mq.part_elems = mmq_part_elems((int)B);
-            CREATE_CUDA(dev_malloc((void **)&b->mq.part, b->mq.part_elems * 4));
-        }
+        /* quantized activations: mq for every product with quantized
+         * weights (batches up to MATVEC_MAX_N; any batch in the reference
+         * mode or with STAGED_CUDA_GEMM_MIN_N raised, where mmq multiplies),
+         * sq for a second input class of gate and up */
+        bool mmq_used = b->ref || (B > MATVEC_MAX_N && b->gemm_min_n > MATVEC_MAX_N + 1);
+        size_t AB = mmq_used ? B : B < MATVEC_MAX_N ? B : MATVEC_MAX_N;
+        CREATE_CUDA(act_alloc(&b->mq, AB, wmax, mmq_used));
+        CREATE_CUDA(act_alloc(&b->sq, AB < MATVEC_MAX_N ? AB : MATVEC_MAX_N, wmax, false));
         CREATE_CUDA(dev_malloc((void **)&b->lg, B * V * 4));
         CREATE_CUDA(dev_malloc((void **)&b->d_meta, B * 4 * sizeof(int32_t)));
         CREATE_CUDA(cudaMallocHost((void **)&b->h_meta, B * 4 * sizeof(int32_t)));
@@ -446,10 +461,10 @@ static void cuda_destroy(struct backend **pb)
     if (b->h_lg) cudaFreeHost(b->h_lg);
     kvpool_destroy(&b->kpool);
     kvpool_destroy(&b->vpool);
-    void *dev[] = {b->x,       b->xn,      b->xo,     b->q,       b->att,  b->k,
-                   b->v,       b->g,       b->u,      b->tmp,     b->xr,   b->xr2,
-                   b->a16,     b->lg,      b->d_meta, b->mq.q,    b->mq.d, b->mq.s,
-                   b->mq.bsum, b->mq.part, b->wdeq,   b->rope_tab};
+    void *dev[] = {b->x,        b->xn,   b->xo,   b->q,    b->att,     b->k,       b->v,
+                   b->g,        b->u,    b->tmp,  b->xr,   b->xr2,     b->a16,     b->lg,
+                   b->d_meta,   b->mq.q, b->mq.d, b->mq.s, b->mq.bsum, b->mq.part, b->wdeq,
+                   b->rope_tab, b->sq.q, b->sq.d, b->sq.s, b->sq.bsum};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
         if (dev[i]) cudaFree(dev[i]);
     if (b->h_meta) cudaFreeHost(b->h_meta);
@@ -560,28 +575,29 @@ static int mm(struct backend *b, const struct cmat *W, const float *x, float *y,
         return k_mmq(b->st, W->w, W->type, W->N, W->K, &b->mq, y);
     }
     if (n <= MATVEC_MAX_N) {
-        const float *xa = x;
-        int cls = act_class(W->type);
-        if (cls == 0) {
-            xa = x;
-        } else if (x == b->memo_src && cls == b->memo_cls && n == b->memo_n) {
-            xa = b->xr;
-        } else {
-            ST_TRY(k_act_round(b->st, W->type, x, b->xr, n, W->K, &xa));
-            b->memo_src = x;
-            b->memo_cls = cls;
-            b->memo_n = n;
-        }
         struct mv_args a;
         memset(&a, 0, sizeof(a));
         a.nseg = 1;
         a.K = W->K;
         a.n = n;
-        a.x = xa;
         a.seg[0].w = W->w;
         a.seg[0].type = W->type;
         a.seg[0].N = W->N;
         a.seg[0].y = y;
+        if (mmq_supported(W->type)) {
+            ST_TRY(quantize_input(b, W, x, n));
+            return k_mvq(b->st, &a, &b->mq);
+        }
+        a.x = x;
+        int cls = act_class(W->type);
+        if (cls != 0 && x == b->memo_src && cls == b->memo_cls && n == b->memo_n) {
+            a.x = b->xr;
+        } else if (cls != 0) {
+            ST_TRY(k_act_round(b->st, W->type, x, b->xr, n, W->K, &a.x));
+            b->memo_src = x;
+            b->memo_cls = cls;
+            b->memo_n = n;
+        }
         return k_matvec_fast(b->st, &a);
     }
     if (mmq_supported(W->type) && n >= b->gemm_min_n) return mm_dequant(b, W, x, y, n);
@@ -605,9 +621,60 @@ static int mm(struct backend *b, const struct cmat *W, const float *x, float *y,
     return 0;
 }
 
-/* One layer for a batch of at most MATVEC_MAX_N tokens: 10 kernels (norm and
- * rounding fused, q/k/v in one launch with their biases, rope with the cache
- * store, gate/up with SwiGLU, residual adds in the products). */
+/* The input of products with weights of activation class cls for a batch of
+ * at most MATVEC_MAX_N tokens: rmsnorm(x) * w quantized into q (quantized
+ * weights), else rounded into xr. */
+static int norm_input(struct backend *b, const float *w, int n, int cls, float *xr,
+                      struct mmq_act *q)
+{
+    const struct model_hparams *hp = &b->hp;
+    if (cls >= 3) {
+        if (q == &b->mq) b->mq_src = NULL; /* no longer quantize_input's memo */
+        return k_norm_quant(b->st, b->x, w, hp->rms_eps, n, (int)hp->dim, cls, q);
+    }
+    return k_norm_round(b->st, b->x, w, hp->rms_eps, n, (int)hp->dim, cls, xr);
+}
+
+/* Products for a batch of at most MATVEC_MAX_N tokens: integer products on
+ * the quantized input q, or the float kernels on a->x. */
+static int mv_small(struct backend *b, const struct mv_args *a, const struct mmq_act *q)
+{
+    if (mmq_supported(a->seg[0].type)) return k_mvq(b->st, a, q);
+    return k_matvec_fast(b->st, a);
+}
+
+/* x += W y (W = o or down) for a batch of at most MATVEC_MAX_N tokens; y
+ * already quantized into mq when `quantized`. */
+static int mv_residual(struct backend *b, const struct cmat *W, const float *y, int n,
+                       bool quantized)
+{
+    struct mv_args a;
+    memset(&a, 0, sizeof(a));
+    a.nseg = 1;
+    a.K = W->K;
+    a.n = n;
+    a.add = 1;
+    a.x = y;
+    a.seg[0].w = W->w;
+    a.seg[0].type = W->type;
+    a.seg[0].N = W->N;
+    a.seg[0].y = b->x;
+    if (mmq_supported(W->type)) {
+        if (!quantized) {
+            ST_TRY(k_mmq_quantize(b->st, mmq_class(W->type), y, n, W->K, &b->mq));
+            b->mq_src = NULL;
+        }
+    } else {
+        ST_TRY(k_act_round(b->st, W->type, y, b->xr, n, W->K, &a.x));
+    }
+    return mv_small(b, &a, &b->mq);
+}
+
+/* One layer for a batch of at most MATVEC_MAX_N tokens, 9 kernels for a
+ * quantized model: norm with the input's quantization, q/k/v in one launch
+ * per weight type (with their biases), rope with the cache store, attention
+ * (quantizing its output for Q4_0..Q8_0 o), o (residual add in the product),
+ * norm, gate/up with SwiGLU, quantization of its output, down. */
 static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
                        const int32_t *d_pos, const int32_t *d_seq)
 {
@@ -621,7 +688,7 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
     for (int i = 0; i < 3; i++) {
         if (done[i]) continue;
         int c = act_class(qkv[i]->type);
-        ST_TRY(k_norm_round(st, b->x, L->attn_norm, hp->rms_eps, n, D, c, b->xr));
+        ST_TRY(norm_input(b, L->attn_norm, n, c, b->xr, &b->mq));
         struct mv_args a;
         memset(&a, 0, sizeof(a));
         a.K = D;
@@ -637,7 +704,7 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
             a.nseg++;
             done[j] = true;
         }
-        ST_TRY(k_matvec_fast(st, &a));
+        ST_TRY(mv_small(b, &a, &b->mq));
     }
     if (L->qn) {
         ST_TRY(k_rmsnorm(st, b->q, L->qn, b->q, n * (int)hp->n_heads, hd, hp->rms_eps));
@@ -647,40 +714,44 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
     ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
                         (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->rope_tab, b->kl,
                         d_pos, d_seq));
-    /* the attention kernel rounds its output for o when it can */
-    bool att_rounds = !b->ref && act_class(L->o.type) == 3 && hd % 32 == 0;
+    /* the attention kernel quantizes its output for o when it can */
+    bool att_q = act_class(L->o.type) == 3 && hd % 32 == 0;
+    if (att_q) b->mq_src = NULL;
     ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
-                       b->kl, 1.f / sqrtf((float)hd), d_pos, d_seq, b->ref, att_rounds));
-    /* x += Wo att */
-    const float *xa = b->att;
-    if (!att_rounds) ST_TRY(k_act_round(b->st, L->o.type, b->att, b->xr, n, L->o.K, &xa));
-    struct mv_args a;
-    memset(&a, 0, sizeof(a));
-    a.nseg = 1;
-    a.K = L->o.K;
-    a.n = n;
-    a.add = 1;
-    a.x = xa;
-    a.seg[0].w = L->o.w;
-    a.seg[0].type = L->o.type;
-    a.seg[0].N = L->o.N;
-    a.seg[0].y = b->x;
-    ST_TRY(k_matvec_fast(st, &a));
+                       b->kl, 1.f / sqrtf((float)hd), d_pos, d_seq, false, att_q ? &b->mq : NULL));
+    ST_TRY(mv_residual(b, &L->o, b->att, n, att_q));
     /* g = silu(Wg xn) * (Wu xn) */
     int cg = act_class(L->gate.type), cu = act_class(L->up.type);
-    ST_TRY(k_norm_round(st, b->x, L->ffn_norm, hp->rms_eps, n, D, cg, b->xr));
-    if (cu != cg) ST_TRY(k_norm_round(st, b->x, L->ffn_norm, hp->rms_eps, n, D, cu, b->xr2));
-    ST_TRY(k_swiglu_fast(st, L->gate.w, L->gate.type, L->up.w, L->up.type, L->gate.N, D, b->xr,
-                         cu != cg ? b->xr2 : b->xr, n, b->g));
+    ST_TRY(norm_input(b, L->ffn_norm, n, cg, b->xr, &b->mq));
+    if (cu != cg) ST_TRY(norm_input(b, L->ffn_norm, n, cu, b->xr2, &b->sq));
+    const struct mmq_act *qu = cu != cg ? &b->sq : &b->mq;
+    if (L->gate.type == L->up.type && cg >= 3) {
+        ST_TRY(k_swiglu_q(st, L->gate.w, L->up.w, L->gate.type, L->gate.N, D, &b->mq, qu, b->g));
+    } else if (L->gate.type == L->up.type) {
+        ST_TRY(k_swiglu_fast(st, L->gate.w, L->up.w, L->gate.type, L->gate.N, D, b->xr, b->xr, n,
+                             b->g));
+    } else { /* mixed types: the two products, then SwiGLU */
+        struct mv_args a;
+        memset(&a, 0, sizeof(a));
+        a.nseg = 1;
+        a.K = D;
+        a.n = n;
+        const struct cmat *W[2] = {&L->gate, &L->up};
+        float *out[2] = {b->g, b->u};
+        const float *xin[2] = {b->xr, cu != cg ? b->xr2 : b->xr};
+        const struct mmq_act *qin[2] = {&b->mq, qu};
+        for (int i = 0; i < 2; i++) {
+            a.x = xin[i];
+            a.seg[0].w = W[i]->w;
+            a.seg[0].type = W[i]->type;
+            a.seg[0].N = W[i]->N;
+            a.seg[0].y = out[i];
+            ST_TRY(mv_small(b, &a, qin[i]));
+        }
+        ST_TRY(k_swiglu(st, b->g, b->u, b->g, (size_t)n * L->gate.N, false));
+    }
     /* x += Wd g */
-    ST_TRY(k_act_round(b->st, L->down.type, b->g, b->xr, n, L->down.K, &xa));
-    a.K = L->down.K;
-    a.x = xa;
-    a.seg[0].w = L->down.w;
-    a.seg[0].type = L->down.type;
-    a.seg[0].N = L->down.N;
-    ST_TRY(k_matvec_fast(st, &a));
-    return 0;
+    return mv_residual(b, &L->down, b->g, n, false);
 }
 
 static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
@@ -714,7 +785,7 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
                             hd, (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->rope_tab,
                             b->kl, d_pos, d_seq));
         ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
-                           b->kl, 1.f / sqrtf((float)hd), d_pos, d_seq, b->ref, false));
+                           b->kl, 1.f / sqrtf((float)hd), d_pos, d_seq, b->ref, NULL));
         memo_reset(b);
         ST_TRY(mm(b, &L->o, b->att, b->tmp, n));
         ST_TRY(k_add(st, b->x, b->tmp, (size_t)n * D));

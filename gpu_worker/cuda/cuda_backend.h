@@ -15,18 +15,23 @@
  * T they are rounded the way llama.cpp's CPU backend rounds them (F16 or BF16
  * for those weight types, 8-bit blocks for quantized ones), so logits follow
  * the reference closely. Batches of up to 8 tokens use matrix-vector kernels
- * that read the quantized blocks in place; larger ones decode each quantized
+ * that read the quantized blocks in place (integer dot products with the
+ * 8-bit activations, mvq.cuh); larger ones decode each quantized
  * matrix to half precision in row chunks and call cuBLAS (float
  * accumulation). The reference mode (STAGED_CUDA_REF=1) instead multiplies in
  * the reference's own order (exact.cuh) or in integers with its block
  * arithmetic (mmq.cuh, tensor cores, batch-invariant), for every batch size.
  *
- * Execution: batches of up to 8 tokens run a fused path (10 kernels per
- * layer: norm + rounding, q/k/v in one launch with biases, rope + cache
- * store, attention, o with the residual add, gate/up with SwiGLU, down with
- * the residual add). Forward passes of up to 64 tokens are captured once per
- * (tokens, logits rows) shape as CUDA graphs and replayed. Attention keeps
- * float accumulators over chunks of 32 positions.
+ * Execution: batches of up to 8 tokens run a fused path (9 kernels per
+ * layer of a quantized model: norm + quantization, q/k/v in one launch per
+ * weight type with biases, rope + cache store, attention (quantizing its
+ * output), o with the residual add, norm + quantization, gate/up with SwiGLU,
+ * quantization, down with the residual add). Forward passes of up to 64
+ * tokens are captured once per (tokens, logits rows) shape as CUDA graphs
+ * and replayed; the kernels of the fused path start while their predecessor
+ * ends (programmatic dependent launch: the products load their first weights
+ * before they wait). Attention keeps float accumulators over chunks of 32
+ * positions.
  *
  * Environment switches (read at create(); for tests and measurements):
  *   STAGED_CUDA_REF=1       reference mode: every operation in the order of
@@ -35,11 +40,10 @@
  *                           angles, correctly rounded exp), so that logits
  *                           land on llama.cpp's bits; slow, for verification
  *   STAGED_CUDA_GRAPHS=0    no CUDA graphs
- *   STAGED_CUDA_STAGE=1     small-batch kernels stage weight rows (and
- *                           inputs, STAGED_CUDA_XSTAGE=0/1/2) in shared memory
  *   STAGED_CUDA_GEMM_MIN_N=N quantized products of N or more tokens decode the
  *                           matrix to half for cuBLAS, fewer use mmq
  *   STAGED_CUDA_UNFUSED=1   small batches take the unfused (large-batch) path
+ *   STAGED_CUDA_PDL=0       no programmatic dependent launch
  *   STAGED_CUDA_FAULT=1     fault injection, see cuda_backend_inject_bad_kernel
  *
  * Errors: every CUDA call is checked and logged with statement, file and
@@ -88,11 +92,13 @@ void cuda_host_free(void *p);
  * copy of the weights intact. */
 void cuda_backend_inject_bad_kernel(void);
 
-/* For tests: y[t][r] = W_r . x[t] by the batched integer product (mmq.cuh)
- * for n tokens (x: n rows of K floats; W: N rows of K elements of a quantized
- * ggml type, host memory); y is n rows of N floats. Returns 0, ST_EINVAL for
- * a type mmq does not take, ST_EDEVICE (logged) for CUDA errors. */
-int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *x, float *y);
+/* For tests: y[t][r] = W_r . x[t] by the batched integer product (mmq.cuh),
+ * or with small the decode kernels (mvq.cuh, n <= 8), for n tokens (x: n rows
+ * of K floats; W: N rows of K elements of a quantized ggml type, host
+ * memory); y is n rows of N floats. Returns 0, ST_EINVAL for a type or batch
+ * the kernels do not take, ST_EDEVICE (logged) for CUDA errors. */
+int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *x, float *y,
+                     bool small);
 
 #ifdef __cplusplus
 }

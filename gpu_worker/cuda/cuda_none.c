@@ -36,7 +36,8 @@ void *cuda_host_alloc(size_t bytes)
 
 void cuda_host_free(void *p) {}
 
-int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *x, float *y)
+int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *x, float *y,
+                     bool small)
 {
     return ST_EUNSUPPORTED;
 }

@@ -73,6 +73,43 @@ static __device__ __forceinline__ float exp_ref(float x)
     return (float)exp((double)x);
 }
 
+/* Programmatic dependent launch (sm_90). A kernel started by launch_pdl may
+ * begin while its predecessor in the stream still runs: it must call
+ * griddep_wait() before it reads anything an earlier kernel wrote and before
+ * it writes anything; before that it may only read what no kernel writes
+ * (weights). Such kernels call griddep_launch() first, so that their own
+ * successor may start early too. In graphs these become programmatic edges.
+ * g_cuda_pdl (kernels.cu, default on; STAGED_CUDA_PDL=0 at create turns it
+ * off) makes launch_pdl an ordinary launch. */
+static __device__ __forceinline__ void griddep_wait()
+{
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
+static __device__ __forceinline__ void griddep_launch()
+{
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+}
+
+extern bool g_cuda_pdl;
+
+template <typename... KArgs, typename... Args>
+static cudaError_t launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                              cudaStream_t st, Args &&...args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = g_cuda_pdl ? 1 : 0;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, kernel, static_cast<Args &&>(args)...);
+}
+
 /* Propagate a negative st_err from a helper. */
 #define ST_TRY(call)                                                                               \
     do {                                                                                           \

@@ -5,6 +5,8 @@
 
 #include <cuda_bf16.h>
 
+bool g_cuda_pdl = true;
+
 /* Sum over a block of up to 1024 threads; every thread gets the result. */
 static __device__ double block_sum(double v)
 {
@@ -51,6 +53,8 @@ template <int T>
 static __global__ void embed_kernel(const uint8_t *w, size_t rb, int dim, const int32_t *tok,
                                     float *x)
 {
+    griddep_launch();
+    griddep_wait();
     int t = blockIdx.x;
     deq_row<T>(w + (size_t)tok[t] * rb, dim, x + (size_t)t * dim);
 }
@@ -59,8 +63,8 @@ template <int T>
 static int embed_launch(cudaStream_t st, const void *w, int dim, const int32_t *tok, int n,
                         float *x)
 {
-    embed_kernel<T><<<n, 256, 0, st>>>((const uint8_t *)w, qt_row_bytes(T, dim), dim, tok, x);
-    CUDA_LAUNCHED("embed");
+    CUDA_TRY(launch_pdl(embed_kernel<T>, n, 256, 0, st, (const uint8_t *)w, qt_row_bytes(T, dim),
+                        dim, tok, x));
     return 0;
 }
 
@@ -73,6 +77,8 @@ int k_embed(cudaStream_t st, const void *w, int type, int dim, const int32_t *to
 
 static __global__ void rmsnorm_kernel(const float *x, const float *w, float *y, int dim, float eps)
 {
+    griddep_launch();
+    griddep_wait();
     const float *xr = x + (size_t)blockIdx.x * dim;
     float *yr = y + (size_t)blockIdx.x * dim;
     double ss = 0.;
@@ -86,8 +92,7 @@ static __global__ void rmsnorm_kernel(const float *x, const float *w, float *y, 
 int k_rmsnorm(cudaStream_t st, const float *x, const float *w, float *y, int n, int dim, float eps)
 {
     int th = dim >= 1024 ? 1024 : (dim + 31) / 32 * 32;
-    rmsnorm_kernel<<<n, th, 0, st>>>(x, w, y, dim, eps);
-    CUDA_LAUNCHED("rmsnorm");
+    CUDA_TRY(launch_pdl(rmsnorm_kernel, n, th, 0, st, x, w, y, dim, eps));
     return 0;
 }
 
@@ -125,7 +130,10 @@ static __device__ __forceinline__ void round_q8_0_warp(const float *src, float *
 static __device__ __forceinline__ void round_q8_k_warp(const float *src, float *dst, int lane)
 {
     float xv[8];
-    float iscale = q8_k_iscale(src, lane, xv);
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+        xv[k] = src[k * 32 + lane];
+    float iscale = q8_k_iscale(xv, lane, false);
     if (iscale == 0.f) {
 #pragma unroll
         for (int k = 0; k < 8; k++)
@@ -289,46 +297,68 @@ int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n
 
 /* ---- attention ---- */
 
-#define ATT_WARPS 4
-#define ATT_MAXD 8 /* head_dim <= 256 */
+#define ATT_MAXD 256               /* head_dim */
+#define ATT_REF_ND (ATT_MAXD / 32) /* values per lane in the reference kernel */
 
-/* Fast attention (head_dim % 8 == 0): block = (head, token), 4 warps. Each
- * warp takes chunks of 32 positions: lane j scores position j of the chunk
- * (16-byte loads of its K row, q from shared memory), the chunk joins the
- * warp's online softmax, then the lanes (over head elements) add the 32 V
- * rows. Loads of a chunk are independent, so memory latency overlaps. */
-template <int ND>
-static __global__ void __launch_bounds__(ATT_WARPS * 32)
-    attention_chunk_kernel(const float *q, const __half *kc, const __half *vc, float *out,
-                           int n_heads, int n_kv, int hd, struct kv_layout kl, float scale,
-                           const int32_t *pos, const int32_t *seq, bool round_q8_0)
+/* Max (MAX) or sum over the block, the same value and order in every thread. */
+template <bool MAX> static __device__ __forceinline__ float block_reduce(float v, float *red)
 {
-    int h = blockIdx.x, t = blockIdx.y;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int kvh = h / (n_heads / n_kv);
-    __shared__ float qs[32 * ATT_MAXD];
-    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
-    __shared__ float sacc[ATT_WARPS][ATT_MAXD * 32];
-    const float *qh = q + ((size_t)t * n_heads + h) * hd;
-    for (int e = threadIdx.x; e < hd; e += blockDim.x)
-        qs[e] = qh[e] * scale;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = MAX ? warp_max(v) : warp_sum(v);
+    __syncthreads(); /* red may still be read by a previous call */
+    if (lane == 0) red[warp] = v;
     __syncthreads();
+    float r = red[0];
+    for (int i = 1; i < nw; i++)
+        r = MAX ? fmaxf(r, red[i]) : r + red[i];
+    return r;
+}
+
+/* Fast attention (head_dim % 8 == 0): block = (head, token), TP threads,
+ * positions in tiles of TP (256 for batches of up to MATVEC_MAX_N tokens,
+ * 128 for larger ones, whose many blocks fill the GPU anyway). Per tile: thread j scores position j
+ * (its K row in 16-byte loads, all in flight together; q from shared memory); the tile joins the
+ * block's online softmax; then thread (g, r) adds the V values 8g..8g+7 of positions r, r + TP / G,
+ * .. (G = head_dim / 8) and the partial sums meet in shared memory, where thread e < head_dim keeps
+ * output element e. So a tile costs about two memory round trips, whatever
+ * its length. GMAX >= G bounds the registers of a K row. */
+template <int GMAX, int TP>
+static __global__ void __launch_bounds__(TP)
+    attention_tile_kernel(const float *q, const __half *kc, const __half *vc, float *out,
+                          int n_heads, int n_kv, int hd, struct kv_layout kl, float scale,
+                          const int32_t *pos, const int32_t *seq, struct mmq_act qo)
+{
+    __shared__ __align__(16) float qs[ATT_MAXD];
+    __shared__ float ws[TP];
+    __shared__ float red[TP / 32];
+    __shared__ float vpart[8 * TP]; /* [TP / G][head_dim] */
+    griddep_launch();
+    griddep_wait();
+    const int h = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
+    const int kvh = h / (n_heads / n_kv), G = hd / 8, PG = TP / G;
+    const int g = tid % G, pg = tid / G;
+    const float *qh = q + ((size_t)t * n_heads + h) * hd;
+    for (int e = tid; e < hd; e += TP)
+        qs[e] = qh[e] * scale;
+    const int np = pos[t] + 1;
     const __half *kb = kc + (size_t)seq[t] * kl.sstride + (size_t)kvh * hd;
-    const __half *vb = vc + (size_t)seq[t] * kl.sstride + (size_t)kvh * hd;
-    float m = -INFINITY, l = 0.f, acc[ND];
-#pragma unroll
-    for (int i = 0; i < ND; i++)
-        acc[i] = 0.f;
-    int np = pos[t] + 1;
-    for (int c0 = warp * 32; c0 < np; c0 += ATT_WARPS * 32) {
-        int p = c0 + lane;
+    const __half *vb = vc + (size_t)seq[t] * kl.sstride + (size_t)kvh * hd + 8 * g;
+    __syncthreads();
+    float m = -INFINITY, l = 0.f, o = 0.f; /* o: element tid of the output (tid < hd) */
+    for (int p0 = 0; p0 < np; p0 += TP) {
+        const int cnt = np - p0 < TP ? np - p0 : TP;
         float s = -INFINITY;
-        if (p < np) {
-            const uint4 *kr = (const uint4 *)(kb + (size_t)p * kl.pstride);
+        if (tid < cnt) {
+            const uint4 *kr = (const uint4 *)(kb + (size_t)(p0 + tid) * kl.pstride);
+            uint4 kv[GMAX];
+#pragma unroll
+            for (int j = 0; j < GMAX; j++)
+                if (j < G) kv[j] = kr[j];
             float d = 0.f;
-            for (int j = 0; j < hd / 8; j++) {
-                uint4 u = kr[j];
-                const __half2 *h2 = (const __half2 *)&u;
+#pragma unroll
+            for (int j = 0; j < GMAX; j++) {
+                if (j >= G) break;
+                const __half2 *h2 = (const __half2 *)&kv[j];
 #pragma unroll
                 for (int k = 0; k < 4; k++) {
                     float2 f = __half22float2(h2[k]);
@@ -337,62 +367,45 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
             }
             s = d;
         }
-        float cm = warp_max(s);
-        float mn = fmaxf(m, cm);
-        float corr = __expf(m - mn);
-        float w = p < np ? __expf(s - mn) : 0.f;
-        l = l * corr + warp_sum(w);
+        const float mn = fmaxf(m, block_reduce<true>(s, red));
+        const float corr = __expf(m - mn); /* 0 on the first tile */
+        const float w = tid < cnt ? __expf(s - mn) : 0.f;
+        ws[tid] = w;
+        l = l * corr + block_reduce<false>(w, red); /* its barriers publish ws */
+        float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        if (pg < PG) {
+#pragma unroll 4
+            for (int p = pg; p < cnt; p += PG) {
+                uint4 u = *(const uint4 *)(vb + (size_t)(p0 + p) * kl.pstride);
+                const __half2 *h2 = (const __half2 *)&u;
+                const float wp = ws[p];
 #pragma unroll
-        for (int i = 0; i < ND; i++)
-            acc[i] *= corr;
-        int cnt = np - c0 < 32 ? np - c0 : 32;
-        for (int j0 = 0; j0 < cnt; j0 += 8) {
-            float vv[8][ND]; /* 8 V rows loaded before use: their latencies overlap */
-#pragma unroll
-            for (int jj = 0; jj < 8; jj++) {
-                const __half *vr = vb + (size_t)(c0 + j0 + jj) * kl.pstride;
-#pragma unroll
-                for (int i = 0; i < ND; i++) {
-                    int e = lane + 32 * i;
-                    vv[jj][i] = (j0 + jj < cnt && e < hd) ? __half2float(vr[e]) : 0.f;
+                for (int k = 0; k < 4; k++) {
+                    float2 f = __half22float2(h2[k]);
+                    acc[2 * k] += wp * f.x;
+                    acc[2 * k + 1] += wp * f.y;
                 }
             }
 #pragma unroll
-            for (int jj = 0; jj < 8; jj++) {
-                float wj = __shfl_sync(0xffffffffu, w, (j0 + jj) & 31);
-#pragma unroll
-                for (int i = 0; i < ND; i++)
-                    acc[i] += wj * vv[jj][i];
-            }
+            for (int k = 0; k < 8; k++)
+                vpart[pg * hd + 8 * g + k] = acc[k];
         }
+        __syncthreads();
+        if (tid < hd) {
+            float sum = 0.f;
+            for (int r = 0; r < PG; r++)
+                sum += vpart[r * hd + tid];
+            o = o * corr + sum;
+        }
+        __syncthreads(); /* vpart and ws are rewritten by the next tile */
         m = mn;
     }
-    if (lane == 0) {
-        sm[warp] = m;
-        sl[warp] = l;
-    }
-#pragma unroll
-    for (int i = 0; i < ND; i++)
-        sacc[warp][lane + 32 * i] = acc[i];
-    __syncthreads();
-    float M = -INFINITY;
-    for (int w = 0; w < ATT_WARPS; w++)
-        M = fmaxf(M, sm[w]);
-    float L = 0.f, f[ATT_WARPS];
-    for (int w = 0; w < ATT_WARPS; w++) {
-        f[w] = sl[w] > 0.f ? __expf(sm[w] - M) : 0.f;
-        L += sl[w] * f[w];
-    }
-    float *oh = out + ((size_t)t * n_heads + h) * hd;
-    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
-        float r = 0.f;
-        for (int w = 0; w < ATT_WARPS; w++)
-            if (f[w] > 0.f) r += sacc[w][e] * f[w];
-        if (round_q8_0) { /* hd % 32 == 0: whole warps, one 32-block each */
-            oh[e] = round_q8_0_reg(r / L);
-        } else {
-            oh[e] = r / L;
-        }
+    const float r = o / l;
+    if (qo.q) { /* hd % 32 == 0: warps below hd / 32 hold one 32-block each */
+        if (tid < hd)
+            q8_0_store(r, tid & 31, (((size_t)t * n_heads + h) * hd + tid) / 32, qo.q, qo.d, qo.s);
+    } else if (tid < hd) {
+        out[((size_t)t * n_heads + h) * hd + tid] = r;
     }
 }
 
@@ -407,7 +420,7 @@ static __global__ void attention_ref_kernel(const float *q, const __half *kc, co
                                             struct kv_layout kl, float scale, const int32_t *pos,
                                             const int32_t *seq)
 {
-    __shared__ float qs[32 * ATT_MAXD];
+    __shared__ float qs[ATT_MAXD];
     int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x, L = lane & 15;
     int kvh = h / (n_heads / n_kv);
     int nd = (hd + 31) / 32;
@@ -415,9 +428,9 @@ static __global__ void attention_ref_kernel(const float *q, const __half *kc, co
     for (int e = lane; e < hd; e += 32)
         qs[e] = __half2float(__float2half_rn(qh[e]));
     __syncwarp();
-    __half acc[ATT_MAXD];
+    __half acc[ATT_REF_ND];
 #pragma unroll
-    for (int i = 0; i < ATT_MAXD; i++)
+    for (int i = 0; i < ATT_REF_ND; i++)
         acc[i] = __float2half_rn(0.f);
     const __half *kb = kc + (size_t)seq[t] * kl.sstride + (size_t)kvh * hd;
     const __half *vb = vc + (size_t)seq[t] * kl.sstride + (size_t)kvh * hd;
@@ -444,14 +457,14 @@ static __global__ void attention_ref_kernel(const float *q, const __half *kc, co
             M = s;
             ms = exp_ref(mold - M);
 #pragma unroll
-            for (int i = 0; i < ATT_MAXD; i++)
+            for (int i = 0; i < ATT_REF_ND; i++)
                 if (i < nd) acc[i] = __float2half_rn(__fmul_rn(__half2float(acc[i]), ms));
         } else {
             vs = exp_ref(s - M);
         }
         const __half *vp = vb + (size_t)p * kl.pstride;
 #pragma unroll
-        for (int i = 0; i < ATT_MAXD; i++) {
+        for (int i = 0; i < ATT_REF_ND; i++) {
             int e = lane + 32 * i;
             if (i < nd && e < hd)
                 acc[i] = __float2half_rn(__fmaf_rn(__half2float(vp[e]), vs, __half2float(acc[i])));
@@ -461,7 +474,7 @@ static __global__ void attention_ref_kernel(const float *q, const __half *kc, co
     float inv = 1.f / S;
     float *oh = out + ((size_t)t * n_heads + h) * hd;
 #pragma unroll
-    for (int i = 0; i < ATT_MAXD; i++) {
+    for (int i = 0; i < ATT_REF_ND; i++) {
         int e = lane + 32 * i;
         if (i < nd && e < hd) oh[e] = __fmul_rn(__half2float(acc[i]), inv);
     }
@@ -469,11 +482,11 @@ static __global__ void attention_ref_kernel(const float *q, const __half *kc, co
 
 int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half *vc, float *out,
                 int n, int n_heads, int n_kv, int hd, struct kv_layout kl, float scale,
-                const int32_t *pos, const int32_t *seq, bool ref, bool round)
+                const int32_t *pos, const int32_t *seq, bool ref, struct mmq_act *qo)
 {
-    if (hd > 32 * ATT_MAXD || hd % 8 != 0) {
+    if (hd > ATT_MAXD || hd % 8 != 0) {
         log_error("cuda: attention: head_dim %d unsupported (a multiple of 8 up to %d)", hd,
-                  32 * ATT_MAXD);
+                  ATT_MAXD);
         return ST_EUNSUPPORTED;
     }
     dim3 grid(n_heads, n);
@@ -483,20 +496,32 @@ int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half 
         CUDA_LAUNCHED("attention_ref");
         return 0;
     }
-    int nd = (hd + 31) / 32;
-#define ATT_CHUNK(NDV)                                                                             \
-    attention_chunk_kernel<NDV><<<grid, ATT_WARPS * 32, 0, st>>>(q, kc, vc, out, n_heads, n_kv,    \
-                                                                 hd, kl, scale, pos, seq, round)
-    if (nd == 1)
-        ATT_CHUNK(1);
-    else if (nd == 2)
-        ATT_CHUNK(2);
-    else if (nd <= 4)
-        ATT_CHUNK(4);
+    struct mmq_act oq = {};
+    if (qo) {
+        if (hd % 32 != 0) {
+            log_error("cuda: attention: quantized output needs head_dim %% 32 == 0 (%d)", hd);
+            return ST_EINVAL;
+        }
+        qo->n = n;
+        qo->K = n_heads * hd;
+        qo->cls = 3;
+        oq = *qo;
+    }
+#define ATT_TILE(GM, TP)                                                                           \
+    CUDA_TRY(launch_pdl(attention_tile_kernel<GM, TP>, grid, TP, 0, st, q, kc, vc, out, n_heads,   \
+                        n_kv, hd, kl, scale, pos, seq, oq))
+    bool small = n <= MATVEC_MAX_N;
+    if (hd <= 64 && small)
+        ATT_TILE(8, 256);
+    else if (hd <= 64)
+        ATT_TILE(8, 128);
+    else if (hd <= 128 && small)
+        ATT_TILE(16, 256);
+    else if (hd <= 128)
+        ATT_TILE(16, 128);
     else
-        ATT_CHUNK(8);
-#undef ATT_CHUNK
-    CUDA_LAUNCHED("attention");
+        ATT_TILE(32, 256);
+#undef ATT_TILE
     return 0;
 }
 
@@ -504,6 +529,8 @@ int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half 
 
 static __global__ void gather_kernel(const float *x, const int32_t *idx, float *out, int dim)
 {
+    griddep_launch();
+    griddep_wait();
     const float *src = x + (size_t)idx[blockIdx.x] * dim;
     float *dst = out + (size_t)blockIdx.x * dim;
     for (int i = threadIdx.x; i < dim; i += blockDim.x)
@@ -513,8 +540,7 @@ static __global__ void gather_kernel(const float *x, const int32_t *idx, float *
 int k_gather_rows(cudaStream_t st, const float *x, const int32_t *idx, float *out, int n_out,
                   int dim)
 {
-    gather_kernel<<<n_out, 256, 0, st>>>(x, idx, out, dim);
-    CUDA_LAUNCHED("gather");
+    CUDA_TRY(launch_pdl(gather_kernel, n_out, 256, 0, st, x, idx, out, dim));
     return 0;
 }
 
@@ -532,246 +558,195 @@ int k_fault(cudaStream_t st)
 
 /* ---- fused decode kernels (batches of up to MATVEC_MAX_N tokens) ---- */
 
-/* Rounding of a whole row of D values in place (D a multiple of the block). */
-static __device__ void round_row(float *v, int D, int cls)
-{
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if (cls == 1) {
-        for (int i = threadIdx.x; i < D; i += blockDim.x)
-            v[i] = __half2float(__float2half_rn(v[i]));
-    } else if (cls == 2) {
-        for (int i = threadIdx.x; i < D; i += blockDim.x)
-            v[i] = __bfloat162float(__float2bfloat16_rn(v[i]));
-    } else if (cls == 3) {
-        for (int b = warp; b < D / 32; b += nw)
-            round_q8_0_warp(v + b * 32, v + b * 32, lane);
-    } else if (cls == 4) {
-        for (int b = warp; b < D / 256; b += nw)
-            round_q8_k_warp(v + b * 256, v + b * 256, lane);
-    }
-}
-
-/* Block per token: xr = round_cls(rmsnorm(x) * w). */
+/* Block per token: xr = rmsnorm(x) * w rounded to half (cls 1), bfloat16 (2) or not (0). */
 static __global__ void norm_round_kernel(const float *x, const float *w, float eps, int D, int cls,
                                          float *xr)
 {
-    extern __shared__ float row[];
     const float *xt = x + (size_t)blockIdx.x * D;
     double ss = 0.;
     for (int i = threadIdx.x; i < D; i += blockDim.x)
         ss += (double)(xt[i] * xt[i]);
     float sc = rms_scale(block_sum(ss), D, eps);
-    for (int i = threadIdx.x; i < D; i += blockDim.x)
-        row[i] = xt[i] * sc * w[i];
-    __syncthreads();
-    round_row(row, D, cls);
-    __syncthreads();
     float *o = xr + (size_t)blockIdx.x * D;
-    for (int i = threadIdx.x; i < D; i += blockDim.x)
-        o[i] = row[i];
-}
-
-/* One thread per element (D <= 1024, D % 32 == 0, class != 4): the rounding
- * of a 32-block is one warp's shuffles, no shared row. */
-static __global__ void norm_round_small_kernel(const float *x, const float *w, float eps, int D,
-                                               int cls, float *xr)
-{
-    int i = threadIdx.x;
-    float v = x[(size_t)blockIdx.x * D + i];
-    float sc = rms_scale(block_sum((double)(v * v)), D, eps);
-    v = v * sc * w[i];
-    if (cls == 1)
-        v = __half2float(__float2half_rn(v));
-    else if (cls == 2)
-        v = __bfloat162float(__float2bfloat16_rn(v));
-    else if (cls == 3)
-        v = round_q8_0_reg(v);
-    xr[(size_t)blockIdx.x * D + i] = v;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float v = xt[i] * sc * w[i];
+        if (cls == 1)
+            v = __half2float(__float2half_rn(v));
+        else if (cls == 2)
+            v = __bfloat162float(__float2bfloat16_rn(v));
+        o[i] = v;
+    }
 }
 
 int k_norm_round(cudaStream_t st, const float *x, const float *w, float eps, int n, int D, int cls,
                  float *xr)
 {
-    if (D <= 1024 && D % 32 == 0 && cls != 4) {
-        norm_round_small_kernel<<<n, D, 0, st>>>(x, w, eps, D, cls, xr);
-        CUDA_LAUNCHED("norm_round_small");
-        return 0;
+    if (cls < 0 || cls > 2) {
+        log_error("cuda: norm_round: class %d (quantized inputs: k_norm_quant)", cls);
+        return ST_EINVAL;
     }
-    /* one block per token: as many threads as the row can use (a 256-thread
-     * block took 15 us for one 3584-wide row on the H200) */
-    int th = D >= 4096 ? 1024 : D >= 2048 ? 512 : 256;
-    norm_round_kernel<<<n, th, D * sizeof(float), st>>>(x, w, eps, D, cls, xr);
+    int th = D >= 1024 ? 1024 : (D + 31) / 32 * 32;
+    norm_round_kernel<<<n, th, 0, st>>>(x, w, eps, D, cls, xr);
     CUDA_LAUNCHED("norm_round");
     return 0;
 }
 
-/* acc[t] += row . x[t] over lanes (not reduced). */
-template <int T>
-static __device__ __forceinline__ void row_dot(const uint8_t *wr, int K, const float *x, int n,
-                                               float *acc, int lane, int wpr)
+/* Sum of v over the block, the same in every thread: warp sums, then every
+ * warp sums the partials in the same order. */
+static __device__ __forceinline__ double block_sum_all(double v)
 {
-    /* lane = thread index among the threads sharing the row (32 * warps per row) */
-    const int step = 32 * wpr;
-    if (T == QT_F32 || T == QT_F16 || T == QT_BF16) {
-        for (int e = lane; e < K; e += step) {
-            float wv = deq1<T>(wr, e);
+    __shared__ double part[32];
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
 #pragma unroll
-            for (int t = 0; t < MATVEC_MAX_N; t++)
-                if (t < n) acc[t] += wv * x[(size_t)t * K + e];
-        }
-    } else {
-        for (int g = lane; g < K / 8; g += step) {
-            float wv[8];
-            deq8<T>(wr, g * 8, wv);
-#pragma unroll
-            for (int t = 0; t < MATVEC_MAX_N; t++) {
-                if (t < n) {
-                    const float4 *xp = (const float4 *)(x + (size_t)t * K + g * 8);
-                    float4 a = xp[0], b = xp[1];
-                    acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x +
-                              wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
-                }
-            }
-        }
-    }
-}
-
-static __device__ __forceinline__ void row_dot_any(int type, const uint8_t *wr, int K,
-                                                   const float *x, int n, float *acc, int lane,
-                                                   int wpr)
-{
-    switch (type) {
-    case QT_F32:
-        row_dot<QT_F32>(wr, K, x, n, acc, lane, wpr);
-        break;
-    case QT_F16:
-        row_dot<QT_F16>(wr, K, x, n, acc, lane, wpr);
-        break;
-    case QT_BF16:
-        row_dot<QT_BF16>(wr, K, x, n, acc, lane, wpr);
-        break;
-    case QT_Q4_0:
-        row_dot<QT_Q4_0>(wr, K, x, n, acc, lane, wpr);
-        break;
-    case QT_Q4_1:
-        row_dot<QT_Q4_1>(wr, K, x, n, acc, lane, wpr);
-        break;
-    case QT_Q5_0:
-        row_dot<QT_Q5_0>(wr, K, x, n, acc, lane, wpr);
-        break;
-    case QT_Q5_1:
-        row_dot<QT_Q5_1>(wr, K, x, n, acc, lane, wpr);
-        break;
-    case QT_Q8_0:
-        row_dot<QT_Q8_0>(wr, K, x, n, acc, lane, wpr);
-        break;
-    case QT_Q2_K:
-        row_dot<QT_Q2_K>(wr, K, x, n, acc, lane, wpr);
-        break;
-    case QT_Q3_K:
-        row_dot<QT_Q3_K>(wr, K, x, n, acc, lane, wpr);
-        break;
-    case QT_Q4_K:
-        row_dot<QT_Q4_K>(wr, K, x, n, acc, lane, wpr);
-        break;
-    case QT_Q5_K:
-        row_dot<QT_Q5_K>(wr, K, x, n, acc, lane, wpr);
-        break;
-    case QT_Q6_K:
-        row_dot<QT_Q6_K>(wr, K, x, n, acc, lane, wpr);
-        break;
-    }
-}
-
-/* Sum acc[t] over the wpr warps of a row (warps w*wpr .. w*wpr+wpr-1 of the
- * block); the row's first warp gets the sums in acc. Block-wide barrier. */
-static __device__ __forceinline__ void rows_reduce(float *acc, int n, int wpr)
-{
-    __shared__ float part[4][MATVEC_MAX_N];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-    for (int t = 0; t < MATVEC_MAX_N; t++)
-        if (t < n) acc[t] = warp_sum(acc[t]);
-    if (wpr == 1) return;
-    __syncthreads(); /* part may still be read by an earlier call */
-    if (lane == 0)
-        for (int t = 0; t < n; t++)
-            part[warp][t] = acc[t];
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) part[wid] = v;
     __syncthreads();
-    if (warp % wpr == 0)
-        for (int t = 0; t < n; t++)
-            for (int w = 1; w < wpr; w++)
-                acc[t] += part[warp + w][t];
-}
-
-/* Copy a row's bytes (global, 2-byte aligned) into this warp's 16-byte aligned
- * shared buffer with 16-byte loads, many in flight; returns the row's start
- * inside buf. */
-static __device__ __forceinline__ const uint8_t *stage_row(const uint8_t *row, size_t rb,
-                                                           uint4 *buf, int lane)
-{
-    uintptr_t a = (uintptr_t)row, a0 = a & ~(uintptr_t)15;
-    int n16 = (int)((a + rb - a0 + 15) / 16);
-    const uint4 *src = (const uint4 *)a0;
-#pragma unroll 4
-    for (int i = lane; i < n16; i += 32)
-        buf[i] = __ldg(src + i);
-    __syncwarp();
-    return (const uint8_t *)buf + (a - a0);
-}
-
-static __global__ void __launch_bounds__(128) matvec_multi_kernel(struct mv_args a)
-{
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int wpr = a.wpr, sub = warp % wpr;
-    int row = blockIdx.x * (4 / wpr) + warp / wpr, s = 0;
-    while (s < a.nseg && row >= a.seg[s].N)
-        row -= a.seg[s].N, s++;
-    bool live = s < a.nseg;
-    float acc[MATVEC_MAX_N];
+    v = lane < nw ? part[lane] : 0.;
 #pragma unroll
-    for (int t = 0; t < MATVEC_MAX_N; t++)
-        acc[t] = 0.f;
-    if (live) {
-        const struct mv_seg &g0 = a.seg[s];
-        const uint8_t *wr = (const uint8_t *)g0.w + (size_t)row * g0.rb;
-        if (a.stage_u4) { /* wpr == 1 */
-            extern __shared__ uint4 stage[];
-            wr = stage_row(wr, g0.rb, stage + warp * a.stage_u4, lane);
-        }
-        row_dot_any(g0.type, wr, a.K, a.x, a.n, acc, sub * 32 + lane, wpr);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Block per token, NPT elements per thread (held in registers; the weights
+ * load before the wait for the previous kernel): rmsnorm(x) * w into shared
+ * memory, then a warp per activation block quantizes it (quant.cuh). */
+template <int NPT>
+static __global__ void norm_quant_kernel(const float *x, const float *w, float eps, int D, int cls,
+                                         struct mmq_act a)
+{
+    extern __shared__ float row[];
+    griddep_launch();
+    float wv[NPT], xv[NPT];
+#pragma unroll
+    for (int k = 0; k < NPT; k++) {
+        int i = threadIdx.x + k * blockDim.x;
+        wv[k] = i < D ? w[i] : 0.f;
     }
-    rows_reduce(acc, a.n, wpr);
-    if (!live || sub != 0) return;
-    const struct mv_seg &g = a.seg[s];
+    griddep_wait();
+    const float *xt = x + (size_t)blockIdx.x * D;
+    double ss = 0.;
 #pragma unroll
-    for (int t = 0; t < MATVEC_MAX_N; t++) {
-        if (t < a.n) {
-            float v = acc[t];
-            if (lane == 0) {
-                if (g.bias) v += g.bias[row];
-                float *y = g.y + (size_t)t * g.N + row;
-                *y = a.add ? *y + v : v;
-            }
-        }
+    for (int k = 0; k < NPT; k++) {
+        int i = threadIdx.x + k * blockDim.x;
+        xv[k] = i < D ? xt[i] : 0.f;
+        ss += (double)(xv[k] * xv[k]);
+    }
+    float sc = rms_scale(block_sum_all(ss), D, eps);
+#pragma unroll
+    for (int k = 0; k < NPT; k++) {
+        int i = threadIdx.x + k * blockDim.x;
+        if (i < D) row[i] = xv[k] * sc * wv[k];
+    }
+    __syncthreads();
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (cls == 3) {
+        for (int k = warp; k < D / 32; k += nw)
+            q8_0_store(row[32 * k + lane], lane, (size_t)blockIdx.x * (D / 32) + k, a.q, a.d, a.s);
+    } else {
+        for (int k = warp; k < D / 256; k += nw)
+            q8_k_store(row + 256 * k, lane, (size_t)blockIdx.x * (D / 256) + k, a.q, a.d, a.bsum);
     }
 }
 
-/* Shared-memory staging of weight rows: off by default (on the H200 reading
- * rows straight from global memory decodes faster: 0.5B 739 vs 639 tok/s,
- * 7B 133 vs 122); STAGED_CUDA_STAGE=1 turns it on. */
-static bool g_stage = false;
-static int g_xstage = 1; /* 0: never, 1: when it fits, 2: only when x is smaller than the rows */
-
-void k_set_x_staging(int mode)
+int k_norm_quant(cudaStream_t st, const float *x, const float *w, float eps, int n, int D, int cls,
+                 struct mmq_act *q)
 {
-    g_xstage = mode;
+    int th = D >= 1024 ? 1024 : (D + 31) / 32 * 32, npt = (D + th - 1) / th;
+    if ((cls != 3 && cls != 4) || D % (cls == 4 ? 256 : 32) != 0 || npt > 16) {
+        log_error("cuda: norm_quant: class %d with a row of %d", cls, D);
+        return ST_EINVAL;
+    }
+    q->n = n;
+    q->K = D;
+    q->cls = cls;
+    size_t smem = D * sizeof(float);
+#define NORM_QUANT(P)                                                                              \
+    CUDA_TRY(launch_pdl(norm_quant_kernel<P>, n, th, smem, st, x, w, eps, D, cls, *q))
+    if (npt == 1)
+        NORM_QUANT(1);
+    else if (npt == 2)
+        NORM_QUANT(2);
+    else if (npt <= 4)
+        NORM_QUANT(4);
+    else if (npt <= 8)
+        NORM_QUANT(8);
+    else {
+        /* rows over 12288 floats need more than the default 48 KB */
+        CUDA_TRY(cudaFuncSetAttribute(norm_quant_kernel<16>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        NORM_QUANT(16);
+    }
+#undef NORM_QUANT
+    return 0;
 }
 
-void k_set_staging(bool on)
+/* Block (head, token) of q's and k's heads; thread i < rope_dim / 2 rotates
+ * pair i (q back into q, k straight into the cache as half); a k head's
+ * block also stores its v and the unrotated tail of k. One memory round
+ * trip per thread. */
+static __global__ void rope_store_kernel(float *q, const float *k, const float *v, __half *kc,
+                                         __half *vc, int n_heads, int n_kv, int hd, int rope_dim,
+                                         int kind, float theta_scale, const float2 *tab,
+                                         struct kv_layout kl, const int32_t *pos,
+                                         const int32_t *seq)
 {
-    g_stage = on;
+    griddep_launch();
+    griddep_wait();
+    const int h = blockIdx.x, t = blockIdx.y, i = threadIdx.x;
+    const int half_rd = rope_dim / 2, P = pos[t], kv_dim = n_kv * hd;
+    const size_t dst = (size_t)seq[t] * kl.sstride + (size_t)P * kl.pstride;
+    const float *kt = k + (size_t)t * kv_dim;
+    const size_t ko = dst + (size_t)(h - n_heads) * hd;
+    if (i < half_rd) {
+        float sn, cs;
+        if (tab) {
+            float2 c = tab[(size_t)P * half_rd + i];
+            cs = c.x;
+            sn = c.y;
+        } else { /* the reference's angles: pos * theta_scale^i by repeated products */
+            float theta = (float)P;
+            for (int j = 0; j < i; j++)
+                theta *= theta_scale;
+            sn = sinf(theta);
+            cs = cosf(theta);
+        }
+        int i0 = kind == 0 ? 2 * i : i;
+        int i1 = kind == 0 ? 2 * i + 1 : i + half_rd;
+        float *qh = q + ((size_t)t * n_heads + h) * hd;
+        const float *xh = h < n_heads ? qh : kt + (size_t)(h - n_heads) * hd;
+        float a = xh[i0], b = xh[i1];
+        float r0 = __fmaf_rn(a, cs, -__fmul_rn(b, sn)); /* fused as the reference */
+        float r1 = __fmaf_rn(a, sn, __fmul_rn(b, cs));
+        if (h < n_heads) {
+            qh[i0] = r0;
+            qh[i1] = r1;
+        } else {
+            kc[ko + i0] = __float2half_rn(r0);
+            kc[ko + i1] = __float2half_rn(r1);
+        }
+    }
+    if (h >= n_heads)
+        for (int j = i; j < hd; j += blockDim.x) {
+            size_t e = (size_t)(h - n_heads) * hd + j;
+            vc[dst + e] = __float2half_rn(v[(size_t)t * kv_dim + e]);
+            if (j >= rope_dim) kc[dst + e] = __float2half_rn(kt[e]);
+        }
 }
+
+int k_rope_store(cudaStream_t st, float *q, const float *k, const float *v, __half *kc, __half *vc,
+                 int n, int n_heads, int n_kv, int hd, int rope_dim, int kind, float base,
+                 const float2 *tab, struct kv_layout kl, const int32_t *pos, const int32_t *seq)
+{
+    float theta_scale = powf(base, -2.0f / (float)rope_dim); /* on the host, as the reference */
+    dim3 grid(n_heads + n_kv, n);
+    CUDA_TRY(launch_pdl(rope_store_kernel, grid, (hd + 31) / 32 * 32, 0, st, q, k, v, kc, vc,
+                        n_heads, n_kv, hd, rope_dim, kind, theta_scale, tab, kl, pos, seq));
+    return 0;
+}
+
+/* ---- float weights, batches of up to MATVEC_MAX_N tokens (accumulators in registers) ---- */
 
 /* Warps per row: enough blocks to fill the GPU (>= ~4 per SM) with long rows split. */
 static int pick_wpr(int rows, int K)
@@ -782,166 +757,17 @@ static int pick_wpr(int rows, int K)
     return 1;
 }
 
-int k_matvec_multi(cudaStream_t st, struct mv_args *a)
-{
-    int rows = 0;
-    for (int s = 0; s < a->nseg; s++) {
-        a->seg[s].rb = qt_row_bytes(a->seg[s].type, a->K);
-        rows += a->seg[s].N;
-    }
-    a->wpr = pick_wpr(rows, a->K);
-    /* stage rows through shared memory (one row per warp) when they fit */
-    size_t rbmax = 0;
-    for (int s = 0; s < a->nseg; s++)
-        if (a->seg[s].rb > rbmax) rbmax = a->seg[s].rb;
-    size_t u4 = (rbmax + 31) / 16 + 1;
-    a->stage_u4 = 0;
-    if (g_stage && 4 * u4 * 16 <= 40 * 1024) {
-        a->wpr = 1;
-        a->stage_u4 = (int)u4;
-    }
-    int rpb = 4 / a->wpr;
-    matvec_multi_kernel<<<(rows + rpb - 1) / rpb, 128, a->stage_u4 * 16 * 4, st>>>(*a);
-    CUDA_LAUNCHED("matvec_multi");
-    return 0;
-}
-
-/* h[t][r] = silu(gate_r . xg[t]) * (up_r . xu[t]). */
-static __global__ void __launch_bounds__(128)
-    matvec_swiglu_kernel(const uint8_t *wg, int tg, size_t rbg, const uint8_t *wu, int tu,
-                         size_t rbu, int N, int K, const float *xg, const float *xu, int n,
-                         float *h, int wpr, int stage_u4)
-{
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int sub = warp % wpr;
-    int row = blockIdx.x * (4 / wpr) + warp / wpr;
-    bool live = row < N;
-    float ag[MATVEC_MAX_N], au[MATVEC_MAX_N];
-#pragma unroll
-    for (int t = 0; t < MATVEC_MAX_N; t++)
-        ag[t] = au[t] = 0.f;
-    if (live) {
-        const uint8_t *rg = wg + (size_t)row * rbg, *ru = wu + (size_t)row * rbu;
-        if (stage_u4) { /* wpr == 1: gate row and up row side by side */
-            extern __shared__ uint4 stage[];
-            rg = stage_row(rg, rbg, stage + warp * 2 * stage_u4, lane);
-            ru = stage_row(ru, rbu, stage + (warp * 2 + 1) * stage_u4, lane);
-        }
-        row_dot_any(tg, rg, K, xg, n, ag, sub * 32 + lane, wpr);
-        row_dot_any(tu, ru, K, xu, n, au, sub * 32 + lane, wpr);
-    }
-    rows_reduce(ag, n, wpr);
-    rows_reduce(au, n, wpr);
-    if (!live || sub != 0) return;
-#pragma unroll
-    for (int t = 0; t < MATVEC_MAX_N; t++) {
-        if (t < n) {
-            float g = ag[t], u = au[t];
-            if (lane == 0) h[(size_t)t * N + row] = g / (1.f + expf(-g)) * u;
-        }
-    }
-}
-
-int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
-                    const float *xg, const float *xu, int n, float *h)
-{
-    int wpr = pick_wpr(N, K);
-    size_t rbmax =
-        qt_row_bytes(tg, K) > qt_row_bytes(tu, K) ? qt_row_bytes(tg, K) : qt_row_bytes(tu, K);
-    int u4 = (int)((rbmax + 31) / 16 + 1), stage_u4 = 0;
-    if (g_stage && 8 * (size_t)u4 * 16 <= 40 * 1024) {
-        wpr = 1;
-        stage_u4 = u4;
-    }
-    int rpb = 4 / wpr;
-    matvec_swiglu_kernel<<<(N + rpb - 1) / rpb, 128, (size_t)stage_u4 * 16 * 8, st>>>(
-        (const uint8_t *)wg, tg, qt_row_bytes(tg, K), (const uint8_t *)wu, tu, qt_row_bytes(tu, K),
-        N, K, xg, xu, n, h, wpr, stage_u4);
-    CUDA_LAUNCHED("matvec_swiglu");
-    return 0;
-}
-
-/* Block per token: rotate q and k in place, store k and v in the cache. */
-static __global__ void rope_store_kernel(float *q, float *k, const float *v, __half *kc, __half *vc,
-                                         int n_heads, int n_kv, int hd, int rope_dim, int kind,
-                                         float theta_scale, const float2 *tab, struct kv_layout kl,
-                                         const int32_t *pos, const int32_t *seq)
-{
-    int t = blockIdx.x;
-    int half_rd = rope_dim / 2;
-    float p = (float)pos[t];
-    int kv_dim = n_kv * hd;
-    float *qt = q + (size_t)t * n_heads * hd;
-    float *kt = k + (size_t)t * kv_dim;
-    for (int idx = threadIdx.x; idx < (n_heads + n_kv) * half_rd; idx += blockDim.x) {
-        int h = idx / half_rd, i = idx % half_rd;
-        float sn, cs;
-        if (tab) {
-            float2 c = tab[(size_t)pos[t] * half_rd + i];
-            cs = c.x;
-            sn = c.y;
-        } else { /* the reference's angles: pos * theta_scale^i by repeated products */
-            float theta = p;
-            for (int j = 0; j < i; j++)
-                theta *= theta_scale;
-            sn = sinf(theta);
-            cs = cosf(theta);
-        }
-        float *xh = h < n_heads ? qt + (size_t)h * hd : kt + (size_t)(h - n_heads) * hd;
-        int i0 = kind == 0 ? 2 * i : i;
-        int i1 = kind == 0 ? 2 * i + 1 : i + half_rd;
-        float a = xh[i0], b = xh[i1];
-        xh[i0] = __fmaf_rn(a, cs, -__fmul_rn(b, sn)); /* fused as the reference */
-        xh[i1] = __fmaf_rn(a, sn, __fmul_rn(b, cs));
-    }
-    __syncthreads();
-    size_t dst = (size_t)seq[t] * kl.sstride + (size_t)pos[t] * kl.pstride;
-    for (int j = threadIdx.x; j < kv_dim; j += blockDim.x) {
-        kc[dst + j] = __float2half_rn(kt[j]);
-        vc[dst + j] = __float2half_rn(v[(size_t)t * kv_dim + j]);
-    }
-}
-
-int k_rope_store(cudaStream_t st, float *q, float *k, const float *v, __half *kc, __half *vc, int n,
-                 int n_heads, int n_kv, int hd, int rope_dim, int kind, float base,
-                 const float2 *tab, struct kv_layout kl, const int32_t *pos, const int32_t *seq)
-{
-    float theta_scale = powf(base, -2.0f / (float)rope_dim); /* on the host, as the reference */
-    rope_store_kernel<<<n, 256, 0, st>>>(q, k, v, kc, vc, n_heads, n_kv, hd, rope_dim, kind,
-                                         theta_scale, tab, kl, pos, seq);
-    CUDA_LAUNCHED("rope_store");
-    return 0;
-}
-
-/* ---- type-specialised decode kernels (accumulators in registers) ---- */
-
+/* acc[t] += this thread's share (elements lane, lane + step..) of row wr . x[t]. */
 template <int T, int NT>
 static __device__ __forceinline__ void row_dot_t(const uint8_t *wr, int K,
                                                  const float *__restrict__ x, int n,
                                                  float (&acc)[NT], int lane, int step)
 {
-    if (T == QT_F32 || T == QT_F16 || T == QT_BF16) {
-        for (int e = lane; e < K; e += step) {
-            float wv = deq1<T>(wr, e);
+    for (int e = lane; e < K; e += step) {
+        float wv = deq1<T>(wr, e);
 #pragma unroll
-            for (int t = 0; t < NT; t++)
-                if (NT == 1 || t < n) acc[t] += wv * x[(size_t)t * K + e];
-        }
-    } else {
-#pragma unroll 2
-        for (int g = lane; g < K / 8; g += step) {
-            float wv[8];
-            deq8<T>(wr, g * 8, wv);
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                if (NT == 1 || t < n) {
-                    const float4 *xp = (const float4 *)(x + (size_t)t * K + g * 8);
-                    float4 a = xp[0], b = xp[1];
-                    acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x +
-                              wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
-                }
-            }
-        }
+        for (int t = 0; t < NT; t++)
+            if (NT == 1 || t < n) acc[t] += wv * x[(size_t)t * K + e];
     }
 }
 
@@ -967,87 +793,18 @@ static __device__ __forceinline__ void rows_reduce_t(float (&acc)[NT], int n, in
                 acc[t] += part[warp + w][t];
 }
 
-/* Block-cooperative copy of n16 16-byte units from global (16-byte aligned
- * source) into shared memory. */
-static __device__ __forceinline__ void block_copy16(uint4 *dst, const uint4 *src, int n16)
-{
-#pragma unroll 4
-    for (int i = threadIdx.x; i < n16; i += blockDim.x)
-        dst[i] = __ldg(src + i);
-}
-
-/* Rows of a block staged by all its threads: returns the row start in buf. */
-static __device__ __forceinline__ const uint8_t *block_stage_row(const uint8_t *row, size_t rb,
-                                                                 uint4 *buf)
-{
-    uintptr_t a = (uintptr_t)row, a0 = a & ~(uintptr_t)15;
-    block_copy16(buf, (const uint4 *)a0, (int)((a + rb - a0 + 15) / 16));
-    return (const uint8_t *)buf + (a - a0);
-}
-
-/* Row `row` of the concatenated segments: its matrix, output and bias. */
-struct seg_row {
-    const uint8_t *w;
-    float *y;
-    const float *bias;
-    int N, r;
-};
-
-static __device__ __forceinline__ struct seg_row find_row(const struct mv_args &a, int row)
-{
-    struct seg_row o;
-    int s = 0;
-    if (row >= a.seg[0].N && a.nseg > 1) {
-        row -= a.seg[0].N;
-        s = 1;
-        if (row >= a.seg[1].N && a.nseg > 2) {
-            row -= a.seg[1].N;
-            s = 2;
-        }
-    }
-    const struct mv_seg &g = s == 0 ? a.seg[0] : s == 1 ? a.seg[1] : a.seg[2];
-    o.w = row < g.N ? (const uint8_t *)g.w + (size_t)row * g.rb : NULL;
-    o.y = g.y;
-    o.bias = g.bias;
-    o.N = g.N;
-    o.r = row;
-    return o;
-}
-
-/* Block = 4 / wpr rows, wpr warps per row. With a.stage_u4 the block first
- * copies its weight rows (and, with a.x_smem, the inputs) into shared memory
- * with 16-byte loads, all issued before any is used; then every warp reads
- * shared memory only. */
+/* Block = 4 / wpr rows, wpr warps per row. */
 template <int T, int NT>
 static __global__ void __launch_bounds__(128) mv_fast_kernel(struct mv_args a)
 {
-    extern __shared__ uint4 dyn[];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int wpr = a.wpr, sub = warp % wpr, rpb = 4 / wpr;
-    int row0 = blockIdx.x * rpb;
-    struct seg_row me = find_row(a, row0 + warp / wpr);
-    const float *xin = a.x;
-    const uint8_t *wr = me.w;
-    if (a.stage_u4) {
-        uint4 *xs = dyn + (size_t)rpb * a.stage_u4;
-        for (int j = 0; j < rpb; j++) {
-            struct seg_row o = find_row(a, row0 + j);
-            if (o.w) {
-                const uint8_t *p = block_stage_row(o.w, a.seg[0].rb, dyn + (size_t)j * a.stage_u4);
-                if (j == warp / wpr) wr = p;
-            }
-        }
-        if (a.x_smem) {
-            block_copy16(xs, (const uint4 *)a.x, a.n * a.K / 4);
-            xin = (const float *)xs;
-        }
-        __syncthreads();
-    }
+    struct seg_row me = find_row(a, blockIdx.x * rpb + warp / wpr);
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++)
         acc[t] = 0.f;
-    if (me.w) row_dot_t<T, NT>(wr, a.K, xin, a.n, acc, sub * 32 + lane, 32 * wpr);
+    if (me.w) row_dot_t<T, NT>(me.w, a.K, a.x, a.n, acc, sub * 32 + lane, 32 * wpr);
     rows_reduce_t<NT>(acc, a.n, wpr);
     if (!me.w || sub != 0 || lane != 0) return;
 #pragma unroll
@@ -1064,141 +821,31 @@ static __global__ void __launch_bounds__(128) mv_fast_kernel(struct mv_args a)
 template <int T> static int mv_fast_launch(cudaStream_t st, struct mv_args *a, int rows)
 {
     int rpb = 4 / a->wpr;
-    size_t smem = (size_t)a->stage_u4 * 16 * rpb + (a->x_smem ? (size_t)a->n * a->K * 4 : 0);
     if (a->n == 1)
-        mv_fast_kernel<T, 1><<<(rows + rpb - 1) / rpb, 128, smem, st>>>(*a);
+        mv_fast_kernel<T, 1><<<(rows + rpb - 1) / rpb, 128, 0, st>>>(*a);
     else
-        mv_fast_kernel<T, MATVEC_MAX_N><<<(rows + rpb - 1) / rpb, 128, smem, st>>>(*a);
+        mv_fast_kernel<T, MATVEC_MAX_N><<<(rows + rpb - 1) / rpb, 128, 0, st>>>(*a);
     CUDA_LAUNCHED("mv_fast");
     return 0;
 }
 
-/* ---- one token, k-quants: wide loads ----
- * A warp per row; 8 lanes per 256-element super-block, each lane one 32-byte
- * (Q4_K: 16 bytes of quants = 32 elements in one load) share of it, 4
- * super-blocks per warp step. The generic decoders read a byte per element;
- * these move the row with few, wide loads (decode of 7B-sized matrices was
- * load-instruction bound at ~0.9 TB/s). */
-
-/* 16 bytes from a 2-byte aligned address. */
-static __device__ __forceinline__ void ld8_a2(const uint8_t *p, uint32_t &lo, uint32_t &hi)
-{
-    const uint16_t *h = (const uint16_t *)p;
-    lo = (uint32_t)h[0] | (uint32_t)h[1] << 16;
-    hi = (uint32_t)h[2] | (uint32_t)h[3] << 16;
-}
-
-template <int T>
-static __device__ __forceinline__ float row_dot1(const uint8_t *__restrict__ wr, int K,
-                                                 const float *__restrict__ x, int lane)
-{
-    float acc = 0.f;
-    const int u = lane & 7, nsb = K / 256;
-    for (int sb = lane >> 3; sb < nsb; sb += 4) {
-        const float *xs = x + (size_t)sb * 256;
-        if (T == QT_Q4_K) {
-            const uint8_t *b = wr + (size_t)sb * 144; /* rows and blocks 16-byte aligned */
-            int c = u >> 1, l0 = (u & 1) * 16;
-            uint32_t dd = *(const uint32_t *)b;
-            float d = __half2float(__ushort_as_half((unsigned short)(dd & 0xffff)));
-            float dm = __half2float(__ushort_as_half((unsigned short)(dd >> 16)));
-            int sc0, m0, sc1, m1;
-            k4_scale_min(b + 4, 2 * c, sc0, m0);
-            k4_scale_min(b + 4, 2 * c + 1, sc1, m1);
-            uint4 q = *(const uint4 *)(b + 16 + 32 * c + l0);
-            const float4 *xl = (const float4 *)(xs + 64 * c + l0), *xh = xl + 8;
-            uint32_t qw[4] = {q.x, q.y, q.z, q.w};
-            float slo = 0.f, shi = 0.f, xlo = 0.f, xhi = 0.f;
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                float4 a = xl[k], h = xh[k];
-                uint32_t v = qw[k];
-                slo += (float)(v & 15) * a.x + (float)(v >> 8 & 15) * a.y +
-                       (float)(v >> 16 & 15) * a.z + (float)(v >> 24 & 15) * a.w;
-                shi += (float)(v >> 4 & 15) * h.x + (float)(v >> 12 & 15) * h.y +
-                       (float)(v >> 20 & 15) * h.z + (float)(v >> 28) * h.w;
-                xlo += a.x + a.y + a.z + a.w;
-                xhi += h.x + h.y + h.z + h.w;
-            }
-            acc += d * ((float)sc0 * slo + (float)sc1 * shi) -
-                   dm * ((float)m0 * xlo + (float)m1 * xhi);
-        } else { /* Q6_K: 210-byte blocks, 2-byte aligned */
-            const uint8_t *b = wr + (size_t)sb * 210;
-            int h = u >> 2, l0 = (u & 3) * 8;
-            uint32_t a0, a1, b0, b1, h0, h1;
-            ld8_a2(b + 64 * h + l0, a0, a1);      /* j = 0 (low), 2 (high nibbles) */
-            ld8_a2(b + 64 * h + 32 + l0, b0, b1); /* j = 1, 3 */
-            ld8_a2(b + 128 + 32 * h + l0, h0, h1);
-            float d = ld_f16(b + 208);
-            const int8_t *sc = (const int8_t *)(b + 192 + 8 * h + (l0 >> 4));
-            uint32_t ql[2][2] = {{a0, a1}, {b0, b1}}, qh[2] = {h0, h1};
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const float4 *xp = (const float4 *)(xs + 128 * h + 32 * j + l0);
-                float s = 0.f;
-#pragma unroll
-                for (int w = 0; w < 2; w++) {
-                    uint32_t lo = ql[j & 1][w] >> (4 * (j >> 1)), hi = qh[w] >> (2 * j);
-                    float4 xv = xp[w];
-                    s += (float)((int)((lo & 15) | (hi & 3) << 4) - 32) * xv.x +
-                         (float)((int)((lo >> 8 & 15) | (hi >> 8 & 3) << 4) - 32) * xv.y +
-                         (float)((int)((lo >> 16 & 15) | (hi >> 16 & 3) << 4) - 32) * xv.z +
-                         (float)((int)((lo >> 24 & 15) | (hi >> 24 & 3) << 4) - 32) * xv.w;
-                }
-                acc += d * (float)sc[2 * j] * s;
-            }
-        }
+/* The float types these kernels take (quantized weights: mvq.cuh). */
+#define DISPATCH_FLOAT(t, F, ...)                                                                  \
+    switch (t) {                                                                                   \
+    case QT_F32:                                                                                   \
+        return F<QT_F32>(__VA_ARGS__);                                                             \
+    case QT_F16:                                                                                   \
+        return F<QT_F16>(__VA_ARGS__);                                                             \
+    case QT_BF16:                                                                                  \
+        return F<QT_BF16>(__VA_ARGS__);                                                            \
+    default:                                                                                       \
+        log_error("cuda: %s: type %d is not a float type", #F, (int)(t));                          \
+        return ST_EINVAL;                                                                          \
     }
-    return warp_sum(acc);
-}
 
-/* 4 rows per block, a warp each, over the segments of a. */
-template <int T> static __global__ void __launch_bounds__(128) mv1_kernel(struct mv_args a)
+static int mv_fast_group(cudaStream_t st, int type, struct mv_args *a, int rows)
 {
-    int lane = threadIdx.x & 31;
-    struct seg_row me = find_row(a, blockIdx.x * 4 + (threadIdx.x >> 5));
-    if (!me.w) return;
-    float v = row_dot1<T>(me.w, a.K, a.x, lane);
-    if (lane != 0) return;
-    if (me.bias) v += me.bias[me.r];
-    float *yp = me.y + me.r;
-    *yp = a.add ? *yp + v : v;
-}
-
-/* h[row] = silu(Wg_row . xg) * (Wu_row . xu), one token. */
-template <int T>
-static __global__ void __launch_bounds__(128)
-    swiglu1_kernel(const uint8_t *wg, const uint8_t *wu, size_t rb, int N, int K, const float *xg,
-                   const float *xu, float *h)
-{
-    int lane = threadIdx.x & 31, row = blockIdx.x * 4 + (threadIdx.x >> 5);
-    if (row >= N) return;
-    float g = row_dot1<T>(wg + (size_t)row * rb, K, xg, lane);
-    float u = row_dot1<T>(wu + (size_t)row * rb, K, xu, lane);
-    if (lane == 0) h[row] = g / (1.f + expf(-g)) * u;
-}
-
-/* The one-token k-quant kernels take these. */
-static bool wide1(int type, int n, int K)
-{
-    return n == 1 && (type == QT_Q4_K || type == QT_Q6_K) && K % 256 == 0;
-}
-
-/* Staging plan: rows of the block (and the inputs when they fit) in shared
- * memory, within 44 KB. Sets a->stage_u4 / a->x_smem, or leaves them 0. */
-static void plan_staging(struct mv_args *a, size_t rb, int rows_per_slot)
-{
-    int rpb = 4 / a->wpr;
-    size_t u4 = (rb + 31) / 16 + 1;
-    size_t wbytes = (size_t)rpb * rows_per_slot * u4 * 16;
-    size_t xbytes = (size_t)a->n * a->K * 4;
-    a->stage_u4 = 0;
-    a->x_smem = 0;
-    if (!g_stage || wbytes > 40 * 1024) return;
-    a->stage_u4 = (int)u4;
-    if (a->K % 4 == 0 && wbytes + xbytes <= 44 * 1024 && g_xstage &&
-        (g_xstage == 1 || xbytes <= wbytes))
-        a->x_smem = 1;
+    DISPATCH_FLOAT(type, mv_fast_launch, st, a, rows);
 }
 
 int k_matvec_fast(cudaStream_t st, const struct mv_args *in)
@@ -1217,62 +864,8 @@ int k_matvec_fast(cudaStream_t st, const struct mv_args *in)
             a.nseg++;
             done[j] = true;
         }
-        int rc;
-        if (wide1(in->seg[i].type, a.n, a.K)) {
-            if (in->seg[i].type == QT_Q4_K)
-                mv1_kernel<QT_Q4_K><<<(rows + 3) / 4, 128, 0, st>>>(a);
-            else
-                mv1_kernel<QT_Q6_K><<<(rows + 3) / 4, 128, 0, st>>>(a);
-            CUDA_LAUNCHED("mv1");
-            continue;
-        }
         a.wpr = pick_wpr(rows, a.K);
-        plan_staging(&a, a.seg[0].rb, 1);
-        switch (in->seg[i].type) {
-        case QT_F32:
-            rc = mv_fast_launch<QT_F32>(st, &a, rows);
-            break;
-        case QT_F16:
-            rc = mv_fast_launch<QT_F16>(st, &a, rows);
-            break;
-        case QT_BF16:
-            rc = mv_fast_launch<QT_BF16>(st, &a, rows);
-            break;
-        case QT_Q4_0:
-            rc = mv_fast_launch<QT_Q4_0>(st, &a, rows);
-            break;
-        case QT_Q4_1:
-            rc = mv_fast_launch<QT_Q4_1>(st, &a, rows);
-            break;
-        case QT_Q5_0:
-            rc = mv_fast_launch<QT_Q5_0>(st, &a, rows);
-            break;
-        case QT_Q5_1:
-            rc = mv_fast_launch<QT_Q5_1>(st, &a, rows);
-            break;
-        case QT_Q8_0:
-            rc = mv_fast_launch<QT_Q8_0>(st, &a, rows);
-            break;
-        case QT_Q2_K:
-            rc = mv_fast_launch<QT_Q2_K>(st, &a, rows);
-            break;
-        case QT_Q3_K:
-            rc = mv_fast_launch<QT_Q3_K>(st, &a, rows);
-            break;
-        case QT_Q4_K:
-            rc = mv_fast_launch<QT_Q4_K>(st, &a, rows);
-            break;
-        case QT_Q5_K:
-            rc = mv_fast_launch<QT_Q5_K>(st, &a, rows);
-            break;
-        case QT_Q6_K:
-            rc = mv_fast_launch<QT_Q6_K>(st, &a, rows);
-            break;
-        default:
-            rc = k_matvec_multi(st, &a);
-            break;
-        }
-        if (rc < 0) return rc;
+        ST_TRY(mv_fast_group(st, in->seg[i].type, &a, rows));
     }
     return 0;
 }
@@ -1280,43 +873,18 @@ int k_matvec_fast(cudaStream_t st, const struct mv_args *in)
 template <int T, int NT>
 static __global__ void __launch_bounds__(128)
     swiglu_fast_kernel(const uint8_t *wg, const uint8_t *wu, size_t rb, int N, int K,
-                       const float *xg, const float *xu, int n, float *h, int wpr, int stage_u4,
-                       int x_smem)
+                       const float *xg, const float *xu, int n, float *h, int wpr)
 {
-    extern __shared__ uint4 dyn[];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int sub = warp % wpr, rpb = 4 / wpr;
-    int row0 = blockIdx.x * rpb, row = row0 + warp / wpr;
+    int sub = warp % wpr, row = blockIdx.x * (4 / wpr) + warp / wpr;
     bool live = row < N;
-    const uint8_t *rg = wg + (size_t)row * rb, *ru = wu + (size_t)row * rb;
-    if (stage_u4) {
-        for (int j = 0; j < rpb && row0 + j < N; j++) {
-            const uint8_t *pg =
-                block_stage_row(wg + (size_t)(row0 + j) * rb, rb, dyn + (size_t)(2 * j) * stage_u4);
-            const uint8_t *pu = block_stage_row(wu + (size_t)(row0 + j) * rb, rb,
-                                                dyn + (size_t)(2 * j + 1) * stage_u4);
-            if (j == warp / wpr) rg = pg, ru = pu;
-        }
-        if (x_smem) {
-            uint4 *xs = dyn + (size_t)2 * rpb * stage_u4;
-            block_copy16(xs, (const uint4 *)xg, n * K / 4);
-            if (xu != xg) {
-                block_copy16(xs + n * K / 4, (const uint4 *)xu, n * K / 4);
-                xu = (const float *)(xs + n * K / 4);
-            } else {
-                xu = (const float *)xs;
-            }
-            xg = (const float *)xs;
-        }
-        __syncthreads();
-    }
     float ag[NT], au[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++)
         ag[t] = au[t] = 0.f;
     if (live) {
-        row_dot_t<T, NT>(rg, K, xg, n, ag, sub * 32 + lane, 32 * wpr);
-        row_dot_t<T, NT>(ru, K, xu, n, au, sub * 32 + lane, 32 * wpr);
+        row_dot_t<T, NT>(wg + (size_t)row * rb, K, xg, n, ag, sub * 32 + lane, 32 * wpr);
+        row_dot_t<T, NT>(wu + (size_t)row * rb, K, xu, n, au, sub * 32 + lane, 32 * wpr);
     }
     rows_reduce_t<NT>(ag, n, wpr);
     rows_reduce_t<NT>(au, n, wpr);
@@ -1330,41 +898,20 @@ template <int T>
 static int swiglu_fast_launch(cudaStream_t st, const void *wg, const void *wu, int N, int K,
                               const float *xg, const float *xu, int n, float *h)
 {
-    struct mv_args a;
-    memset(&a, 0, sizeof(a));
-    a.K = K;
-    a.n = xg == xu ? n : 2 * n; /* inputs to copy */
-    a.wpr = pick_wpr(N, K);
+    int wpr = pick_wpr(N, K), rpb = 4 / wpr;
     size_t rb = qt_row_bytes(T, K);
-    plan_staging(&a, rb, 2);
-    int rpb = 4 / a.wpr;
-    size_t smem = (size_t)a.stage_u4 * 16 * 2 * rpb + (a.x_smem ? (size_t)a.n * K * 4 : 0);
     if (n == 1)
-        swiglu_fast_kernel<T, 1><<<(N + rpb - 1) / rpb, 128, smem, st>>>(
-            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, a.wpr, a.stage_u4,
-            a.x_smem);
+        swiglu_fast_kernel<T, 1><<<(N + rpb - 1) / rpb, 128, 0, st>>>(
+            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, wpr);
     else
-        swiglu_fast_kernel<T, MATVEC_MAX_N><<<(N + rpb - 1) / rpb, 128, smem, st>>>(
-            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, a.wpr, a.stage_u4,
-            a.x_smem);
+        swiglu_fast_kernel<T, MATVEC_MAX_N><<<(N + rpb - 1) / rpb, 128, 0, st>>>(
+            (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, n, h, wpr);
     CUDA_LAUNCHED("swiglu_fast");
     return 0;
 }
 
-int k_swiglu_fast(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
+int k_swiglu_fast(cudaStream_t st, const void *wg, const void *wu, int type, int N, int K,
                   const float *xg, const float *xu, int n, float *h)
 {
-    if (tg != tu) return k_matvec_swiglu(st, wg, tg, wu, tu, N, K, xg, xu, n, h);
-    if (wide1(tg, n, K)) {
-        size_t rb = qt_row_bytes(tg, K);
-        if (tg == QT_Q4_K)
-            swiglu1_kernel<QT_Q4_K><<<(N + 3) / 4, 128, 0, st>>>(
-                (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, h);
-        else
-            swiglu1_kernel<QT_Q6_K><<<(N + 3) / 4, 128, 0, st>>>(
-                (const uint8_t *)wg, (const uint8_t *)wu, rb, N, K, xg, xu, h);
-        CUDA_LAUNCHED("swiglu1");
-        return 0;
-    }
-    DISPATCH_TYPE(tg, swiglu_fast_launch, st, wg, wu, N, K, xg, xu, n, h);
+    DISPATCH_FLOAT(type, swiglu_fast_launch, st, wg, wu, N, K, xg, xu, n, h);
 }

@@ -13,6 +13,8 @@
 #ifndef STAGED_CUDA_KERNELS_CUH
 #define STAGED_CUDA_KERNELS_CUH
 
+#include "gpu_worker/cuda/mmq.cuh"
+
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -55,59 +57,84 @@ int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n
  * ref = true: the reference engine's operations in its order (q and the
  * running sum of V in half precision, positions in order, its dot-product
  * order and correctly rounded expf), one warp per head and token.
- * round = true (fast mode, head_dim % 32 == 0 only): the output comes rounded
- * like Q8_0 activations (what a product with Q4_0..Q8_0 weights wants). */
+ * qo (fast mode, head_dim % 32 == 0 only; else NULL): the output goes there
+ * as Q8_0 / Q8_1 activation blocks (what a product with Q4_0..Q8_0 weights
+ * reads) instead of into out. */
 int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half *vc, float *out,
                 int n, int n_heads, int n_kv, int hd, struct kv_layout kl, float scale,
-                const int32_t *pos, const int32_t *seq, bool ref, bool round);
+                const int32_t *pos, const int32_t *seq, bool ref, struct mmq_act *qo);
 /* out[i] = x[idx[i]] rows of dim. */
 int k_gather_rows(cudaStream_t st, const float *x, const int32_t *idx, float *out, int n_out,
                   int dim);
 /* ---- fused decode kernels (n <= MATVEC_MAX_N tokens) ---- */
 
-/* xr[t] = rounding class cls (0 none, 1 F16, 2 BF16, 3 Q8_0 blocks, 4 Q8_K
- * blocks) of rmsnorm(x[t]) * w. */
+/* xr[t] = rmsnorm(x[t]) * w rounded as class cls (0 none, 1 F16, 2 BF16): the
+ * input of float weights. */
 int k_norm_round(cudaStream_t st, const float *x, const float *w, float eps, int n, int D, int cls,
                  float *xr);
-/* Up to 3 matrices with the same K in one launch: rows of seg 0, then seg 1...
- * y[t][r] = (add ? y[t][r] : 0) + W_r . x[t] + (bias ? bias[r] : 0). */
+/* q = rmsnorm(x[t]) * w quantized as activations of class cls (3: Q8_0 /
+ * Q8_1 blocks, 4: Q8_K; see mmq.cuh), n tokens of D. */
+int k_norm_quant(cudaStream_t st, const float *x, const float *w, float eps, int n, int D, int cls,
+                 struct mmq_act *q);
+/* Up to 3 matrices with the same K in one launch per weight type: rows of
+ * seg 0, then seg 1... y[t][r] = (add ? y[t][r] : 0) + W_r . x[t] + (bias ?
+ * bias[r] : 0). Float weights: k_matvec_fast; quantized: k_mvq (mvq.cuh). */
 struct mv_seg {
     const void *w;
     int type, N;
-    size_t rb;         /* filled by k_matvec_multi */
+    size_t rb;         /* filled by the launchers */
     float *y;          /* [n][N] */
     const float *bias; /* [N] or NULL */
 };
 struct mv_args {
     struct mv_seg seg[3];
     int nseg, K, n, add;
-    int wpr;        /* warps per row, filled by k_matvec_multi */
-    int stage_u4;   /* shared staging per row in 16-byte units (0 = none), filled too */
-    int x_smem;     /* inputs copied to shared memory too (k_matvec_fast), filled */
-    const float *x; /* [n][K], already rounded for the weights' class */
+    int wpr;        /* warps per row, filled by k_matvec_fast */
+    const float *x; /* [n][K], already rounded for the weights' class (k_matvec_fast) */
 };
-int k_matvec_multi(cudaStream_t st, struct mv_args *a);
-/* Weight rows staged through shared memory with 16-byte loads (default on). */
-void k_set_staging(bool on);
-/* Inputs staged too: 0 never, 1 when they fit (default), 2 only when smaller
- * than the block's weight rows. */
-void k_set_x_staging(int mode);
-/* The same with kernels specialised per type (accumulators in registers):
- * segments are grouped by type, one launch per type. */
+#ifdef __CUDACC__
+/* Row `row` of the concatenated segments: its matrix, output and bias. */
+struct seg_row {
+    const uint8_t *w;
+    float *y;
+    const float *bias;
+    int N, r;
+};
+
+static __device__ __forceinline__ struct seg_row find_row(const struct mv_args &a, int row)
+{
+    struct seg_row o;
+    int s = 0;
+    if (row >= a.seg[0].N && a.nseg > 1) {
+        row -= a.seg[0].N;
+        s = 1;
+        if (row >= a.seg[1].N && a.nseg > 2) {
+            row -= a.seg[1].N;
+            s = 2;
+        }
+    }
+    const struct mv_seg &g = s == 0 ? a.seg[0] : s == 1 ? a.seg[1] : a.seg[2];
+    o.w = row < g.N ? (const uint8_t *)g.w + (size_t)row * g.rb : NULL;
+    o.y = g.y;
+    o.bias = g.bias;
+    o.N = g.N;
+    o.r = row;
+    return o;
+}
+#endif
+/* The products for float weights (F32, F16, BF16; else ST_EINVAL), kernels
+ * specialised per type, one launch per type among the segments. */
 int k_matvec_fast(cudaStream_t st, const struct mv_args *a);
-/* h[t][r] = silu(Wg_r . xg[t]) * (Wu_r . xu[t]); _fast specialises by type
- * (gate and up of one type; else it falls back to k_matvec_swiglu). */
-int k_swiglu_fast(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
+/* h[t][r] = silu(Wg_r . xg[t]) * (Wu_r . xu[t]), gate and up of one float type. */
+int k_swiglu_fast(cudaStream_t st, const void *wg, const void *wu, int type, int N, int K,
                   const float *xg, const float *xu, int n, float *h);
-int k_matvec_swiglu(cudaStream_t st, const void *wg, int tg, const void *wu, int tu, int N, int K,
-                    const float *xg, const float *xu, int n, float *h);
-/* Rotary embedding of q and k in place, then k and v into the cache (rope kind 0 =
+/* Rotary embedding of q in place and of k into the cache, v into the cache (rope kind 0 =
  * adjacent pairs, 1 = halves (NEOX); the first rope_dim elements of each head
  * rotate; the cache is kl). Angles from tab
  * ([pos][rope_dim / 2] of (cos, sin), computed on the host as the reference
  * does) when given, else computed here (sinf/cosf may differ in the last bit). */
-int k_rope_store(cudaStream_t st, float *q, float *k, const float *v, __half *kc, __half *vc, int n,
-                 int n_heads, int n_kv, int hd, int rope_dim, int kind, float base,
+int k_rope_store(cudaStream_t st, float *q, const float *k, const float *v, __half *kc, __half *vc,
+                 int n, int n_heads, int n_kv, int hd, int rope_dim, int kind, float base,
                  const float2 *tab, struct kv_layout kl, const int32_t *pos, const int32_t *seq);
 
 /* Fault injection: a kernel that writes through an invalid address. */

@@ -2,6 +2,7 @@
 #include "gpu_worker/cuda/cuda_backend.h"
 #include "gpu_worker/cuda/cuda_util.cuh"
 #include "gpu_worker/cuda/mmq.cuh"
+#include "gpu_worker/cuda/mvq.cuh"
 #include "gpu_worker/cuda/quant.cuh"
 
 /* A block computes MMQ_BM weight rows x MMQ_BN tokens, stepping through K in
@@ -44,43 +45,24 @@ int mmq_class(int type)
 
 /* ---- activations ---- */
 
-/* A warp per 32-block, as the reference's Q8_0/Q8_1 quantization:
- * d = amax/127, q = rint(x * 127/amax), s = half(d * sum q). */
+/* A warp per block (quant.cuh: q8_0_store, q8_k_store). */
 static __global__ void quant_q8_0_kernel(const float *x, size_t nblk, struct mmq_act a)
 {
+    griddep_launch();
+    griddep_wait();
     size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (blk >= nblk) return;
     int lane = threadIdx.x & 31;
-    float d;
-    int q = q8_0_quant(x[blk * 32 + lane], d);
-    a.q[blk * 32 + lane] = (int8_t)q;
-    float sum = warp_sum((float)q); /* |sum| <= 32 * 127: exact in float */
-    if (lane == 0) {
-        a.d[blk] = __half2float(__float2half_rn(d));
-        a.s[blk] = __half2float(__float2half_rn(d * sum));
-    }
+    q8_0_store(x[blk * 32 + lane], lane, blk, a.q, a.d, a.s);
 }
 
-/* A warp per 256-block, as Q8_K: the element of largest magnitude m (first
- * on ties), iscale = -127/m, q = min(127, rint(iscale * x)), d = 1/iscale,
- * and the sums of each 16 quants. */
 static __global__ void quant_q8_k_kernel(const float *x, size_t nblk, struct mmq_act a)
 {
+    griddep_launch();
+    griddep_wait();
     size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (blk >= nblk) return;
-    int lane = threadIdx.x & 31;
-    float xv[8];
-    float iscale = q8_k_iscale(x + blk * 256, lane, xv);
-#pragma unroll
-    for (int k = 0; k < 8; k++) {
-        int q = min(127, (int)rintf(iscale * xv[k]));
-        a.q[blk * 256 + k * 32 + lane] = (int8_t)q;
-        /* sub-block 2k + lane/16: sum over the 16 lanes of each half-warp */
-        for (int o = 8; o > 0; o >>= 1)
-            q += __shfl_xor_sync(0xffffffffu, q, o);
-        if ((lane & 15) == 0) a.bsum[blk * 16 + 2 * k + lane / 16] = q;
-    }
-    if (lane == 0) a.d[blk] = iscale == 0.f ? 0.f : 1.f / iscale;
+    q8_k_store(x + blk * 256, threadIdx.x & 31, blk, a.q, a.d, a.bsum);
 }
 
 int k_mmq_quantize(cudaStream_t st, int cls, const float *x, int n, int K, struct mmq_act *a)
@@ -91,48 +73,10 @@ int k_mmq_quantize(cudaStream_t st, int cls, const float *x, int n, int K, struc
     size_t nblk = (size_t)n * K / (cls == 4 ? 256 : 32);
     unsigned grid = (unsigned)((nblk + 7) / 8);
     if (cls == 4)
-        quant_q8_k_kernel<<<grid, 256, 0, st>>>(x, nblk, *a);
+        CUDA_TRY(launch_pdl(quant_q8_k_kernel, grid, 256, 0, st, x, nblk, *a));
     else
-        quant_q8_0_kernel<<<grid, 256, 0, st>>>(x, nblk, *a);
-    CUDA_LAUNCHED("mmq_quantize");
+        CUDA_TRY(launch_pdl(quant_q8_0_kernel, grid, 256, 0, st, x, nblk, *a));
     return 0;
-}
-
-/* Scale (and min) of 16-element sub-block s of a k-quant super-block, and
- * the super-block's d and dmin. */
-template <int T>
-static __device__ __forceinline__ void kscale(const uint8_t *b, int s, int &sc, int &mn)
-{
-    mn = 0;
-    if (T == QT_Q2_K) {
-        sc = b[s] & 15;
-        mn = b[s] >> 4;
-    } else if (T == QT_Q3_K) {
-        const uint8_t *x = b + 96;
-        int lo = s < 8 ? x[s] & 15 : x[s - 8] >> 4;
-        int hi = (x[8 + s % 4] >> (2 * (s / 4))) & 3;
-        sc = (lo | hi << 4) - 32;
-    } else if (T == QT_Q4_K || T == QT_Q5_K) {
-        k4_scale_min(b + 4, s / 2, sc, mn);
-    } else {
-        sc = (int8_t)b[192 + s];
-    }
-}
-
-template <int T> static __device__ __forceinline__ void kdmin(const uint8_t *b, float &d, float &dm)
-{
-    dm = 0.f;
-    if (T == QT_Q2_K) {
-        d = ld_f16(b + 80);
-        dm = ld_f16(b + 82);
-    } else if (T == QT_Q3_K) {
-        d = ld_f16(b + 108);
-    } else if (T == QT_Q4_K || T == QT_Q5_K) {
-        d = ld_f16(b);
-        dm = ld_f16(b + 2);
-    } else {
-        d = ld_f16(b + 208);
-    }
 }
 
 /* ---- the product ---- */
@@ -416,8 +360,9 @@ int k_mmq(cudaStream_t st, const void *w, int type, int N, int K, const struct m
 /* ---- test entry (cuda_backend.h) ---- */
 
 extern "C" int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *x,
-                                float *y)
+                                float *y, bool small)
 {
+    if (small && (n < 1 || n > MATVEC_MAX_N)) return ST_EINVAL;
     if (!mmq_supported(type)) return ST_EINVAL;
     size_t rb = qt_row_bytes(type, K);
     uint8_t *dw = nullptr;
@@ -436,7 +381,19 @@ extern "C" int cuda_mmq_product(int type, int N, int K, int n, const void *w, co
         cudaMemcpy(dw, w, rb * N, cudaMemcpyHostToDevice) == cudaSuccess &&
         cudaMemcpy(dx, x, nk * 4, cudaMemcpyHostToDevice) == cudaSuccess) {
         rc = k_mmq_quantize(0, mmq_class(type), dx, n, K, &a);
-        if (rc == 0) rc = k_mmq(0, dw, type, N, K, &a, dy);
+        if (rc == 0 && small) {
+            struct mv_args m = {};
+            m.nseg = 1;
+            m.K = K;
+            m.n = n;
+            m.seg[0].w = dw;
+            m.seg[0].type = type;
+            m.seg[0].N = N;
+            m.seg[0].y = dy;
+            rc = k_mvq(0, &m, &a);
+        } else if (rc == 0) {
+            rc = k_mmq(0, dw, type, N, K, &a, dy);
+        }
         if (rc == 0 && cudaMemcpy(y, dy, (size_t)n * N * 4, cudaMemcpyDeviceToHost) != cudaSuccess)
             rc = ST_EDEVICE;
     }

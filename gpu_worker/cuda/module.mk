@@ -9,7 +9,7 @@
 
 CUDA_CU_OBJ := $(BUILD)/gpu_worker/cuda/cuda_backend.cu.o $(BUILD)/gpu_worker/cuda/kernels.cu.o \
                $(BUILD)/gpu_worker/cuda/mmq.cu.o $(BUILD)/gpu_worker/cuda/exact.cu.o \
-               $(BUILD)/gpu_worker/cuda/kvpool.cu.o
+               $(BUILD)/gpu_worker/cuda/kvpool.cu.o $(BUILD)/gpu_worker/cuda/mvq.cu.o
 GPU_UPLOAD_OBJ := $(BUILD)/loader/gpu_upload.cu.o
 CUDA_HDRS := $(wildcard gpu_worker/cuda/*.cuh gpu_worker/cuda/*.h) gpu_worker/backend.h \
              loader/gpu_upload.h common/model.h common/gguf.h common/err.h shm/seg.h

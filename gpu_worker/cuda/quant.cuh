@@ -286,6 +286,43 @@ template <int T> static __device__ __forceinline__ uint32_t quants4(const uint8_
     return __vsub4(lo | hi << 4, 0x20202020u);
 }
 
+/* Scale (and min) of 16-element sub-block s of a k-quant super-block, and
+ * the super-block's d and dmin. */
+template <int T>
+static __device__ __forceinline__ void kscale(const uint8_t *b, int s, int &sc, int &mn)
+{
+    mn = 0;
+    if (T == QT_Q2_K) {
+        sc = b[s] & 15;
+        mn = b[s] >> 4;
+    } else if (T == QT_Q3_K) {
+        const uint8_t *x = b + 96;
+        int lo = s < 8 ? x[s] & 15 : x[s - 8] >> 4;
+        int hi = (x[8 + s % 4] >> (2 * (s / 4))) & 3;
+        sc = (lo | hi << 4) - 32;
+    } else if (T == QT_Q4_K || T == QT_Q5_K) {
+        k4_scale_min(b + 4, s / 2, sc, mn);
+    } else {
+        sc = (int8_t)b[192 + s];
+    }
+}
+
+template <int T> static __device__ __forceinline__ void kdmin(const uint8_t *b, float &d, float &dm)
+{
+    dm = 0.f;
+    if (T == QT_Q2_K) {
+        d = ld_f16(b + 80);
+        dm = ld_f16(b + 82);
+    } else if (T == QT_Q3_K) {
+        d = ld_f16(b + 108);
+    } else if (T == QT_Q4_K || T == QT_Q5_K) {
+        d = ld_f16(b);
+        dm = ld_f16(b + 2);
+    } else {
+        d = ld_f16(b + 208);
+    }
+}
+
 /* ---- the reference's 8-bit activation blocks, one warp per block ---- */
 
 /* Q8_0 (and Q8_1): this lane's value v of a 32-block; returns its quant
@@ -298,20 +335,20 @@ static __device__ __forceinline__ int q8_0_quant(float v, float &d)
     return (int)rintf(v * id);
 }
 
-/* Q8_K: loads this lane's elements k * 32 + lane (k < 8) of a 256-block into
- * xv and returns iscale = -127/m for the element m of largest magnitude
- * (first on ties), 0 for an all-zero block. Quants: min(127, rint(iscale *
- * x)), scale 1/iscale. */
-static __device__ __forceinline__ float q8_k_iscale(const float *src, int lane, float (&xv)[8])
+/* Q8_K: iscale = -127/m for the element m of largest magnitude of a 256-block
+ * (first one on ties), 0 for an all-zero block. This lane holds xv[k] =
+ * element k * 32 + lane, or with `consecutive` element 8 * lane + k.
+ * Quants: min(127, rint(iscale * x)), scale 1/iscale. */
+static __device__ __forceinline__ float q8_k_iscale(const float (&xv)[8], int lane,
+                                                    bool consecutive)
 {
     float best = -1.f;
     int bi = 0;
 #pragma unroll
     for (int k = 0; k < 8; k++) {
-        int e = k * 32 + lane;
-        xv[k] = src[e];
+        int e = consecutive ? 8 * lane + k : k * 32 + lane;
         float a = fabsf(xv[k]);
-        if (a > best) {
+        if (a > best || (a == best && e < bi)) {
             best = a;
             bi = e;
         }
@@ -325,8 +362,53 @@ static __device__ __forceinline__ float q8_k_iscale(const float *src, int lane, 
         }
     }
     /* the value at bi, from the lane that holds it */
-    float mval = __shfl_sync(0xffffffffu, xv[bi / 32], bi % 32);
+    int slot = consecutive ? bi % 8 : bi / 32;
+    float mine = xv[0];
+#pragma unroll
+    for (int k = 1; k < 8; k++)
+        if (k == slot) mine = xv[k];
+    float mval = __shfl_sync(0xffffffffu, mine, consecutive ? bi / 8 : bi % 32);
     return best == 0.f ? 0.f : -127.f / mval;
+}
+
+/* Store of one activation block in the layout of struct mmq_act (mmq.cuh),
+ * one warp per block (blk = the block's index in the flat [n][K] array).
+ * Q8_0 / Q8_1: the lane's value v; q = rint(v * 127/amax), d = half(amax/127),
+ * s = half(d * sum q) (both kept as float). */
+static __device__ __forceinline__ void q8_0_store(float v, int lane, size_t blk, int8_t *q,
+                                                  float *dd, float *ss)
+{
+    float d;
+    int qi = q8_0_quant(v, d);
+    q[blk * 32 + lane] = (int8_t)qi;
+    float sum = warp_sum((float)qi); /* |sum| <= 32 * 127: exact in float */
+    if (lane == 0) {
+        dd[blk] = __half2float(__float2half_rn(d));
+        ss[blk] = __half2float(__float2half_rn(d * sum));
+    }
+}
+
+/* Q8_K: the 256 values at src (16-byte aligned); q = min(127, rint(iscale *
+ * x)), d = 1/iscale, and bsum = the sums of each 16 quants. The lane takes 8
+ * consecutive elements, so a 16-sum is two lanes'. */
+static __device__ __forceinline__ void q8_k_store(const float *src, int lane, size_t blk, int8_t *q,
+                                                  float *dd, int32_t *bsum)
+{
+    float4 a = ((const float4 *)src)[2 * lane], b = ((const float4 *)src)[2 * lane + 1];
+    float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    float iscale = q8_k_iscale(xv, lane, true);
+    uint32_t w[2] = {0u, 0u};
+    int sum = 0;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        int qi = min(127, (int)rintf(iscale * xv[k]));
+        sum += qi;
+        w[k / 4] |= (uint32_t)(qi & 255) << 8 * (k % 4);
+    }
+    *(uint2 *)(q + blk * 256 + 8 * lane) = make_uint2(w[0], w[1]);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    if ((lane & 1) == 0) bsum[blk * 16 + lane / 2] = sum;
+    if (lane == 0) dd[blk] = iscale == 0.f ? 0.f : 1.f / iscale;
 }
 
 /* Call F<T>(args...) for the runtime type t: DISPATCH_QUANT over the

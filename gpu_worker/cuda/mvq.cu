@@ -1,0 +1,477 @@
+/* Integer products of quantized weights with up to MATVEC_MAX_N tokens (see mvq.cuh). */
+#include "gpu_worker/cuda/cuda_util.cuh"
+#include "gpu_worker/cuda/mvq.cuh"
+#include "gpu_worker/cuda/quant.cuh"
+
+#define MVQ_WARPS 4
+
+/* The activations of one product as the kernels read them (mmq.cuh). */
+struct xq_view {
+    const int8_t *q;     /* [n][K] */
+    const float *d, *s;  /* [n][K/32] (class 3); d: [n][K/256] (class 4) */
+    const int32_t *bsum; /* [n][K/16] (class 4) */
+    int K;
+};
+
+static __device__ __forceinline__ int dot4(uint32_t w, uint32_t x, int c)
+{
+    return __dp4a((int)w, (int)x, c);
+}
+
+/* NW 32-bit words of the bytes at p (2-byte aligned), from aligned loads: the
+ * last load reads at most 2 bytes past the NW words, within the same aligned
+ * word as their last byte. */
+template <int NW> static __device__ __forceinline__ void ld_words(const uint8_t *p, uint32_t *w)
+{
+    const uint32_t *a = (const uint32_t *)((uintptr_t)p & ~(uintptr_t)3);
+    const unsigned sh = ((unsigned)(uintptr_t)p & 2u) * 8u;
+    uint32_t r[NW + 1];
+#pragma unroll
+    for (int i = 0; i < NW; i++)
+        r[i] = __ldg(a + i);
+    r[NW] = sh ? __ldg(a + NW) : 0u;
+#pragma unroll
+    for (int i = 0; i < NW; i++)
+        w[i] = __funnelshift_r(r[i], r[i + 1], sh);
+}
+
+static __device__ __forceinline__ uint32_t ld_u16(const uint8_t *p)
+{
+    return __ldg((const unsigned short *)p);
+}
+
+static __device__ __forceinline__ float half_bits(uint32_t h)
+{
+    return __half2float(__ushort_as_half((unsigned short)(h & 0xffffu)));
+}
+
+/* Bits 0..3 of h to bit 4 of bytes 0..3 (the 5th bit of Q5 quants). */
+static __device__ __forceinline__ uint32_t bit4_bytes(uint32_t h)
+{
+    return ((h & 15u) * 0x00204081u & 0x01010101u) << 4;
+}
+
+/* The weight bytes of one unit (32 elements of a row) in registers. A unit is
+ * a whole block of the legacy types; of a k-quant super-block (8 units), unit
+ * u holds elements 64c + l0 + [0, 16) and 64c + 32 + l0 + [0, 16) for Q4_K/
+ * Q5_K (c = u / 2, l0 = 16 (u % 2): one 16-byte load of quants), and
+ * 128h + 32j + l0 + [0, 8), j < 4, for Q2_K/Q3_K/Q6_K (h = u / 4,
+ * l0 = 8 (u % 4)). unit_load only loads (no branches), so that the loads of
+ * several units are in flight together; unit_dot decodes and multiplies.
+ *   legacy  w[0] = d (| m << 16), then [qh], qs
+ *   Q4_K    w[0..3] = d, dmin, scales; w[4..7] = quants; Q5_K w[8..11] = qh
+ *   Q6_K    w[0..5] = ql, ql + 32, qh shares; w[6] = the 4 scales; w[7] = d
+ *   Q2_K/Q3_K  w[0..7] = quants (decoded), w[8] = scales, w[9] = mins, w[10] = d | dmin << 16 */
+struct uraw {
+    uint32_t w[12];
+};
+
+/* Where unit u's block starts in its row. */
+template <int T> static __device__ __forceinline__ size_t unit_off(int u)
+{
+    return (size_t)(qtraits<T>::QK == 32 ? u : u >> 3) * qtraits<T>::BS;
+}
+
+/* Unit u (s = u % 8) of the block at b. */
+template <int T>
+static __device__ __forceinline__ void unit_load(const uint8_t *__restrict__ b, int s, uraw &r)
+{
+    if (qtraits<T>::QK == 32) {
+        if (T == QT_Q4_1 || T == QT_Q5_1) {
+            r.w[0] = __ldg((const uint32_t *)b);
+            ld_words<T == QT_Q4_1 ? 4 : 5>(b + 4, r.w + 1);
+        } else {
+            r.w[0] = ld_u16(b);
+            ld_words<T == QT_Q8_0 ? 8 : T == QT_Q4_0 ? 4 : 5>(b + 2, r.w + 1);
+        }
+        return;
+    }
+    if (T == QT_Q4_K || T == QT_Q5_K) {
+        const int c = s >> 1, l0 = (s & 1) * 16;
+        uint4 h = __ldg((const uint4 *)b);
+        uint4 q = __ldg((const uint4 *)(b + (T == QT_Q4_K ? 16 : 48) + 32 * c + l0));
+        r.w[0] = h.x, r.w[1] = h.y, r.w[2] = h.z, r.w[3] = h.w;
+        r.w[4] = q.x, r.w[5] = q.y, r.w[6] = q.z, r.w[7] = q.w;
+        if (T == QT_Q5_K) {
+            uint4 qh = __ldg((const uint4 *)(b + 16 + l0));
+            r.w[8] = qh.x, r.w[9] = qh.y, r.w[10] = qh.z, r.w[11] = qh.w;
+        }
+    } else if (T == QT_Q6_K) {
+        const int h = s >> 2, l0 = (s & 3) * 8;
+        ld_words<2>(b + 64 * h + l0, r.w);
+        ld_words<2>(b + 64 * h + 32 + l0, r.w + 2);
+        ld_words<2>(b + 128 + 32 * h + l0, r.w + 4);
+        uint32_t sc[2];
+        ld_words<2>(b + 192 + 8 * h, sc); /* scales 8h + l0/16 + 2j: bytes 0,2,4,6 or 1,3,5,7 */
+        r.w[6] = __byte_perm(sc[0], sc[1], (l0 >> 4) ? 0x7531 : 0x6420);
+        r.w[7] = ld_u16(b + 208);
+    } else { /* Q2_K, Q3_K: the generic decoders */
+        const int h = s >> 2, l0 = (s & 3) * 8;
+        uint32_t scs = 0, mns = 0;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            r.w[2 * j] = quants4<T>(b, 128 * h + 32 * j + l0);
+            r.w[2 * j + 1] = quants4<T>(b, 128 * h + 32 * j + l0 + 4);
+            int sc, mn;
+            kscale<T>(b, 8 * h + 2 * j + (l0 >> 4), sc, mn);
+            scs |= (uint32_t)(sc & 255) << 8 * j;
+            mns |= (uint32_t)mn << 8 * j;
+        }
+        r.w[8] = scs;
+        r.w[9] = mns;
+        r.w[10] = T == QT_Q2_K ? __ldg((const uint32_t *)(b + 80)) : ld_u16(b + 108);
+    }
+}
+
+/* Byte j of w as a signed / unsigned integer. */
+static __device__ __forceinline__ int sbyte(uint32_t w, int j)
+{
+    return (int)(int8_t)(w >> 8 * j);
+}
+
+static __device__ __forceinline__ int ubyte(uint32_t w, int j)
+{
+    return (int)(w >> 8 * j & 255u);
+}
+
+/* acc[t] += unit u (loaded in r) . token t, when ok. */
+template <int T, int NT>
+static __device__ __forceinline__ void unit_dot(const uraw &r, const xq_view &x, int u, int n,
+                                                float (&acc)[NT], bool ok)
+{
+    const int K = x.K;
+    if (qtraits<T>::QK == 32) {
+        constexpr bool HAS_M = T == QT_Q4_1 || T == QT_Q5_1;
+        uint32_t q[8]; /* quants of elements 4i..4i+3 */
+        if (T == QT_Q8_0) {
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                q[i] = r.w[1 + i];
+        } else if (T == QT_Q4_0 || T == QT_Q4_1) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                q[i] = r.w[1 + i] & 0x0F0F0F0Fu;
+                q[i + 4] = r.w[1 + i] >> 4 & 0x0F0F0F0Fu;
+                if (T == QT_Q4_0) {
+                    q[i] = __vsub4(q[i], 0x08080808u);
+                    q[i + 4] = __vsub4(q[i + 4], 0x08080808u);
+                }
+            }
+        } else { /* Q5_0, Q5_1: qh then qs */
+            const uint32_t qh = r.w[1];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                q[i] = (r.w[2 + i] & 0x0F0F0F0Fu) | bit4_bytes(qh >> 4 * i);
+                q[i + 4] = (r.w[2 + i] >> 4 & 0x0F0F0F0Fu) | bit4_bytes(qh >> (16 + 4 * i));
+                if (T == QT_Q5_0) {
+                    q[i] = __vsub4(q[i], 0x10101010u);
+                    q[i + 4] = __vsub4(q[i + 4], 0x10101010u);
+                }
+            }
+        }
+        const float d = half_bits(r.w[0]), m = HAS_M ? half_bits(r.w[0] >> 16) : 0.f;
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (NT > 1 && t >= n) break;
+            const uint4 *xp = (const uint4 *)(x.q + (size_t)t * K + 32 * u);
+            uint4 a0 = xp[0], a1 = xp[1];
+            int s = dot4(q[0], a0.x, 0);
+            s = dot4(q[1], a0.y, s);
+            s = dot4(q[2], a0.z, s);
+            s = dot4(q[3], a0.w, s);
+            s = dot4(q[4], a1.x, s);
+            s = dot4(q[5], a1.y, s);
+            s = dot4(q[6], a1.z, s);
+            s = dot4(q[7], a1.w, s);
+            size_t bi = (size_t)t * (K / 32) + u;
+            float v = (float)s * (d * x.d[bi]);
+            if (HAS_M) v += m * x.s[bi];
+            acc[t] += ok ? v : 0.f;
+        }
+        return;
+    }
+    const int sb = u >> 3, s = u & 7;
+    if (T == QT_Q4_K || T == QT_Q5_K) {
+        const int c = s >> 1;
+        uint32_t lo[4], hi[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            lo[i] = r.w[4 + i] & 0x0F0F0F0Fu;
+            hi[i] = r.w[4 + i] >> 4 & 0x0F0F0F0Fu;
+            if (T == QT_Q5_K) {
+                lo[i] |= (r.w[8 + i] >> 2 * c & 0x01010101u) << 4;
+                hi[i] |= (r.w[8 + i] >> (2 * c + 1) & 0x01010101u) << 4;
+            }
+        }
+        /* scale/min pairs 2c and 2c + 1 (quant.cuh's packing), without branches */
+        const int sh = 16 * (c & 1);
+        const uint32_t p1 = r.w[1] >> sh, p2 = r.w[2] >> sh, p3 = r.w[3] >> sh;
+        const uint32_t scp = c < 2 ? p1 & 0x3F3Fu : (p3 & 0x0F0Fu) | (p1 >> 2 & 0x3030u);
+        const uint32_t mp = c < 2 ? p2 & 0x3F3Fu : (p3 >> 4 & 0x0F0Fu) | (p2 >> 2 & 0x3030u);
+        const int sc0 = ubyte(scp, 0), sc1 = ubyte(scp, 1), m0 = ubyte(mp, 0), m1 = ubyte(mp, 1);
+        const float d = half_bits(r.w[0]), dm = half_bits(r.w[0] >> 16);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (NT > 1 && t >= n) break;
+            const int8_t *xp = x.q + (size_t)t * K + 256 * sb + 64 * c + (s & 1) * 16;
+            uint4 A = *(const uint4 *)xp, B = *(const uint4 *)(xp + 32);
+            int il = dot4(lo[0], A.x, 0), ih = dot4(hi[0], B.x, 0);
+            il = dot4(lo[1], A.y, il);
+            ih = dot4(hi[1], B.y, ih);
+            il = dot4(lo[2], A.z, il);
+            ih = dot4(hi[2], B.z, ih);
+            il = dot4(lo[3], A.w, il);
+            ih = dot4(hi[3], B.w, ih);
+            const int32_t *bs = x.bsum + (size_t)t * (K / 16) + 16 * sb + 4 * c + (s & 1);
+            float dx = x.d[(size_t)t * (K / 256) + sb];
+            float v = (dx * d) * (float)(sc0 * il + sc1 * ih) -
+                      (dx * dm) * (float)(m0 * bs[0] + m1 * bs[2]);
+            acc[t] += ok ? v : 0.f;
+        }
+        return;
+    }
+    const int h = s >> 2, l0 = (s & 3) * 8;
+    uint32_t q[4][2]; /* j, word */
+    uint32_t scw, mnw = 0;
+    float d, dm = 0.f;
+    if (T == QT_Q6_K) {
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                uint32_t lo = r.w[(j & 1) * 2 + k] >> 4 * (j >> 1) & 0x0F0F0F0Fu;
+                q[j][k] = __vsub4(lo | (r.w[4 + k] >> 2 * j & 0x03030303u) << 4, 0x20202020u);
+            }
+        scw = r.w[6];
+        d = half_bits(r.w[7]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            q[j][0] = r.w[2 * j];
+            q[j][1] = r.w[2 * j + 1];
+        }
+        scw = r.w[8];
+        mnw = r.w[9];
+        d = half_bits(r.w[10]);
+        if (T == QT_Q2_K) dm = half_bits(r.w[10] >> 16);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        if (NT > 1 && t >= n) break;
+        const int8_t *xp = x.q + (size_t)t * K + 256 * sb + 128 * h + l0;
+        int isum = 0, msum = 0;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint2 X = *(const uint2 *)(xp + 32 * j);
+            isum += sbyte(scw, j) * dot4(q[j][1], X.y, dot4(q[j][0], X.x, 0));
+            if (T == QT_Q2_K)
+                msum += ubyte(mnw, j) * dot4(0x01010101u, X.y, dot4(0x01010101u, X.x, 0));
+        }
+        float dx = x.d[(size_t)t * (K / 256) + sb];
+        float v = (dx * d) * (float)isum;
+        if (T == QT_Q2_K) v -= (dx * dm) * (float)msum;
+        acc[t] += ok ? v : 0.f;
+    }
+}
+
+/* acc[t] += the units of row w this thread takes (lane, lane + step, ..),
+ * two at a time: both units' loads are issued before either is used. Waits
+ * for the previous kernel (griddep_wait) after the first loads. */
+template <int T, int NT>
+static __device__ __forceinline__ void row_dotq(const uint8_t *__restrict__ w, const xq_view &x,
+                                                int n, float (&acc)[NT], int lane, int step)
+{
+    const int nu = x.K / 32;
+    for (int u = lane; u < nu; u += 2 * step) {
+        const bool ok2 = u + step < nu;
+        const int u2 = ok2 ? u + step : u; /* past the end: reload u, add nothing */
+        uraw r1, r2;
+        unit_load<T>(w + unit_off<T>(u), u & 7, r1);
+        unit_load<T>(w + unit_off<T>(u2), u2 & 7, r2);
+        if (u == lane) griddep_wait(); /* the first weights load while the previous kernel ends */
+        unit_dot<T, NT>(r1, x, u, n, acc, true);
+        unit_dot<T, NT>(r2, x, u2, n, acc, ok2);
+    }
+}
+
+/* Sum of acc over the wpr warps of a row: complete in warp sub 0. */
+template <int NT> static __device__ __forceinline__ void row_reduce(float (&acc)[NT], int wpr)
+{
+    __shared__ float part[MVQ_WARPS][NT];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = warp_sum(acc[t]);
+    if (wpr == 1) return;
+    __syncthreads();
+    if (lane == 0)
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            part[warp][t] = acc[t];
+    __syncthreads();
+    if (warp % wpr == 0)
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            for (int k = 1; k < wpr; k++)
+                acc[t] += part[warp + k][t];
+}
+
+/* Block = MVQ_WARPS / wpr rows of the segments, wpr warps per row; lane t of
+ * a row's first warp writes token t. */
+template <int T, int NT>
+static __global__ void __launch_bounds__(MVQ_WARPS * 32)
+    mvq_kernel(struct mv_args a, struct xq_view x, int n, int wpr)
+{
+    griddep_launch();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, sub = warp % wpr;
+    struct seg_row me = find_row(a, blockIdx.x * (MVQ_WARPS / wpr) + warp / wpr);
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.f;
+    if (me.w) row_dotq<T, NT>(me.w, x, n, acc, sub * 32 + lane, 32 * wpr);
+    griddep_wait(); /* (threads without units: before the writes) */
+    row_reduce<NT>(acc, wpr);
+    if (!me.w || sub != 0) return;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        if (lane == t && t < n) {
+            float v = acc[t];
+            if (me.bias) v += me.bias[me.r];
+            float *yp = me.y + (size_t)t * me.N + me.r;
+            *yp = a.add ? *yp + v : v;
+        }
+    }
+}
+
+template <int T, int NT>
+static __global__ void __launch_bounds__(MVQ_WARPS * 32)
+    swiglu_q_kernel(const uint8_t *wg, const uint8_t *wu, size_t rb, int N, struct xq_view xg,
+                    struct xq_view xu, int n, int wpr, float *h)
+{
+    griddep_launch();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, sub = warp % wpr;
+    int row = blockIdx.x * (MVQ_WARPS / wpr) + warp / wpr;
+    float ag[NT], au[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        ag[t] = au[t] = 0.f;
+    if (row < N) {
+        row_dotq<T, NT>(wg + (size_t)row * rb, xg, n, ag, sub * 32 + lane, 32 * wpr);
+        row_dotq<T, NT>(wu + (size_t)row * rb, xu, n, au, sub * 32 + lane, 32 * wpr);
+    }
+    griddep_wait();
+    row_reduce<NT>(ag, wpr);
+    row_reduce<NT>(au, wpr);
+    if (row >= N || sub != 0) return;
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        if (lane == t && t < n) h[(size_t)t * N + row] = ag[t] / (1.f + expf(-ag[t])) * au[t];
+}
+
+/* Warps per row: more for long rows of few-row matrices (more loads in
+ * flight); the choice depends on the shape only, so a token's sum order does
+ * not depend on its batch. */
+static int mvq_wpr(int rows, int K)
+{
+    int wpr = 1, nu = K / 32;
+    while (wpr < MVQ_WARPS && (size_t)rows * wpr < 8192 && nu / (32 * wpr) >= 4)
+        wpr *= 2;
+    return wpr;
+}
+
+static bool view_ok(const struct mmq_act *x, int type, int K, const char *what)
+{
+    bool kq = mmq_class(type) == 4;
+    if (x->cls != mmq_class(type) || x->K != K || x->n < 1 || x->n > MATVEC_MAX_N ||
+        K % (kq ? 256 : 32) != 0) {
+        log_error("cuda: %s: activations (class %d, K %d, %d tokens) do not fit type %d, K %d",
+                  what, x->cls, x->K, x->n, type, K);
+        return false;
+    }
+    return true;
+}
+
+static struct xq_view view(const struct mmq_act *x)
+{
+    struct xq_view v = {x->q, x->d, x->s, x->bsum, x->K};
+    return v;
+}
+
+template <int T>
+static int mvq_launch(cudaStream_t st, const struct mv_args *a, int rows, const struct xq_view &x,
+                      int n)
+{
+    int wpr = mvq_wpr(rows, a->K), rpb = MVQ_WARPS / wpr;
+    unsigned grid = (unsigned)((rows + rpb - 1) / rpb);
+    if (n == 1)
+        CUDA_TRY(launch_pdl(mvq_kernel<T, 1>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
+    else if (n == 2)
+        CUDA_TRY(launch_pdl(mvq_kernel<T, 2>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
+    else if (n <= 4)
+        CUDA_TRY(launch_pdl(mvq_kernel<T, 4>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
+    else
+        CUDA_TRY(launch_pdl(mvq_kernel<T, 8>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
+    return 0;
+}
+
+static int mvq_group(cudaStream_t st, int type, const struct mv_args *a, int rows,
+                     const struct xq_view &x, int n)
+{
+    DISPATCH_QUANT(type, mvq_launch, st, a, rows, x, n);
+}
+
+int k_mvq(cudaStream_t st, const struct mv_args *in, const struct mmq_act *xa)
+{
+    bool done[3] = {false, false, false};
+    struct xq_view x = view(xa);
+    for (int i = 0; i < in->nseg; i++) {
+        if (done[i]) continue;
+        int type = in->seg[i].type;
+        if (!view_ok(xa, type, in->K, "mvq")) return ST_EINVAL;
+        struct mv_args a = *in;
+        a.nseg = 0;
+        int rows = 0;
+        for (int j = i; j < in->nseg; j++) {
+            if (done[j] || in->seg[j].type != type) continue;
+            a.seg[a.nseg] = in->seg[j];
+            a.seg[a.nseg].rb = qt_row_bytes(type, in->K);
+            rows += in->seg[j].N;
+            a.nseg++;
+            done[j] = true;
+        }
+        ST_TRY(mvq_group(st, type, &a, rows, x, xa->n));
+    }
+    return 0;
+}
+
+template <int T>
+static int swiglu_q_launch(cudaStream_t st, const void *wg, const void *wu, int N, int K,
+                           const struct xq_view &xg, const struct xq_view &xu, int n, float *h)
+{
+    int wpr = mvq_wpr(N, K), rpb = MVQ_WARPS / wpr;
+    unsigned grid = (unsigned)((N + rpb - 1) / rpb);
+    const uint8_t *g = (const uint8_t *)wg, *u = (const uint8_t *)wu;
+    size_t rb = qt_row_bytes(T, K);
+    if (n == 1)
+        CUDA_TRY(launch_pdl(swiglu_q_kernel<T, 1>, grid, MVQ_WARPS * 32, 0, st, g, u, rb, N, xg, xu,
+                            n, wpr, h));
+    else if (n == 2)
+        CUDA_TRY(launch_pdl(swiglu_q_kernel<T, 2>, grid, MVQ_WARPS * 32, 0, st, g, u, rb, N, xg, xu,
+                            n, wpr, h));
+    else if (n <= 4)
+        CUDA_TRY(launch_pdl(swiglu_q_kernel<T, 4>, grid, MVQ_WARPS * 32, 0, st, g, u, rb, N, xg, xu,
+                            n, wpr, h));
+    else
+        CUDA_TRY(launch_pdl(swiglu_q_kernel<T, 8>, grid, MVQ_WARPS * 32, 0, st, g, u, rb, N, xg, xu,
+                            n, wpr, h));
+    return 0;
+}
+
+int k_swiglu_q(cudaStream_t st, const void *wg, const void *wu, int type, int N, int K,
+               const struct mmq_act *xg, const struct mmq_act *xu, float *h)
+{
+    if (!view_ok(xg, type, K, "swiglu_q") || !view_ok(xu, type, K, "swiglu_q") || xg->n != xu->n)
+        return ST_EINVAL;
+    DISPATCH_QUANT(type, swiglu_q_launch, st, wg, wu, N, K, view(xg), view(xu), xg->n, h);
+}
