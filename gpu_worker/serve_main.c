@@ -64,6 +64,13 @@ static void loader_verify(void *z, const struct staged_config *cfg)
         log_warn("the loader did not answer the weight verification");
         return;
     }
+    json_t *err = json_object_get(r, "error");
+    if (err) {
+        log_warn("the loader refused the weight verification: %s",
+                 json_string_value(json_object_get(err, "message")));
+        json_decref(r);
+        return;
+    }
     log_info("weights verified by the loader: %zu bad in the segment, %zu bad on the device, "
              "%d repaired from the segment",
              json_array_size(json_object_get(r, "bad_segment")),

@@ -112,7 +112,7 @@ static void handle(struct loader_ctl *c, struct proto_msg *m)
 {
     json_t *id = json_object_get(m->body, "id");
     json_t *op = json_object_get(m->body, "op");
-    static const char *const allowed[] = {"id", "op", "proto", "hang", NULL};
+    static const char *const allowed[] = {"id", "op", "proto", "hang", "segment", NULL};
     const char *unk = proto_unknown_key(m->body, allowed);
     if (unk) {
         proto_send_error(c->router, m->ident, m->ident_len, id, "unknown_field",

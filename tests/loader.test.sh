@@ -24,6 +24,13 @@ t = {x["name"]: x for x in m["tensors"]}
 assert t["token_embd.weight"]["ne"][:2] == [64, 512] and t["token_embd.weight"]["type"] == "F32"
 PY
 
+# verify, full and device-only (the worker's start asks the latter): both answer
+for req in '{"op":"verify"}' '{"op":"verify","segment":false}'; do
+    V=$("$BIN/staged-ctl" "$EP" "$req") || fail "$req: $V"
+    [ "$(json_field "$V" ok)" = True ] && [ "$(json_field "$V" bad_device)" = "[]" ] ||
+        fail "$req: $V"
+done
+
 # bad requests get errors, the loader keeps serving
 for bad in '{"op":"nope"}' '{"op":"health","extra":1}' '{"id":3}' '[1,2]' '{"op":5}'; do
     R=$("$BIN/staged-ctl" "$EP" "$bad") && fail "accepted $bad: $R"
