@@ -98,7 +98,7 @@ struct seg_row {
     const uint8_t *w;
     float *y;
     const float *bias;
-    int N, r;
+    int N, r, type;
 };
 
 static __device__ __forceinline__ struct seg_row find_row(const struct mv_args &a, int row)
@@ -119,6 +119,7 @@ static __device__ __forceinline__ struct seg_row find_row(const struct mv_args &
     o.bias = g.bias;
     o.N = g.N;
     o.r = row;
+    o.type = g.type;
     return o;
 }
 #endif

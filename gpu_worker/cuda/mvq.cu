@@ -317,8 +317,9 @@ template <int NT> static __device__ __forceinline__ void row_reduce(float (&acc)
 }
 
 /* Block = MVQ_WARPS / wpr rows of the segments, wpr warps per row; lane t of
- * a row's first warp writes token t. */
-template <int T, int NT>
+ * a row's first warp writes token t. Segments of type T, or (T2 != T) of T
+ * and T2: q/k/v of two types in one launch. */
+template <int T, int T2, int NT>
 static __global__ void __launch_bounds__(MVQ_WARPS * 32)
     mvq_kernel(struct mv_args a, struct xq_view x, int n, int wpr)
 {
@@ -329,7 +330,10 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
 #pragma unroll
     for (int t = 0; t < NT; t++)
         acc[t] = 0.f;
-    if (me.w) row_dotq<T, NT>(me.w, x, n, acc, sub * 32 + lane, 32 * wpr);
+    if (me.w && (T2 == T || me.type == T))
+        row_dotq<T, NT>(me.w, x, n, acc, sub * 32 + lane, 32 * wpr);
+    else if (me.w)
+        row_dotq<T2, NT>(me.w, x, n, acc, sub * 32 + lane, 32 * wpr);
     griddep_wait(); /* (threads without units: before the writes) */
     row_reduce<NT>(acc, wpr);
     if (!me.w || sub != 0) return;
@@ -398,20 +402,20 @@ static struct xq_view view(const struct mmq_act *x)
     return v;
 }
 
-template <int T>
+template <int T, int T2 = T>
 static int mvq_launch(cudaStream_t st, const struct mv_args *a, int rows, const struct xq_view &x,
                       int n)
 {
     int wpr = mvq_wpr(rows, a->K), rpb = MVQ_WARPS / wpr;
     unsigned grid = (unsigned)((rows + rpb - 1) / rpb);
     if (n == 1)
-        CUDA_TRY(launch_pdl(mvq_kernel<T, 1>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
+        CUDA_TRY(launch_pdl(mvq_kernel<T, T2, 1>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
     else if (n == 2)
-        CUDA_TRY(launch_pdl(mvq_kernel<T, 2>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
+        CUDA_TRY(launch_pdl(mvq_kernel<T, T2, 2>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
     else if (n <= 4)
-        CUDA_TRY(launch_pdl(mvq_kernel<T, 4>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
+        CUDA_TRY(launch_pdl(mvq_kernel<T, T2, 4>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
     else
-        CUDA_TRY(launch_pdl(mvq_kernel<T, 8>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
+        CUDA_TRY(launch_pdl(mvq_kernel<T, T2, 8>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
     return 0;
 }
 
@@ -421,27 +425,58 @@ static int mvq_group(cudaStream_t st, int type, const struct mv_args *a, int row
     DISPATCH_QUANT(type, mvq_launch, st, a, rows, x, n);
 }
 
+/* The pairs of types one launch takes (Q4_K_M and Q5_K_M models give v, and
+ * some layers' q/k, the larger type): 1 when launched, 0 if t0/t1 is not
+ * one, or the launch's error. */
+static int mvq_pair(cudaStream_t st, int t0, int t1, const struct mv_args *a, int rows,
+                    const struct xq_view &x, int n)
+{
+#define MVQ_PAIR(A, B)                                                                             \
+    if ((t0 == A && t1 == B) || (t0 == B && t1 == A)) {                                            \
+        int r_ = mvq_launch<A, B>(st, a, rows, x, n);                                              \
+        return r_ < 0 ? r_ : 1;                                                                    \
+    }
+    MVQ_PAIR(QT_Q5_0, QT_Q8_0);
+    MVQ_PAIR(QT_Q4_0, QT_Q8_0);
+    MVQ_PAIR(QT_Q4_K, QT_Q6_K);
+    MVQ_PAIR(QT_Q5_K, QT_Q6_K);
+#undef MVQ_PAIR
+    return 0;
+}
+
 int k_mvq(cudaStream_t st, const struct mv_args *in, const struct mmq_act *xa)
 {
-    bool done[3] = {false, false, false};
     struct xq_view x = view(xa);
+    struct mv_args a[3];
+    int types[3], rows[3], ng = 0;
+    /* segments grouped by type, in order */
     for (int i = 0; i < in->nseg; i++) {
-        if (done[i]) continue;
-        int type = in->seg[i].type;
+        int type = in->seg[i].type, g = 0;
         if (!view_ok(xa, type, in->K, "mvq")) return ST_EINVAL;
-        struct mv_args a = *in;
-        a.nseg = 0;
-        int rows = 0;
-        for (int j = i; j < in->nseg; j++) {
-            if (done[j] || in->seg[j].type != type) continue;
-            a.seg[a.nseg] = in->seg[j];
-            a.seg[a.nseg].rb = qt_row_bytes(type, in->K);
-            rows += in->seg[j].N;
-            a.nseg++;
-            done[j] = true;
+        while (g < ng && types[g] != type)
+            g++;
+        if (g == ng) {
+            a[g] = *in;
+            a[g].nseg = 0;
+            types[g] = type;
+            rows[g] = 0;
+            ng++;
         }
-        ST_TRY(mvq_group(st, type, &a, rows, x, xa->n));
+        a[g].seg[a[g].nseg] = in->seg[i];
+        a[g].seg[a[g].nseg].rb = qt_row_bytes(type, in->K);
+        a[g].nseg++;
+        rows[g] += in->seg[i].N;
     }
+    if (ng == 2) { /* one launch for both when the pair has a kernel */
+        struct mv_args both = a[0];
+        for (int j = 0; j < a[1].nseg; j++)
+            both.seg[both.nseg++] = a[1].seg[j];
+        int rc = mvq_pair(st, types[0], types[1], &both, rows[0] + rows[1], x, xa->n);
+        if (rc < 0) return rc;
+        if (rc == 1) return 0;
+    }
+    for (int g = 0; g < ng; g++)
+        ST_TRY(mvq_group(st, types[g], &a[g], rows[g], x, xa->n));
     return 0;
 }
 
