@@ -118,6 +118,29 @@ static float rnd(uint64_t *s)
     return a;
 }
 
+/* Relative RMS difference of y (ntok rows of N) from the CPU reference's
+ * dot products of W (N rows of type t, K elements) with x quantized as the
+ * reference quantizes activations. */
+static double rel_to_ref(uint32_t t, int K, int N, int ntok, const uint8_t *w, const float *x,
+                         const float *y)
+{
+    size_t rb = quant_row_size(t, K);
+    uint8_t *act = malloc(quant_row_size(quant_vec_dot_type(t), K));
+    assert_non_null(act);
+    double err = 0, ref2 = 0;
+    for (int tok = 0; tok < ntok; tok++) {
+        quant_quantize_row(quant_vec_dot_type(t), x + (size_t)tok * K, act, K);
+        for (int r = 0; r < N; r++) {
+            double ref = quant_vec_dot_ref(t, K, w + rb * r, act);
+            double d = y[(size_t)tok * N + r] - ref;
+            err += d * d;
+            ref2 += ref * ref;
+        }
+    }
+    free(act);
+    return sqrt(err / ref2);
+}
+
 /* The batched integer product of each quantized type against the CPU
  * reference (quant_vec_dot_ref on quant_quantize_row'd activations): N rows
  * not a multiple of the tile, a legacy K that ends in a partial chunk, 75
@@ -139,7 +162,6 @@ static void test_mmq_types(void **state)
         uint8_t *w = malloc(rb * N);
         float *row = malloc(sizeof(float) * K), *x = malloc(sizeof(float) * K * n);
         float *y = malloc(sizeof(float) * N * n), *y9 = malloc(sizeof(float) * N * n_small);
-        uint8_t *act = malloc(quant_row_size(quant_vec_dot_type(t), K));
         assert_non_null(w);
         for (int r = 0; r < N; r++) {
             for (int k = 0; k < K; k++)
@@ -150,17 +172,7 @@ static void test_mmq_types(void **state)
         for (int i = 0; i < K * n; i++)
             x[i] = rnd(&seed) * (1.f + (float)(i / 32 % 7));
         assert_int_equal(cuda_mmq_product((int)t, N, K, n, w, x, y, false), 0);
-        double err = 0, ref2 = 0;
-        for (int tok = 0; tok < n; tok++) {
-            quant_quantize_row(quant_vec_dot_type(t), x + (size_t)tok * K, act, K);
-            for (int r = 0; r < N; r++) {
-                double ref = quant_vec_dot_ref(t, K, w + rb * r, act);
-                double d = y[(size_t)tok * N + r] - ref;
-                err += d * d;
-                ref2 += ref * ref;
-            }
-        }
-        double rel = sqrt(err / ref2);
+        double rel = rel_to_ref(t, K, N, n, w, x, y);
         assert_int_equal(cuda_mmq_product((int)t, N, K, n_small, w, x, y9, false), 0);
         bool same = memcmp(y, y9, sizeof(float) * N * n_small) == 0;
         print_message(
@@ -174,20 +186,11 @@ static void test_mmq_types(void **state)
         for (size_t b = 0; b < sizeof(nd) / sizeof(nd[0]); b++) {
             assert_int_equal(cuda_mmq_product((int)t, N, K, nd[b], w, x, y9, true), 0);
             if (b == 0) {
-                err = ref2 = 0;
-                for (int tok = 0; tok < nd[b]; tok++) {
-                    quant_quantize_row(quant_vec_dot_type(t), x + (size_t)tok * K, act, K);
-                    for (int r = 0; r < N; r++) {
-                        double ref = quant_vec_dot_ref(t, K, w + rb * r, act);
-                        double d = y9[(size_t)tok * N + r] - ref;
-                        err += d * d;
-                        ref2 += ref * ref;
-                    }
-                }
+                rel = rel_to_ref(t, K, N, nd[b], w, x, y9);
                 memcpy(y, y9, sizeof(float) * N * nd[b]);
                 print_message("mvq type %2u: relative RMS error vs the CPU reference %.2e\n", t,
-                              sqrt(err / ref2));
-                assert_true(sqrt(err / ref2) < 1e-6);
+                              rel);
+                assert_true(rel < 1e-6);
             } else {
                 assert_memory_equal(y, y9, sizeof(float) * N * nd[b]);
             }
@@ -197,7 +200,6 @@ static void test_mmq_types(void **state)
         free(x);
         free(y);
         free(y9);
-        free(act);
     }
 }
 

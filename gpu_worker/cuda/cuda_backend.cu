@@ -672,9 +672,10 @@ static int mv_residual(struct backend *b, const struct cmat *W, const float *y, 
 
 /* One layer for a batch of at most MATVEC_MAX_N tokens, 9 kernels for a
  * quantized model: norm with the input's quantization, q/k/v in one launch
- * per weight type (with their biases), rope with the cache store, attention
- * (quantizing its output for Q4_0..Q8_0 o), o (residual add in the product),
- * norm, gate/up with SwiGLU, quantization of its output, down. */
+ * (with their biases; two types in one launch for the pairs k_mvq knows),
+ * rope with the cache store, attention (quantizing its output for Q4_0..Q8_0
+ * o; a k-quant o adds a quantization kernel), o (residual add in the
+ * product), norm, gate/up with SwiGLU, quantization of its output, down. */
 static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
                        const int32_t *d_pos, const int32_t *d_seq)
 {

@@ -23,15 +23,14 @@
  * arithmetic (mmq.cuh, tensor cores, batch-invariant), for every batch size.
  *
  * Execution: batches of up to 8 tokens run a fused path (9 kernels per
- * layer of a quantized model: norm + quantization, q/k/v in one launch per
- * weight type with biases, rope + cache store, attention (quantizing its
- * output), o with the residual add, norm + quantization, gate/up with SwiGLU,
- * quantization, down with the residual add). Forward passes of up to 64
- * tokens are captured once per (tokens, logits rows) shape as CUDA graphs
- * and replayed; the kernels of the fused path start while their predecessor
- * ends (programmatic dependent launch: the products load their first weights
- * before they wait). Attention keeps float accumulators over chunks of 32
- * positions.
+ * layer of a quantized model: norm + quantization, q/k/v in one launch with
+ * biases, rope + cache store, attention (quantizing its output), o with the
+ * residual add, norm + quantization, gate/up with SwiGLU, quantization, down
+ * with the residual add). Forward passes of up to 64 tokens are captured once
+ * per (tokens, logits rows) shape as CUDA graphs and replayed; the kernels of
+ * the fused path start while their predecessor ends (programmatic dependent
+ * launch: the products load their first weights before they wait).
+ * Attention keeps float accumulators over tiles of 128-256 positions.
  *
  * Environment switches (read at create(); for tests and measurements):
  *   STAGED_CUDA_REF=1       reference mode: every operation in the order of

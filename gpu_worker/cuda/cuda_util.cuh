@@ -66,6 +66,30 @@ static __device__ __forceinline__ float warp_max(float v)
     return v;
 }
 
+/* Sum of acc[t] over the wpr warps (1, 2 or 4) that share a row in a block of
+ * 4 warps: complete in the row's first warp (warp % wpr == 0); every thread
+ * of the block must call it. */
+template <int NT> static __device__ __forceinline__ void rows_reduce(float (&acc)[NT], int wpr)
+{
+    __shared__ float part[4][NT];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = warp_sum(acc[t]);
+    if (wpr == 1) return;
+    __syncthreads(); /* part may still be read by a previous call */
+    if (lane == 0)
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            part[warp][t] = acc[t];
+    __syncthreads();
+    if (warp % wpr == 0)
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            for (int k = 1; k < wpr; k++)
+                acc[t] += part[warp + k][t];
+}
+
 /* expf correctly rounded (through double), as glibc's expf gives it in all
  * but about 1e-4 of cases; CUDA's expf may be 2 ulp off. */
 static __device__ __forceinline__ float exp_ref(float x)

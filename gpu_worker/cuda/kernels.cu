@@ -771,28 +771,6 @@ static __device__ __forceinline__ void row_dot_t(const uint8_t *wr, int K,
     }
 }
 
-template <int NT>
-static __device__ __forceinline__ void rows_reduce_t(float (&acc)[NT], int n, int wpr)
-{
-    __shared__ float part[4][NT];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-        acc[t] = warp_sum(acc[t]);
-    if (wpr == 1) return;
-    __syncthreads();
-    if (lane == 0)
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-            part[warp][t] = acc[t];
-    __syncthreads();
-    if (warp % wpr == 0)
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-            for (int w = 1; w < wpr; w++)
-                acc[t] += part[warp + w][t];
-}
-
 /* Block = 4 / wpr rows, wpr warps per row. */
 template <int T, int NT>
 static __global__ void __launch_bounds__(128) mv_fast_kernel(struct mv_args a)
@@ -805,7 +783,7 @@ static __global__ void __launch_bounds__(128) mv_fast_kernel(struct mv_args a)
     for (int t = 0; t < NT; t++)
         acc[t] = 0.f;
     if (me.w) row_dot_t<T, NT>(me.w, a.K, a.x, a.n, acc, sub * 32 + lane, 32 * wpr);
-    rows_reduce_t<NT>(acc, a.n, wpr);
+    rows_reduce<NT>(acc, wpr);
     if (!me.w || sub != 0 || lane != 0) return;
 #pragma unroll
     for (int t = 0; t < NT; t++) {
@@ -828,20 +806,6 @@ template <int T> static int mv_fast_launch(cudaStream_t st, struct mv_args *a, i
     CUDA_LAUNCHED("mv_fast");
     return 0;
 }
-
-/* The float types these kernels take (quantized weights: mvq.cuh). */
-#define DISPATCH_FLOAT(t, F, ...)                                                                  \
-    switch (t) {                                                                                   \
-    case QT_F32:                                                                                   \
-        return F<QT_F32>(__VA_ARGS__);                                                             \
-    case QT_F16:                                                                                   \
-        return F<QT_F16>(__VA_ARGS__);                                                             \
-    case QT_BF16:                                                                                  \
-        return F<QT_BF16>(__VA_ARGS__);                                                            \
-    default:                                                                                       \
-        log_error("cuda: %s: type %d is not a float type", #F, (int)(t));                          \
-        return ST_EINVAL;                                                                          \
-    }
 
 static int mv_fast_group(cudaStream_t st, int type, struct mv_args *a, int rows)
 {
@@ -886,8 +850,8 @@ static __global__ void __launch_bounds__(128)
         row_dot_t<T, NT>(wg + (size_t)row * rb, K, xg, n, ag, sub * 32 + lane, 32 * wpr);
         row_dot_t<T, NT>(wu + (size_t)row * rb, K, xu, n, au, sub * 32 + lane, 32 * wpr);
     }
-    rows_reduce_t<NT>(ag, n, wpr);
-    rows_reduce_t<NT>(au, n, wpr);
+    rows_reduce<NT>(ag, wpr);
+    rows_reduce<NT>(au, wpr);
     if (!live || sub != 0 || lane != 0) return;
 #pragma unroll
     for (int t = 0; t < NT; t++)

@@ -53,7 +53,7 @@ int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n
 /* Causal attention of each token over its sequence's positions 0..pos[t]:
  * out[t][h*hd..] = softmax(q.K^T * scale) V, with GQA (kv head = h / (n_heads/n_kv)).
  * head_dim: a multiple of 8, at most 256 (else ST_EUNSUPPORTED).
- * ref = false: float accumulation, positions split over warps (fast);
+ * ref = false: float accumulation, positions in tiles of 128-256 (fast);
  * ref = true: the reference engine's operations in its order (q and the
  * running sum of V in half precision, positions in order, its dot-product
  * order and correctly rounded expf), one warp per head and token.

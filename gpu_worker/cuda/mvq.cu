@@ -18,6 +18,12 @@ static __device__ __forceinline__ int dot4(uint32_t w, uint32_t x, int c)
     return __dp4a((int)w, (int)x, c);
 }
 
+/* c + the dot product of 16 weight bytes (q[0..3]) with 16 activation bytes. */
+static __device__ __forceinline__ int dot16(const uint32_t *q, uint4 a, int c)
+{
+    return dot4(q[3], a.w, dot4(q[2], a.z, dot4(q[1], a.y, dot4(q[0], a.x, c))));
+}
+
 /* NW 32-bit words of the bytes at p (2-byte aligned), from aligned loads: the
  * last load reads at most 2 bytes past the NW words, within the same aligned
  * word as their last byte. */
@@ -174,15 +180,7 @@ static __device__ __forceinline__ void unit_dot(const uraw &r, const xq_view &x,
         for (int t = 0; t < NT; t++) {
             if (NT > 1 && t >= n) break;
             const uint4 *xp = (const uint4 *)(x.q + (size_t)t * K + 32 * u);
-            uint4 a0 = xp[0], a1 = xp[1];
-            int s = dot4(q[0], a0.x, 0);
-            s = dot4(q[1], a0.y, s);
-            s = dot4(q[2], a0.z, s);
-            s = dot4(q[3], a0.w, s);
-            s = dot4(q[4], a1.x, s);
-            s = dot4(q[5], a1.y, s);
-            s = dot4(q[6], a1.z, s);
-            s = dot4(q[7], a1.w, s);
+            int s = dot16(q + 4, xp[1], dot16(q, xp[0], 0));
             size_t bi = (size_t)t * (K / 32) + u;
             float v = (float)s * (d * x.d[bi]);
             if (HAS_M) v += m * x.s[bi];
@@ -214,14 +212,7 @@ static __device__ __forceinline__ void unit_dot(const uraw &r, const xq_view &x,
         for (int t = 0; t < NT; t++) {
             if (NT > 1 && t >= n) break;
             const int8_t *xp = x.q + (size_t)t * K + 256 * sb + 64 * c + (s & 1) * 16;
-            uint4 A = *(const uint4 *)xp, B = *(const uint4 *)(xp + 32);
-            int il = dot4(lo[0], A.x, 0), ih = dot4(hi[0], B.x, 0);
-            il = dot4(lo[1], A.y, il);
-            ih = dot4(hi[1], B.y, ih);
-            il = dot4(lo[2], A.z, il);
-            ih = dot4(hi[2], B.z, ih);
-            il = dot4(lo[3], A.w, il);
-            ih = dot4(hi[3], B.w, ih);
+            int il = dot16(lo, *(const uint4 *)xp, 0), ih = dot16(hi, *(const uint4 *)(xp + 32), 0);
             const int32_t *bs = x.bsum + (size_t)t * (K / 16) + 16 * sb + 4 * c + (s & 1);
             float dx = x.d[(size_t)t * (K / 256) + sb];
             float v = (dx * d) * (float)(sc0 * il + sc1 * ih) -
@@ -294,28 +285,6 @@ static __device__ __forceinline__ void row_dotq(const uint8_t *__restrict__ w, c
     }
 }
 
-/* Sum of acc over the wpr warps of a row: complete in warp sub 0. */
-template <int NT> static __device__ __forceinline__ void row_reduce(float (&acc)[NT], int wpr)
-{
-    __shared__ float part[MVQ_WARPS][NT];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-        acc[t] = warp_sum(acc[t]);
-    if (wpr == 1) return;
-    __syncthreads();
-    if (lane == 0)
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-            part[warp][t] = acc[t];
-    __syncthreads();
-    if (warp % wpr == 0)
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-            for (int k = 1; k < wpr; k++)
-                acc[t] += part[warp + k][t];
-}
-
 /* Block = MVQ_WARPS / wpr rows of the segments, wpr warps per row; lane t of
  * a row's first warp writes token t. Segments of type T, or (T2 != T) of T
  * and T2: q/k/v of two types in one launch. */
@@ -335,7 +304,7 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
     else if (me.w)
         row_dotq<T2, NT>(me.w, x, n, acc, sub * 32 + lane, 32 * wpr);
     griddep_wait(); /* (threads without units: before the writes) */
-    row_reduce<NT>(acc, wpr);
+    rows_reduce<NT>(acc, wpr);
     if (!me.w || sub != 0) return;
 #pragma unroll
     for (int t = 0; t < NT; t++) {
@@ -365,8 +334,8 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
         row_dotq<T, NT>(wu + (size_t)row * rb, xu, n, au, sub * 32 + lane, 32 * wpr);
     }
     griddep_wait();
-    row_reduce<NT>(ag, wpr);
-    row_reduce<NT>(au, wpr);
+    rows_reduce<NT>(ag, wpr);
+    rows_reduce<NT>(au, wpr);
     if (row >= N || sub != 0) return;
 #pragma unroll
     for (int t = 0; t < NT; t++)

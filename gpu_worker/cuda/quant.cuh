@@ -348,7 +348,7 @@ static __device__ __forceinline__ float q8_k_iscale(const float (&xv)[8], int la
     for (int k = 0; k < 8; k++) {
         int e = consecutive ? 8 * lane + k : k * 32 + lane;
         float a = fabsf(xv[k]);
-        if (a > best || (a == best && e < bi)) {
+        if (a > best) { /* e grows with k: the first on ties */
             best = a;
             bi = e;
         }
@@ -412,8 +412,9 @@ static __device__ __forceinline__ void q8_k_store(const float *src, int lane, si
 }
 
 /* Call F<T>(args...) for the runtime type t: DISPATCH_QUANT over the
- * quantized types, DISPATCH_TYPE over every type (in a function returning
- * int; other types log and return ST_EINVAL / ST_EUNSUPPORTED). */
+ * quantized types, DISPATCH_FLOAT over F32/F16/BF16, DISPATCH_TYPE over
+ * every type (in a function returning int; other types log and return
+ * ST_EINVAL / ST_EUNSUPPORTED). */
 #define DISPATCH_QUANT_CASES(F, ...)                                                               \
     case QT_Q4_0:                                                                                  \
         return F<QT_Q4_0>(__VA_ARGS__);                                                            \
@@ -444,14 +445,25 @@ static __device__ __forceinline__ void q8_k_store(const float *src, int lane, si
         return ST_EINVAL;                                                                          \
     }
 
-#define DISPATCH_TYPE(t, F, ...)                                                                   \
-    switch (t) {                                                                                   \
+#define DISPATCH_FLOAT_CASES(F, ...)                                                               \
     case QT_F32:                                                                                   \
         return F<QT_F32>(__VA_ARGS__);                                                             \
     case QT_F16:                                                                                   \
         return F<QT_F16>(__VA_ARGS__);                                                             \
     case QT_BF16:                                                                                  \
-        return F<QT_BF16>(__VA_ARGS__);                                                            \
+        return F<QT_BF16>(__VA_ARGS__);
+
+#define DISPATCH_FLOAT(t, F, ...)                                                                  \
+    switch (t) {                                                                                   \
+        DISPATCH_FLOAT_CASES(F, __VA_ARGS__)                                                       \
+    default:                                                                                       \
+        log_error("cuda: %s: type %d is not a float type", #F, (int)(t));                          \
+        return ST_EINVAL;                                                                          \
+    }
+
+#define DISPATCH_TYPE(t, F, ...)                                                                   \
+    switch (t) {                                                                                   \
+        DISPATCH_FLOAT_CASES(F, __VA_ARGS__)                                                       \
         DISPATCH_QUANT_CASES(F, __VA_ARGS__)                                                       \
     default:                                                                                       \
         log_error("cuda: %s: tensor type %d has no kernel", #F, (int)(t));                         \
