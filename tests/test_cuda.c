@@ -22,6 +22,7 @@
  * Model files absent from $STAGED_MODELS skip their test (the GPU machine
  * gets the models in parts).
  */
+#include "common/gguf_write.h"
 #include "common/model.h"
 #include "gpu_worker/backend.h"
 #include "gpu_worker/cuda/cuda_backend.h"
@@ -201,6 +202,55 @@ static void test_mmq_types(void **state)
         free(y);
         free(y9);
     }
+}
+
+/* ref-qwen2.Q4_K_M rewritten with general.alignment 8 and an 8-byte tensor
+ * first, so that its quantized tensors start off 16-byte boundaries: create
+ * refuses it, naming the tensor and the alignment (the kernels would fault). */
+static void test_misaligned_refused(void **state)
+{
+    if (!gpu_or_skip()) skip();
+    char gpath[512], tmp[] = "/tmp/staged-misaligned-XXXXXX";
+    snprintf(gpath, sizeof(gpath), "%s/ref/ref-qwen2.Q4_K_M.gguf", models_dir());
+    if (!file_exists(gpath)) {
+        print_message("skipped: %s absent\n", gpath);
+        skip();
+    }
+    struct st_errbuf eb = {{0}};
+    struct st_model *m = NULL;
+    assert_int_equal(model_open_file(gpath, &m, &eb), 0);
+    struct gguf_writer *w = gguf_writer_new(3, 8);
+    assert_non_null(w);
+    for (uint64_t i = 0; i < m->gguf->n_kv; i++) {
+        const struct gguf_str *k = &m->gguf->kv[i].key;
+        if (k->len == 17 && !memcmp(k->p, "general.alignment", 17)) continue;
+        assert_int_equal(gguf_writer_copy_kv(w, m->gguf, (int64_t)i), 0);
+    }
+    const float pad[2] = {0.f, 0.f};
+    const uint64_t ne_pad[1] = {2};
+    assert_true(gguf_writer_add_tensor(w, "pad.weight", GGML_TYPE_F32, 1, ne_pad, pad) >= 0);
+    for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
+        const struct gguf_tensor *t = &m->gguf->tensors[i];
+        char name[128];
+        snprintf(name, sizeof(name), "%.*s", (int)t->name.len, t->name.p);
+        assert_true(
+            gguf_writer_add_tensor(w, name, t->type, t->n_dims, t->ne, m->data + t->offset) >= 0);
+    }
+    int fd = mkstemp(tmp);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(gguf_writer_to_file(w, tmp, &eb), 0);
+    gguf_writer_destroy(&w);
+    model_close(&m);
+    assert_int_equal(model_open_file(tmp, &m, &eb), 0);
+    struct backend_config cfg = {.max_seqs = 1, .max_ctx = 64, .max_batch = 8, .device = 0};
+    struct backend *be = NULL;
+    int rc = cuda_backend_ops()->create(m, &cfg, &be, &eb);
+    print_message("create: %s\n", eb.msg);
+    assert_int_equal(rc, ST_EUNSUPPORTED);
+    assert_non_null(strstr(eb.msg, "general.alignment is 8"));
+    model_close(&m);
+    unlink(tmp);
 }
 
 /* The reference logits file (see shared/models/README.md). */
@@ -651,6 +701,7 @@ static void test_ref_model(void **state)
 #define test_upload_verify_repair test_ref_model
 #define test_ipc_fault test_ref_model
 #define test_mmq_types test_ref_model
+#define test_misaligned_refused test_ref_model
 static int child_main(const char *mode, const char *hex, const char *gpath, const char *lpath)
 {
     return 1;
@@ -661,12 +712,13 @@ int main(int argc, char **argv)
 {
     if (argc == 6 && strcmp(argv[1], "--child") == 0)
         return child_main(argv[2], argv[3], argv[4], argv[5]);
-    struct CMUnitTest tests[sizeof(k_cases) / sizeof(k_cases[0]) + 4];
+    struct CMUnitTest tests[sizeof(k_cases) / sizeof(k_cases[0]) + 5];
     size_t n = 0;
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_mmq_types);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_upload_verify_repair);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_stories_greedy);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_ipc_fault);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_misaligned_refused);
     for (size_t i = 0; i < sizeof(k_cases) / sizeof(k_cases[0]); i++) {
         struct CMUnitTest t = cmocka_unit_test_prestate(test_ref_model, (void *)&k_cases[i]);
         t.name = k_cases[i].name;

@@ -201,6 +201,14 @@ static int bind_mat(const struct st_model *m, const struct backend *b, const cha
     bool is_float = t.type == GGML_TYPE_F32 || t.type == GGML_TYPE_F16 || t.type == GGML_TYPE_BF16;
     if (!is_float && out->K % 8 != 0)
         return st_errf(eb, ST_EFORMAT, "cuda: tensor %s row length %d", name, out->K);
+    /* the kernels read quantized blocks in 16-byte words: a file whose
+     * general.alignment is below 16 may place a tensor off such a boundary */
+    if (!is_float && ((const uint8_t *)t.data - m->data) % 16 != 0)
+        return st_errf(eb, ST_EUNSUPPORTED,
+                       "cuda: tensor %s (layer %d) starts at data offset %llu, not a multiple of "
+                       "16 bytes (the file's general.alignment is %u); the CUDA kernels need 16",
+                       name, layer, (unsigned long long)((const uint8_t *)t.data - m->data),
+                       (unsigned)m->gguf->alignment);
     return 0;
 }
 
