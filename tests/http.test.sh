@@ -278,8 +278,12 @@ for i in $(seq 1 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' "$H/health
 
 # ---- a client that disconnects cancels its request ----
 CANC0=$("$BIN/staged-client" stats --endpoint "$EP" | py 'import json,sys; print(json.load(sys.stdin)["requests"]["cancelled"])')
-WPID=$(cat "$T/logs/worker.pid")
-kill -STOP "$WPID"   # nothing progresses: the requests wait at the worker
+for i in $(seq 1 100); do # the restarted worker (under load /health may answer before its pid is written)
+    WPID=$(cat "$T/logs/worker.pid")
+    [ "$WPID" != "$KILLED" ] && kill -0 "$WPID" 2>/dev/null && break
+    sleep 0.1
+done
+kill -STOP "$WPID" || fail "no restarted worker to stop (pid file: $WPID)"   # nothing progresses: the requests wait at the worker
 curl -s -m 1 -H "$AUTH" "$H/v1/completions" -d '{"model":"m","prompt":"Once","max_tokens":50}' >/dev/null
 curl -sN -m 1 -H "$AUTH" "$H/v1/chat/completions" -d '{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}' >/dev/null
 for i in $(seq 1 50); do # the gateway notices a closed connection within its poll period
