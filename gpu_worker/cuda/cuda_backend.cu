@@ -185,6 +185,23 @@ extern "C" void cuda_ipc_close(void *dev_ptr)
 
 /* ---- model setup ---- */
 
+extern "C" int cuda_check_alignment(const struct st_model *m, struct st_errbuf *eb)
+{
+    for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
+        const struct gguf_tensor *t = &m->gguf->tensors[i];
+        bool is_float =
+            t->type == GGML_TYPE_F32 || t->type == GGML_TYPE_F16 || t->type == GGML_TYPE_BF16;
+        if (!is_float && t->offset % 16 != 0)
+            return st_errf(eb, ST_EUNSUPPORTED,
+                           "cuda: tensor %.*s starts at data offset %llu, not a multiple of 16 "
+                           "bytes (the file's general.alignment is %u); the CUDA kernels read "
+                           "quantized blocks in 16-byte words",
+                           (int)t->name.len, t->name.p, (unsigned long long)t->offset,
+                           (unsigned)m->gguf->alignment);
+    }
+    return 0;
+}
+
 static int bind_mat(const struct st_model *m, const struct backend *b, const char *name, int layer,
                     struct cmat *out, struct st_errbuf *eb)
 {
@@ -201,14 +218,6 @@ static int bind_mat(const struct st_model *m, const struct backend *b, const cha
     bool is_float = t.type == GGML_TYPE_F32 || t.type == GGML_TYPE_F16 || t.type == GGML_TYPE_BF16;
     if (!is_float && out->K % 8 != 0)
         return st_errf(eb, ST_EFORMAT, "cuda: tensor %s row length %d", name, out->K);
-    /* the kernels read quantized blocks in 16-byte words: a file whose
-     * general.alignment is below 16 may place a tensor off such a boundary */
-    if (!is_float && ((const uint8_t *)t.data - m->data) % 16 != 0)
-        return st_errf(eb, ST_EUNSUPPORTED,
-                       "cuda: tensor %s (layer %d) starts at data offset %llu, not a multiple of "
-                       "16 bytes (the file's general.alignment is %u); the CUDA kernels need 16",
-                       name, layer, (unsigned long long)((const uint8_t *)t.data - m->data),
-                       (unsigned)m->gguf->alignment);
     return 0;
 }
 
@@ -297,8 +306,9 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
                        "cuda: heads %u/%u, head_dim %u, rope_dim %u (head_dim: a multiple of 8 up "
                        "to 256; kv heads dividing heads; rope_dim even, at most head_dim)",
                        hp->n_heads, hp->n_kv_heads, hp->head_dim, hp->rope_dim);
+    int rc = cuda_check_alignment(m, eb);
+    if (rc) return rc;
 
-    int rc = 0;
     struct backend *b = (struct backend *)calloc(1, sizeof(*b));
     if (!b) return st_errf(eb, ST_ENOMEM, "cuda: out of memory");
     b->hp = *hp;

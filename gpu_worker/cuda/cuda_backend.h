@@ -58,6 +58,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+struct st_model;
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -90,6 +92,12 @@ void cuda_host_free(void *p);
  * Used to check that a device fault ends the worker and leaves the loader's
  * copy of the weights intact. */
 void cuda_backend_inject_bad_kernel(void);
+
+/* 0, or ST_EUNSUPPORTED (eb says which tensor) when a quantized tensor of m
+ * starts off a 16-byte boundary (a GGUF whose general.alignment is below 16):
+ * the kernels read such blocks in 16-byte words. create() checks it first;
+ * needs no GPU. */
+int cuda_check_alignment(const struct st_model *m, struct st_errbuf *eb);
 
 /* For tests: y[t][r] = W_r . x[t] by the batched integer product (mmq.cuh),
  * or with small the decode kernels (mvq.cuh, n <= 8), for n tokens (x: n rows

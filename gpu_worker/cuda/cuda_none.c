@@ -41,4 +41,9 @@ int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *
 {
     return ST_EUNSUPPORTED;
 }
+
+int cuda_check_alignment(const struct st_model *m, struct st_errbuf *eb)
+{
+    return st_errf(eb, ST_EUNSUPPORTED, "cuda: built without CUDA");
+}
 #endif
