@@ -6,16 +6,14 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+/* The types with a reference-order kernel. */
+#define EXACT_TYPES(X) X(QT_F32) X(QT_F16) X(QT_BF16) X(QT_Q4_0) X(QT_Q5_0) X(QT_Q8_0) X(QT_Q6_K)
+#define EXACT_CASE(T) case T:
+
 bool mm_exact_supported(int type)
 {
     switch (type) {
-    case QT_F32:
-    case QT_F16:
-    case QT_BF16:
-    case QT_Q4_0:
-    case QT_Q5_0:
-    case QT_Q8_0:
-    case QT_Q6_K:
+        EXACT_TYPES(EXACT_CASE)
         return true;
     default:
         return false;
@@ -148,23 +146,14 @@ static int exact_launch(cudaStream_t st, const void *w, int N, int K, const floa
 int k_mm_exact(cudaStream_t st, const void *w, int type, int N, int K, const float *xf,
                const void *xh, const struct mmq_act *a, int n, float *y)
 {
+#define EXACT_LAUNCH(T)                                                                            \
+    case T:                                                                                        \
+        return exact_launch<T>(st, w, N, K, xf, xh, a, n, y);
     switch (type) {
-    case QT_F32:
-        return exact_launch<QT_F32>(st, w, N, K, xf, xh, a, n, y);
-    case QT_F16:
-        return exact_launch<QT_F16>(st, w, N, K, xf, xh, a, n, y);
-    case QT_BF16:
-        return exact_launch<QT_BF16>(st, w, N, K, xf, xh, a, n, y);
-    case QT_Q4_0:
-        return exact_launch<QT_Q4_0>(st, w, N, K, xf, xh, a, n, y);
-    case QT_Q5_0:
-        return exact_launch<QT_Q5_0>(st, w, N, K, xf, xh, a, n, y);
-    case QT_Q8_0:
-        return exact_launch<QT_Q8_0>(st, w, N, K, xf, xh, a, n, y);
-    case QT_Q6_K:
-        return exact_launch<QT_Q6_K>(st, w, N, K, xf, xh, a, n, y);
+        EXACT_TYPES(EXACT_LAUNCH)
     default:
         log_error("cuda: no reference-order product for type %d", type);
         return ST_EUNSUPPORTED;
     }
+#undef EXACT_LAUNCH
 }

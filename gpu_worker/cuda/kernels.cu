@@ -75,7 +75,10 @@ int k_embed(cudaStream_t st, const void *w, int type, int dim, const int32_t *to
 
 /* ---- RMS norm ---- */
 
-static __global__ void rmsnorm_kernel(const float *x, const float *w, float *y, int dim, float eps)
+/* Block per row: y = x * rms scale * w, rounded to half (cls 1), bfloat16 (2)
+ * or not (0); y may equal x. */
+static __global__ void rmsnorm_kernel(const float *x, const float *w, float *y, int dim, float eps,
+                                      int cls)
 {
     griddep_launch();
     griddep_wait();
@@ -85,15 +88,27 @@ static __global__ void rmsnorm_kernel(const float *x, const float *w, float *y, 
     for (int i = threadIdx.x; i < dim; i += blockDim.x)
         ss += (double)(xr[i] * xr[i]);
     float sc = rms_scale(block_sum(ss), dim, eps);
-    for (int i = threadIdx.x; i < dim; i += blockDim.x)
-        yr[i] = xr[i] * sc * w[i];
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        float v = xr[i] * sc * w[i];
+        if (cls == 1)
+            v = __half2float(__float2half_rn(v));
+        else if (cls == 2)
+            v = __bfloat162float(__float2bfloat16_rn(v));
+        yr[i] = v;
+    }
+}
+
+static int rmsnorm_launch(cudaStream_t st, const float *x, const float *w, float *y, int n, int dim,
+                          float eps, int cls)
+{
+    int th = dim >= 1024 ? 1024 : (dim + 31) / 32 * 32;
+    CUDA_TRY(launch_pdl(rmsnorm_kernel, n, th, 0, st, x, w, y, dim, eps, cls));
+    return 0;
 }
 
 int k_rmsnorm(cudaStream_t st, const float *x, const float *w, float *y, int n, int dim, float eps)
 {
-    int th = dim >= 1024 ? 1024 : (dim + 31) / 32 * 32;
-    CUDA_TRY(launch_pdl(rmsnorm_kernel, n, th, 0, st, x, w, y, dim, eps));
-    return 0;
+    return rmsnorm_launch(st, x, w, y, n, dim, eps, 0);
 }
 
 /* ---- activation rounding ---- */
@@ -558,26 +573,6 @@ int k_fault(cudaStream_t st)
 
 /* ---- fused decode kernels (batches of up to MATVEC_MAX_N tokens) ---- */
 
-/* Block per token: xr = rmsnorm(x) * w rounded to half (cls 1), bfloat16 (2) or not (0). */
-static __global__ void norm_round_kernel(const float *x, const float *w, float eps, int D, int cls,
-                                         float *xr)
-{
-    const float *xt = x + (size_t)blockIdx.x * D;
-    double ss = 0.;
-    for (int i = threadIdx.x; i < D; i += blockDim.x)
-        ss += (double)(xt[i] * xt[i]);
-    float sc = rms_scale(block_sum(ss), D, eps);
-    float *o = xr + (size_t)blockIdx.x * D;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float v = xt[i] * sc * w[i];
-        if (cls == 1)
-            v = __half2float(__float2half_rn(v));
-        else if (cls == 2)
-            v = __bfloat162float(__float2bfloat16_rn(v));
-        o[i] = v;
-    }
-}
-
 int k_norm_round(cudaStream_t st, const float *x, const float *w, float eps, int n, int D, int cls,
                  float *xr)
 {
@@ -585,10 +580,7 @@ int k_norm_round(cudaStream_t st, const float *x, const float *w, float eps, int
         log_error("cuda: norm_round: class %d (quantized inputs: k_norm_quant)", cls);
         return ST_EINVAL;
     }
-    int th = D >= 1024 ? 1024 : (D + 31) / 32 * 32;
-    norm_round_kernel<<<n, th, 0, st>>>(x, w, eps, D, cls, xr);
-    CUDA_LAUNCHED("norm_round");
-    return 0;
+    return rmsnorm_launch(st, x, w, xr, n, D, eps, cls);
 }
 
 /* Sum of v over the block, the same in every thread: warp sums, then every
