@@ -17,6 +17,7 @@
 
 #include "common/err.h"
 #include "common/model.h"
+#include "gpu_worker/sample.h"
 
 #include <stdint.h>
 
@@ -32,6 +33,14 @@ struct backend_config {
     void *dev_weights;
 };
 
+/* What a token's logits row is wanted as (struct batch.logits). */
+enum {
+    LOGITS_NONE = 0,
+    LOGITS_ROW = 1,     /* the full row */
+    LOGITS_SUMMARY = 2, /* only its summary (struct logits_top); the row stays
+                         * with the backend until the next forward call */
+};
+
 /* One batch of tokens. Token i is at position pos[i] of sequence seq[i];
  * within a sequence, positions must be contiguous after what the KV cache
  * already holds (pos == current length), and ascending within the batch. */
@@ -40,20 +49,44 @@ struct batch {
     const int32_t *token;  /* [n_tokens] token ids, < n_vocab */
     const int32_t *pos;    /* [n_tokens] */
     const int32_t *seq;    /* [n_tokens] */
-    const int8_t *logits;  /* [n_tokens] 1 = write logits for this token */
+    const int8_t *logits;  /* [n_tokens] LOGITS_*; NULL = none */
+    /* [logits rows] the summary of every row with logits != LOGITS_NONE, in
+     * batch order; may be NULL when no token asks for LOGITS_SUMMARY */
+    struct logits_top *top;
 };
 
 struct backend;
+
+/* 0 if bt's logits entries are LOGITS_* values and the outputs they need
+ * are given (logits for LOGITS_ROW, bt->top for LOGITS_SUMMARY), else
+ * ST_EINVAL; every backend's forward checks it. */
+static inline int batch_outputs_ok(const struct batch *bt, const float *logits)
+{
+    for (int i = 0; bt->logits && i < bt->n_tokens; i++) {
+        int f = bt->logits[i];
+        if (f < LOGITS_NONE || f > LOGITS_SUMMARY || (f == LOGITS_ROW && !logits) ||
+            (f == LOGITS_SUMMARY && !bt->top))
+            return ST_EINVAL;
+    }
+    return 0;
+}
 
 struct backend_ops {
     const char *name; /* "cpu", "cuda" */
     /* Build a backend for model m. Returns 0 or a negative st_err with eb set. */
     int (*create)(const struct st_model *m, const struct backend_config *cfg,
                   struct backend **out, struct st_errbuf *eb);
-    /* Run the batch. logits receives n_vocab floats per token with
-     * logits[i] == 1, in batch order. Returns 0, ST_EINVAL for a batch that
+    /* Run the batch. logits has room for n_vocab floats per logits row
+     * (tokens with logits != LOGITS_NONE, in batch order); rows asked as
+     * LOGITS_ROW are written, LOGITS_SUMMARY rows may be left as they are
+     * (logits may be NULL if there are none of the first kind); bt->top
+     * receives every row's summary. Returns 0, ST_EINVAL for a batch that
      * breaks the rules above (nothing is changed), or ST_EDEVICE / ST_ENOMEM. */
     int (*forward)(struct backend *b, const struct batch *bt, float *logits);
+    /* Copy logits row `row` (0-based among the last forward call's logits
+     * rows) into out (n_vocab floats): for a LOGITS_SUMMARY row whose summary
+     * did not decide the sampling. Valid until the next forward call. */
+    int (*logits_row)(struct backend *b, int row, float *out);
     /* Forget sequence seq's KV cache from position keep onwards (0 = all). */
     int (*seq_truncate)(struct backend *b, int seq, int keep);
     /* Current length (positions held) of sequence seq. */

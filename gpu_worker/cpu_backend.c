@@ -47,6 +47,10 @@ struct backend {
     float *scores;              /* [n_threads][max_ctx] */
     float *rope_cos, *rope_sin; /* [max_batch][rope_dim/2] */
     int *tok_seq, *tok_pos;     /* copies of the batch */
+    /* the last forward call's logits rows (the caller's buffer, or lbuf when
+     * it passed none), for logits_row */
+    float *last_rows, *lbuf;
+    int last_n, lbuf_rows;
 };
 
 /* ---------------- matrix products ---------------- */
@@ -262,10 +266,10 @@ static void att_run(void *arg, int task, int ith)
 
 /* ---------------- forward ---------------- */
 
-static int check_batch(struct backend *b, const struct batch *bt)
+static int check_batch(struct backend *b, const struct batch *bt, const float *logits)
 {
-    if (bt->n_tokens < 1 || bt->n_tokens > b->cfg.max_batch) return ST_EINVAL;
-    int *next = b->tok_pos; /* scratch: expected next position per seq */
+    if (bt->n_tokens < 1 || bt->n_tokens > b->cfg.max_batch || batch_outputs_ok(bt, logits))
+        return ST_EINVAL;
     int ns = b->cfg.max_seqs;
     int *exp = calloc((size_t)ns, sizeof(int));
     if (!exp) return ST_ENOMEM;
@@ -280,7 +284,6 @@ static int check_batch(struct backend *b, const struct batch *bt)
         else
             exp[s]++;
     }
-    (void)next;
     free(exp);
     return rc;
 }
@@ -426,7 +429,7 @@ static void layer_forward(struct backend *b, int l, int n_tok)
 
 static int cpu_forward(struct backend *b, const struct batch *bt, float *logits)
 {
-    int rc = check_batch(b, bt);
+    int rc = check_batch(b, bt, logits);
     if (rc) return rc;
     int n = bt->n_tokens, dim = (int)b->hp.dim;
     for (int t = 0; t < n; t++) {
@@ -446,7 +449,29 @@ static int cpu_forward(struct backend *b, const struct batch *bt, float *logits)
                 b->hp.rms_eps);
         n_out++;
     }
-    if (n_out > 0) matmul(b, &b->out, b->xo, n_out, logits, (int)b->hp.n_vocab, NULL);
+    /* every row is computed here: LOGITS_SUMMARY rows too, into the
+     * caller's buffer when it gave one */
+    int nv = (int)b->hp.n_vocab;
+    if (n_out > 0 && !logits && n_out > b->lbuf_rows) {
+        float *nb = realloc(b->lbuf, sizeof(float) * (size_t)nv * (size_t)n_out);
+        if (!nb) return ST_ENOMEM;
+        b->lbuf = nb;
+        b->lbuf_rows = n_out;
+    }
+    float *rows = logits ? logits : b->lbuf;
+    if (n_out > 0) matmul(b, &b->out, b->xo, n_out, rows, nv, NULL);
+    for (int r = 0; r < n_out && bt->top; r++)
+        logits_summarize(rows + (size_t)r * nv, nv, &bt->top[r]);
+    b->last_rows = rows;
+    b->last_n = n_out;
+    return 0;
+}
+
+static int cpu_logits_row(struct backend *b, int row, float *out)
+{
+    if (row < 0 || row >= b->last_n) return ST_EINVAL;
+    size_t nv = b->hp.n_vocab;
+    memmove(out, b->last_rows + (size_t)row * nv, sizeof(float) * nv);
     return 0;
 }
 
@@ -495,6 +520,7 @@ static void cpu_destroy(struct backend **pb)
     free(b->rope_sin);
     free(b->tok_seq);
     free(b->tok_pos);
+    free(b->lbuf);
     free(b);
     *pb = NULL;
 }
@@ -613,6 +639,7 @@ const struct backend_ops cpu_backend_ops = {
     .name = "cpu",
     .create = cpu_create,
     .forward = cpu_forward,
+    .logits_row = cpu_logits_row,
     .seq_truncate = cpu_seq_truncate,
     .seq_len = cpu_seq_len,
     .destroy = cpu_destroy,

@@ -94,19 +94,22 @@ static int cmp_cand(const void *a, const void *b)
     return (x->id > y->id) - (x->id < y->id);
 }
 
-/* The k best candidates (sorted, best first) of logits; returns the count. */
+/* The k best candidates (sorted, best first) of logits; returns the count.
+ * NaN logits are never candidates. */
 static int best_k(const float *logits, int n_vocab, int k, struct cand *c)
 {
     if (k <= 0 || k > n_vocab) k = n_vocab;
     if (k == n_vocab) {
+        int n = 0;
         for (int i = 0; i < n_vocab; i++)
-            c[i] = (struct cand){logits[i], i};
-        qsort(c, (size_t)n_vocab, sizeof(*c), cmp_cand);
-        return n_vocab;
+            if (!isnan(logits[i])) c[n++] = (struct cand){logits[i], i};
+        qsort(c, (size_t)n, sizeof(*c), cmp_cand);
+        return n;
     }
     /* keep a sorted buffer of k: insertion with a threshold (k is small) */
     int n = 0;
     for (int i = 0; i < n_vocab; i++) {
+        if (isnan(logits[i])) continue; /* never a candidate */
         struct cand x = {logits[i], i};
         if (n == k && cmp_cand(&x, &c[k - 1]) >= 0) continue;
         int j = n < k ? n++ : k - 1;
@@ -172,10 +175,11 @@ static void select_k(struct cand *c, int n, int k)
 static int sorted_prefix(const float *logits, int n_vocab, int k, struct cand *c)
 {
     if (k <= 64) return best_k(logits, n_vocab, k, c);
-    if (k > n_vocab) k = n_vocab;
+    int n = 0;
     for (int i = 0; i < n_vocab; i++)
-        c[i] = (struct cand){logits[i], i};
-    if (k < n_vocab) select_k(c, n_vocab, k);
+        if (!isnan(logits[i])) c[n++] = (struct cand){logits[i], i};
+    if (k > n) k = n;
+    if (k < n) select_k(c, n, k);
     qsort(c, (size_t)k, sizeof(*c), cmp_cand);
     return k;
 }
@@ -194,6 +198,40 @@ static int32_t draw(const struct cand *c, int n, const float *logits, float mx, 
         if (u < acc) return c ? c[i].id : i;
     }
     return c ? c[n - 1].id : n - 1;
+}
+
+/* Whether the penalties of p change anything for a history of n_history. */
+static bool penalties_apply(const struct sample_params *p, int n_history)
+{
+    if (p->repeat_penalty == 1.0f && p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f)
+        return false;
+    int n = p->repeat_last_n < 0 ? n_history : p->repeat_last_n;
+    return (n > n_history ? n_history : n) > 0;
+}
+
+/* The top_p cut (by the temperature-1 mass with normalizer sum) and the
+ * min_p cut of the sorted candidates c[0..n), then the draw. */
+static int32_t cut_and_draw(const struct sample_params *p, const struct cand *c, int n, double sum,
+                            float mx, double u01)
+{
+    if (p->top_p < 1.0f) {
+        double cum = 0;
+        for (int i = 0; i < n; i++) {
+            cum += exp((double)c[i].logit - mx) / sum;
+            if (cum >= p->top_p) {
+                n = i + 1;
+                break;
+            }
+        }
+    }
+    if (p->min_p > 0.0f) {
+        /* p_i / p_max = exp(l_i - l_max) */
+        int keep = 1;
+        while (keep < n && exp((double)c[keep].logit - mx) >= p->min_p)
+            keep++;
+        n = keep;
+    }
+    return draw(c, n, NULL, mx, p->temperature, u01);
 }
 
 int32_t sample_next(const struct sample_params *p, float *logits, int n_vocab,
@@ -227,7 +265,7 @@ int32_t sample_next(const struct sample_params *p, float *logits, int n_vocab,
         /* grow a sorted prefix until it holds the top-p mass / the min-p cut */
         for (int k = 256;; k *= 4) {
             n = sorted_prefix(logits, n_vocab, k < n_vocab ? k : n_vocab, c);
-            if (n == n_vocab) break;
+            if (k >= n_vocab) break; /* every candidate */
             if (p->top_p < 1.0f) {
                 double cum = 0;
                 for (int i = 0; i < n; i++)
@@ -238,24 +276,7 @@ int32_t sample_next(const struct sample_params *p, float *logits, int n_vocab,
             }
         }
     }
-    if (p->top_p < 1.0f) {
-        double cum = 0;
-        for (int i = 0; i < n; i++) {
-            cum += exp((double)c[i].logit - mx) / sum;
-            if (cum >= p->top_p) {
-                n = i + 1;
-                break;
-            }
-        }
-    }
-    if (p->min_p > 0.0f) {
-        /* p_i / p_max = exp(l_i - l_max) */
-        int keep = 1;
-        while (keep < n && exp((double)c[keep].logit - mx) >= p->min_p)
-            keep++;
-        n = keep;
-    }
-    tok = draw(c, n, logits, mx, p->temperature, u01);
+    tok = cut_and_draw(p, c, n, sum, mx, u01);
     free(c);
 done:
     out->token = tok;
@@ -264,6 +285,83 @@ done:
     } else {
         out->logprob = 0;
         out->n_top = 0;
+    }
+    return tok;
+}
+
+void logits_summarize(const float *logits, int n_vocab, struct logits_top *t)
+{
+    struct cand c[LOGITS_TOP];
+    t->n = best_k(logits, n_vocab, LOGITS_TOP < n_vocab ? LOGITS_TOP : n_vocab, c);
+    t->n_vocab = n_vocab;
+    for (int i = 0; i < t->n; i++) {
+        t->id[i] = c[i].id;
+        t->logit[i] = c[i].logit;
+    }
+    /* as fill_logprobs: the sum in index order */
+    t->max = t->n ? c[0].logit : 0.f;
+    double sum = 0;
+    for (int i = 0; i < n_vocab; i++)
+        if (!isnan(logits[i])) sum += exp((double)logits[i] - t->max);
+    t->sum = sum;
+}
+
+bool sample_top_may_decide(const struct sample_params *p, int n_history)
+{
+    if (penalties_apply(p, n_history)) return false;
+    return p->temperature <= 0.0f || (p->top_k > 0 && p->top_k <= LOGITS_TOP) ||
+           p->top_p < 1.0f || p->min_p > 0.0f;
+}
+
+int32_t sample_from_top(const struct sample_params *p, const struct logits_top *t,
+                        int n_history, int64_t position, int n_top, struct sample_result *out)
+{
+    if (t->n < 1 || penalties_apply(p, n_history)) return -1;
+    struct cand c[LOGITS_TOP];
+    for (int i = 0; i < t->n; i++)
+        c[i] = (struct cand){t->logit[i], t->id[i]};
+    int32_t tok = c[0].id;
+    float mx = c[0].logit;
+    bool whole = t->n == t->n_vocab; /* the candidates are the whole row */
+    if (p->temperature > 0.0f) {
+        bool top_k = p->top_k > 0 && p->top_k < t->n_vocab;
+        if (!top_k && p->top_p >= 1.0f && p->min_p <= 0.0f) return -1; /* draws in index order */
+        int n = t->n;
+        double sum = 0;
+        if (top_k) {
+            if (p->top_k > t->n) return -1;
+            n = p->top_k;
+            for (int i = 0; i < n; i++)
+                sum += exp((double)c[i].logit - mx);
+        } else {
+            sum = t->sum;
+            /* the cut that sample_next's growing prefix stops at must be here */
+            if (!whole) {
+                bool inside = false;
+                double cum = 0;
+                for (int i = 0; i < n && !inside; i++) {
+                    cum += exp((double)c[i].logit - mx) / sum;
+                    inside = p->top_p < 1.0f ? cum >= p->top_p
+                                             : exp((double)c[i].logit - mx) < p->min_p;
+                }
+                if (!inside) return -1;
+            }
+        }
+        tok = cut_and_draw(p, c, n, sum, mx, sample_uniform(p->seed, position));
+    }
+    if (!out) return tok;
+    out->token = tok;
+    out->logprob = 0;
+    out->n_top = 0;
+    if (n_top < 0) return tok;
+    double lse = mx + log(t->sum);
+    for (int i = 0; i < t->n; i++)
+        if (c[i].id == tok) out->logprob = (float)(c[i].logit - lse);
+    if (n_top > SAMPLE_MAX_TOP) n_top = SAMPLE_MAX_TOP;
+    for (int i = 0; i < n_top && i < t->n; i++) {
+        out->top_ids[i] = c[i].id;
+        out->top_logprobs[i] = (float)(c[i].logit - lse);
+        out->n_top = i + 1;
     }
     return tok;
 }

@@ -32,6 +32,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define SAMPLE_MAX_TOP 20 /* most alternatives a result carries */
 
 struct sample_params {
@@ -53,6 +57,43 @@ struct sample_result {
     int32_t top_ids[SAMPLE_MAX_TOP]; /* best first */
     float top_logprobs[SAMPLE_MAX_TOP];
 };
+
+/*
+ * A logits row summarized where it was computed (the GPU), so that the
+ * common requests are sampled without copying the row: its LOGITS_TOP best
+ * tokens (logit descending, lowest id first on ties: the order sample_next
+ * ranks candidates in) and the normalizer of its softmax at temperature 1.
+ * NaN logits are never candidates.
+ */
+#define LOGITS_TOP 64
+struct logits_top {
+    float max;   /* largest logit (== logit[0]) */
+    int n;       /* candidates held: min(LOGITS_TOP, non-NaN logits) */
+    int n_vocab; /* length of the row */
+    double sum; /* sum over the row of exp(logit - max) */
+    int32_t id[LOGITS_TOP];
+    float logit[LOGITS_TOP];
+};
+
+/* The summary of logits[0..n_vocab) (the CPU's: the sum in index order, as
+ * sample_next computes it). */
+void logits_summarize(const float *logits, int n_vocab, struct logits_top *t);
+
+/*
+ * sample_next from a summary alone, when the summary decides it: no
+ * penalties apply (none set, or an empty window), and either greedy, or
+ * top_k in 1..t->n, or the top_p mass / the min_p cut falls inside the
+ * candidates. Then returns the token sample_next returns for the full row
+ * (logprobs: the same up to the rounding of the row's sum) and fills out;
+ * else returns -1 and the caller samples the full row with sample_next.
+ */
+int32_t sample_from_top(const struct sample_params *p, const struct logits_top *t,
+                        int n_history, int64_t position, int n_top, struct sample_result *out);
+
+/* False when p needs the full row whatever the values (penalties that
+ * apply, or temperature sampling without truncation): the caller should
+ * ask for the row itself rather than only a summary. */
+bool sample_top_may_decide(const struct sample_params *p, int n_history);
 
 /* Neutral defaults: temperature 1, no truncation, no penalties, seed 0. */
 void sample_params_default(struct sample_params *p);
@@ -94,5 +135,9 @@ int sample_stop_find(const char *text, size_t len, const char *const *stops, int
 /* Bytes at the end of text that are a proper prefix of some stop string,
  * i.e. that a streaming client must hold back until more text arrives. */
 size_t sample_stop_holdback(const char *text, size_t len, const char *const *stops, int n_stops);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

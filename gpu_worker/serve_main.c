@@ -118,9 +118,11 @@ static int standby_wait(const struct backend_ops *ops, struct backend *b, int n_
 {
     float *lg = malloc(sizeof(float) * (size_t)n_vocab);
     int32_t tok = 0, pos = 0, seq = 0;
-    int8_t want = 1;
-    struct batch bt = {1, &tok, &pos, &seq, &want};
+    int8_t want = LOGITS_SUMMARY; /* as serving asks: the summary kernels load too */
+    struct logits_top top;
+    struct batch bt = {1, &tok, &pos, &seq, &want, &top};
     int rc = lg ? ops->forward(b, &bt, lg) : ST_ENOMEM;
+    if (rc == 0) rc = ops->logits_row(b, 0, lg);
     free(lg);
     if (rc == 0) rc = ops->seq_truncate(b, 0, 0);
     if (rc) {

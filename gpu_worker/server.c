@@ -51,6 +51,8 @@ struct server {
     int32_t *bt_tok, *bt_pos, *bt_seq;
     int8_t *bt_logits;
     int *bt_slot;             /* slot of each logits row */
+    int8_t *row_want;         /* how each logits row came back (LOGITS_*) */
+    struct logits_top *tops;  /* each logits row's summary */
     float *logits;
     json_t *items;
 };
@@ -267,20 +269,56 @@ static json_t *logprob_json(const struct sample_result *r, int n_top)
 /*
  * Run the batch, in pieces of at most `group` tokens when the backend's
  * results are batch-invariant only up to that size (deterministic mode).
- * Logits rows keep batch order.
+ * Logits rows and summaries keep batch order; every row's way back is left
+ * in s->row_want.
  */
-static int forward_grouped(struct server *s, const struct batch *bt, int group)
+static int forward_grouped(struct server *s, struct batch *bt, int group)
 {
-    if (group <= 0 || bt->n_tokens <= group) return s->ops->forward(s->b, bt, s->logits);
-    float *out = s->logits;
-    for (int i = 0; i < bt->n_tokens; i += group) {
-        int n = bt->n_tokens - i < group ? bt->n_tokens - i : group;
-        struct batch sub = {n, bt->token + i, bt->pos + i, bt->seq + i, bt->logits + i};
-        int rc = s->ops->forward(s->b, &sub, out);
-        if (rc) return rc;
-        for (int k = 0; k < n; k++) out += bt->logits[i + k] ? (size_t)s->n_vocab : 0;
+    int rc = 0;
+    if (group <= 0 || bt->n_tokens <= group) {
+        rc = s->ops->forward(s->b, bt, s->logits);
+    } else {
+        /* rows of earlier pieces cannot be fetched afterwards (logits_row) */
+        for (int i = 0; i < bt->n_tokens; i++)
+            if (s->bt_logits[i] == LOGITS_SUMMARY) s->bt_logits[i] = LOGITS_ROW;
+        float *out = s->logits;
+        struct logits_top *top = s->tops;
+        for (int i = 0; i < bt->n_tokens && rc == 0; i += group) {
+            int n = bt->n_tokens - i < group ? bt->n_tokens - i : group;
+            struct batch sub = {n, bt->token + i, bt->pos + i, bt->seq + i, bt->logits + i, top};
+            rc = s->ops->forward(s->b, &sub, out);
+            for (int k = 0; k < n; k++) {
+                if (!bt->logits[i + k]) continue;
+                out += s->n_vocab;
+                top++;
+            }
+        }
     }
-    return 0;
+    for (int i = 0, r = 0; i < bt->n_tokens; i++)
+        if (bt->logits[i]) s->row_want[r++] = bt->logits[i];
+    return rc;
+}
+
+/* A logits row as a summary when the job's sampling may be decided by one. */
+static int8_t row_want(const struct server *s, const struct job *j)
+{
+    return sample_top_may_decide(&j->sp, j->n_tokens) ? LOGITS_SUMMARY : LOGITS_ROW;
+}
+
+/* The next token of job j from logits row r: from the row's summary when it
+ * decides, else from the full row (fetched from the backend if it stayed
+ * there). Returns the token, or a negative st_err. */
+static int32_t sample_row(struct server *s, int r, struct job *j, struct sample_result *res)
+{
+    int n_top = j->logprobs >= 0 ? j->logprobs : -1;
+    int32_t tok = sample_from_top(&j->sp, &s->tops[r], j->n_tokens, j->n_tokens, n_top, res);
+    if (tok >= 0) return tok;
+    float *lg = s->logits + (size_t)r * (size_t)s->n_vocab;
+    if (s->row_want[r] == LOGITS_SUMMARY) {
+        int rc = s->ops->logits_row(s->b, r, lg);
+        if (rc) return rc;
+    }
+    return sample_next(&j->sp, lg, s->n_vocab, j->tokens, j->n_tokens, j->n_tokens, n_top, res);
 }
 
 /*
@@ -308,7 +346,7 @@ static int step(struct server *s)
         s->bt_tok[n] = j->tokens[j->n_fed];
         s->bt_pos[n] = j->n_fed;
         s->bt_seq[n] = i;
-        s->bt_logits[n] = 1;
+        s->bt_logits[n] = row_want(s, j);
         s->bt_slot[n_rows++] = i;
         n++;
     }
@@ -326,12 +364,12 @@ static int step(struct server *s)
             n++;
         }
         if (j->n_fed + take == j->n_tokens) {
-            s->bt_logits[n - 1] = 1;
+            s->bt_logits[n - 1] = row_want(s, j);
             s->bt_slot[n_rows++] = i;
         }
     }
     if (n == 0) return 0;
-    struct batch bt = {n, s->bt_tok, s->bt_pos, s->bt_seq, s->bt_logits};
+    struct batch bt = {n, s->bt_tok, s->bt_pos, s->bt_seq, s->bt_logits, s->tops};
     int64_t t0 = proto_now_ms();
     int rc = forward_grouped(s, &bt,
                              s->cfg->worker.deterministic ? s->ops->invariant_max_batch : 0);
@@ -357,10 +395,12 @@ static int step(struct server *s)
     for (int r = 0; r < n_rows; r++) {
         int i = s->bt_slot[r];
         struct job *j = s->slots[i];
-        float *lg = s->logits + (size_t)r * (size_t)s->n_vocab;
         struct sample_result res;
-        sample_next(&j->sp, lg, s->n_vocab, j->tokens, j->n_tokens, j->n_tokens,
-                    j->logprobs >= 0 ? j->logprobs : -1, &res);
+        int32_t tok = sample_row(s, r, j, &res);
+        if (tok < 0) {
+            log_error("backend %s: logits row: %s", s->ops->name, st_strerror(tok));
+            return tok;
+        }
         if (is_stop(j, res.token)) {
             done(s, i, "stop");
             continue;
@@ -401,6 +441,8 @@ int server_run(const struct staged_config *cfg, const struct st_model *m,
     s.bt_seq = calloc((size_t)s.max_batch, sizeof(int32_t));
     s.bt_logits = calloc((size_t)s.max_batch, 1);
     s.bt_slot = calloc((size_t)s.max_batch, sizeof(int));
+    s.row_want = calloc((size_t)s.max_batch, 1);
+    s.tops = calloc((size_t)s.max_batch, sizeof(*s.tops));
     int max_rows = s.max_seqs < s.max_batch ? s.max_seqs : s.max_batch;
     size_t logits_bytes = (size_t)max_rows * (size_t)s.n_vocab * sizeof(float);
     bool pinned = !strcmp(ops->name, "cuda") && (s.logits = cuda_host_alloc(logits_bytes));
@@ -408,6 +450,7 @@ int server_run(const struct staged_config *cfg, const struct st_model *m,
     s.items = json_array();
     int rc = 0;
     if (!s.slots || !s.bt_tok || !s.bt_pos || !s.bt_seq || !s.bt_logits || !s.bt_slot ||
+        !s.row_want || !s.tops ||
         !s.logits || !s.items) {
         log_error("out of memory for %d sequences x %d vocab", s.max_seqs, s.n_vocab);
         rc = ST_ENOMEM;
@@ -487,6 +530,8 @@ out:
     free(s.bt_seq);
     free(s.bt_logits);
     free(s.bt_slot);
+    free(s.row_want);
+    free(s.tops);
     if (pinned) cuda_host_free(s.logits);
     else free(s.logits);
     if (s.items) json_decref(s.items);

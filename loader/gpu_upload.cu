@@ -3,13 +3,33 @@
  *
  * Upload: one cudaMalloc for the whole data region (a CUDA IPC handle covers
  * one allocation), GPU_UPLOAD_PAD bytes longer (kernels read rows with
- * 16-byte loads). The host side is a POSIX shm mapping (pageable memory,
- * about 4.6 GB/s when handed to cudaMemcpy directly). First choice: page-lock
- * it in place with cudaHostRegister and copy it with one DMA (measured 54 GB/s
- * on the H100, registration of 400 MB 27 ms). If registering fails (or with
- * STAGED_UPLOAD=staged), UPLOAD_THREADS host threads each copy their chunks
- * into two pinned staging buffers in turn and issue cudaMemcpyAsync on their
- * own stream (measured only ~4-5 GB/s in the VM: the host memcpy is slow).
+ * 16-byte loads). The host side is pageable memory (the segment's POSIX shm
+ * mapping); cudaMemcpy straight from it runs at about 4.6 GB/s, so the bytes
+ * go through pinned memory in one of two ways (STAGED_UPLOAD selects):
+ *
+ * staged (the default): a ring of pinned staging slots, made once per upload
+ * (2 slots per thread of RING_PIECE_MIB MiB: 32 MiB for 8 threads) by
+ * allocating ordinary memory and page-locking it with cudaHostRegister:
+ * measured on the H200, cudaHostAlloc of 32 MiB took 17.5 ms (a third of a
+ * 0.4 GB upload), registering runs at ~23 GB/s (1.4 ms). Copy threads take
+ * the pieces of the source in order; piece k goes through slot
+ * k % nslots. A thread waits until the slot's previous piece has been queued
+ * and its DMA has finished (one cudaEvent per slot, recorded after each DMA
+ * out of the slot), memcpys the piece into the slot, queues cudaMemcpyAsync
+ * on the one shared stream and records the slot's event. The memcpys of
+ * several threads and the DMA overlap, so the upload runs at
+ * min(parallel memcpy, pinned H2D ~55 GB/s on the H200). Small pieces keep
+ * the ring inside the last-level cache (the memcpy writes it, the DMA reads
+ * it) and make the pipeline's fill and drain short. STAGED_UPLOAD_THREADS
+ * (1..RING_MAX_THREADS; default min(RING_DEFAULT_THREADS, online CPUs)) and
+ * STAGED_UPLOAD_PIECE_MIB (1..64) override the two sizes.
+ *
+ * register (STAGED_UPLOAD=register): page-lock the source in place with
+ * cudaHostRegister and copy it with one DMA. The copy runs at 55 GB/s on the
+ * H200 but registration at ~23 GB/s (it serializes in the driver, threads do
+ * not help): 12-16 GB/s overall. Falls back to staged if registering fails.
+ *
+ * Either way one log line names the method and its GB/s.
  *
  * Verify: one reduction kernel per tensor computes common/wsum.h's two sums
  * with atomicAdd on 32-bit unsigned accumulators (both sums are
@@ -21,30 +41,50 @@ extern "C" {
 #include "loader/gpu_upload.h"
 }
 
+#include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
-#define UPLOAD_THREADS 8
-#define UPLOAD_CHUNK ((size_t)8 << 20)
 #define GPU_UPLOAD_PAD 256
+#define RING_PIECE_MIB 2 /* bytes per piece and per staging slot, default */
+#define RING_MAX_PIECE_MIB 64
+#define RING_DEFAULT_THREADS 8 /* copy threads, default (capped by online CPUs) */
+#define RING_MAX_THREADS 16
+#define RING_SLOTS_PER_THREAD 2 /* one being filled, one queued for or in its DMA */
+#define RING_MAX_SLOTS (RING_MAX_THREADS * RING_SLOTS_PER_THREAD)
 
 struct gpu_weights {
     int device;
-    uint8_t *dev;
+    uint8_t *dev; /* len + GPU_UPLOAD_PAD bytes, one cudaMalloc */
     size_t len;
 };
 
-struct up_thread {
-    const uint8_t *host;
-    uint8_t *dev;
-    size_t len, chunk;
-    int device, idx, nthreads;
-    int rc;
-    double t_copy0, t_copy1; /* after the staging buffers exist, after the last DMA */
-    char what[160];
+/* One staged upload: the pinned ring, its stream and events, and the state
+ * the copy threads share. */
+struct ring {
+    const uint8_t *host; /* pageable source, len bytes */
+    uint8_t *dev;        /* destination, same offsets */
+    size_t len;
+    size_t piece;   /* bytes per piece and per slot */
+    size_t npieces; /* ceil(len / piece) */
+    int device;
+    int nthreads;
+    int nslots;                       /* <= RING_MAX_SLOTS */
+    uint8_t *pinned;                  /* nslots * piece bytes, page-locked */
+    bool locked;                      /* pinned is registered with CUDA */
+    cudaStream_t stream;              /* every DMA of the upload */
+    cudaEvent_t done[RING_MAX_SLOTS]; /* recorded after each DMA out of the slot */
+    pthread_mutex_t mu;               /* guards the fields below */
+    pthread_cond_t cv;                /* broadcast when queued[] grows or rc is set */
+    size_t next;                      /* next piece to take */
+    size_t queued[RING_MAX_SLOTS];    /* pieces of each slot whose DMA and event are queued */
+    int rc;                           /* first error (0: none); stops every thread */
+    char what[256];                   /* its message, naming the call */
 };
 
 static double now_s(void)
@@ -54,131 +94,279 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-#define UP_TRY(call)                                                                               \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess) {                                                                   \
-            snprintf(t->what, sizeof(t->what), "%s: %s (%s:%d)", #call, cudaGetErrorString(e_),    \
-                     __FILE__, __LINE__);                                                          \
-            log_error("gpu_upload: %s", t->what);                                                 \
-            t->rc = ST_EDEVICE;                                                                    \
-            goto out;                                                                              \
-        }                                                                                          \
-    } while (0)
-
-static void *upload_thread(void *arg)
+/* Integer environment variable in [lo, hi]; def when unset or invalid. */
+static int env_int(const char *name, int lo, int hi, int def)
 {
-    struct up_thread *t = (struct up_thread *)arg;
-    cudaStream_t st = NULL;
-    uint8_t *buf[2] = {NULL, NULL};
-    cudaEvent_t ev[2] = {NULL, NULL};
-    int j = 0;
-    UP_TRY(cudaSetDevice(t->device));
-    UP_TRY(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    for (int i = 0; i < 2; i++) {
-        UP_TRY(cudaHostAlloc((void **)&buf[i], t->chunk, cudaHostAllocDefault));
-        UP_TRY(cudaEventCreateWithFlags(&ev[i], cudaEventDisableTiming));
+    const char *s = getenv(name);
+    if (!s || !*s) return def;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) {
+        log_warn("gpu_upload: %s=%s is not an integer in %d..%d; using %d", name, s, lo, hi, def);
+        return def;
     }
-    t->t_copy0 = now_s();
-    for (size_t off = (size_t)t->idx * t->chunk; off < t->len;
-         off += (size_t)t->nthreads * t->chunk, j++) {
-        size_t n = t->len - off < t->chunk ? t->len - off : t->chunk;
-        int k = j & 1;
-        UP_TRY(cudaEventSynchronize(ev[k])); /* buffer k's previous DMA is done */
-        memcpy(buf[k], t->host + off, n);
-        UP_TRY(cudaMemcpyAsync(t->dev + off, buf[k], n, cudaMemcpyHostToDevice, st));
-        UP_TRY(cudaEventRecord(ev[k], st));
-    }
-    UP_TRY(cudaStreamSynchronize(st));
-    t->t_copy1 = now_s();
-out:
-    for (int i = 0; i < 2; i++) {
-        if (ev[i]) cudaEventDestroy(ev[i]);
-        if (buf[i]) cudaFreeHost(buf[i]);
-    }
-    if (st) cudaStreamDestroy(st);
-    return NULL;
+    return (int)v;
 }
 
-extern "C" int gpu_upload_create(const void *host, size_t len, int device,
-                                 struct gpu_weights **out, struct st_errbuf *eb)
+/* Record the first failure and wake every waiting thread. Returns rc. */
+static int ring_fail(struct ring *r, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int ring_fail(struct ring *r, int rc, const char *fmt, ...)
+{
+    char msg[sizeof(r->what)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    log_error("gpu_upload: %s", msg);
+    pthread_mutex_lock(&r->mu);
+    if (r->rc == 0) {
+        r->rc = rc;
+        memcpy(r->what, msg, sizeof(msg));
+    }
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
+#define RING_TRY(r, call)                                                                          \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess)                                                                     \
+            return ring_fail((r), e_ == cudaErrorMemoryAllocation ? ST_ENOMEM : ST_EDEVICE,        \
+                             "%s: %s (%s:%d)", #call, cudaGetErrorString(e_), __FILE__, __LINE__); \
+    } while (0)
+
+/* Piece k through slot (use-th time the slot is used): wait for the slot's
+ * last DMA, fill it, queue its DMA and record the slot's event. */
+static int ring_piece(struct ring *r, size_t k, int slot, size_t use)
+{
+    size_t off = k * r->piece;
+    size_t n = r->len - off < r->piece ? r->len - off : r->piece;
+    uint8_t *buf = r->pinned + (size_t)slot * r->piece;
+    if (use > 0) RING_TRY(r, cudaEventSynchronize(r->done[slot]));
+    memcpy(buf, r->host + off, n);
+    RING_TRY(r, cudaMemcpyAsync(r->dev + off, buf, n, cudaMemcpyHostToDevice, r->stream));
+    RING_TRY(r, cudaEventRecord(r->done[slot], r->stream));
+    return 0;
+}
+
+/* Copy thread: take the next piece; wait until its slot's previous piece is
+ * queued (that piece was taken earlier, so the wait ends); send it. */
+static void *ring_thread(void *arg)
+{
+    struct ring *r = (struct ring *)arg;
+    cudaError_t e = cudaSetDevice(r->device);
+    if (e != cudaSuccess) {
+        ring_fail(r, ST_EDEVICE, "cudaSetDevice(%d) in a copy thread: %s", r->device,
+                  cudaGetErrorString(e));
+        return NULL;
+    }
+    for (;;) {
+        pthread_mutex_lock(&r->mu);
+        if (r->rc != 0 || r->next >= r->npieces) {
+            pthread_mutex_unlock(&r->mu);
+            return NULL;
+        }
+        size_t k = r->next++;
+        int slot = (int)(k % (size_t)r->nslots);
+        size_t use = k / (size_t)r->nslots;
+        while (r->rc == 0 && r->queued[slot] < use)
+            pthread_cond_wait(&r->cv, &r->mu);
+        bool stop = r->rc != 0;
+        pthread_mutex_unlock(&r->mu);
+        if (stop || ring_piece(r, k, slot, use) < 0) return NULL;
+        pthread_mutex_lock(&r->mu);
+        r->queued[slot]++;
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+    }
+}
+
+/* The ring's stream, pinned slots and events. 0 or a negative st_err (r->what set). */
+static int ring_setup(struct ring *r)
+{
+    RING_TRY(r, cudaStreamCreateWithFlags(&r->stream, cudaStreamNonBlocking));
+    size_t bytes = (size_t)r->nslots * r->piece;
+    r->pinned = (uint8_t *)aligned_alloc(4096, bytes);
+    if (!r->pinned) return ring_fail(r, ST_ENOMEM, "staging ring of %zu bytes: out of memory", bytes);
+    RING_TRY(r, cudaHostRegister(r->pinned, bytes, cudaHostRegisterDefault));
+    r->locked = true;
+    for (int i = 0; i < r->nslots; i++)
+        /* blocking sync: a waiting thread sleeps instead of spinning on a core
+         * the other threads' memcpy needs */
+        RING_TRY(r, cudaEventCreateWithFlags(&r->done[i],
+                                             cudaEventDisableTiming | cudaEventBlockingSync));
+    return 0;
+}
+
+/* Start the copy threads, join every one that started, wait for the last
+ * DMA. 0 or a negative st_err (r->what set). */
+static int ring_run(struct ring *r)
+{
+    pthread_t tid[RING_MAX_THREADS];
+    int started = 0;
+    for (; started < r->nthreads; started++) {
+        int err = pthread_create(&tid[started], NULL, ring_thread, r);
+        if (err != 0) {
+            ring_fail(r, ST_ENOMEM, "pthread_create of copy thread %d: %s", started, strerror(err));
+            break;
+        }
+    }
+    for (int i = 0; i < started; i++)
+        pthread_join(tid[i], NULL);
+    /* after a failure too: the slots must not be freed under a queued DMA */
+    cudaError_t e = cudaStreamSynchronize(r->stream);
+    if (e != cudaSuccess)
+        ring_fail(r, ST_EDEVICE, "cudaStreamSynchronize of the upload stream: %s",
+                  cudaGetErrorString(e));
+    return r->rc;
+}
+
+/* Free what ring_setup made (any part of it); a failing call is recorded. */
+static void ring_teardown(struct ring *r)
+{
+    cudaError_t e;
+    for (int i = 0; i < r->nslots; i++) {
+        if (r->done[i] && (e = cudaEventDestroy(r->done[i])) != cudaSuccess)
+            ring_fail(r, ST_EDEVICE, "cudaEventDestroy: %s", cudaGetErrorString(e));
+        r->done[i] = NULL;
+    }
+    if (r->locked && (e = cudaHostUnregister(r->pinned)) != cudaSuccess)
+        ring_fail(r, ST_EDEVICE, "cudaHostUnregister of the staging ring: %s",
+                  cudaGetErrorString(e));
+    r->locked = false;
+    free(r->pinned);
+    r->pinned = NULL;
+    if (r->stream && (e = cudaStreamDestroy(r->stream)) != cudaSuccess)
+        ring_fail(r, ST_EDEVICE, "cudaStreamDestroy: %s", cudaGetErrorString(e));
+    r->stream = NULL;
+}
+
+/* Staged method: len bytes at host to w->dev through the pinned ring. */
+static int upload_staged(const uint8_t *host, size_t len, struct gpu_weights *w,
+                         struct st_errbuf *eb)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int def_threads = ncpu > 0 && ncpu < RING_DEFAULT_THREADS ? (int)ncpu : RING_DEFAULT_THREADS;
+    int nthreads = env_int("STAGED_UPLOAD_THREADS", 1, RING_MAX_THREADS, def_threads);
+    size_t piece = (size_t)env_int("STAGED_UPLOAD_PIECE_MIB", 1, RING_MAX_PIECE_MIB, RING_PIECE_MIB)
+                   << 20;
+    if (piece > len) piece = len;
+
+    struct ring *r = (struct ring *)calloc(1, sizeof(*r));
+    if (!r) return st_errf(eb, ST_ENOMEM, "gpu_upload: out of memory");
+    r->host = host;
+    r->dev = w->dev;
+    r->len = len;
+    r->piece = piece;
+    r->npieces = (len + piece - 1) / piece;
+    r->device = w->device;
+    r->nthreads = (size_t)nthreads < r->npieces ? nthreads : (int)r->npieces;
+    size_t nslots = (size_t)r->nthreads * RING_SLOTS_PER_THREAD;
+    r->nslots = nslots < r->npieces ? (int)nslots : (int)r->npieces;
+    int err = pthread_mutex_init(&r->mu, NULL);
+    if (err != 0) {
+        free(r);
+        return st_errf(eb, ST_ENOMEM, "gpu_upload: pthread_mutex_init: %s", strerror(err));
+    }
+    if ((err = pthread_cond_init(&r->cv, NULL)) != 0) {
+        pthread_mutex_destroy(&r->mu);
+        free(r);
+        return st_errf(eb, ST_ENOMEM, "gpu_upload: pthread_cond_init: %s", strerror(err));
+    }
+
+    double t0 = now_s();
+    int rc = ring_setup(r);
+    double t1 = now_s();
+    if (rc == 0) rc = ring_run(r);
+    double t2 = now_s();
+    ring_teardown(r);
+    double t3 = now_s();
+    rc = r->rc; /* teardown may have failed too */
+    if (rc < 0)
+        st_errf(eb, rc, "gpu_upload: staged upload of %zu bytes to device %d: %s", len, w->device,
+                r->what);
+    else
+        log_info("gpu_upload: method=staged: %.1f MB to device %d in %.3f s: %.2f GB/s overall, "
+                 "%.2f GB/s copy phase (%d threads, %d x %.2f MiB pinned ring, set-up %.1f ms; "
+                 "pinned H2D reference ~55 GB/s)",
+                 len / 1e6, w->device, t3 - t0, len / (t3 - t0) / 1e9, len / (t2 - t1) / 1e9,
+                 r->nthreads, r->nslots, r->piece / 1048576.0, (t1 - t0) * 1e3);
+    pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+    return rc;
+}
+
+/* Register method: page-lock the source in place, one DMA, unlock.
+ * 1 when registering failed (the caller falls back to staged). */
+static int upload_register(const uint8_t *host, size_t len, struct gpu_weights *w,
+                           struct st_errbuf *eb)
+{
+    double t0 = now_s();
+    cudaError_t e = cudaHostRegister((void *)host, len, cudaHostRegisterReadOnly);
+    if (e != cudaSuccess) {
+        log_warn("gpu_upload: cudaHostRegister: %s; copying through the pinned ring instead",
+                 cudaGetErrorString(e));
+        (void)cudaGetLastError();
+        return 1;
+    }
+    double t1 = now_s();
+    e = cudaMemcpy(w->dev, host, len, cudaMemcpyHostToDevice);
+    double t2 = now_s();
+    cudaError_t eu = cudaHostUnregister((void *)host);
+    double t3 = now_s();
+    if (e != cudaSuccess)
+        return st_errf(eb, ST_EDEVICE, "gpu_upload: cudaMemcpy of %zu bytes to device %d: %s", len,
+                       w->device, cudaGetErrorString(e));
+    if (eu != cudaSuccess)
+        return st_errf(eb, ST_EDEVICE, "gpu_upload: cudaHostUnregister: %s",
+                       cudaGetErrorString(eu));
+    log_info("gpu_upload: method=register: %.1f MB to device %d in %.3f s: %.2f GB/s overall, "
+             "%.2f GB/s copy (cudaHostRegister of the source %.3f s; pinned H2D reference "
+             "~55 GB/s)",
+             len / 1e6, w->device, t3 - t0, len / (t3 - t0) / 1e9, len / (t2 - t1) / 1e9, t1 - t0);
+    return 0;
+}
+
+extern "C" int gpu_upload_create(const void *host, size_t len, int device, struct gpu_weights **out,
+                                 struct st_errbuf *eb)
 {
     *out = NULL;
     if (len == 0) return st_errf(eb, ST_EINVAL, "gpu_upload: empty data region");
+    const char *method = getenv("STAGED_UPLOAD");
+    bool use_register = method && strcmp(method, "register") == 0;
+    if (method && *method && !use_register && strcmp(method, "staged") != 0)
+        log_warn("gpu_upload: STAGED_UPLOAD=%s is neither staged nor register; using staged",
+                 method);
     struct gpu_weights *w = (struct gpu_weights *)calloc(1, sizeof(*w));
     if (!w) return st_errf(eb, ST_ENOMEM, "gpu_upload: out of memory");
     w->device = device;
     w->len = len;
     cudaError_t e = cudaSetDevice(device);
+    if (e != cudaSuccess) {
+        free(w);
+        return st_errf(eb, ST_EDEVICE, "gpu_upload: cudaSetDevice(%d): %s", device,
+                       cudaGetErrorString(e));
+    }
     /* + GPU_UPLOAD_PAD: kernels read weight rows with 16-byte loads rounded up */
-    if (e == cudaSuccess) e = cudaMalloc((void **)&w->dev, len + GPU_UPLOAD_PAD);
+    e = cudaMalloc((void **)&w->dev, len + GPU_UPLOAD_PAD);
     if (e != cudaSuccess) {
         free(w);
         return st_errf(eb, e == cudaErrorMemoryAllocation ? ST_ENOMEM : ST_EDEVICE,
-                       "gpu_upload: device %d, %zu bytes: %s", device, len,
-                       cudaGetErrorString(e));
+                       "gpu_upload: cudaMalloc of %zu bytes on device %d: %s", len + GPU_UPLOAD_PAD,
+                       device, cudaGetErrorString(e));
     }
-    double t0 = now_s();
-    if (!(getenv("STAGED_UPLOAD") && strcmp(getenv("STAGED_UPLOAD"), "staged") == 0)) {
-        /* page-lock the source in place, then one DMA at full speed */
-        e = cudaHostRegister((void *)host, len, cudaHostRegisterReadOnly);
-        double t1 = now_s();
-        if (e == cudaSuccess) {
-            e = cudaMemcpy(w->dev, host, len, cudaMemcpyHostToDevice);
-            double t2 = now_s();
-            cudaHostUnregister((void *)host);
-            if (e != cudaSuccess) {
-                cudaFree(w->dev);
-                free(w);
-                return st_errf(eb, ST_EDEVICE, "gpu_upload: copy to device %d: %s", device,
-                               cudaGetErrorString(e));
-            }
-            log_info("gpu_upload: %.1f MB to device %d in %.3f s: %.2f GB/s overall, %.2f GB/s "
-                     "copy (cudaHostRegister of the source %.3f s; pinned H2D reference ~49 GB/s)",
-                     len / 1e6, device, now_s() - t0, len / (now_s() - t0) / 1e9,
-                     len / (t2 - t1) / 1e9, t1 - t0);
-            *out = w;
-            return 0;
-        }
-        log_warn("gpu_upload: cudaHostRegister: %s; copying through pinned buffers",
-                 cudaGetErrorString(e));
-        (void)cudaGetLastError();
-        t0 = now_s();
-    }
-    int nt = UPLOAD_THREADS;
-    size_t chunk = UPLOAD_CHUNK;
-    if (len < chunk * nt) {
-        chunk = (len + nt - 1) / nt;
-        chunk = (chunk + 4095) & ~(size_t)4095;
-    }
-    struct up_thread th[UPLOAD_THREADS];
-    pthread_t tid[UPLOAD_THREADS];
-    int started = 0, rc = 0;
-    for (int i = 0; i < nt; i++) {
-        th[i] = up_thread{(const uint8_t *)host, w->dev, len, chunk, device, i, nt, 0, 0, 0, {0}};
-        if (pthread_create(&tid[i], NULL, upload_thread, &th[i]) != 0) {
-            rc = st_errf(eb, ST_ENOMEM, "gpu_upload: cannot start upload thread");
-            break;
-        }
-        started++;
-    }
-    for (int i = 0; i < started; i++) {
-        pthread_join(tid[i], NULL);
-        if (th[i].rc < 0 && rc == 0) rc = st_errf(eb, th[i].rc, "gpu_upload: %s", th[i].what);
-    }
+    int rc = use_register ? upload_register((const uint8_t *)host, len, w, eb) : 1;
+    if (rc == 1) rc = upload_staged((const uint8_t *)host, len, w, eb);
     if (rc < 0) {
-        cudaFree(w->dev);
+        e = cudaFree(w->dev);
+        if (e != cudaSuccess) log_warn("gpu_upload: cudaFree: %s", cudaGetErrorString(e));
         free(w);
         return rc;
     }
-    double dt = now_s() - t0, c0 = th[0].t_copy0, c1 = th[0].t_copy1;
-    for (int i = 1; i < nt; i++) {
-        if (th[i].t_copy0 < c0) c0 = th[i].t_copy0;
-        if (th[i].t_copy1 > c1) c1 = th[i].t_copy1;
-    }
-    log_info("gpu_upload: %.1f MB to device %d in %.3f s: %.2f GB/s overall, %.2f GB/s copy "
-             "phase (%d threads, %zu MB pinned chunks; pinned H2D reference ~49 GB/s)",
-             len / 1e6, device, dt, len / dt / 1e9, len / (c1 - c0) / 1e9, nt, chunk >> 20);
     *out = w;
     return 0;
 }
@@ -224,7 +412,8 @@ static __global__ void wsum_kernel(const uint8_t *p, size_t len, uint32_t *acc)
     }
     if (blockIdx.x == 0 && threadIdx.x == 0 && (len & 3)) {
         uint32_t v = 0;
-        for (size_t k = 0; k < (len & 3); k++) v |= (uint32_t)p[nw * 4 + k] << (8 * k);
+        for (size_t k = 0; k < (len & 3); k++)
+            v |= (uint32_t)p[nw * 4 + k] << (8 * k);
         uint32_t idx = (uint32_t)nw;
         hi += v * (2u * idx + 1u);
         lo += fmix32(v + idx * 0x9e3779b9u);
@@ -239,8 +428,7 @@ static __global__ void wsum_kernel(const uint8_t *p, size_t len, uint32_t *acc)
     }
 }
 
-static int wsum_all(struct gpu_weights *w, const struct seg_tensor *dir, uint64_t n,
-                    uint64_t *out)
+static int wsum_all(struct gpu_weights *w, const struct seg_tensor *dir, uint64_t n, uint64_t *out)
 {
     uint32_t *d_acc = NULL;
     uint32_t *h_acc = (uint32_t *)malloc(n * 2 * sizeof(uint32_t));
@@ -259,7 +447,8 @@ static int wsum_all(struct gpu_weights *w, const struct seg_tensor *dir, uint64_
     if (e == cudaSuccess)
         e = cudaMemcpy(h_acc, d_acc, n * 2 * sizeof(uint32_t), cudaMemcpyDeviceToHost);
     if (e == cudaSuccess) {
-        for (uint64_t i = 0; i < n; i++) out[i] = (uint64_t)h_acc[2 * i] << 32 | h_acc[2 * i + 1];
+        for (uint64_t i = 0; i < n; i++)
+            out[i] = (uint64_t)h_acc[2 * i] << 32 | h_acc[2 * i + 1];
         rc = 0;
     } else {
         log_error("gpu_upload: wsum on device: %s", cudaGetErrorString(e));
@@ -269,8 +458,8 @@ static int wsum_all(struct gpu_weights *w, const struct seg_tensor *dir, uint64_
     return rc;
 }
 
-extern "C" int gpu_upload_verify_repair(struct gpu_weights *w, const struct seg *seg,
-                                        uint32_t *bad, int max_bad, int *repaired)
+extern "C" int gpu_upload_verify_repair(struct gpu_weights *w, const struct seg *seg, uint32_t *bad,
+                                        int max_bad, int *repaired)
 {
     *repaired = 0;
     const struct seg_header *hdr = seg_header(seg);
@@ -307,7 +496,8 @@ extern "C" int gpu_upload_verify_repair(struct gpu_weights *w, const struct seg 
         rc = wsum_all(w, dir, n, sums);
         for (uint64_t i = 0; rc == 0 && i < n; i++) {
             bool was_bad = false;
-            for (int k = 0; k < mism && k < max_bad; k++) was_bad |= bad[k] == i;
+            for (int k = 0; k < mism && k < max_bad; k++)
+                was_bad |= bad[k] == i;
             if (was_bad && sums[i] == dir[i].wsum) (*repaired)++;
         }
     }

@@ -4,11 +4,18 @@
  * where gpu_upload_create returns ST_EUNSUPPORTED with a message).
  *
  * This is the API contract loader/ctl.c calls. The loader uploads the
- * segment's tensor-data region once (few large allocations, pinned staging
- * buffers, copies overlapped with reading), exports a CUDA IPC handle for it,
- * and keeps the allocation alive for as long as it runs, across any number of
- * worker restarts. Offsets inside the device region equal offsets inside the
- * segment's data region (seg_data()).
+ * segment's tensor-data region once into one device allocation, exports a
+ * CUDA IPC handle for it, and keeps the allocation alive for as long as it
+ * runs, across any number of worker restarts. Offsets inside the device region
+ * equal offsets inside the segment's data region (seg_data()).
+ *
+ * The source is pageable memory. By default it goes through a small ring of
+ * pinned staging buffers: several host threads memcpy consecutive pieces into
+ * free buffers while the DMA of the filled ones runs (rate: min(parallel
+ * memcpy, pinned host-to-device copy)). STAGED_UPLOAD=register page-locks the
+ * source in place with cudaHostRegister and copies it in one DMA instead
+ * (registration is the slow part). STAGED_UPLOAD_THREADS and
+ * STAGED_UPLOAD_PIECE_MIB tune the ring; gpu_upload.cu has the details.
  */
 #ifndef STAGED_GPU_UPLOAD_H
 #define STAGED_GPU_UPLOAD_H
@@ -24,9 +31,11 @@
 
 struct gpu_weights;
 
-/* Upload len bytes at host (the segment's data region) to device `device`.
- * Logs the achieved GB/s. Returns 0 or ST_EDEVICE / ST_ENOMEM /
- * ST_EUNSUPPORTED with eb set. */
+/* Upload len bytes at host (the segment's data region) to device `device`;
+ * *out owns the device copy (gpu_upload_destroy). Logs the method and the
+ * achieved GB/s. Returns 0 or ST_EDEVICE / ST_ENOMEM / ST_EINVAL /
+ * ST_EUNSUPPORTED with eb set (naming the failing call); on failure nothing
+ * stays allocated and no thread keeps running. */
 int gpu_upload_create(const void *host, size_t len, int device, struct gpu_weights **out,
                       struct st_errbuf *eb);
 

@@ -20,6 +20,10 @@
  *    not depend on the batch it is in;
  *  - a GGUF whose quantized tensors start off 16-byte boundaries (alignment
  *    8) is refused with the tensor and the alignment named, not faulted on;
+ *  - logits summaries (topk.cuh) equal the CPU's (logits_summarize) on rows
+ *    with ties, NaN, -inf and every chunking of the vocabulary; a forward
+ *    pass that asks some rows only as summaries gives the same summaries
+ *    and rows (logits_row) as one that copies every row;
  *  - IPC + fault: a child process maps the upload through its IPC handle and
  *    computes the reference logits; a child whose kernel faults exits
  *    non-zero, and the parent then verifies its copy intact.
@@ -327,7 +331,7 @@ static double prompt_error(const struct backend_ops *ops, struct backend *be,
         sq[i] = seq;
         lg[i] = 1;
     }
-    struct batch bt = {16, k_prompt, pos, sq, lg};
+    struct batch bt = {16, k_prompt, pos, sq, lg, NULL};
     assert_int_equal(ops->forward(be, &bt, out), 0);
     double worst = 0;
     char line[512];
@@ -379,7 +383,7 @@ static void ref_model_errors(const struct ref_case *c, const char *gpath,
         sq[i] = 1 + (i & 1);
         lg[i] = i >= 30;
     }
-    struct batch bt2 = {32, tok, pos, sq, lg};
+    struct batch bt2 = {32, tok, pos, sq, lg, NULL};
     assert_int_equal(ops->forward(be, &bt2, out), 0);
     double e_multi = 0;
     for (int s = 0; s < 2; s++) {
@@ -403,11 +407,11 @@ static void ref_model_errors(const struct ref_case *c, const char *gpath,
             lg[q] = 1;
         }
         if (s % 2 == 0) {
-            struct batch bt3 = {3, tok, pos, sq, lg};
+            struct batch bt3 = {3, tok, pos, sq, lg, NULL};
             assert_int_equal(ops->forward(be, &bt3, out), 0);
         } else {
             for (int q = 0; q < 3; q++) {
-                struct batch bt1 = {1, tok + q, pos + q, sq + q, lg + q};
+                struct batch bt1 = {1, tok + q, pos + q, sq + q, lg + q, NULL};
                 assert_int_equal(ops->forward(be, &bt1, out + (size_t)q * V), 0);
             }
         }
@@ -425,7 +429,7 @@ static void ref_model_errors(const struct ref_case *c, const char *gpath,
 
     /* a batch that breaks the rules is refused without changing anything */
     pos[0] = 5;
-    struct batch bad = {1, tok, pos, sq, lg};
+    struct batch bad = {1, tok, pos, sq, lg, NULL};
     assert_int_equal(ops->forward(be, &bad, out), ST_EINVAL);
     assert_int_equal(ops->seq_len(be, 0), 16 + r.n_gen);
     /* truncate + re-run the prompt reproduces the first result */
@@ -528,7 +532,7 @@ static void test_stories_greedy(void **state)
     int8_t lg[5] = {0, 0, 0, 0, 1};
     for (int i = 0; i < 5; i++)
         pos[i] = i;
-    struct batch bt = {5, ref, pos, sq, lg};
+    struct batch bt = {5, ref, pos, sq, lg, NULL};
     assert_int_equal(ops->forward(be, &bt, out), 0);
     double worst_top = 0;
     for (int i = 0; i < 5; i++) {
@@ -540,7 +544,7 @@ static void test_stories_greedy(void **state)
         gen[s] = argmax(out, V);
         int32_t p = 5 + s;
         int8_t one = 1;
-        struct batch b1 = {1, &gen[s], &p, sq, &one};
+        struct batch b1 = {1, &gen[s], &p, sq, &one, NULL};
         assert_int_equal(ops->forward(be, &b1, out), 0);
     }
     int same = 0;
@@ -554,6 +558,147 @@ static void test_stories_greedy(void **state)
     free(out);
     ops->destroy(&be);
     model_close(&m);
+}
+
+/* The GPU summary t of row equals the CPU's: candidates bit for bit, the
+ * sum to double rounding. */
+static void summary_equal(const float *row, int V, const struct logits_top *t)
+{
+    struct logits_top c;
+    logits_summarize(row, V, &c);
+    assert_int_equal(t->n, c.n);
+    assert_int_equal(t->n_vocab, V);
+    assert_true(t->max == c.max);
+    for (int i = 0; i < c.n; i++) {
+        if (t->id[i] != c.id[i] || t->logit[i] != c.logit[i])
+            fail_msg("candidate %d: GPU id %d logit %g, CPU id %d logit %g", i, t->id[i],
+                     t->logit[i], c.id[i], c.logit[i]);
+    }
+    assert_true(fabs(t->sum - c.sum) <= 1e-12 * c.sum);
+}
+
+static void test_logits_summary_kernel(void **state)
+{
+    if (!gpu_or_skip()) skip();
+    /* vocabulary sizes: inside one chunk, exact chunks, one past, the most */
+    const int sizes[] = {40, 100, 4096, 4097, 151936, 262144};
+    uint64_t rs = 99;
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        int V = sizes[k], n = 5;
+        float *rows = malloc(sizeof(float) * (size_t)V * n);
+        struct logits_top top[5];
+        for (int r = 0; r < n; r++) {
+            float *x = rows + (size_t)r * V;
+            for (int i = 0; i < V; i++) {
+                float g = rnd(&rs);
+                /* row 0 smooth, 1 three values (ties), 2 all equal, 3 NaN and
+                 * -inf sprinkled, 4 a few outliers */
+                x[i] = r == 0 ? 4 * g : r == 1 ? floorf(3 * (g + 1)) : r == 2 ? 1.5f : 2 * g;
+                if (r == 3 && i % 7 == 3) x[i] = NAN;
+                if (r == 3 && i % 11 == 5) x[i] = -INFINITY;
+            }
+            if (r == 4)
+                for (int j = 0; j < 5; j++)
+                    x[(j * 7919) % V] = 30.f - j;
+        }
+        assert_int_equal(cuda_logits_summary(rows, n, V, top), 0);
+        for (int r = 0; r < n; r++)
+            summary_equal(rows + (size_t)r * V, V, &top[r]);
+        free(rows);
+    }
+    float one = 1.f;
+    struct logits_top t1;
+    assert_int_equal(cuda_logits_summary(&one, 1, 1, &t1), 0);
+    assert_int_equal(t1.n, 1);
+    float *big = calloc(262145, sizeof(float));
+    assert_int_equal(cuda_logits_summary(big, 1, 262145, &t1), ST_EINVAL);
+    free(big);
+}
+
+/* A forward pass asking rows as LOGITS_SUMMARY gives the summaries and rows
+ * (logits_row) of the same pass with every row copied, for a prompt (the
+ * batched path) and for decode steps of three sequences (the fused path). */
+static void summary_pass(const char *gpath)
+{
+    struct st_model *m = NULL;
+    struct st_errbuf eb = {{0}};
+    assert_int_equal(model_open_file(gpath, &m, &eb), 0);
+    const struct backend_ops *ops = cuda_backend_ops();
+    struct backend_config cfg = {.max_seqs = 3, .max_ctx = 64, .max_batch = 16, .device = 0};
+    struct backend *be = NULL;
+    assert_int_equal(ops->create(m, &cfg, &be, &eb), 0);
+    int V = (int)m->hp.n_vocab;
+    float *full = malloc(sizeof(float) * V * 16), *part = malloc(sizeof(float) * V * 16);
+    float *row = malloc(sizeof(float) * V);
+    struct logits_top top[16];
+    int32_t tok[16], pos[16], sq[16];
+    int8_t all[16], mixed[16], none[16] = {0};
+    for (int step = 0; step < 3; step++) {
+        /* step 0: sequence 0's prompt; steps 1, 2: one token of each sequence */
+        int n = step == 0 ? 16 : 3;
+        if (step == 1) { /* sequences 1 and 2 get the prompt first, without logits */
+            for (int q = 1; q < 3; q++) {
+                for (int i = 0; i < 16; i++) {
+                    tok[i] = k_prompt[i] % V;
+                    pos[i] = i;
+                    sq[i] = q;
+                }
+                struct batch p = {16, tok, pos, sq, none, NULL};
+                assert_int_equal(ops->forward(be, &p, NULL), 0);
+            }
+        }
+        for (int i = 0; i < n; i++) {
+            tok[i] = step == 0 ? k_prompt[i] % V : (int32_t)((i * 31 + step * 7) % V);
+            pos[i] = step == 0 ? i : 15 + step;
+            sq[i] = step == 0 ? 0 : i;
+            all[i] = LOGITS_ROW;
+            mixed[i] = i % 3 == 1 ? LOGITS_ROW : LOGITS_SUMMARY;
+        }
+        struct batch bf = {n, tok, pos, sq, all, top};
+        assert_int_equal(ops->forward(be, &bf, full), 0);
+        for (int i = 0; i < n; i++)
+            summary_equal(full + (size_t)i * V, V, &top[i]);
+        /* the same pass again, some rows as summaries only */
+        for (int q = 0; q < (step == 0 ? 1 : 3); q++)
+            assert_int_equal(ops->seq_truncate(be, q, step == 0 ? 0 : 15 + step), 0);
+        memset(part, 0, sizeof(float) * V * 16);
+        memset(top, 0, sizeof(top));
+        struct batch bm = {n, tok, pos, sq, mixed, top};
+        assert_int_equal(ops->forward(be, &bm, part), 0);
+        for (int i = 0; i < n; i++) {
+            summary_equal(full + (size_t)i * V, V, &top[i]);
+            const float *got = part + (size_t)i * V;
+            if (mixed[i] == LOGITS_SUMMARY) {
+                assert_int_equal(ops->logits_row(be, i, row), 0);
+                got = row;
+            }
+            assert_memory_equal(got, full + (size_t)i * V, sizeof(float) * V);
+        }
+        assert_int_equal(ops->logits_row(be, n, row), ST_EINVAL);
+    }
+    free(full);
+    free(part);
+    free(row);
+    ops->destroy(&be);
+    model_close(&m);
+}
+
+static void test_logits_summary_backend(void **state)
+{
+    if (!gpu_or_skip()) skip();
+    const char *names[] = {"stories260K.gguf", "ref/ref-qwen2.Q4_K_M.gguf"};
+    int ran = 0;
+    for (int i = 0; i < 2; i++) {
+        char gpath[512];
+        snprintf(gpath, sizeof(gpath), "%s/%s", models_dir(), names[i]);
+        if (!file_exists(gpath)) continue;
+        summary_pass(gpath);
+        ran++;
+    }
+    if (!ran) {
+        print_message("skipped: neither stories260K nor ref-qwen2.Q4_K_M in %s\n", models_dir());
+        skip();
+    }
 }
 
 static char g_seg_name[64];
@@ -638,7 +783,7 @@ static int child_main(const char *mode, const char *hex, const char *gpath, cons
         pos[i] = i;
         lg[i] = 1;
     }
-    struct batch bt = {16, k_prompt, pos, sq, lg};
+    struct batch bt = {16, k_prompt, pos, sq, lg, NULL};
     int rc = ops->forward(be, &bt, out);
     if (rc == ST_EDEVICE) {
         fprintf(stderr, "child: forward: %s, exiting\n", st_strerror(rc));
@@ -711,6 +856,8 @@ static void test_ref_model(void **state)
 #define test_ipc_fault test_ref_model
 #define test_mmq_types test_ref_model
 #define test_misaligned_refused test_ref_model
+#define test_logits_summary_kernel test_ref_model
+#define test_logits_summary_backend test_ref_model
 static int child_main(const char *mode, const char *hex, const char *gpath, const char *lpath)
 {
     return 1;
@@ -721,13 +868,15 @@ int main(int argc, char **argv)
 {
     if (argc == 6 && strcmp(argv[1], "--child") == 0)
         return child_main(argv[2], argv[3], argv[4], argv[5]);
-    struct CMUnitTest tests[sizeof(k_cases) / sizeof(k_cases[0]) + 5];
+    struct CMUnitTest tests[sizeof(k_cases) / sizeof(k_cases[0]) + 7];
     size_t n = 0;
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_mmq_types);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_upload_verify_repair);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_stories_greedy);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_ipc_fault);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_misaligned_refused);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_logits_summary_kernel);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_logits_summary_backend);
     for (size_t i = 0; i < sizeof(k_cases) / sizeof(k_cases[0]); i++) {
         struct CMUnitTest t = cmocka_unit_test_prestate(test_ref_model, (void *)&k_cases[i]);
         t.name = k_cases[i].name;

@@ -326,6 +326,88 @@ static void test_large_vocab(void **state)
     free(sorted);
 }
 
+/* Logits for the summary tests: kind 0 peaked (a few large values over
+ * noise), 1 flat, 2 few distinct values (ties everywhere), 3 a vocabulary
+ * smaller than a summary. */
+static int summary_logits(int kind, float *lg, unsigned seed)
+{
+    int V = kind == 3 ? 40 : 3000;
+    srand(seed);
+    for (int i = 0; i < V; i++) {
+        double u = (double)rand() / RAND_MAX;
+        lg[i] = kind == 0 ? (float)(3 * u) : kind == 1 ? (float)(0.01 * u)
+              : kind == 2 ? (float)floor(4 * u) : (float)(2 * u);
+    }
+    if (kind == 0)
+        for (int i = 0; i < 6; i++)
+            lg[(i * 997 + seed) % V] = 12.0f - (float)i;
+    return V;
+}
+
+/* sample_from_top on a row's summary picks what sample_next picks on the
+ * row, with the same logprobs, whenever it decides; it decides greedy and
+ * top-k <= LOGITS_TOP always, and declines penalties and untruncated
+ * temperature sampling. */
+static void test_summary_matches_full(void **state)
+{
+    (void)state;
+    float lg[3000], w[3000];
+    struct params_case {
+        float temp;
+        int top_k;
+        float top_p, min_p, rep;
+        int must; /* 1: must decide, -1: must decline, 0: depends on the row */
+    } cases[] = {
+        {0, 0, 1, 0, 1, 1},      {0.8f, 40, 1, 0, 1, 1},    {1, 64, 0.9f, 0, 1, 1},
+        {1, 5, 1, 0.1f, 1, 1},   {0.7f, 0, 0.9f, 0, 1, 0},  {1, 0, 1, 0.2f, 1, 0},
+        {1, 0, 0.5f, 0.05f, 1, 0}, {1, 0, 1, 0, 1, -1},     {0, 0, 1, 0, 1.1f, -1},
+        {1, 100, 1, 0, 1, -1},
+    };
+    int32_t hist[3] = {5, 9, 5};
+    int decided = 0, total = 0;
+    for (int kind = 0; kind < 4; kind++) {
+        for (unsigned seed = 1; seed <= 6; seed++) {
+            int V = summary_logits(kind, lg, seed);
+            struct logits_top t;
+            logits_summarize(lg, V, &t);
+            assert_int_equal(t.n, V < LOGITS_TOP ? V : LOGITS_TOP);
+            assert_int_equal(t.id[0], sample_argmax(lg, V));
+            for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+                struct sample_params p;
+                sample_params_default(&p);
+                p.temperature = cases[c].temp;
+                p.top_k = cases[c].top_k;
+                p.top_p = cases[c].top_p;
+                p.min_p = cases[c].min_p;
+                p.repeat_penalty = cases[c].rep;
+                p.seed = seed * 31 + c;
+                for (int pos = 0; pos < 20; pos++) {
+                    struct sample_result rs, rf;
+                    int32_t ts = sample_from_top(&p, &t, 3, pos, 5, &rs);
+                    memcpy(w, lg, sizeof(float) * V);
+                    int32_t tf = sample_next(&p, w, V, hist, 3, pos, 5, &rf);
+                    total++;
+                    /* (a vocabulary of 40 turns top_k 40 off: untruncated) */
+                    if (cases[c].must != 0 && kind != 3)
+                        assert_int_equal(ts >= 0, cases[c].must == 1);
+                    if (ts < 0) continue;
+                    decided++;
+                    assert_int_equal(ts, tf);
+                    assert_true(rs.logprob == rf.logprob);
+                    assert_int_equal(rs.n_top, rf.n_top);
+                    for (int k = 0; k < rs.n_top; k++) {
+                        assert_int_equal(rs.top_ids[k], rf.top_ids[k]);
+                        assert_true(rs.top_logprobs[k] == rf.top_logprobs[k]);
+                    }
+                }
+                assert_int_equal(sample_top_may_decide(&p, 3), cases[c].must != -1);
+            }
+        }
+    }
+    /* the row-dependent cases decide on the peaked rows, not on the flat ones */
+    assert_true(decided > total / 2 && decided < total);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -339,6 +421,7 @@ int main(void)
         cmocka_unit_test(test_logprobs),
         cmocka_unit_test(test_stops),
         cmocka_unit_test(test_large_vocab),
+        cmocka_unit_test(test_summary_matches_full),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,6 +2,7 @@
  * bench-cuda - speed of the CUDA backend and of the loader's upload.
  *
  *   bench-cuda MODEL.gguf [--prompt N] [--decode-steps N] [--sweep N,N,..] [--ctx N]
+ *                         [--logits rows|summary] [--profile-n N]
  *
  * Prints a table and one JSON line with:
  *   upload_gbs       gpu_upload_create of the model's data region (pageable
@@ -20,7 +21,13 @@
  *                    128-token prompt (prefilled in batches of up to 512
  *                    tokens) then 128 tokens decoded together; aggregate
  *                    decode tokens/s (N * 128 / decode time) and prefill tokens/s
- * Logits are copied to the host for every decoded token, as serving does.
+ * Every token that ends a prompt or decodes gets its logits as serving asks
+ * for them: by default a summary (the best LOGITS_TOP tokens and the
+ * softmax normalizer, computed on the GPU: what greedy and top-k requests
+ * need), with --logits rows the full rows copied to the host (what requests
+ * with penalties or untruncated temperature sampling need).
+ * --profile-n N: the 64th decode step of the sweep point with N sequences is
+ * the profiler's range (cuda_profile_range; ncu --profile-from-start off).
  */
 #include "common/log.h"
 #include "common/model.h"
@@ -40,10 +47,15 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* how logits rows come back (LOGITS_ROW / LOGITS_SUMMARY), and the summaries */
+static int8_t g_want = LOGITS_SUMMARY;
+static struct logits_top *g_top;
+static int g_profile_n; /* sweep point whose decode step 64 is profiled */
+
 static int run_batch(const struct backend_ops *ops, struct backend *be, int n, const int32_t *tok,
                      const int32_t *pos, const int32_t *seq, const int8_t *lg, float *out)
 {
-    struct batch bt = {n, tok, pos, seq, lg};
+    struct batch bt = {n, tok, pos, seq, lg, g_top};
     int rc = ops->forward(be, &bt, out);
     if (rc) fprintf(stderr, "bench-cuda: forward: %s\n", st_strerror(rc));
     return rc;
@@ -68,7 +80,7 @@ static int sweep_point(const struct backend_ops *ops, struct backend *be, int ns
         tok[i] = (int32_t)((q * 7919 + p * 104729 + 13) % V);
         pos[i] = p;
         seq[i] = q;
-        lg[i] = p == np - 1;
+        lg[i] = p == np - 1 ? g_want : LOGITS_NONE;
     }
     double t = now_s();
     for (int off = 0; off < total; off += max_batch) {
@@ -82,9 +94,12 @@ static int sweep_point(const struct backend_ops *ops, struct backend *be, int ns
             tok[q] = (int32_t)((q * 31 + s * 17) % V);
             pos[q] = np + s;
             seq[q] = q;
-            lg[q] = 1;
+            lg[q] = g_want;
         }
-        if (run_batch(ops, be, nseq, tok, pos, seq, lg, out)) goto out;
+        if (nseq == g_profile_n && s == 64) cuda_profile_range(true);
+        int bad = run_batch(ops, be, nseq, tok, pos, seq, lg, out);
+        if (nseq == g_profile_n && s == 64) cuda_profile_range(false);
+        if (bad) goto out;
     }
     *decode_tps = (double)nseq * ng / (now_s() - t);
     rc = 0;
@@ -100,7 +115,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2) {
         fprintf(stderr, "usage: bench-cuda MODEL.gguf [--prompt N] [--decode-steps N] "
-                        "[--batch N] [--ctx N]\n");
+                        "[--sweep N,N,..] [--ctx N] [--logits rows|summary] [--profile-n N]\n");
         return 2;
     }
     int n_prompt = 512, steps = 128, ctx = 1024;
@@ -112,6 +127,10 @@ int main(int argc, char **argv)
             steps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--ctx"))
             ctx = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--profile-n"))
+            g_profile_n = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--logits"))
+            g_want = strcmp(argv[i + 1], "rows") ? LOGITS_SUMMARY : LOGITS_ROW;
         else if (!strcmp(argv[i], "--sweep")) {
             n_sweep = 0;
             for (char *p = argv[i + 1]; *p && n_sweep < 16; p++) {
@@ -179,7 +198,8 @@ int main(int argc, char **argv)
     int V = (int)m->hp.n_vocab;
     /* logits in page-locked memory, as a serving worker allocates them */
     float *out = cuda_host_alloc(sizeof(float) * (size_t)V * (nseq > 1 ? nseq : 1));
-    if (!out) return 1;
+    g_top = malloc(sizeof(*g_top) * (size_t)max_batch);
+    if (!out || !g_top) return 1;
     int nb = n_prompt > nseq ? n_prompt : nseq;
     if (nb < 64) nb = 64; /* the decode run's 64-token prompt */
     int32_t *tok = malloc(sizeof(int32_t) * nb), *pos = malloc(sizeof(int32_t) * nb),
@@ -198,7 +218,7 @@ int main(int argc, char **argv)
             for (int i = 0; i < n; i++) {
                 pos[i] = off + i;
                 seq[i] = 0;
-                lg[i] = (off + i == n_prompt - 1);
+                lg[i] = off + i == n_prompt - 1 ? g_want : LOGITS_NONE;
             }
             if (run_batch(ops, be, n, tok + off, pos, seq, lg, out)) return 1;
         }
@@ -212,10 +232,10 @@ int main(int argc, char **argv)
     for (int i = 0; i < 64; i++) {
         pos[i] = i;
         seq[i] = 0;
-        lg[i] = i == 63;
+        lg[i] = i == 63 ? g_want : LOGITS_NONE;
     }
     if (run_batch(ops, be, 64, tok, pos, seq, lg, out)) return 1;
-    int8_t one = 1;
+    int8_t one = g_want;
     double t = 0;
     for (int s = 0; s < steps + 8; s++) {
         if (s == 8) t = now_s(); /* warm-up steps excluded */
@@ -232,6 +252,7 @@ int main(int argc, char **argv)
     }
 
     printf("%-30s %12s\n", "measure", "value");
+    printf("%-30s %12s\n", "logits back as", g_want == LOGITS_ROW ? "rows" : "summary");
     printf("%-30s %12.2f\n", "upload GB/s (shm-like src)", upload_gbs);
     printf("%-30s %12.0f\n", "worker device MiB (no weights)", worker_mib);
     printf("%-30s %12.0f\n", "  at the busiest sweep point", peak_mib);
@@ -240,17 +261,18 @@ int main(int argc, char **argv)
     for (int i = 0; i < n_sweep; i++)
         printf("decode N=%-4d 128+128 tok/s %12.0f   (prefill %.0f tok/s)\n", sweep[i], agg[i],
                pre[i]);
-    printf("{\"model\":\"%s\",\"data_bytes\":%llu,\"upload_gbs\":%.2f,\"worker_mib\":%.0f,"
+    printf("{\"model\":\"%s\",\"logits\":\"%s\",\"data_bytes\":%llu,\"upload_gbs\":%.2f,\"worker_mib\":%.0f,"
            "\"worker_peak_mib\":%.0f,"
            "\"max_seqs\":%d,\"ctx\":%d,\"prompt_tokens\":%d,\"prompt_tps\":%.0f,"
            "\"decode1_tps\":%.0f,\"sweep\":[",
-           argv[1], (unsigned long long)region, upload_gbs, worker_mib, peak_mib, nseq, ctx,
+           argv[1], g_want == LOGITS_ROW ? "rows" : "summary", (unsigned long long)region, upload_gbs, worker_mib, peak_mib, nseq, ctx,
            n_prompt, prompt_tps, decode1_tps);
     for (int i = 0; i < n_sweep; i++)
         printf("%s{\"n\":%d,\"decode_tps\":%.0f,\"prefill_tps\":%.0f}", i ? "," : "", sweep[i],
                agg[i], pre[i]);
     printf("]}\n");
     cuda_host_free(out);
+    free(g_top);
     ops->destroy(&be);
     gpu_upload_destroy(&w);
     model_close(&m);

@@ -6,8 +6,10 @@
 #include "gpu_worker/cuda/mmq.cuh"
 #include "gpu_worker/cuda/mvq.cuh"
 #include "gpu_worker/cuda/quant.cuh"
+#include "gpu_worker/cuda/topk.cuh"
 
 #include <cublas_v2.h>
+#include <cuda_profiler_api.h>
 
 extern "C" {
 #include "common/model.h"
@@ -94,6 +96,10 @@ struct backend {
     bool use_graphs;
     void *cublas_ws;
     float *h_lg;      /* pinned staging for logits, LG_STAGE_ROWS rows */
+    /* logits summaries (topk.cuh): [max_batch] on the device and pinned */
+    struct logits_top *d_top, *h_top;
+    void *top_scratch;
+    int last_n_out; /* logits rows of the last forward call, in lg */
     bool unfused;     /* STAGED_CUDA_UNFUSED=1: small batches take the unfused path too */
     bool ref;         /* STAGED_CUDA_REF=1: the reference's operations in its order */
     float2 *rope_tab; /* ref: (cos, sin) [max_ctx][rope_dim / 2], computed as the reference */
@@ -454,6 +460,12 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
         CREATE_CUDA(e);
     }
     CREATE_CUDA(cudaMallocHost((void **)&b->h_lg, (size_t)LG_STAGE_ROWS * hp->n_vocab * 4));
+    if (topk_supported((int)hp->n_vocab)) {
+        size_t B = (size_t)cfg->max_batch;
+        CREATE_CUDA(dev_malloc((void **)&b->d_top, B * sizeof(struct logits_top)));
+        CREATE_CUDA(cudaMallocHost((void **)&b->h_top, B * sizeof(struct logits_top)));
+        CREATE_CUDA(dev_malloc(&b->top_scratch, topk_scratch_bytes(cfg->max_batch, (int)hp->n_vocab)));
+    }
     CREATE_CUDA(dev_malloc(&b->cublas_ws, CUBLAS_WS_BYTES));
     if (cublasCreate(&b->cb) != CUBLAS_STATUS_SUCCESS || cublasSetStream(b->cb, b->st) != 0 ||
         cublasSetWorkspace(b->cb, b->cublas_ws, CUBLAS_WS_BYTES) != 0) {
@@ -477,12 +489,13 @@ static void cuda_destroy(struct backend **pb)
         if (b->graphs[i].exec) cudaGraphExecDestroy(b->graphs[i].exec);
     if (b->cublas_ws) cudaFree(b->cublas_ws);
     if (b->h_lg) cudaFreeHost(b->h_lg);
+    if (b->h_top) cudaFreeHost(b->h_top);
     kvpool_destroy(&b->kpool);
     kvpool_destroy(&b->vpool);
     void *dev[] = {b->x,        b->xn,   b->xo,   b->q,    b->att,     b->k,       b->v,
                    b->g,        b->u,    b->tmp,  b->xr,   b->xr2,     b->a16,     b->lg,
                    b->d_meta,   b->mq.q, b->mq.d, b->mq.s, b->mq.bsum, b->mq.part, b->wdeq,
-                   b->rope_tab, b->sq.q, b->sq.d, b->sq.s, b->sq.bsum};
+                   b->rope_tab, b->sq.q, b->sq.d, b->sq.s, b->sq.bsum, b->d_top, b->top_scratch};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
         if (dev[i]) cudaFree(dev[i]);
     if (b->h_meta) cudaFreeHost(b->h_meta);
@@ -862,25 +875,57 @@ static int run_forward(struct backend *b, int n, int n_out, const int32_t *d_tok
     return 0;
 }
 
-/* Logits rows to the caller: straight into pinned memory, else through the
- * pinned staging buffer. */
-static int copy_logits(struct backend *b, float *logits, int n_out)
+/* Logits rows [r0, r0 + nr) to logits + r0 rows: straight into pinned
+ * memory, else through the pinned staging buffer. */
+static int copy_rows(struct backend *b, float *logits, int r0, int nr)
 {
     size_t row = (size_t)b->hp.n_vocab;
     cudaPointerAttributes pa;
     if (cudaPointerGetAttributes(&pa, logits) == cudaSuccess && pa.type == cudaMemoryTypeHost) {
-        CUDA_TRY(cudaMemcpyAsync(logits, b->lg, sizeof(float) * row * n_out, cudaMemcpyDeviceToHost,
-                                 b->st));
+        CUDA_TRY(cudaMemcpyAsync(logits + row * r0, b->lg + row * r0, sizeof(float) * row * nr,
+                                 cudaMemcpyDeviceToHost, b->st));
         CUDA_TRY(cudaStreamSynchronize(b->st));
         return 0;
     }
     (void)cudaGetLastError(); /* a pageable pointer is not an error */
-    for (int r0 = 0; r0 < n_out; r0 += LG_STAGE_ROWS) {
-        int nr = n_out - r0 < LG_STAGE_ROWS ? n_out - r0 : LG_STAGE_ROWS;
-        CUDA_TRY(cudaMemcpyAsync(b->h_lg, b->lg + row * r0, sizeof(float) * row * nr,
+    for (int r = r0; r < r0 + nr; r += LG_STAGE_ROWS) {
+        int n = r0 + nr - r < LG_STAGE_ROWS ? r0 + nr - r : LG_STAGE_ROWS;
+        CUDA_TRY(cudaMemcpyAsync(b->h_lg, b->lg + row * r, sizeof(float) * row * n,
                                  cudaMemcpyDeviceToHost, b->st));
         CUDA_TRY(cudaStreamSynchronize(b->st));
-        memcpy(logits + row * r0, b->h_lg, sizeof(float) * row * nr);
+        memcpy(logits + row * r, b->h_lg, sizeof(float) * row * n);
+    }
+    return 0;
+}
+
+/* The logits rows to the caller: summaries of all n_out rows when bt->top
+ * is set (computed here, or from copied rows on the host for vocabularies
+ * topk.cuh does not take), and the rows asked as LOGITS_ROW, in runs. */
+static int deliver_logits(struct backend *b, const struct batch *bt, const int32_t *orow,
+                          int n_out, float *logits)
+{
+    int V = (int)b->hp.n_vocab;
+    bool gpu_top = bt->top && b->d_top;
+    if (gpu_top) {
+        ST_TRY(k_logits_top(b->st, b->lg, n_out, V, b->top_scratch, b->d_top));
+        CUDA_TRY(cudaMemcpyAsync(b->h_top, b->d_top, sizeof(struct logits_top) * n_out,
+                                 cudaMemcpyDeviceToHost, b->st));
+    }
+    for (int r = 0; r < n_out;) {
+        bool want = bt->logits[orow[r]] == LOGITS_ROW || (bt->top && !gpu_top);
+        int e = r + 1;
+        while (e < n_out &&
+               (bt->logits[orow[e]] == LOGITS_ROW || (bt->top && !gpu_top)) == want)
+            e++;
+        if (want) ST_TRY(copy_rows(b, logits, r, e - r));
+        r = e;
+    }
+    CUDA_TRY(cudaStreamSynchronize(b->st));
+    if (gpu_top) {
+        memcpy(bt->top, b->h_top, sizeof(struct logits_top) * n_out);
+    } else if (bt->top) {
+        for (int r = 0; r < n_out; r++)
+            logits_summarize(logits + (size_t)r * V, V, &bt->top[r]);
     }
     return 0;
 }
@@ -891,6 +936,15 @@ static int cuda_forward(struct backend *b, const struct batch *bt, float *logits
     int n = bt->n_tokens;
     if (n < 1 || n > b->cfg.max_batch) {
         log_warn("cuda: batch of %d tokens (max %d)", n, b->cfg.max_batch);
+        return ST_EINVAL;
+    }
+    if (batch_outputs_ok(bt, logits)) {
+        log_warn("cuda: batch asks for logits in a form it gives no buffer for");
+        return ST_EINVAL;
+    }
+    if (!b->d_top && bt->top && !logits) {
+        log_warn("cuda: summaries of a %u-token vocabulary need the logits buffer",
+                 b->hp.n_vocab);
         return ST_EINVAL;
     }
     memset(b->seq_cnt, 0, sizeof(int) * (size_t)b->cfg.max_seqs);
@@ -940,13 +994,29 @@ static int cuda_forward(struct backend *b, const struct batch *bt, float *logits
             rc = ST_EDEVICE;
         }
     }
-    if (rc == 0 && n_out > 0) rc = copy_logits(b, logits, n_out);
+    b->last_n_out = 0;
+    if (rc == 0 && n_out > 0) rc = deliver_logits(b, bt, orow, n_out, logits);
     if (rc < 0) {
         b->dead = true;
         return rc == ST_EUNSUPPORTED ? rc : ST_EDEVICE;
     }
     for (int s = 0; s < b->cfg.max_seqs; s++)
         b->seq_len[s] += b->seq_cnt[s];
+    b->last_n_out = n_out;
+    return 0;
+}
+
+static int cuda_logits_row(struct backend *b, int row, float *out)
+{
+    if (b->dead) return ST_EDEVICE;
+    if (row < 0 || row >= b->last_n_out) return ST_EINVAL;
+    size_t V = b->hp.n_vocab;
+    cudaError_t e = cudaMemcpy(out, b->lg + V * row, sizeof(float) * V, cudaMemcpyDeviceToHost);
+    if (e != cudaSuccess) {
+        log_error("cuda: logits row copy: %s", cudaGetErrorString(e));
+        b->dead = true;
+        return ST_EDEVICE;
+    }
     return 0;
 }
 
@@ -972,6 +1042,7 @@ static const struct backend_ops g_cuda_ops = {
     "cuda",
     cuda_create,
     cuda_forward,
+    cuda_logits_row,
     cuda_seq_truncate,
     cuda_seq_len,
     cuda_destroy,
@@ -979,6 +1050,11 @@ static const struct backend_ops g_cuda_ops = {
      * larger batches take cuBLAS, whose rounding depends on the batch */
     MATVEC_MAX_N,
 };
+
+extern "C" void cuda_profile_range(bool on)
+{
+    (void)(on ? cudaProfilerStart() : cudaProfilerStop());
+}
 
 extern "C" const struct backend_ops *cuda_backend_ops(void)
 {

@@ -26,11 +26,22 @@
  * layer of a quantized model: norm + quantization, q/k/v in one launch with
  * biases, rope + cache store, attention (quantizing its output), o with the
  * residual add, norm + quantization, gate/up with SwiGLU, quantization, down
- * with the residual add). Forward passes of up to 64 tokens are captured once
+ * with the residual add). For batches of up to 4 tokens (STAGED_CUDA_FUSE)
+ * three of them fold into their predecessors, 6 kernels per layer: the last
+ * block of the o product to finish normalizes and quantizes the FFN input,
+ * SwiGLU quantizes its own output (the block that finishes a 32/256-row group
+ * quantizes it), and the last block of down writes the next layer's q/k/v
+ * input; with the same bytes as the separate kernels (they share the device
+ * code), so a token's result does not depend on the path. Forward passes of up to 64 tokens are captured once
  * per (tokens, logits rows) shape as CUDA graphs and replayed; the kernels of
  * the fused path start while their predecessor ends (programmatic dependent
  * launch: the products load their first weights before they wait).
  * Attention keeps float accumulators over tiles of 128-256 positions.
+ *
+ * Logits: every logits row is summarized on the GPU when the caller asks
+ * for summaries (topk.cuh: the best LOGITS_TOP tokens and the softmax
+ * normalizer, ~500 bytes instead of 4 x n_vocab); only LOGITS_ROW rows are
+ * copied, and logits_row() fetches another row of the last pass on demand.
  *
  * Environment switches (read at create(); for tests and measurements):
  *   STAGED_CUDA_REF=1       reference mode: every operation in the order of
@@ -43,6 +54,9 @@
  *                           matrix to half for cuBLAS, fewer use mmq
  *   STAGED_CUDA_UNFUSED=1   small batches take the unfused (large-batch) path
  *   STAGED_CUDA_PDL=0       no programmatic dependent launch
+ *   STAGED_CUDA_FUSE=N      the fused epilogues above for batches of up to N
+ *                           tokens (default 4; 0: never, the separate norm
+ *                           and quantization kernels; 8: every small batch)
  *   STAGED_CUDA_FAULT=1     fault injection, see cuda_backend_inject_bad_kernel
  *
  * Errors: every CUDA call is checked and logged with statement, file and
@@ -106,6 +120,16 @@ int cuda_check_alignment(const struct st_model *m, struct st_errbuf *eb);
  * the kernels do not take, ST_EDEVICE (logged) for CUDA errors. */
 int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *x, float *y,
                      bool small);
+
+/* For benchmarks: start (on) or stop the range a profiler started with
+ * "--profile-from-start off" (ncu, nsys) records. */
+void cuda_profile_range(bool on);
+
+/* For tests: out[r] = the GPU's summary (topk.cuh) of rows[r] (n rows of V
+ * floats, host memory). Returns 0, ST_EINVAL for a V the kernels do not
+ * take, ST_EDEVICE (logged) for CUDA errors. */
+struct logits_top;
+int cuda_logits_summary(const float *rows, int n, int V, struct logits_top *out);
 
 #ifdef __cplusplus
 }

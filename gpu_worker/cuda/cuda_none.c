@@ -42,6 +42,13 @@ int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *
     return ST_EUNSUPPORTED;
 }
 
+void cuda_profile_range(bool on) {}
+
+int cuda_logits_summary(const float *rows, int n, int V, struct logits_top *out)
+{
+    return ST_EUNSUPPORTED;
+}
+
 int cuda_check_alignment(const struct st_model *m, struct st_errbuf *eb)
 {
     return st_errf(eb, ST_EUNSUPPORTED, "cuda: built without CUDA");

@@ -9,10 +9,12 @@
 
 CUDA_CU_OBJ := $(BUILD)/gpu_worker/cuda/cuda_backend.cu.o $(BUILD)/gpu_worker/cuda/kernels.cu.o \
                $(BUILD)/gpu_worker/cuda/mmq.cu.o $(BUILD)/gpu_worker/cuda/exact.cu.o \
-               $(BUILD)/gpu_worker/cuda/kvpool.cu.o $(BUILD)/gpu_worker/cuda/mvq.cu.o
+               $(BUILD)/gpu_worker/cuda/kvpool.cu.o $(BUILD)/gpu_worker/cuda/mvq.cu.o \
+               $(BUILD)/gpu_worker/cuda/topk.cu.o
 GPU_UPLOAD_OBJ := $(BUILD)/loader/gpu_upload.cu.o
 CUDA_HDRS := $(wildcard gpu_worker/cuda/*.cuh gpu_worker/cuda/*.h) gpu_worker/backend.h \
-             loader/gpu_upload.h common/model.h common/gguf.h common/err.h shm/seg.h
+             loader/gpu_upload.h common/model.h common/gguf.h common/err.h shm/seg.h \
+             gpu_worker/sample.h
 NVCCFLAGS ?= -O3 -lineinfo -std=c++17 \
              -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
 CUDA_LINK := -L$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lrt -lstdc++
@@ -28,7 +30,7 @@ $(BUILD)/loader/gpu_upload_none.o $(BUILD)/gpu_worker/cuda/cuda_none.o \
 $(BUILD)/tests/test_cuda.o: $(CUDA_FLAG_STAMP)
 
 TESTS += test_cuda
-test_cuda_SRC := tests/test_cuda.c gpu_worker/cuda/cuda_none.c gpu_worker/quant.c \
+test_cuda_SRC := tests/test_cuda.c gpu_worker/cuda/cuda_none.c gpu_worker/quant.c gpu_worker/sample.c \
                  gpu_worker/kernels.c gpu_worker/quantize.c
 
 ifeq ($(HAVE_CUDA),1)
@@ -47,7 +49,7 @@ test_cuda_DEPS := $(CUDA_CU_OBJ) $(GPU_UPLOAD_OBJ)
 test_cuda_LIBS := $(CUDA_LINK)
 
 BENCHES += bench-cuda
-bench-cuda_SRC := gpu_worker/cuda/bench_cuda.c
+bench-cuda_SRC := gpu_worker/cuda/bench_cuda.c gpu_worker/sample.c
 bench-cuda_DEPS := $(CUDA_CU_OBJ) $(GPU_UPLOAD_OBJ)
 bench-cuda_LIBS := $(CUDA_LINK)
 endif
