@@ -561,7 +561,7 @@ static void test_stories_greedy(void **state)
 }
 
 /* The GPU summary t of row equals the CPU's: candidates bit for bit, the
- * sum to double rounding. */
+ * sum to float rounding (topk.cuh). */
 static void summary_equal(const float *row, int V, const struct logits_top *t)
 {
     struct logits_top c;
@@ -574,7 +574,7 @@ static void summary_equal(const float *row, int V, const struct logits_top *t)
             fail_msg("candidate %d: GPU id %d logit %g, CPU id %d logit %g", i, t->id[i],
                      t->logit[i], c.id[i], c.logit[i]);
     }
-    assert_true(fabs(t->sum - c.sum) <= 1e-12 * c.sum);
+    assert_true(fabs(t->sum - c.sum) <= 1e-6 * c.sum);
 }
 
 static void test_logits_summary_kernel(void **state)

@@ -550,15 +550,10 @@ static int half_input(struct backend *b, const struct cmat *W, const float *x, i
 {
     int cls = act_class(W->type);
     if (x != b->a16_src || cls != b->a16_cls || n != b->a16_n) {
-        const float *xa = x;
-        if (cls >= 3) { /* the reference's 8-bit rounding first */
-            ST_TRY(k_act_round(b->st, W->type, x, b->xr, n, W->K, &xa));
-            b->memo_src = NULL; /* xr now holds this, not the memo's input */
-        }
         if (W->type == QT_BF16)
-            ST_TRY(k_to_bf16(b->st, xa, b->a16, (size_t)n * W->K));
-        else
-            ST_TRY(k_to_f16(b->st, xa, (__half *)b->a16, (size_t)n * W->K));
+            ST_TRY(k_to_bf16(b->st, x, b->a16, (size_t)n * W->K));
+        else /* quantized W: the reference's 8-bit rounding, written as half */
+            ST_TRY(k_act_f16(b->st, W->type, x, (__half *)b->a16, n, W->K));
         b->a16_src = x;
         b->a16_cls = cls;
         b->a16_n = n;
@@ -570,9 +565,10 @@ static int half_input(struct backend *b, const struct cmat *W, const float *x, i
  * rounds it, then to half; W decoded to half in row chunks; cuBLAS with
  * float accumulation. Faster than mmq for large batches, but each weight
  * and input is rounded to half (2^-11 relative) on the way. */
-static int mm_dequant(struct backend *b, const struct cmat *W, const float *x, float *y, int n)
+static int mm_dequant(struct backend *b, const struct cmat *W, const float *x, float *y, int n,
+                      float beta)
 {
-    const float one = 1.f, zero = 0.f;
+    const float one = 1.f;
     ST_TRY(half_input(b, W, x, n));
     int rows = (int)(b->wdeq_elems / (size_t)W->K);
     size_t rb = qt_row_bytes(W->type, W->K);
@@ -581,7 +577,7 @@ static int mm_dequant(struct backend *b, const struct cmat *W, const float *x, f
         ST_TRY(k_dequant_f16(b->st, (const uint8_t *)W->w + (size_t)r0 * rb, W->type, nr, W->K,
                              b->wdeq));
         CUBLAS_TRY(cublasGemmEx(b->cb, CUBLAS_OP_T, CUBLAS_OP_N, nr, n, W->K, &one, b->wdeq,
-                                CUDA_R_16F, W->K, b->a16, CUDA_R_16F, W->K, &zero, y + r0,
+                                CUDA_R_16F, W->K, b->a16, CUDA_R_16F, W->K, &beta, y + r0,
                                 CUDA_R_32F, W->N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
     return 0;
@@ -631,7 +627,7 @@ static int mm(struct backend *b, const struct cmat *W, const float *x, float *y,
         }
         return k_matvec_fast(b->st, &a);
     }
-    if (mmq_supported(W->type) && n >= b->gemm_min_n) return mm_dequant(b, W, x, y, n);
+    if (mmq_supported(W->type) && n >= b->gemm_min_n) return mm_dequant(b, W, x, y, n, 0.f);
     if (mmq_supported(W->type)) {
         ST_TRY(quantize_input(b, W, x, n));
         return k_mmq(b->st, W->w, W->type, W->N, W->K, &b->mq, y);
@@ -650,6 +646,34 @@ static int mm(struct backend *b, const struct cmat *W, const float *x, float *y,
                             b->a16, ty, W->K, &zero, y, CUDA_R_32F, W->N, CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT));
     return 0;
+}
+
+/* y = rmsnorm(x) * w for n rows, the input of W next. When cuBLAS will
+ * multiply a quantized W, the same kernel leaves y's half input in a16 (the
+ * memo half_input would make). Forgets the memo first. */
+static int norm_rows(struct backend *b, const float *x, const float *w, float *y,
+                     const struct cmat *W, int n)
+{
+    const struct model_hparams *hp = &b->hp;
+    memo_reset(b);
+    if (b->ref || n < b->gemm_min_n || !mmq_supported(W->type))
+        return k_rmsnorm(b->st, x, w, y, n, (int)hp->dim, hp->rms_eps);
+    ST_TRY(k_rmsnorm_f16(b->st, x, w, y, (__half *)b->a16, W->type, n, (int)hp->dim, hp->rms_eps));
+    b->a16_src = y;
+    b->a16_cls = act_class(W->type);
+    b->a16_n = n;
+    return 0;
+}
+
+/* x += W y for a batch of any size: cuBLAS adds the product to x itself
+ * (beta = 1) where it multiplies a quantized W; else the product goes
+ * through tmp and an add. */
+static int mm_residual(struct backend *b, const struct cmat *W, const float *y, int n)
+{
+    if (!b->ref && n >= b->gemm_min_n && mmq_supported(W->type))
+        return mm_dequant(b, W, y, b->x, n, 1.f);
+    ST_TRY(mm(b, W, y, b->tmp, n));
+    return k_add(b->st, b->x, b->tmp, (size_t)n * W->N);
 }
 
 /* The input of products with weights of activation class cls for a batch of
@@ -743,7 +767,8 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
         ST_TRY(k_rmsnorm(st, b->k, L->kn, b->k, n * (int)hp->n_kv_heads, hd, hp->rms_eps));
     }
     __half *kc = b->kc + (size_t)l * b->kv_dim, *vc = b->vc + (size_t)l * b->kv_dim;
-    ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
+    ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, qkv_bias{}, n, (int)hp->n_heads,
+                        (int)hp->n_kv_heads, hd,
                         (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->rope_tab, b->kl,
                         d_pos, d_seq));
     /* the attention kernel quantizes its output for o when it can */
@@ -800,40 +825,38 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
             ST_TRY(layer_small(b, L, l, n, d_pos, d_seq));
             continue;
         }
-        ST_TRY(k_rmsnorm(st, b->x, L->attn_norm, b->xn, n, D, hp->rms_eps));
-        memo_reset(b);
+        ST_TRY(norm_rows(b, b->x, L->attn_norm, b->xn, &L->q, n));
         ST_TRY(mm(b, &L->q, b->xn, b->q, n));
         ST_TRY(mm(b, &L->k, b->xn, b->k, n));
         ST_TRY(mm(b, &L->v, b->xn, b->v, n));
-        if (L->bq) ST_TRY(k_add_bias(st, b->q, L->bq, n, b->q_dim));
-        if (L->bk) ST_TRY(k_add_bias(st, b->k, L->bk, n, b->kv_dim));
-        if (L->bv) ST_TRY(k_add_bias(st, b->v, L->bv, n, b->kv_dim));
+        /* the biases are added by rope_store, unless q/k norms come between */
+        struct qkv_bias bias = {L->bq, L->bk, L->bv};
         if (L->qn) {
+            if (L->bq) ST_TRY(k_add_bias(st, b->q, L->bq, n, b->q_dim));
+            if (L->bk) ST_TRY(k_add_bias(st, b->k, L->bk, n, b->kv_dim));
+            if (L->bv) ST_TRY(k_add_bias(st, b->v, L->bv, n, b->kv_dim));
+            bias = qkv_bias{};
             ST_TRY(k_rmsnorm(st, b->q, L->qn, b->q, n * (int)hp->n_heads, hd, hp->rms_eps));
             ST_TRY(k_rmsnorm(st, b->k, L->kn, b->k, n * (int)hp->n_kv_heads, hd, hp->rms_eps));
         }
         __half *kc = b->kc + (size_t)l * b->kv_dim, *vc = b->vc + (size_t)l * b->kv_dim;
-        ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, n, (int)hp->n_heads, (int)hp->n_kv_heads,
-                            hd, (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->rope_tab,
-                            b->kl, d_pos, d_seq));
+        ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, bias, n, (int)hp->n_heads,
+                            (int)hp->n_kv_heads, hd, (int)hp->rope_dim, (int)hp->rope_kind,
+                            hp->rope_base, b->rope_tab, b->kl, d_pos, d_seq));
         ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
                            b->kl, 1.f / sqrtf((float)hd), d_pos, d_seq, b->ref, NULL));
         memo_reset(b);
-        ST_TRY(mm(b, &L->o, b->att, b->tmp, n));
-        ST_TRY(k_add(st, b->x, b->tmp, (size_t)n * D));
-        ST_TRY(k_rmsnorm(st, b->x, L->ffn_norm, b->xn, n, D, hp->rms_eps));
-        memo_reset(b);
+        ST_TRY(mm_residual(b, &L->o, b->att, n));
+        ST_TRY(norm_rows(b, b->x, L->ffn_norm, b->xn, &L->gate, n));
         ST_TRY(mm(b, &L->gate, b->xn, b->g, n));
         ST_TRY(mm(b, &L->up, b->xn, b->u, n));
         ST_TRY(k_swiglu(st, b->g, b->u, b->g, (size_t)n * F, b->ref));
         memo_reset(b);
-        ST_TRY(mm(b, &L->down, b->g, b->tmp, n));
-        ST_TRY(k_add(st, b->x, b->tmp, (size_t)n * D));
+        ST_TRY(mm_residual(b, &L->down, b->g, n));
     }
     if (n_out > 0) {
         ST_TRY(k_gather_rows(st, b->x, d_out, b->xo, n_out, D));
-        ST_TRY(k_rmsnorm(st, b->xo, b->out_norm, b->xo, n_out, D, hp->rms_eps));
-        memo_reset(b);
+        ST_TRY(norm_rows(b, b->xo, b->out_norm, b->xo, &b->out, n_out));
         ST_TRY(mm(b, &b->out, b->xo, b->lg, n_out));
     }
     return 0;

@@ -26,13 +26,7 @@
  * layer of a quantized model: norm + quantization, q/k/v in one launch with
  * biases, rope + cache store, attention (quantizing its output), o with the
  * residual add, norm + quantization, gate/up with SwiGLU, quantization, down
- * with the residual add). For batches of up to 4 tokens (STAGED_CUDA_FUSE)
- * three of them fold into their predecessors, 6 kernels per layer: the last
- * block of the o product to finish normalizes and quantizes the FFN input,
- * SwiGLU quantizes its own output (the block that finishes a 32/256-row group
- * quantizes it), and the last block of down writes the next layer's q/k/v
- * input; with the same bytes as the separate kernels (they share the device
- * code), so a token's result does not depend on the path. Forward passes of up to 64 tokens are captured once
+ * with the residual add). Forward passes of up to 64 tokens are captured once
  * per (tokens, logits rows) shape as CUDA graphs and replayed; the kernels of
  * the fused path start while their predecessor ends (programmatic dependent
  * launch: the products load their first weights before they wait).
@@ -54,9 +48,6 @@
  *                           matrix to half for cuBLAS, fewer use mmq
  *   STAGED_CUDA_UNFUSED=1   small batches take the unfused (large-batch) path
  *   STAGED_CUDA_PDL=0       no programmatic dependent launch
- *   STAGED_CUDA_FUSE=N      the fused epilogues above for batches of up to N
- *                           tokens (default 4; 0: never, the separate norm
- *                           and quantization kernels; 8: every small batch)
  *   STAGED_CUDA_FAULT=1     fault injection, see cuda_backend_inject_bad_kernel
  *
  * Errors: every CUDA call is checked and logged with statement, file and

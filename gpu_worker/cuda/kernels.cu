@@ -77,13 +77,11 @@ int k_embed(cudaStream_t st, const void *w, int type, int dim, const int32_t *to
 
 /* Block per row: y = x * rms scale * w, rounded to half (cls 1), bfloat16 (2)
  * or not (0); y may equal x. */
-static __global__ void rmsnorm_kernel(const float *x, const float *w, float *y, int dim, float eps,
-                                      int cls)
+/* yr = rmsnorm(xr) * w, rounded as cls (0 none, 1 F16, 2 BF16); the
+ * block's threads stride over the row. */
+static __device__ __forceinline__ void rmsnorm_row(const float *xr, const float *w, float *yr,
+                                                   int dim, float eps, int cls)
 {
-    griddep_launch();
-    griddep_wait();
-    const float *xr = x + (size_t)blockIdx.x * dim;
-    float *yr = y + (size_t)blockIdx.x * dim;
     double ss = 0.;
     for (int i = threadIdx.x; i < dim; i += blockDim.x)
         ss += (double)(xr[i] * xr[i]);
@@ -96,6 +94,14 @@ static __global__ void rmsnorm_kernel(const float *x, const float *w, float *y, 
             v = __bfloat162float(__float2bfloat16_rn(v));
         yr[i] = v;
     }
+}
+
+static __global__ void rmsnorm_kernel(const float *x, const float *w, float *y, int dim, float eps,
+                                      int cls)
+{
+    griddep_launch();
+    griddep_wait();
+    rmsnorm_row(x + (size_t)blockIdx.x * dim, w, y + (size_t)blockIdx.x * dim, dim, eps, cls);
 }
 
 static int rmsnorm_launch(cudaStream_t st, const float *x, const float *w, float *y, int n, int dim,
@@ -134,15 +140,29 @@ static __device__ __forceinline__ float round_q8_0_reg(float v)
     return (float)q * __half2float(__float2half_rn(d));
 }
 
-static __device__ __forceinline__ void round_q8_0_warp(const float *src, float *dst, int lane)
+/* The rounded activations as float (k_act_round) or straight as half for
+ * cuBLAS (k_act_f16). */
+template <typename O> static __device__ __forceinline__ O act_out(float v);
+template <> __device__ __forceinline__ float act_out<float>(float v)
 {
-    dst[lane] = round_q8_0_reg(src[lane]);
+    return v;
+}
+template <> __device__ __forceinline__ __half act_out<__half>(float v)
+{
+    return __float2half_rn(v);
+}
+
+template <typename O>
+static __device__ __forceinline__ void round_q8_0_warp(const float *src, O *dst, int lane)
+{
+    dst[lane] = act_out<O>(round_q8_0_reg(src[lane]));
 }
 
 /* A warp rounds one 256-element block like Q8_K: the element of largest
  * magnitude m (first one on ties), iscale = -127/m,
  * q = min(127, rint(iscale*x)), x' = q / iscale. */
-static __device__ __forceinline__ void round_q8_k_warp(const float *src, float *dst, int lane)
+template <typename O>
+static __device__ __forceinline__ void round_q8_k_warp(const float *src, O *dst, int lane)
 {
     float xv[8];
 #pragma unroll
@@ -152,27 +172,39 @@ static __device__ __forceinline__ void round_q8_k_warp(const float *src, float *
     if (iscale == 0.f) {
 #pragma unroll
         for (int k = 0; k < 8; k++)
-            dst[k * 32 + lane] = 0.f;
+            dst[k * 32 + lane] = act_out<O>(0.f);
         return;
     }
     float d = 1.f / iscale;
 #pragma unroll
     for (int k = 0; k < 8; k++)
-        dst[k * 32 + lane] = fminf(127.f, rintf(iscale * xv[k])) * d;
+        dst[k * 32 + lane] = act_out<O>(fminf(127.f, rintf(iscale * xv[k])) * d);
 }
 
-static __global__ void q8_0_round_kernel(const float *x, float *y, size_t nblk)
+template <typename O> static __global__ void q8_0_round_kernel(const float *x, O *y, size_t nblk)
 {
     size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (blk >= nblk) return;
     round_q8_0_warp(x + blk * 32, y + blk * 32, threadIdx.x & 31);
 }
 
-static __global__ void q8_k_round_kernel(const float *x, float *y, size_t nblk)
+template <typename O> static __global__ void q8_k_round_kernel(const float *x, O *y, size_t nblk)
 {
     size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (blk >= nblk) return;
     round_q8_k_warp(x + blk * 256, y + blk * 256, threadIdx.x & 31);
+}
+
+/* Quantized weights' rounding (Q8_0 blocks for Q4_0..Q8_0, else Q8_K) into y. */
+template <typename O>
+static void q8_round_launch(cudaStream_t st, int wtype, const float *x, O *y, size_t total)
+{
+    bool q8_0 = wtype == QT_Q4_0 || wtype == QT_Q4_1 || wtype == QT_Q5_0 || wtype == QT_Q5_1 ||
+                wtype == QT_Q8_0;
+    if (q8_0)
+        q8_0_round_kernel<O><<<(unsigned)((total / 32 + 7) / 8), 256, 0, st>>>(x, y, total / 32);
+    else
+        q8_k_round_kernel<O><<<(unsigned)((total / 256 + 7) / 8), 256, 0, st>>>(x, y, total / 256);
 }
 
 int k_act_round(cudaStream_t st, int wtype, const float *x, float *xq, int n, int K,
@@ -190,18 +222,52 @@ int k_act_round(cudaStream_t st, int wtype, const float *x, float *xq, int n, in
     case QT_BF16:
         round_bf16_kernel<<<(unsigned)((total + 255) / 256), 256, 0, st>>>(x, xq, total);
         break;
-    case QT_Q4_0:
-    case QT_Q4_1:
-    case QT_Q5_0:
-    case QT_Q5_1:
-    case QT_Q8_0:
-        q8_0_round_kernel<<<(unsigned)((total / 32 + 7) / 8), 256, 0, st>>>(x, xq, total / 32);
-        break;
     default:
-        q8_k_round_kernel<<<(unsigned)((total / 256 + 7) / 8), 256, 0, st>>>(x, xq, total / 256);
+        q8_round_launch(st, wtype, x, xq, total);
         break;
     }
     CUDA_LAUNCHED("act_round");
+    return 0;
+}
+
+/* rmsnorm_kernel, then the block rounds its row as the input of a product
+ * with quantized weights (32-element Q8_0 blocks, else 256-element Q8_K
+ * blocks, one warp per block) into h as half. */
+static __global__ void rmsnorm_f16_kernel(const float *x, const float *w, float *y, __half *h,
+                                          int dim, float eps, bool q8_0)
+{
+    griddep_launch();
+    griddep_wait();
+    float *yr = y + (size_t)blockIdx.x * dim;
+    __half *hr = h + (size_t)blockIdx.x * dim;
+    rmsnorm_row(x + (size_t)blockIdx.x * dim, w, yr, dim, eps, 0);
+    __syncthreads(); /* the row's global writes are visible to the block */
+    int warp = threadIdx.x >> 5, nw = blockDim.x >> 5, lane = threadIdx.x & 31;
+    if (q8_0)
+        for (int blk = warp; blk < dim / 32; blk += nw)
+            round_q8_0_warp(yr + blk * 32, hr + blk * 32, lane);
+    else
+        for (int blk = warp; blk < dim / 256; blk += nw)
+            round_q8_k_warp(yr + blk * 256, hr + blk * 256, lane);
+}
+
+int k_rmsnorm_f16(cudaStream_t st, const float *x, const float *w, float *y, __half *h, int wtype,
+                  int n, int dim, float eps)
+{
+    bool q8_0 = wtype == QT_Q4_0 || wtype == QT_Q4_1 || wtype == QT_Q5_0 || wtype == QT_Q5_1 ||
+                wtype == QT_Q8_0;
+    if (dim % (q8_0 ? 32 : 256) != 0) return ST_EINVAL;
+    int th = dim >= 1024 ? 1024 : (dim + 31) / 32 * 32;
+    CUDA_TRY(launch_pdl(rmsnorm_f16_kernel, n, th, 0, st, x, w, y, h, dim, eps, q8_0));
+    return 0;
+}
+
+int k_act_f16(cudaStream_t st, int wtype, const float *x, __half *out, int n, int K)
+{
+    size_t total = (size_t)n * K;
+    if (wtype == QT_F16) return k_to_f16(st, x, out, total);
+    q8_round_launch(st, wtype, x, out, total);
+    CUDA_LAUNCHED("act_f16");
     return 0;
 }
 
@@ -679,10 +745,10 @@ int k_norm_quant(cudaStream_t st, const float *x, const float *w, float eps, int
  * block also stores its v and the unrotated tail of k. One memory round
  * trip per thread. */
 static __global__ void rope_store_kernel(float *q, const float *k, const float *v, __half *kc,
-                                         __half *vc, int n_heads, int n_kv, int hd, int rope_dim,
-                                         int kind, float theta_scale, const float2 *tab,
-                                         struct kv_layout kl, const int32_t *pos,
-                                         const int32_t *seq)
+                                         __half *vc, struct qkv_bias bias, int n_heads, int n_kv,
+                                         int hd, int rope_dim, int kind, float theta_scale,
+                                         const float2 *tab, struct kv_layout kl,
+                                         const int32_t *pos, const int32_t *seq)
 {
     griddep_launch();
     griddep_wait();
@@ -708,7 +774,13 @@ static __global__ void rope_store_kernel(float *q, const float *k, const float *
         int i1 = kind == 0 ? 2 * i + 1 : i + half_rd;
         float *qh = q + ((size_t)t * n_heads + h) * hd;
         const float *xh = h < n_heads ? qh : kt + (size_t)(h - n_heads) * hd;
+        const float *bh = h < n_heads ? (bias.q ? bias.q + (size_t)h * hd : NULL)
+                                      : (bias.k ? bias.k + (size_t)(h - n_heads) * hd : NULL);
         float a = xh[i0], b = xh[i1];
+        if (bh) {
+            a += bh[i0];
+            b += bh[i1];
+        }
         float r0 = __fmaf_rn(a, cs, -__fmul_rn(b, sn)); /* fused as the reference */
         float r1 = __fmaf_rn(a, sn, __fmul_rn(b, cs));
         if (h < n_heads) {
@@ -719,21 +791,26 @@ static __global__ void rope_store_kernel(float *q, const float *k, const float *
             kc[ko + i1] = __float2half_rn(r1);
         }
     }
+    if (h < n_heads && bias.q) /* the unrotated rest of q gets its bias too */
+        for (int j = rope_dim + i; j < hd; j += blockDim.x)
+            q[((size_t)t * n_heads + h) * hd + j] += bias.q[(size_t)h * hd + j];
     if (h >= n_heads)
         for (int j = i; j < hd; j += blockDim.x) {
             size_t e = (size_t)(h - n_heads) * hd + j;
-            vc[dst + e] = __float2half_rn(v[(size_t)t * kv_dim + e]);
-            if (j >= rope_dim) kc[dst + e] = __float2half_rn(kt[e]);
+            float vv = v[(size_t)t * kv_dim + e];
+            vc[dst + e] = __float2half_rn(bias.v ? vv + bias.v[e] : vv);
+            if (j >= rope_dim) kc[dst + e] = __float2half_rn(bias.k ? kt[e] + bias.k[e] : kt[e]);
         }
 }
 
 int k_rope_store(cudaStream_t st, float *q, const float *k, const float *v, __half *kc, __half *vc,
-                 int n, int n_heads, int n_kv, int hd, int rope_dim, int kind, float base,
-                 const float2 *tab, struct kv_layout kl, const int32_t *pos, const int32_t *seq)
+                 struct qkv_bias bias, int n, int n_heads, int n_kv, int hd, int rope_dim, int kind,
+                 float base, const float2 *tab, struct kv_layout kl, const int32_t *pos,
+                 const int32_t *seq)
 {
     float theta_scale = powf(base, -2.0f / (float)rope_dim); /* on the host, as the reference */
     dim3 grid(n_heads + n_kv, n);
-    CUDA_TRY(launch_pdl(rope_store_kernel, grid, (hd + 31) / 32 * 32, 0, st, q, k, v, kc, vc,
+    CUDA_TRY(launch_pdl(rope_store_kernel, grid, (hd + 31) / 32 * 32, 0, st, q, k, v, kc, vc, bias,
                         n_heads, n_kv, hd, rope_dim, kind, theta_scale, tab, kl, pos, seq));
     return 0;
 }

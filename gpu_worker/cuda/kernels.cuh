@@ -37,6 +37,13 @@ int k_rmsnorm(cudaStream_t st, const float *x, const float *w, float *y, int n, 
  * *used is set to xq when written, else to x. */
 int k_act_round(cudaStream_t st, int wtype, const float *x, float *xq, int n, int K,
                 const float **used);
+/* The input of a cuBLAS product with weights of type wtype (F16 or a
+ * quantized type): k_act_round's rounding, written as half. */
+int k_act_f16(cudaStream_t st, int wtype, const float *x, __half *out, int n, int K);
+/* k_rmsnorm into y, and y rounded as the input of quantized weights of type
+ * wtype (k_act_f16) into h in the same kernel. */
+int k_rmsnorm_f16(cudaStream_t st, const float *x, const float *w, float *y, __half *h, int wtype,
+                  int n, int dim, float eps);
 /* Largest batch the matrix-vector kernels take (bigger ones: mmq.cuh, cuBLAS). */
 #define MATVEC_MAX_N 8
 /* Decode N rows of K of a quantized matrix into half precision. */
@@ -129,14 +136,19 @@ int k_matvec_fast(cudaStream_t st, const struct mv_args *a);
 /* h[t][r] = silu(Wg_r . xg[t]) * (Wu_r . xu[t]), gate and up of one float type. */
 int k_swiglu_fast(cudaStream_t st, const void *wg, const void *wu, int type, int N, int K,
                   const float *xg, const float *xu, int n, float *h);
+/* Biases of q, k, v (NULL: none), added by k_rope_store before it rotates. */
+struct qkv_bias {
+    const float *q, *k, *v;
+};
 /* Rotary embedding of q in place and of k into the cache, v into the cache (rope kind 0 =
  * adjacent pairs, 1 = halves (NEOX); the first rope_dim elements of each head
- * rotate; the cache is kl). Angles from tab
+ * rotate; the cache is kl), each with its bias first. Angles from tab
  * ([pos][rope_dim / 2] of (cos, sin), computed on the host as the reference
  * does) when given, else computed here (sinf/cosf may differ in the last bit). */
 int k_rope_store(cudaStream_t st, float *q, const float *k, const float *v, __half *kc, __half *vc,
-                 int n, int n_heads, int n_kv, int hd, int rope_dim, int kind, float base,
-                 const float2 *tab, struct kv_layout kl, const int32_t *pos, const int32_t *seq);
+                 struct qkv_bias bias, int n, int n_heads, int n_kv, int hd, int rope_dim, int kind,
+                 float base, const float2 *tab, struct kv_layout kl, const int32_t *pos,
+                 const int32_t *seq);
 
 /* Fault injection: a kernel that writes through an invalid address. */
 int k_fault(cudaStream_t st);

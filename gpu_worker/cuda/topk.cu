@@ -94,9 +94,14 @@ static __device__ int select_top(const uint64_t (&key)[TOPK_PER], struct select_
         __syncthreads();
         if (sm.done) break;
         uint64_t prefix = sm.prefix, mask = sm.mask;
+        /* lanes with the same digit add once: logits crowd into few bins
+         * (their exponents), and same-address atomics serialize */
 #pragma unroll
-        for (int j = 0; j < TOPK_PER; j++)
-            if ((key[j] & mask) == prefix) atomicAdd(&sm.hist[(key[j] >> shift) & 255], 1u);
+        for (int j = 0; j < TOPK_PER; j++) {
+            int bin = (key[j] & mask) == prefix ? (int)((key[j] >> shift) & 255) : -1;
+            unsigned peers = __match_any_sync(~0u, bin);
+            if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&sm.hist[bin], __popc(peers));
+        }
         __syncthreads();
         if (tid < 32) {
             /* lane l holds bins 255 - 8l .. 248 - 8l, highest first */
@@ -157,9 +162,13 @@ static __global__ void __launch_bounds__(TOPK_THREADS)
         key[j] = top_key(v, i);
         if (!isnan(v)) s.max = fmax(s.max, (double)v);
     }
+    /* the thread's 16 terms in float (double exp over 150k logits per row
+     * cost more than the selection), merged in double */
+    float part = 0.f, m = (float)s.max;
 #pragma unroll
     for (int j = 0; j < TOPK_PER; j++)
-        if (key[j] && s.max != -INFINITY) s.sum += exp((double)key_logit(key[j]) - s.max);
+        if (key[j] && s.max != -INFINITY) part += expf(key_logit(key[j]) - m);
+    s.sum = part;
     s = block_stat(s, sh);
     uint64_t *out = cand + ((size_t)r * nchunk + c) * LOGITS_TOP;
     int n = select_top(key, sm, out);
