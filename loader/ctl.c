@@ -158,6 +158,7 @@ int loader_ctl_new(const struct staged_config *cfg, struct seg *seg, const struc
     c->start_ms = proto_now_ms();
     if (!strcmp(cfg->loader.upload, "cuda")) {
         const struct seg_header *h = seg_header(seg);
+        /* through the staging ring main.c made at start-up (gpu_upload_init) */
         int rc = gpu_upload_create(seg_data(seg), h->data_size, (int)cfg->loader.device,
                                    &c->gpu, eb);
         if (rc) {

@@ -7,13 +7,18 @@
  * mapping); cudaMemcpy straight from it runs at about 4.6 GB/s, so the bytes
  * go through pinned memory in one of two ways (STAGED_UPLOAD selects):
  *
- * staged (the default): a ring of pinned staging slots, made once per upload
- * (2 slots per thread of RING_PIECE_MIB MiB: 32 MiB for 8 threads) by
- * allocating ordinary memory and page-locking it with cudaHostRegister:
- * measured on the H200, cudaHostAlloc of 32 MiB took 17.5 ms (a third of a
- * 0.4 GB upload), registering runs at ~23 GB/s (1.4 ms). Copy threads take
- * the pieces of the source in order; piece k goes through slot
- * k % nslots. A thread waits until the slot's previous piece has been queued
+ * staged (the default): a ring of pinned staging slots (2 slots per thread
+ * of RING_PIECE_MIB MiB: 32 MiB for 8 threads), made by allocating ordinary
+ * memory and page-locking it with cudaHostRegister: measured on the H200,
+ * cudaHostAlloc of 32 MiB took 17.5 ms (a third of a 0.4 GB upload),
+ * registering runs at ~23 GB/s (1.4 ms). The ring with its stream and events
+ * is made once per process, by gpu_upload_init next to the CUDA context, and
+ * kept until gpu_upload_shutdown (made per upload, its 12-16 ms of set-up
+ * held a 0.4 GB upload to 12-15 GB/s against a 28-38 GB/s copy phase); an
+ * upload resets only its own state (next piece, queued counts, error). After
+ * a failed upload the ring is freed and the next upload makes a new one.
+ * Copy threads take the pieces of the source in order; piece k goes through
+ * slot k % nslots. A thread waits until the slot's previous piece has been queued
  * and its DMA has finished (one cudaEvent per slot, recorded after each DMA
  * out of the slot), memcpys the piece into the slot, queues cudaMemcpyAsync
  * on the one shared stream and records the slot's event. The memcpys of
@@ -22,7 +27,7 @@
  * the ring inside the last-level cache (the memcpy writes it, the DMA reads
  * it) and make the pipeline's fill and drain short. STAGED_UPLOAD_THREADS
  * (1..RING_MAX_THREADS; default min(RING_DEFAULT_THREADS, online CPUs)) and
- * STAGED_UPLOAD_PIECE_MIB (1..64) override the two sizes.
+ * STAGED_UPLOAD_PIECE_MIB (1..64), read at init, override the two sizes.
  *
  * register (STAGED_UPLOAD=register): page-lock the source in place with
  * cudaHostRegister and copy it with one DMA. The copy runs at 55 GB/s on the
@@ -64,28 +69,37 @@ struct gpu_weights {
     size_t len;
 };
 
-/* One staged upload: the pinned ring, its stream and events, and the state
- * the copy threads share. */
+/* The process's staging ring (made by gpu_upload_init, kept until
+ * gpu_upload_shutdown) and the state of the one staged upload using it. */
 struct ring {
+    /* made once, sizes independent of any upload */
+    int device;                       /* the stream and events belong to it */
+    int nthreads;                     /* copy threads */
+    int nslots;                       /* nthreads * RING_SLOTS_PER_THREAD <= RING_MAX_SLOTS */
+    size_t piece;                     /* bytes per piece and per slot */
+    uint8_t *pinned;                  /* nslots * piece bytes, page-locked */
+    bool locked;                      /* pinned is registered with CUDA */
+    cudaStream_t stream;              /* every DMA of an upload */
+    cudaEvent_t done[RING_MAX_SLOTS]; /* recorded after each DMA out of the slot */
+    pthread_mutex_t mu;               /* guards next, queued, rc and what */
+    pthread_cond_t cv;                /* broadcast when queued[] grows or rc is set */
+    /* one upload's state, set by ring_start */
     const uint8_t *host; /* pageable source, len bytes */
     uint8_t *dev;        /* destination, same offsets */
     size_t len;
-    size_t piece;   /* bytes per piece and per slot */
-    size_t npieces; /* ceil(len / piece) */
-    int device;
-    int nthreads;
-    int nslots;                       /* <= RING_MAX_SLOTS */
-    uint8_t *pinned;                  /* nslots * piece bytes, page-locked */
-    bool locked;                      /* pinned is registered with CUDA */
-    cudaStream_t stream;              /* every DMA of the upload */
-    cudaEvent_t done[RING_MAX_SLOTS]; /* recorded after each DMA out of the slot */
-    pthread_mutex_t mu;               /* guards the fields below */
-    pthread_cond_t cv;                /* broadcast when queued[] grows or rc is set */
-    size_t next;                      /* next piece to take */
-    size_t queued[RING_MAX_SLOTS];    /* pieces of each slot whose DMA and event are queued */
-    int rc;                           /* first error (0: none); stops every thread */
-    char what[256];                   /* its message, naming the call */
+    size_t npieces;                /* ceil(len / piece) */
+    int nrun;                      /* copy threads started: min(nthreads, npieces) */
+    size_t next;                   /* next piece to take */
+    size_t queued[RING_MAX_SLOTS]; /* pieces of each slot whose DMA and event are queued */
+    int rc;                        /* first error (0: none); stops every thread */
+    char what[256];                /* its message, naming the call */
 };
+
+/* One gpu_upload_init, gpu_upload_create or gpu_upload_shutdown at a time:
+ * the ring serves one upload at a time. (The loader is single-threaded here
+ * anyway: it uploads once, in loader_ctl_new, before serving requests.) */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ring *g_ring; /* NULL until gpu_upload_init, and after a failed upload */
 
 static double now_s(void)
 {
@@ -138,8 +152,10 @@ static int ring_fail(struct ring *r, int rc, const char *fmt, ...)
                              "%s: %s (%s:%d)", #call, cudaGetErrorString(e_), __FILE__, __LINE__); \
     } while (0)
 
-/* Piece k through slot (use-th time the slot is used): wait for the slot's
- * last DMA, fill it, queue its DMA and record the slot's event. */
+/* Piece k through slot (use-th time the slot is used in this upload): wait
+ * for the slot's last DMA, fill it, queue its DMA and record the slot's
+ * event. (At use 0 the slot is idle: the previous upload ended with a
+ * synchronized stream.) */
 static int ring_piece(struct ring *r, size_t k, int slot, size_t use)
 {
     size_t off = k * r->piece;
@@ -184,7 +200,8 @@ static void *ring_thread(void *arg)
     }
 }
 
-/* The ring's stream, pinned slots and events. 0 or a negative st_err (r->what set). */
+/* The ring's stream, pinned slots and events, on the current device (r->device).
+ * 0 or a negative st_err (r->what set). */
 static int ring_setup(struct ring *r)
 {
     RING_TRY(r, cudaStreamCreateWithFlags(&r->stream, cudaStreamNonBlocking));
@@ -201,30 +218,8 @@ static int ring_setup(struct ring *r)
     return 0;
 }
 
-/* Start the copy threads, join every one that started, wait for the last
- * DMA. 0 or a negative st_err (r->what set). */
-static int ring_run(struct ring *r)
-{
-    pthread_t tid[RING_MAX_THREADS];
-    int started = 0;
-    for (; started < r->nthreads; started++) {
-        int err = pthread_create(&tid[started], NULL, ring_thread, r);
-        if (err != 0) {
-            ring_fail(r, ST_ENOMEM, "pthread_create of copy thread %d: %s", started, strerror(err));
-            break;
-        }
-    }
-    for (int i = 0; i < started; i++)
-        pthread_join(tid[i], NULL);
-    /* after a failure too: the slots must not be freed under a queued DMA */
-    cudaError_t e = cudaStreamSynchronize(r->stream);
-    if (e != cudaSuccess)
-        ring_fail(r, ST_EDEVICE, "cudaStreamSynchronize of the upload stream: %s",
-                  cudaGetErrorString(e));
-    return r->rc;
-}
-
-/* Free what ring_setup made (any part of it); a failing call is recorded. */
+/* Free what ring_setup made (any part of it); a failing call is logged and
+ * recorded. */
 static void ring_teardown(struct ring *r)
 {
     cudaError_t e;
@@ -244,28 +239,32 @@ static void ring_teardown(struct ring *r)
     r->stream = NULL;
 }
 
-/* Staged method: len bytes at host to w->dev through the pinned ring. */
-static int upload_staged(const uint8_t *host, size_t len, struct gpu_weights *w,
-                         struct st_errbuf *eb)
+/* Free the ring and everything in it (its device is made current first). */
+static void ring_free(struct ring *r)
 {
+    if (!r) return;
+    cudaSetDevice(r->device);
+    ring_teardown(r);
+    pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+/* Make the ring for `device` (the current device) at its full size:
+ * STAGED_UPLOAD_THREADS copy threads, RING_SLOTS_PER_THREAD slots of
+ * STAGED_UPLOAD_PIECE_MIB MiB each. 0 or a negative st_err with eb set. */
+static int ring_new(int device, struct ring **out, struct st_errbuf *eb)
+{
+    *out = NULL;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int def_threads = ncpu > 0 && ncpu < RING_DEFAULT_THREADS ? (int)ncpu : RING_DEFAULT_THREADS;
-    int nthreads = env_int("STAGED_UPLOAD_THREADS", 1, RING_MAX_THREADS, def_threads);
-    size_t piece = (size_t)env_int("STAGED_UPLOAD_PIECE_MIB", 1, RING_MAX_PIECE_MIB, RING_PIECE_MIB)
-                   << 20;
-    if (piece > len) piece = len;
-
     struct ring *r = (struct ring *)calloc(1, sizeof(*r));
     if (!r) return st_errf(eb, ST_ENOMEM, "gpu_upload: out of memory");
-    r->host = host;
-    r->dev = w->dev;
-    r->len = len;
-    r->piece = piece;
-    r->npieces = (len + piece - 1) / piece;
-    r->device = w->device;
-    r->nthreads = (size_t)nthreads < r->npieces ? nthreads : (int)r->npieces;
-    size_t nslots = (size_t)r->nthreads * RING_SLOTS_PER_THREAD;
-    r->nslots = nslots < r->npieces ? (int)nslots : (int)r->npieces;
+    r->device = device;
+    r->nthreads = env_int("STAGED_UPLOAD_THREADS", 1, RING_MAX_THREADS, def_threads);
+    r->nslots = r->nthreads * RING_SLOTS_PER_THREAD;
+    r->piece = (size_t)env_int("STAGED_UPLOAD_PIECE_MIB", 1, RING_MAX_PIECE_MIB, RING_PIECE_MIB)
+               << 20;
     int err = pthread_mutex_init(&r->mu, NULL);
     if (err != 0) {
         free(r);
@@ -276,28 +275,128 @@ static int upload_staged(const uint8_t *host, size_t len, struct gpu_weights *w,
         free(r);
         return st_errf(eb, ST_ENOMEM, "gpu_upload: pthread_cond_init: %s", strerror(err));
     }
-
-    double t0 = now_s();
     int rc = ring_setup(r);
+    if (rc < 0) {
+        st_errf(eb, rc, "gpu_upload: staging ring on device %d: %s", device, r->what);
+        ring_free(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+/* gpu_upload_init with g_lock held. */
+static int init_locked(int device, struct st_errbuf *eb)
+{
+    if (g_ring && g_ring->device == device) return 0;
+    if (g_ring) {
+        log_info("gpu_upload: staging ring moves from device %d to device %d", g_ring->device,
+                 device);
+        ring_free(g_ring);
+        g_ring = NULL;
+    }
+    double t0 = now_s();
+    const char *call = "cudaSetDevice";
+    cudaError_t e = cudaSetDevice(device);
+    if (e == cudaSuccess) {
+        call = "cudaFree(0), creating the context,"; /* if cudaSetDevice did not */
+        e = cudaFree(0);
+    }
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return st_errf(eb, ST_EDEVICE, "gpu_upload: %s on device %d: %s", call, device,
+                       cudaGetErrorString(e));
+    }
     double t1 = now_s();
-    if (rc == 0) rc = ring_run(r);
+    int rc = ring_new(device, &g_ring, eb);
+    if (rc < 0) return rc;
     double t2 = now_s();
-    ring_teardown(r);
-    double t3 = now_s();
-    rc = r->rc; /* teardown may have failed too */
-    if (rc < 0)
+    log_info("gpu_upload: init: device %d in %.1f ms: CUDA context %.1f ms, staging ring "
+             "%.1f ms (%d copy threads, %d x %.2f MiB pinned, a stream, %d events); every "
+             "upload of this process reuses them",
+             device, (t2 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3, g_ring->nthreads,
+             g_ring->nslots, g_ring->piece / 1048576.0, g_ring->nslots);
+    return 0;
+}
+
+extern "C" int gpu_upload_init(int device, struct st_errbuf *eb)
+{
+    pthread_mutex_lock(&g_lock);
+    int rc = init_locked(device, eb);
+    pthread_mutex_unlock(&g_lock);
+    return rc;
+}
+
+extern "C" void gpu_upload_shutdown(void)
+{
+    pthread_mutex_lock(&g_lock);
+    ring_free(g_ring);
+    g_ring = NULL;
+    pthread_mutex_unlock(&g_lock);
+}
+
+/* Reset the upload state of r for len bytes at host to dev. */
+static void ring_start(struct ring *r, const uint8_t *host, uint8_t *dev, size_t len)
+{
+    r->host = host;
+    r->dev = dev;
+    r->len = len;
+    r->npieces = (len + r->piece - 1) / r->piece;
+    r->nrun = (size_t)r->nthreads < r->npieces ? r->nthreads : (int)r->npieces;
+    r->next = 0;
+    memset(r->queued, 0, sizeof(r->queued));
+    r->rc = 0;
+    r->what[0] = 0;
+}
+
+/* Start the copy threads, join every one that started, wait for the last
+ * DMA. 0 or a negative st_err (r->what set). */
+static int ring_run(struct ring *r)
+{
+    pthread_t tid[RING_MAX_THREADS];
+    int started = 0;
+    for (; started < r->nrun; started++) {
+        int err = pthread_create(&tid[started], NULL, ring_thread, r);
+        if (err != 0) {
+            ring_fail(r, ST_ENOMEM, "pthread_create of copy thread %d: %s", started, strerror(err));
+            break;
+        }
+    }
+    for (int i = 0; i < started; i++)
+        pthread_join(tid[i], NULL);
+    /* after a failure too: no DMA out of the slots may outlive the upload */
+    cudaError_t e = cudaStreamSynchronize(r->stream);
+    if (e != cudaSuccess)
+        ring_fail(r, ST_EDEVICE, "cudaStreamSynchronize of the upload stream: %s",
+                  cudaGetErrorString(e));
+    return r->rc;
+}
+
+/* Staged method: len bytes at host to w->dev through the process's ring
+ * (g_lock held, g_ring made for w->device). t_start: when the upload began
+ * (gpu_upload_create, after init), for the overall rate. */
+static int upload_staged(const uint8_t *host, size_t len, struct gpu_weights *w, double t_start,
+                         struct st_errbuf *eb)
+{
+    struct ring *r = g_ring;
+    ring_start(r, host, w->dev, len);
+    double t1 = now_s();
+    int rc = ring_run(r);
+    double t2 = now_s();
+    if (rc < 0) {
         st_errf(eb, rc, "gpu_upload: staged upload of %zu bytes to device %d: %s", len, w->device,
                 r->what);
-    else
-        log_info("gpu_upload: method=staged: %.1f MB to device %d in %.3f s: %.2f GB/s overall, "
-                 "%.2f GB/s copy phase (%d threads, %d x %.2f MiB pinned ring, set-up %.1f ms; "
-                 "pinned H2D reference ~55 GB/s)",
-                 len / 1e6, w->device, t3 - t0, len / (t3 - t0) / 1e9, len / (t2 - t1) / 1e9,
-                 r->nthreads, r->nslots, r->piece / 1048576.0, (t1 - t0) * 1e3);
-    pthread_cond_destroy(&r->cv);
-    pthread_mutex_destroy(&r->mu);
-    free(r);
-    return rc;
+        /* its stream or events may be broken: the next upload makes a new ring */
+        ring_free(r);
+        g_ring = NULL;
+        return rc;
+    }
+    log_info("gpu_upload: method=staged: %.1f MB to device %d in %.3f s: %.2f GB/s overall, "
+             "%.2f GB/s copy phase (%d threads, %d x %.2f MiB pinned ring set up at init; "
+             "pinned H2D reference ~55 GB/s)",
+             len / 1e6, w->device, t2 - t_start, len / (t2 - t_start) / 1e9, len / (t2 - t1) / 1e9,
+             r->nrun, r->nslots, r->piece / 1048576.0);
+    return 0;
 }
 
 /* Register method: page-lock the source in place, one DMA, unlock.
@@ -331,6 +430,36 @@ static int upload_register(const uint8_t *host, size_t len, struct gpu_weights *
     return 0;
 }
 
+/* The upload into w (device and len set), with g_lock held: the ring first
+ * when nobody called gpu_upload_init (or it was for another device), then
+ * the device allocation and the copy. On failure nothing stays allocated. */
+static int create_locked(const uint8_t *host, size_t len, bool use_register, struct gpu_weights *w,
+                         struct st_errbuf *eb)
+{
+    int rc = init_locked(w->device, eb);
+    if (rc < 0) return rc;
+    double t0 = now_s();
+    /* this thread's device: init may have run in another thread */
+    cudaError_t e = cudaSetDevice(w->device);
+    if (e != cudaSuccess)
+        return st_errf(eb, ST_EDEVICE, "gpu_upload: cudaSetDevice(%d): %s", w->device,
+                       cudaGetErrorString(e));
+    /* + GPU_UPLOAD_PAD: kernels read weight rows with 16-byte loads rounded up */
+    e = cudaMalloc((void **)&w->dev, len + GPU_UPLOAD_PAD);
+    if (e != cudaSuccess)
+        return st_errf(eb, e == cudaErrorMemoryAllocation ? ST_ENOMEM : ST_EDEVICE,
+                       "gpu_upload: cudaMalloc of %zu bytes on device %d: %s", len + GPU_UPLOAD_PAD,
+                       w->device, cudaGetErrorString(e));
+    rc = use_register ? upload_register(host, len, w, eb) : 1;
+    if (rc == 1) rc = upload_staged(host, len, w, t0, eb);
+    if (rc < 0) {
+        e = cudaFree(w->dev);
+        if (e != cudaSuccess) log_warn("gpu_upload: cudaFree: %s", cudaGetErrorString(e));
+        w->dev = NULL;
+    }
+    return rc;
+}
+
 extern "C" int gpu_upload_create(const void *host, size_t len, int device, struct gpu_weights **out,
                                  struct st_errbuf *eb)
 {
@@ -345,25 +474,10 @@ extern "C" int gpu_upload_create(const void *host, size_t len, int device, struc
     if (!w) return st_errf(eb, ST_ENOMEM, "gpu_upload: out of memory");
     w->device = device;
     w->len = len;
-    cudaError_t e = cudaSetDevice(device);
-    if (e != cudaSuccess) {
-        free(w);
-        return st_errf(eb, ST_EDEVICE, "gpu_upload: cudaSetDevice(%d): %s", device,
-                       cudaGetErrorString(e));
-    }
-    /* + GPU_UPLOAD_PAD: kernels read weight rows with 16-byte loads rounded up */
-    e = cudaMalloc((void **)&w->dev, len + GPU_UPLOAD_PAD);
-    if (e != cudaSuccess) {
-        free(w);
-        return st_errf(eb, e == cudaErrorMemoryAllocation ? ST_ENOMEM : ST_EDEVICE,
-                       "gpu_upload: cudaMalloc of %zu bytes on device %d: %s", len + GPU_UPLOAD_PAD,
-                       device, cudaGetErrorString(e));
-    }
-    int rc = use_register ? upload_register((const uint8_t *)host, len, w, eb) : 1;
-    if (rc == 1) rc = upload_staged((const uint8_t *)host, len, w, eb);
+    pthread_mutex_lock(&g_lock);
+    int rc = create_locked((const uint8_t *)host, len, use_register, w, eb);
+    pthread_mutex_unlock(&g_lock);
     if (rc < 0) {
-        e = cudaFree(w->dev);
-        if (e != cudaSuccess) log_warn("gpu_upload: cudaFree: %s", cudaGetErrorString(e));
         free(w);
         return rc;
     }

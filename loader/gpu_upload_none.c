@@ -2,6 +2,14 @@
 #include "loader/gpu_upload.h"
 
 #ifndef STAGED_CUDA
+int gpu_upload_init(int device, struct st_errbuf *eb)
+{
+    return st_errf(eb, ST_EUNSUPPORTED,
+                   "[loader] upload = cuda, but this staged was built without CUDA (no nvcc)");
+}
+
+void gpu_upload_shutdown(void) {}
+
 int gpu_upload_create(const void *host, size_t len, int device, struct gpu_weights **out,
                       struct st_errbuf *eb)
 {

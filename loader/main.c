@@ -12,6 +12,7 @@
 #include "common/stage.h"
 #include "conf/config.h"
 #include "loader/ctl.h"
+#include "loader/gpu_upload.h"
 #include "shm/seg.h"
 
 #include <stdio.h>
@@ -56,10 +57,16 @@ int main(int argc, char **argv)
     struct seg *seg = NULL;
     struct seg_stats stats;
     struct st_errbuf eb = {{0}};
+    /* The CUDA context and the staging ring are start-up costs, not upload
+     * time: made before the model file is read. A failure is only logged
+     * here; the upload (loader_ctl_new) tries again and reports it. */
+    if (!strcmp(cfg.loader.upload, "cuda") && gpu_upload_init((int)cfg.loader.device, &eb))
+        log_warn("%s; the upload will try again", eb.msg);
     rc = seg_stage(cfg.shm.name, cfg.model.path, cfg.loader.verify_on_attach, show_progress, &prog,
                    &seg, &stats, &eb);
     if (rc) {
         log_error("cannot stage %s: %s", cfg.model.path, eb.msg);
+        gpu_upload_shutdown();
         return 1;
     }
     const struct seg_header *h = seg_header(seg);
@@ -80,6 +87,7 @@ int main(int argc, char **argv)
     if (rc) {
         log_error("%s", eb.msg);
         seg_detach(&seg);
+        gpu_upload_shutdown();
         return 1;
     }
     log_info("ready: serving control on %s", cfg.loader.endpoint);
@@ -90,5 +98,6 @@ int main(int argc, char **argv)
     loader_ctl_destroy(&ctl);
     seg_detach(&seg);
     if (!keep_segment) seg_unlink(cfg.shm.name);
+    gpu_upload_shutdown();
     return 0;
 }
