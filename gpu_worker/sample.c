@@ -306,6 +306,13 @@ void logits_summarize(const float *logits, int n_vocab, struct logits_top *t)
     t->sum = sum;
 }
 
+bool sample_top_decides(const struct sample_params *p, int n_history, int n_vocab)
+{
+    if (penalties_apply(p, n_history)) return false;
+    return p->temperature <= 0.0f ||
+           (p->top_k > 0 && p->top_k <= LOGITS_TOP && p->top_k < n_vocab);
+}
+
 bool sample_top_may_decide(const struct sample_params *p, int n_history)
 {
     if (penalties_apply(p, n_history)) return false;

@@ -90,6 +90,11 @@ void logits_summarize(const float *logits, int n_vocab, struct logits_top *t);
 int32_t sample_from_top(const struct sample_params *p, const struct logits_top *t,
                         int n_history, int64_t position, int n_top, struct sample_result *out);
 
+/* True when sample_from_top decides p on every row of n_vocab logits that
+ * has at least min(LOGITS_TOP, top_k) non-NaN ones: no penalties apply, and
+ * greedy or top_k in 1..LOGITS_TOP (below n_vocab). */
+bool sample_top_decides(const struct sample_params *p, int n_history, int n_vocab);
+
 /* False when p needs the full row whatever the values (penalties that
  * apply, or temperature sampling without truncation): the caller should
  * ask for the row itself rather than only a summary. */

@@ -52,6 +52,7 @@ struct server {
     int8_t *bt_logits;
     int *bt_slot;             /* slot of each logits row */
     int8_t *row_want;         /* how each logits row came back (LOGITS_*) */
+    bool rows_gone;           /* the last step ran in pieces: logits_row cannot fetch */
     struct logits_top *tops;  /* each logits row's summary */
     float *logits;
     json_t *items;
@@ -275,12 +276,18 @@ static json_t *logprob_json(const struct sample_result *r, int n_top)
 static int forward_grouped(struct server *s, struct batch *bt, int group)
 {
     int rc = 0;
-    if (group <= 0 || bt->n_tokens <= group) {
+    s->rows_gone = group > 0 && bt->n_tokens > group;
+    if (!s->rows_gone) {
         rc = s->ops->forward(s->b, bt, s->logits);
     } else {
-        /* rows of earlier pieces cannot be fetched afterwards (logits_row) */
-        for (int i = 0; i < bt->n_tokens; i++)
-            if (s->bt_logits[i] == LOGITS_SUMMARY) s->bt_logits[i] = LOGITS_ROW;
+        /* rows of earlier pieces cannot be fetched afterwards (logits_row):
+         * rows whose summary might not decide come back whole */
+        for (int i = 0; i < bt->n_tokens; i++) {
+            const struct job *j = s->slots[bt->seq[i]];
+            if (s->bt_logits[i] == LOGITS_SUMMARY &&
+                !sample_top_decides(&j->sp, j->n_tokens, s->n_vocab))
+                s->bt_logits[i] = LOGITS_ROW;
+        }
         float *out = s->logits;
         struct logits_top *top = s->tops;
         for (int i = 0; i < bt->n_tokens && rc == 0; i += group) {
@@ -315,6 +322,11 @@ static int32_t sample_row(struct server *s, int r, struct job *j, struct sample_
     if (tok >= 0) return tok;
     float *lg = s->logits + (size_t)r * (size_t)s->n_vocab;
     if (s->row_want[r] == LOGITS_SUMMARY) {
+        if (s->rows_gone) { /* sample_top_decides said it would decide */
+            log_error("request %s: the logits summary did not decide (no finite logits?)",
+                      j->rid);
+            return ST_EINVAL;
+        }
         int rc = s->ops->logits_row(s->b, r, lg);
         if (rc) return rc;
     }
@@ -397,6 +409,13 @@ static int step(struct server *s)
         struct job *j = s->slots[i];
         struct sample_result res;
         int32_t tok = sample_row(s, r, j, &res);
+        if (tok == ST_EINVAL) { /* this request cannot go on; the others can */
+            reject(s, j->rid, "the logits had no finite value to sample from");
+            job_free(j);
+            s->slots[i] = NULL;
+            if (s->ops->seq_truncate(s->b, i, 0)) log_warn("could not free sequence %d", i);
+            continue;
+        }
         if (tok < 0) {
             log_error("backend %s: logits row: %s", s->ops->name, st_strerror(tok));
             return tok;

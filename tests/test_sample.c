@@ -390,6 +390,7 @@ static void test_summary_matches_full(void **state)
                     /* (a vocabulary of 40 turns top_k 40 off: untruncated) */
                     if (cases[c].must != 0 && kind != 3)
                         assert_int_equal(ts >= 0, cases[c].must == 1);
+                    if (sample_top_decides(&p, 3, V)) assert_true(ts >= 0);
                     if (ts < 0) continue;
                     decided++;
                     assert_int_equal(ts, tf);
