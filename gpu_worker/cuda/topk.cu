@@ -48,6 +48,20 @@ static __device__ __forceinline__ struct chunk_stat stat_merge(struct chunk_stat
     return o;
 }
 
+/* Block-wide max (op 0) or sum (op 1) of v, in every thread. */
+static __device__ float block_reduce(float v, int op, float *sh)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = op ? warp_sum(v) : warp_max(v);
+    __syncthreads(); /* sh may still be read by a previous call */
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    v = sh[0];
+    for (int w = 1; w < TOPK_THREADS / 32; w++)
+        v = op ? v + sh[w] : fmaxf(v, sh[w]);
+    return v;
+}
+
 static __device__ struct chunk_stat block_stat(struct chunk_stat s, struct chunk_stat *sh)
 {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -94,14 +108,9 @@ static __device__ int select_top(const uint64_t (&key)[TOPK_PER], struct select_
         __syncthreads();
         if (sm.done) break;
         uint64_t prefix = sm.prefix, mask = sm.mask;
-        /* lanes with the same digit add once: logits crowd into few bins
-         * (their exponents), and same-address atomics serialize */
 #pragma unroll
-        for (int j = 0; j < TOPK_PER; j++) {
-            int bin = (key[j] & mask) == prefix ? (int)((key[j] >> shift) & 255) : -1;
-            unsigned peers = __match_any_sync(~0u, bin);
-            if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&sm.hist[bin], __popc(peers));
-        }
+        for (int j = 0; j < TOPK_PER; j++)
+            if ((key[j] & mask) == prefix) atomicAdd(&sm.hist[(key[j] >> shift) & 255], 1u);
         __syncthreads();
         if (tid < 32) {
             /* lane l holds bins 255 - 8l .. 248 - 8l, highest first */
@@ -150,26 +159,26 @@ static __global__ void __launch_bounds__(TOPK_THREADS)
                 struct chunk_stat *stats)
 {
     __shared__ struct select_smem sm;
-    __shared__ struct chunk_stat sh[TOPK_THREADS / 32];
+    __shared__ float sh[TOPK_THREADS / 32];
     int c = blockIdx.x, r = blockIdx.y;
     const float *row = lg + (size_t)r * V;
     uint64_t key[TOPK_PER];
-    struct chunk_stat s = {-INFINITY, 0};
+    float m = -INFINITY;
 #pragma unroll
     for (int j = 0; j < TOPK_PER; j++) {
         int i = c * TOPK_CHUNK + j * TOPK_THREADS + threadIdx.x;
         float v = i < V ? row[i] : NAN;
         key[j] = top_key(v, i);
-        if (!isnan(v)) s.max = fmax(s.max, (double)v);
+        if (!isnan(v)) m = fmaxf(m, v);
     }
-    /* the thread's 16 terms in float (double exp over 150k logits per row
-     * cost more than the selection), merged in double */
-    float part = 0.f, m = (float)s.max;
+    /* the chunk's max and sum in float (double exps here cost as much as
+     * the selection, ncu); the rows' merge of the chunks is in double */
+    m = block_reduce(m, 0, sh);
+    float part = 0.f;
 #pragma unroll
     for (int j = 0; j < TOPK_PER; j++)
-        if (key[j] && s.max != -INFINITY) part += expf(key_logit(key[j]) - m);
-    s.sum = part;
-    s = block_stat(s, sh);
+        if (key[j] && m != -INFINITY) part += expf(key_logit(key[j]) - m);
+    struct chunk_stat s = {m, block_reduce(part, 1, sh)};
     uint64_t *out = cand + ((size_t)r * nchunk + c) * LOGITS_TOP;
     int n = select_top(key, sm, out);
     for (int i = n + (int)threadIdx.x; i < LOGITS_TOP; i += TOPK_THREADS)

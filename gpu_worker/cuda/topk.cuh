@@ -13,8 +13,9 @@
  * until the boundary digit's bin holds exactly the keys still wanted) and
  * the chunk's max and sum (double). Pass 2: one block per row selects the
  * row's best among the chunks' candidates the same way, ranks them, and
- * merges the chunks' sums. The row's sum is accumulated in another order
- * than the CPU's index order: it agrees to double rounding.
+ * merges the chunks' sums. A chunk's sum is taken in float, the chunks'
+ * merge in double: the row's sum agrees with the CPU's (double, index
+ * order) to ~1e-6 relative.
  */
 #ifndef STAGED_CUDA_TOPK_CUH
 #define STAGED_CUDA_TOPK_CUH
