@@ -431,7 +431,17 @@ static int cpu_forward(struct backend *b, const struct batch *bt, float *logits)
 {
     int rc = check_batch(b, bt, logits);
     if (rc) return rc;
-    int n = bt->n_tokens, dim = (int)b->hp.dim;
+    int n = bt->n_tokens, dim = (int)b->hp.dim, nv = (int)b->hp.n_vocab, n_rows = 0;
+    for (int t = 0; bt->logits && t < n; t++)
+        n_rows += bt->logits[t] != LOGITS_NONE;
+    /* every row is computed here, LOGITS_SUMMARY rows too: into the caller's
+     * buffer when it gave one, else into lbuf (grown before anything changes) */
+    if (n_rows > 0 && !logits && n_rows > b->lbuf_rows) {
+        float *nb = realloc(b->lbuf, sizeof(float) * (size_t)nv * (size_t)n_rows);
+        if (!nb) return ST_ENOMEM;
+        b->lbuf = nb;
+        b->lbuf_rows = n_rows;
+    }
     for (int t = 0; t < n; t++) {
         b->tok_seq[t] = bt->seq[t];
         b->tok_pos[t] = bt->pos[t];
@@ -448,15 +458,6 @@ static int cpu_forward(struct backend *b, const struct batch *bt, float *logits)
         rmsnorm(b->xo + (size_t)n_out * dim, b->x + (size_t)t * dim, b->out_norm.data, dim,
                 b->hp.rms_eps);
         n_out++;
-    }
-    /* every row is computed here: LOGITS_SUMMARY rows too, into the
-     * caller's buffer when it gave one */
-    int nv = (int)b->hp.n_vocab;
-    if (n_out > 0 && !logits && n_out > b->lbuf_rows) {
-        float *nb = realloc(b->lbuf, sizeof(float) * (size_t)nv * (size_t)n_out);
-        if (!nb) return ST_ENOMEM;
-        b->lbuf = nb;
-        b->lbuf_rows = n_out;
     }
     float *rows = logits ? logits : b->lbuf;
     if (n_out > 0) matmul(b, &b->out, b->xo, n_out, rows, nv, NULL);

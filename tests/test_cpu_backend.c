@@ -492,12 +492,56 @@ static void test_errors(void **state)
     model_close(&m);
 }
 
+/* Rows asked as LOGITS_SUMMARY: without a logits buffer the backend keeps
+ * them (logits_row gives the row of a LOGITS_ROW pass bit for bit) and each
+ * summary is the row's; outputs the batch asks for but lacks are refused
+ * before anything changes. */
+static void test_summaries(void **state)
+{
+    (void)state;
+    struct st_model *m = open_model("stories260K.gguf");
+    if (!m) skip();
+    struct backend *b = NULL;
+    struct st_errbuf eb = {{0}};
+    struct backend_config cfg = {.n_threads = 1, .max_seqs = 1, .max_ctx = 16, .max_batch = 4};
+    assert_int_equal(cpu_backend_ops.create(m, &cfg, &b, &eb), 0);
+    int V = (int)m->hp.n_vocab;
+    int32_t tok[4] = {1, 400, 300, 7}, pos[4] = {0, 1, 2, 3}, seq[4] = {0};
+    int8_t rows[4] = {0, LOGITS_ROW, 0, LOGITS_ROW}, sums[4] = {0, LOGITS_SUMMARY, 0, LOGITS_SUMMARY};
+    float *full = malloc(sizeof(float) * 2 * V), *row = malloc(sizeof(float) * V);
+    struct logits_top top[2], want;
+    struct batch bt = {.n_tokens = 4, .token = tok, .pos = pos, .seq = seq, .logits = rows};
+    assert_int_equal(cpu_backend_ops.forward(b, &bt, full), 0);
+    assert_int_equal(cpu_backend_ops.seq_truncate(b, 0, 0), 0);
+    bt.logits = sums; /* no top: refused, nothing changed */
+    assert_int_equal(cpu_backend_ops.forward(b, &bt, NULL), ST_EINVAL);
+    assert_int_equal(cpu_backend_ops.seq_len(b, 0), 0);
+    bt.top = top;
+    assert_int_equal(cpu_backend_ops.forward(b, &bt, NULL), 0);
+    for (int r = 0; r < 2; r++) {
+        assert_int_equal(cpu_backend_ops.logits_row(b, r, row), 0);
+        assert_memory_equal(row, full + (size_t)r * V, sizeof(float) * V);
+        logits_summarize(row, V, &want);
+        assert_int_equal(top[r].n, want.n);
+        assert_memory_equal(top[r].id, want.id, sizeof(want.id[0]) * want.n);
+        assert_true(top[r].sum == want.sum && top[r].max == want.max);
+    }
+    assert_int_equal(cpu_backend_ops.logits_row(b, 2, row), ST_EINVAL);
+    bt.logits = rows; /* LOGITS_ROW without a buffer */
+    assert_int_equal(cpu_backend_ops.forward(b, &bt, NULL), ST_EINVAL);
+    free(full);
+    free(row);
+    cpu_backend_ops.destroy(&b);
+    model_close(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stories_greedy), cmocka_unit_test(test_ref_models),
         cmocka_unit_test(test_incremental),    cmocka_unit_test(test_multi_seq),
         cmocka_unit_test(test_reference_path), cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_summaries),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
