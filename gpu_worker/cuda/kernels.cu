@@ -195,13 +195,19 @@ template <typename O> static __global__ void q8_k_round_kernel(const float *x, O
     round_q8_k_warp(x + blk * 256, y + blk * 256, threadIdx.x & 31);
 }
 
+/* Whether the reference rounds the input of quantized weights of type wtype
+ * to Q8_0 blocks (Q4_0..Q8_0; the k-quants take Q8_K). */
+static bool q8_0_input(int wtype)
+{
+    return wtype == QT_Q4_0 || wtype == QT_Q4_1 || wtype == QT_Q5_0 || wtype == QT_Q5_1 ||
+           wtype == QT_Q8_0;
+}
+
 /* Quantized weights' rounding (Q8_0 blocks for Q4_0..Q8_0, else Q8_K) into y. */
 template <typename O>
 static void q8_round_launch(cudaStream_t st, int wtype, const float *x, O *y, size_t total)
 {
-    bool q8_0 = wtype == QT_Q4_0 || wtype == QT_Q4_1 || wtype == QT_Q5_0 || wtype == QT_Q5_1 ||
-                wtype == QT_Q8_0;
-    if (q8_0)
+    if (q8_0_input(wtype))
         q8_0_round_kernel<O><<<(unsigned)((total / 32 + 7) / 8), 256, 0, st>>>(x, y, total / 32);
     else
         q8_k_round_kernel<O><<<(unsigned)((total / 256 + 7) / 8), 256, 0, st>>>(x, y, total / 256);
@@ -254,8 +260,7 @@ static __global__ void rmsnorm_f16_kernel(const float *x, const float *w, float 
 int k_rmsnorm_f16(cudaStream_t st, const float *x, const float *w, float *y, __half *h, int wtype,
                   int n, int dim, float eps)
 {
-    bool q8_0 = wtype == QT_Q4_0 || wtype == QT_Q4_1 || wtype == QT_Q5_0 || wtype == QT_Q5_1 ||
-                wtype == QT_Q8_0;
+    bool q8_0 = q8_0_input(wtype);
     if (dim % (q8_0 ? 32 : 256) != 0) return ST_EINVAL;
     int th = dim >= 1024 ? 1024 : (dim + 31) / 32 * 32;
     CUDA_TRY(launch_pdl(rmsnorm_f16_kernel, n, th, 0, st, x, w, y, h, dim, eps, q8_0));

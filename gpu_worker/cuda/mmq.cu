@@ -16,20 +16,16 @@
 #define MMQ_LD (MMQ_KC + 16)
 #define MMQ_THREADS 128
 
+template <int T> static bool supported_type()
+{
+    return true;
+}
+
+/* The types DISPATCH_QUANT takes: one list. */
 bool mmq_supported(int type)
 {
     switch (type) {
-    case QT_Q4_0:
-    case QT_Q4_1:
-    case QT_Q5_0:
-    case QT_Q5_1:
-    case QT_Q8_0:
-    case QT_Q2_K:
-    case QT_Q3_K:
-    case QT_Q4_K:
-    case QT_Q5_K:
-    case QT_Q6_K:
-        return true;
+        DISPATCH_QUANT_CASES(supported_type);
     default:
         return false;
     }
