@@ -54,13 +54,20 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* The tokens at the end of a history of n_history that p's penalties apply
+ * to; 0 when they change nothing. */
+static int penalty_window(const struct sample_params *p, int n_history)
+{
+    if (p->repeat_penalty == 1.0f && p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f)
+        return 0;
+    int n = p->repeat_last_n < 0 ? n_history : p->repeat_last_n;
+    return n > n_history ? n_history : n < 0 ? 0 : n;
+}
+
 void sample_apply_penalties(const struct sample_params *p, float *logits, int n_vocab,
                             const int32_t *history, int n_history)
 {
-    if (p->repeat_penalty == 1.0f && p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f)
-        return;
-    int n = p->repeat_last_n < 0 ? n_history : p->repeat_last_n;
-    if (n > n_history) n = n_history;
+    int n = penalty_window(p, n_history);
     if (n <= 0) return;
     int32_t *w = malloc(sizeof(int32_t) * (size_t)n);
     if (!w) return; /* penalties are best effort under memory exhaustion */
@@ -122,6 +129,17 @@ static int best_k(const float *logits, int n_vocab, int k, struct cand *c)
     return n;
 }
 
+/* out's alternatives: the candidates c[0..n) (best first) with log-probabilities
+ * logit - lse. */
+static void put_top(struct sample_result *out, const struct cand *c, int n, double lse)
+{
+    for (int i = 0; i < n; i++) {
+        out->top_ids[i] = c[i].id;
+        out->top_logprobs[i] = (float)(c[i].logit - lse);
+    }
+    out->n_top = n;
+}
+
 static void fill_logprobs(const float *logits, int n_vocab, int32_t token, int n_top,
                           struct sample_result *out)
 {
@@ -135,12 +153,7 @@ static void fill_logprobs(const float *logits, int n_vocab, int32_t token, int n
     if (n_top > SAMPLE_MAX_TOP) n_top = SAMPLE_MAX_TOP;
     if (n_top <= 0) return;
     struct cand c[SAMPLE_MAX_TOP];
-    int n = best_k(logits, n_vocab, n_top < n_vocab ? n_top : n_vocab, c);
-    for (int i = 0; i < n; i++) {
-        out->top_ids[i] = c[i].id;
-        out->top_logprobs[i] = (float)(c[i].logit - lse);
-    }
-    out->n_top = n;
+    put_top(out, c, best_k(logits, n_vocab, n_top < n_vocab ? n_top : n_vocab, c), lse);
 }
 
 /* Move the k best of c[0..n) to the front (unordered): quickselect. */
@@ -198,15 +211,6 @@ static int32_t draw(const struct cand *c, int n, const float *logits, float mx, 
         if (u < acc) return c ? c[i].id : i;
     }
     return c ? c[n - 1].id : n - 1;
-}
-
-/* Whether the penalties of p change anything for a history of n_history. */
-static bool penalties_apply(const struct sample_params *p, int n_history)
-{
-    if (p->repeat_penalty == 1.0f && p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f)
-        return false;
-    int n = p->repeat_last_n < 0 ? n_history : p->repeat_last_n;
-    return (n > n_history ? n_history : n) > 0;
 }
 
 /* The top_p cut (by the temperature-1 mass with normalizer sum) and the
@@ -308,14 +312,14 @@ void logits_summarize(const float *logits, int n_vocab, struct logits_top *t)
 
 bool sample_top_decides(const struct sample_params *p, int n_history, int n_vocab)
 {
-    if (penalties_apply(p, n_history)) return false;
+    if (penalty_window(p, n_history) > 0) return false;
     return p->temperature <= 0.0f ||
            (p->top_k > 0 && p->top_k <= LOGITS_TOP && p->top_k < n_vocab);
 }
 
 bool sample_top_may_decide(const struct sample_params *p, int n_history)
 {
-    if (penalties_apply(p, n_history)) return false;
+    if (penalty_window(p, n_history) > 0) return false;
     return p->temperature <= 0.0f || (p->top_k > 0 && p->top_k <= LOGITS_TOP) ||
            p->top_p < 1.0f || p->min_p > 0.0f;
 }
@@ -323,7 +327,7 @@ bool sample_top_may_decide(const struct sample_params *p, int n_history)
 int32_t sample_from_top(const struct sample_params *p, const struct logits_top *t,
                         int n_history, int64_t position, int n_top, struct sample_result *out)
 {
-    if (t->n < 1 || penalties_apply(p, n_history)) return -1;
+    if (t->n < 1 || penalty_window(p, n_history) > 0) return -1;
     struct cand c[LOGITS_TOP];
     for (int i = 0; i < t->n; i++)
         c[i] = (struct cand){t->logit[i], t->id[i]};
@@ -365,11 +369,7 @@ int32_t sample_from_top(const struct sample_params *p, const struct logits_top *
     for (int i = 0; i < t->n; i++)
         if (c[i].id == tok) out->logprob = (float)(c[i].logit - lse);
     if (n_top > SAMPLE_MAX_TOP) n_top = SAMPLE_MAX_TOP;
-    for (int i = 0; i < n_top && i < t->n; i++) {
-        out->top_ids[i] = c[i].id;
-        out->top_logprobs[i] = (float)(c[i].logit - lse);
-        out->n_top = i + 1;
-    }
+    put_top(out, c, n_top < t->n ? n_top : t->n, lse);
     return tok;
 }
 

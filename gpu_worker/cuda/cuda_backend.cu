@@ -583,6 +583,23 @@ static int mm_dequant(struct backend *b, const struct cmat *W, const float *x, f
     return 0;
 }
 
+/* The arguments of one product y = W x for a batch of at most MATVEC_MAX_N
+ * tokens (one segment; x: the input as the float kernels read it). */
+static struct mv_args mv_one(const struct cmat *W, int n, const float *x, float *y)
+{
+    struct mv_args a;
+    memset(&a, 0, sizeof(a));
+    a.nseg = 1;
+    a.K = W->K;
+    a.n = n;
+    a.x = x;
+    a.seg[0].w = W->w;
+    a.seg[0].type = W->type;
+    a.seg[0].N = W->N;
+    a.seg[0].y = y;
+    return a;
+}
+
 /* y[n][W.N] = x[n][W.K] W^T with the reference's activation rounding. Serving:
  * matrix-vector kernels up to MATVEC_MAX_N tokens; larger batches decode a
  * quantized W to half for cuBLAS (below gemm_min_n, when
@@ -602,20 +619,11 @@ static int mm(struct backend *b, const struct cmat *W, const float *x, float *y,
         return k_mmq(b->st, W->w, W->type, W->N, W->K, &b->mq, y);
     }
     if (n <= MATVEC_MAX_N) {
-        struct mv_args a;
-        memset(&a, 0, sizeof(a));
-        a.nseg = 1;
-        a.K = W->K;
-        a.n = n;
-        a.seg[0].w = W->w;
-        a.seg[0].type = W->type;
-        a.seg[0].N = W->N;
-        a.seg[0].y = y;
+        struct mv_args a = mv_one(W, n, x, y);
         if (mmq_supported(W->type)) {
             ST_TRY(quantize_input(b, W, x, n));
             return k_mvq(b->st, &a, &b->mq);
         }
-        a.x = x;
         int cls = act_class(W->type);
         if (cls != 0 && x == b->memo_src && cls == b->memo_cls && n == b->memo_n) {
             a.x = b->xr;
@@ -703,17 +711,8 @@ static int mv_small(struct backend *b, const struct mv_args *a, const struct mmq
 static int mv_residual(struct backend *b, const struct cmat *W, const float *y, int n,
                        bool quantized)
 {
-    struct mv_args a;
-    memset(&a, 0, sizeof(a));
-    a.nseg = 1;
-    a.K = W->K;
-    a.n = n;
+    struct mv_args a = mv_one(W, n, y, b->x);
     a.add = 1;
-    a.x = y;
-    a.seg[0].w = W->w;
-    a.seg[0].type = W->type;
-    a.seg[0].N = W->N;
-    a.seg[0].y = b->x;
     if (mmq_supported(W->type)) {
         if (!quantized) {
             ST_TRY(k_mmq_quantize(b->st, mmq_class(W->type), y, n, W->K, &b->mq));
@@ -788,21 +787,12 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
         ST_TRY(k_swiglu_fast(st, L->gate.w, L->up.w, L->gate.type, L->gate.N, D, b->xr, b->xr, n,
                              b->g));
     } else { /* mixed types: the two products, then SwiGLU */
-        struct mv_args a;
-        memset(&a, 0, sizeof(a));
-        a.nseg = 1;
-        a.K = D;
-        a.n = n;
         const struct cmat *W[2] = {&L->gate, &L->up};
         float *out[2] = {b->g, b->u};
         const float *xin[2] = {b->xr, cu != cg ? b->xr2 : b->xr};
         const struct mmq_act *qin[2] = {&b->mq, qu};
         for (int i = 0; i < 2; i++) {
-            a.x = xin[i];
-            a.seg[0].w = W[i]->w;
-            a.seg[0].type = W[i]->type;
-            a.seg[0].N = W[i]->N;
-            a.seg[0].y = out[i];
+            struct mv_args a = mv_one(W[i], n, xin[i], out[i]);
             ST_TRY(mv_small(b, &a, qin[i]));
         }
         ST_TRY(k_swiglu(st, b->g, b->u, b->g, (size_t)n * L->gate.N, false));
@@ -898,19 +888,17 @@ static int run_forward(struct backend *b, int n, int n_out, const int32_t *d_tok
     return 0;
 }
 
-/* Logits rows [r0, r0 + nr) to logits + r0 rows: straight into pinned
- * memory, else through the pinned staging buffer. */
-static int copy_rows(struct backend *b, float *logits, int r0, int nr)
+/* Logits rows [r0, r0 + nr) to logits + r0 rows: into pinned memory
+ * straight (queued; the caller synchronizes), else through the pinned
+ * staging buffer. */
+static int copy_rows(struct backend *b, float *logits, bool pinned, int r0, int nr)
 {
     size_t row = (size_t)b->hp.n_vocab;
-    cudaPointerAttributes pa;
-    if (cudaPointerGetAttributes(&pa, logits) == cudaSuccess && pa.type == cudaMemoryTypeHost) {
+    if (pinned) {
         CUDA_TRY(cudaMemcpyAsync(logits + row * r0, b->lg + row * r0, sizeof(float) * row * nr,
                                  cudaMemcpyDeviceToHost, b->st));
-        CUDA_TRY(cudaStreamSynchronize(b->st));
         return 0;
     }
-    (void)cudaGetLastError(); /* a pageable pointer is not an error */
     for (int r = r0; r < r0 + nr; r += LG_STAGE_ROWS) {
         int n = r0 + nr - r < LG_STAGE_ROWS ? r0 + nr - r : LG_STAGE_ROWS;
         CUDA_TRY(cudaMemcpyAsync(b->h_lg, b->lg + row * r, sizeof(float) * row * n,
@@ -928,19 +916,25 @@ static int deliver_logits(struct backend *b, const struct batch *bt, const int32
                           int n_out, float *logits)
 {
     int V = (int)b->hp.n_vocab;
-    bool gpu_top = bt->top && b->d_top;
+    bool gpu_top = bt->top && b->d_top, every_row = bt->top && !gpu_top;
     if (gpu_top) {
         ST_TRY(k_logits_top(b->st, b->lg, n_out, V, b->top_scratch, b->d_top));
         CUDA_TRY(cudaMemcpyAsync(b->h_top, b->d_top, sizeof(struct logits_top) * n_out,
                                  cudaMemcpyDeviceToHost, b->st));
     }
-    for (int r = 0; r < n_out;) {
-        bool want = bt->logits[orow[r]] == LOGITS_ROW || (bt->top && !gpu_top);
+    bool pinned = false;
+    if (logits) {
+        cudaPointerAttributes pa;
+        pinned = cudaPointerGetAttributes(&pa, logits) == cudaSuccess &&
+                 pa.type == cudaMemoryTypeHost;
+        if (!pinned) (void)cudaGetLastError(); /* a pageable pointer is not an error */
+    }
+    for (int r = 0; r < n_out;) { /* runs of rows copied / not copied */
+        bool want = every_row || bt->logits[orow[r]] == LOGITS_ROW;
         int e = r + 1;
-        while (e < n_out &&
-               (bt->logits[orow[e]] == LOGITS_ROW || (bt->top && !gpu_top)) == want)
+        while (e < n_out && (every_row || bt->logits[orow[e]] == LOGITS_ROW) == want)
             e++;
-        if (want) ST_TRY(copy_rows(b, logits, r, e - r));
+        if (want) ST_TRY(copy_rows(b, logits, pinned, r, e - r));
         r = e;
     }
     CUDA_TRY(cudaStreamSynchronize(b->st));

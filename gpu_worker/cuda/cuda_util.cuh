@@ -66,6 +66,21 @@ static __device__ __forceinline__ float warp_max(float v)
     return v;
 }
 
+/* Max (MAX) or sum over the block (red: a float per
+ * warp in shared memory), the same value and order in every thread. */
+template <bool MAX> static __device__ __forceinline__ float block_reduce(float v, float *red)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = MAX ? warp_max(v) : warp_sum(v);
+    __syncthreads(); /* red may still be read by a previous call */
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float r = red[0];
+    for (int i = 1; i < nw; i++)
+        r = MAX ? fmaxf(r, red[i]) : r + red[i];
+    return r;
+}
+
 /* Sum of acc[t] over the wpr warps (1, 2 or 4) that share a row in a block of
  * 4 warps: complete in the row's first warp (warp % wpr == 0); every thread
  * of the block must call it. */

@@ -1,6 +1,7 @@
 /* The worker's CUDA kernels (see kernels.cuh). */
 #include "gpu_worker/cuda/cuda_util.cuh"
 #include "gpu_worker/cuda/kernels.cuh"
+#include "gpu_worker/cuda/mmq.cuh"
 #include "gpu_worker/cuda/quant.cuh"
 
 #include <cuda_bf16.h>
@@ -104,10 +105,16 @@ static __global__ void rmsnorm_kernel(const float *x, const float *w, float *y, 
     rmsnorm_row(x + (size_t)blockIdx.x * dim, w, y + (size_t)blockIdx.x * dim, dim, eps, cls);
 }
 
+/* Threads of a block that takes one row of dim: one per element, at most 1024. */
+static int row_threads(int dim)
+{
+    return dim >= 1024 ? 1024 : (dim + 31) / 32 * 32;
+}
+
 static int rmsnorm_launch(cudaStream_t st, const float *x, const float *w, float *y, int n, int dim,
                           float eps, int cls)
 {
-    int th = dim >= 1024 ? 1024 : (dim + 31) / 32 * 32;
+    int th = row_threads(dim);
     CUDA_TRY(launch_pdl(rmsnorm_kernel, n, th, 0, st, x, w, y, dim, eps, cls));
     return 0;
 }
@@ -195,19 +202,11 @@ template <typename O> static __global__ void q8_k_round_kernel(const float *x, O
     round_q8_k_warp(x + blk * 256, y + blk * 256, threadIdx.x & 31);
 }
 
-/* Whether the reference rounds the input of quantized weights of type wtype
- * to Q8_0 blocks (Q4_0..Q8_0; the k-quants take Q8_K). */
-static bool q8_0_input(int wtype)
-{
-    return wtype == QT_Q4_0 || wtype == QT_Q4_1 || wtype == QT_Q5_0 || wtype == QT_Q5_1 ||
-           wtype == QT_Q8_0;
-}
-
 /* Quantized weights' rounding (Q8_0 blocks for Q4_0..Q8_0, else Q8_K) into y. */
 template <typename O>
 static void q8_round_launch(cudaStream_t st, int wtype, const float *x, O *y, size_t total)
 {
-    if (q8_0_input(wtype))
+    if (mmq_class(wtype) == 3)
         q8_0_round_kernel<O><<<(unsigned)((total / 32 + 7) / 8), 256, 0, st>>>(x, y, total / 32);
     else
         q8_k_round_kernel<O><<<(unsigned)((total / 256 + 7) / 8), 256, 0, st>>>(x, y, total / 256);
@@ -260,9 +259,9 @@ static __global__ void rmsnorm_f16_kernel(const float *x, const float *w, float 
 int k_rmsnorm_f16(cudaStream_t st, const float *x, const float *w, float *y, __half *h, int wtype,
                   int n, int dim, float eps)
 {
-    bool q8_0 = q8_0_input(wtype);
+    bool q8_0 = mmq_class(wtype) == 3;
     if (dim % (q8_0 ? 32 : 256) != 0) return ST_EINVAL;
-    int th = dim >= 1024 ? 1024 : (dim + 31) / 32 * 32;
+    int th = row_threads(dim);
     CUDA_TRY(launch_pdl(rmsnorm_f16_kernel, n, th, 0, st, x, w, y, h, dim, eps, q8_0));
     return 0;
 }
@@ -385,20 +384,6 @@ int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n
 
 #define ATT_MAXD 256               /* head_dim */
 #define ATT_REF_ND (ATT_MAXD / 32) /* values per lane in the reference kernel */
-
-/* Max (MAX) or sum over the block, the same value and order in every thread. */
-template <bool MAX> static __device__ __forceinline__ float block_reduce(float v, float *red)
-{
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = MAX ? warp_max(v) : warp_sum(v);
-    __syncthreads(); /* red may still be read by a previous call */
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    float r = red[0];
-    for (int i = 1; i < nw; i++)
-        r = MAX ? fmaxf(r, red[i]) : r + red[i];
-    return r;
-}
 
 /* Fast attention (head_dim % 8 == 0): block = (head, token), TP threads,
  * positions in tiles of TP (256 for batches of up to MATVEC_MAX_N tokens,
@@ -716,7 +701,7 @@ static __global__ void norm_quant_kernel(const float *x, const float *w, float e
 int k_norm_quant(cudaStream_t st, const float *x, const float *w, float eps, int n, int D, int cls,
                  struct mmq_act *q)
 {
-    int th = D >= 1024 ? 1024 : (D + 31) / 32 * 32, npt = (D + th - 1) / th;
+    int th = row_threads(D), npt = (D + th - 1) / th;
     if ((cls != 3 && cls != 4) || D % (cls == 4 ? 256 : 32) != 0 || npt > 16) {
         log_error("cuda: norm_quant: class %d with a row of %d", cls, D);
         return ST_EINVAL;

@@ -48,20 +48,6 @@ static __device__ __forceinline__ struct chunk_stat stat_merge(struct chunk_stat
     return o;
 }
 
-/* Block-wide max (op 0) or sum (op 1) of v, in every thread. */
-static __device__ float block_reduce(float v, int op, float *sh)
-{
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = op ? warp_sum(v) : warp_max(v);
-    __syncthreads(); /* sh may still be read by a previous call */
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    v = sh[0];
-    for (int w = 1; w < TOPK_THREADS / 32; w++)
-        v = op ? v + sh[w] : fmaxf(v, sh[w]);
-    return v;
-}
-
 static __device__ struct chunk_stat block_stat(struct chunk_stat s, struct chunk_stat *sh)
 {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -173,12 +159,12 @@ static __global__ void __launch_bounds__(TOPK_THREADS)
     }
     /* the chunk's max and sum in float (double exps here cost as much as
      * the selection, ncu); the rows' merge of the chunks is in double */
-    m = block_reduce(m, 0, sh);
+    m = block_reduce<true>(m, sh);
     float part = 0.f;
 #pragma unroll
     for (int j = 0; j < TOPK_PER; j++)
         if (key[j] && m != -INFINITY) part += expf(key_logit(key[j]) - m);
-    struct chunk_stat s = {m, block_reduce(part, 1, sh)};
+    struct chunk_stat s = {m, block_reduce<false>(part, sh)};
     uint64_t *out = cand + ((size_t)r * nchunk + c) * LOGITS_TOP;
     int n = select_top(key, sm, out);
     for (int i = n + (int)threadIdx.x; i < LOGITS_TOP; i += TOPK_THREADS)
