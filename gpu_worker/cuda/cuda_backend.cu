@@ -724,12 +724,13 @@ static int mv_residual(struct backend *b, const struct cmat *W, const float *y, 
     return mv_small(b, &a, &b->mq);
 }
 
-/* One layer for a batch of at most MATVEC_MAX_N tokens, 9 kernels for a
+/* One layer for a batch of at most MATVEC_MAX_N tokens, 8 kernels for a
  * quantized model: norm with the input's quantization, q/k/v in one launch
- * (with their biases; two types in one launch for the pairs k_mvq knows),
- * rope with the cache store, attention (quantizing its output for Q4_0..Q8_0
- * o; a k-quant o adds a quantization kernel), o (residual add in the
- * product), norm, gate/up with SwiGLU, quantization of its output, down. */
+ * (with their biases; two types in one launch for the pairs k_mvq knows)
+ * whose epilogue does rope and the cache store, attention (quantizing its
+ * output for Q4_0..Q8_0 o; a k-quant o adds a quantization kernel), o
+ * (residual add in the product), norm, gate/up with SwiGLU, quantization of
+ * its output, down. */
 static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
                        const int32_t *d_pos, const int32_t *d_seq)
 {
@@ -740,6 +741,23 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
     float *ys[3] = {b->q, b->k, b->v};
     const float *bs[3] = {L->bq, L->bk, L->bv};
     bool done[3] = {false, false, false};
+    __half *kc = b->kc + (size_t)l * b->kv_dim, *vc = b->vc + (size_t)l * b->kv_dim;
+    /* the products rotate q and k and store k and v in the cache themselves
+     * (struct mv_rope) unless q/k norms come between or a product is float */
+    struct mv_rope rope = {};
+    if (!L->qn && b->rope_tab && hp->rope_dim % 2 == 0 && mmq_supported(L->q.type) &&
+        mmq_supported(L->k.type) && mmq_supported(L->v.type)) {
+        rope.tab = b->rope_tab;
+        rope.kc = kc;
+        rope.vc = vc;
+        rope.kl = b->kl;
+        rope.pos = d_pos;
+        rope.seq = d_seq;
+        rope.hd = hd;
+        rope.rope_dim = (int)hp->rope_dim;
+        rope.kind = (int)hp->rope_kind;
+    }
+    static const int roles[3] = {MV_ROPE_Q, MV_ROPE_K, MV_CACHE_V};
     for (int i = 0; i < 3; i++) {
         if (done[i]) continue;
         int c = act_class(qkv[i]->type);
@@ -749,6 +767,7 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
         a.K = D;
         a.n = n;
         a.x = b->xr;
+        a.rope = rope;
         for (int j = i; j < 3; j++) {
             if (done[j] || act_class(qkv[j]->type) != c) continue;
             a.seg[a.nseg].w = qkv[j]->w;
@@ -756,6 +775,7 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
             a.seg[a.nseg].N = qkv[j]->N;
             a.seg[a.nseg].y = ys[j];
             a.seg[a.nseg].bias = bs[j];
+            a.seg[a.nseg].role = rope.tab ? roles[j] : MV_PLAIN;
             a.nseg++;
             done[j] = true;
         }
@@ -765,11 +785,10 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
         ST_TRY(k_rmsnorm(st, b->q, L->qn, b->q, n * (int)hp->n_heads, hd, hp->rms_eps));
         ST_TRY(k_rmsnorm(st, b->k, L->kn, b->k, n * (int)hp->n_kv_heads, hd, hp->rms_eps));
     }
-    __half *kc = b->kc + (size_t)l * b->kv_dim, *vc = b->vc + (size_t)l * b->kv_dim;
-    ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, qkv_bias{}, n, (int)hp->n_heads,
-                        (int)hp->n_kv_heads, hd,
-                        (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->rope_tab, b->kl,
-                        d_pos, d_seq));
+    if (!rope.tab)
+        ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, qkv_bias{}, n, (int)hp->n_heads,
+                            (int)hp->n_kv_heads, hd, (int)hp->rope_dim, (int)hp->rope_kind,
+                            hp->rope_base, b->rope_tab, b->kl, d_pos, d_seq));
     /* the attention kernel quantizes its output for o when it can */
     bool att_q = act_class(L->o.type) == 3 && hd % 32 == 0;
     if (att_q) b->mq_src = NULL;

@@ -444,28 +444,69 @@ static __global__ void __launch_bounds__(TP)
         ws[tid] = w;
         l = l * corr + block_reduce<false>(w, red); /* its barriers publish ws */
         float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        if (pg < PG) {
+        /* decode tiles (TP 256, a few blocks): all of a thread's positions (at
+         * most G <= GMAX) with their loads in flight and the partial sums
+         * added in two steps, to shorten the chain of dependent steps; prompt
+         * tiles (many blocks) keep fewer registers */
+        constexpr bool DEC = TP == 256;
+        if (pg < PG && !DEC) {
 #pragma unroll 4
             for (int p = pg; p < cnt; p += PG) {
                 uint4 u = *(const uint4 *)(vb + (size_t)(p0 + p) * kl.pstride);
                 const __half2 *h2 = (const __half2 *)&u;
                 const float wp = ws[p];
 #pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    float2 f = __half22float2(h2[k]);
-                    acc[2 * k] += wp * f.x;
-                    acc[2 * k + 1] += wp * f.y;
+                for (int j = 0; j < 4; j++) {
+                    float2 f = __half22float2(h2[j]);
+                    acc[2 * j] += wp * f.x;
+                    acc[2 * j + 1] += wp * f.y;
                 }
             }
+        } else if (pg < PG) {
+            constexpr int NV = GMAX <= 16 ? GMAX : 4;
+            for (int p = pg; p < cnt; p += NV * PG) {
+                uint4 u[NV];
+#pragma unroll
+                for (int k = 0; k < NV; k++)
+                    if (p + k * PG < cnt)
+                        u[k] = *(const uint4 *)(vb + (size_t)(p0 + p + k * PG) * kl.pstride);
+#pragma unroll
+                for (int k = 0; k < NV; k++) {
+                    if (p + k * PG >= cnt) break;
+                    const __half2 *h2 = (const __half2 *)&u[k];
+                    const float wp = ws[p + k * PG];
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        float2 f = __half22float2(h2[j]);
+                        acc[2 * j] += wp * f.x;
+                        acc[2 * j + 1] += wp * f.y;
+                    }
+                }
+            }
+        }
+        if (pg < PG)
 #pragma unroll
             for (int k = 0; k < 8; k++)
                 vpart[pg * hd + 8 * g + k] = acc[k];
-        }
         __syncthreads();
+        /* the PG partial sums of each element: nparts threads per element
+         * take every nparts-th, then one thread adds theirs (in ws) */
+        const int nparts = DEC ? TP / hd : 1, part = tid / hd, e = tid - part * hd;
+        if (DEC && part < nparts) {
+            float sum = 0.f;
+            for (int r = part; r < PG; r += nparts)
+                sum += vpart[r * hd + e];
+            ws[tid] = sum;
+        }
+        if (DEC) __syncthreads();
         if (tid < hd) {
             float sum = 0.f;
-            for (int r = 0; r < PG; r++)
-                sum += vpart[r * hd + tid];
+            if (DEC)
+                for (int k = 0; k < nparts; k++)
+                    sum += ws[k * hd + tid];
+            else
+                for (int r = 0; r < PG; r++)
+                    sum += vpart[r * hd + tid];
             o = o * corr + sum;
         }
         __syncthreads(); /* vpart and ws are rewritten by the next tile */

@@ -85,19 +85,35 @@ int k_norm_quant(cudaStream_t st, const float *x, const float *w, float eps, int
                  struct mmq_act *q);
 /* Up to 3 matrices with the same K in one launch per weight type: rows of
  * seg 0, then seg 1... y[t][r] = (add ? y[t][r] : 0) + W_r . x[t] + (bias ?
- * bias[r] : 0). Float weights: k_matvec_fast; quantized: k_mvq (mvq.cuh). */
+ * bias[r] : 0). Float weights: k_matvec_fast; quantized: k_mvq (mvq.cuh).
+ *
+ * With rope.tab set (k_mvq only), the q/k/v product does k_rope_store's work
+ * in its epilogue, with the same arithmetic: a MV_ROPE_Q segment's rows
+ * (heads of rope.hd) are rotated into y, a MV_ROPE_K segment's rotated into
+ * the cache rope.kc and a MV_CACHE_V segment's stored into rope.vc, at each
+ * token's (seq, pos). */
+enum mv_role { MV_PLAIN = 0, MV_ROPE_Q, MV_ROPE_K, MV_CACHE_V };
 struct mv_seg {
     const void *w;
     int type, N;
     size_t rb;         /* filled by the launchers */
     float *y;          /* [n][N] */
     const float *bias; /* [N] or NULL */
+    int role;          /* enum mv_role */
+};
+struct mv_rope {
+    const float2 *tab; /* (cos, sin) [pos][rope_dim / 2]; NULL: no rope epilogue */
+    __half *kc, *vc;   /* this layer's cache */
+    struct kv_layout kl;
+    const int32_t *pos, *seq;
+    int hd, rope_dim, kind; /* kind: enum rope_kind */
 };
 struct mv_args {
     struct mv_seg seg[3];
     int nseg, K, n, add;
     int wpr;        /* warps per row, filled by k_matvec_fast */
     const float *x; /* [n][K], already rounded for the weights' class (k_matvec_fast) */
+    struct mv_rope rope;
 };
 #ifdef __CUDACC__
 /* Row `row` of the concatenated segments: its matrix, output and bias. */
@@ -105,7 +121,7 @@ struct seg_row {
     const uint8_t *w;
     float *y;
     const float *bias;
-    int N, r, type;
+    int N, r, type, role;
 };
 
 static __device__ __forceinline__ struct seg_row find_row(const struct mv_args &a, int row)
@@ -127,6 +143,14 @@ static __device__ __forceinline__ struct seg_row find_row(const struct mv_args &
     o.N = g.N;
     o.r = row;
     o.type = g.type;
+    o.role = g.role;
+    if (a.rope.tab && a.rope.kind == 1 /* NEOX */ && (g.role == MV_ROPE_Q || g.role == MV_ROPE_K) &&
+        row < g.N) {
+        /* NEOX pairs (i, i + rope_dim / 2) of a head on adjacent rows of the block */
+        int j = row % a.rope.hd;
+        if (j < a.rope.rope_dim) o.r = row - j + (j >> 1) + (j & 1) * (a.rope.rope_dim / 2);
+        o.w = (const uint8_t *)g.w + (size_t)o.r * g.rb;
+    }
     return o;
 }
 #endif

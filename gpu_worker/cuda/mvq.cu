@@ -285,10 +285,56 @@ static __device__ __forceinline__ void row_dotq(const uint8_t *__restrict__ w, c
     }
 }
 
+/* The rope epilogue (kernels.cuh, struct mv_rope): lane t of a row's first
+ * warp holds token t's value v (bias added); a rotated row's partner is the
+ * block's adjacent row slot (find_row puts NEOX pairs there, wpr <= 2). The
+ * arithmetic is k_rope_store's. Every thread of the block calls it. */
+template <int NT>
+static __device__ __forceinline__ void rope_epilogue(const struct mv_args &a, const seg_row &me,
+                                                     const float (&v)[NT], int n, int slot,
+                                                     bool writer)
+{
+    __shared__ float xch[MVQ_WARPS][NT];
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        if (writer && lane == t && t < n) xch[slot][t] = v[t];
+    __syncthreads();
+    if (!writer) return;
+    const struct mv_rope &rp = a.rope;
+    const int half_rd = rp.rope_dim / 2;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        if (lane != t || t >= n) continue;
+        const int P = rp.pos[t];
+        const size_t dst = (size_t)rp.seq[t] * rp.kl.sstride + (size_t)P * rp.kl.pstride;
+        float out = v[t];
+        const int j = me.r % rp.hd;
+        if (me.role != MV_CACHE_V && j < rp.rope_dim) {
+            const bool first = rp.kind == 1 ? j < half_rd : (j & 1) == 0;
+            const int i = rp.kind == 1 ? (first ? j : j - half_rd) : j >> 1;
+            const float2 c = rp.tab[(size_t)P * half_rd + i];
+            const float o = xch[slot ^ 1][t];
+            const float x0 = first ? v[t] : o, x1 = first ? o : v[t];
+            out = first ? __fmaf_rn(x0, c.x, -__fmul_rn(x1, c.y))
+                        : __fmaf_rn(x0, c.y, __fmul_rn(x1, c.x));
+        }
+        if (me.role == MV_ROPE_Q)
+            me.y[(size_t)t * me.N + me.r] = out;
+        else if (me.role == MV_ROPE_K)
+            rp.kc[dst + me.r] = __float2half_rn(out);
+        else if (me.role == MV_CACHE_V)
+            rp.vc[dst + me.r] = __float2half_rn(out);
+        else
+            me.y[(size_t)t * me.N + me.r] = out;
+    }
+}
+
 /* Block = MVQ_WARPS / wpr rows of the segments, wpr warps per row; lane t of
  * a row's first warp writes token t. Segments of type T, or (T2 != T) of T
- * and T2: q/k/v of two types in one launch. */
-template <int T, int T2, int NT>
+ * and T2: q/k/v of two types in one launch. ROPE: the rope epilogue (a.rope
+ * set), a separate instance so that the other products keep their registers. */
+template <int T, int T2, int NT, bool ROPE>
 static __global__ void __launch_bounds__(MVQ_WARPS * 32)
     mvq_kernel(struct mv_args a, struct xq_view x, int n, int wpr)
 {
@@ -305,6 +351,13 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
         row_dotq<T2, NT>(me.w, x, n, acc, sub * 32 + lane, 32 * wpr);
     griddep_wait(); /* (threads without units: before the writes) */
     rows_reduce<NT>(acc, wpr);
+    if (ROPE) {
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            if (me.w && me.bias) acc[t] += me.bias[me.r];
+        rope_epilogue<NT>(a, me, acc, n, warp / wpr, me.w && sub == 0);
+        return;
+    }
     if (!me.w || sub != 0) return;
 #pragma unroll
     for (int t = 0; t < NT; t++) {
@@ -314,6 +367,27 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
             float *yp = me.y + (size_t)t * me.N + me.r;
             *yp = a.add ? *yp + v : v;
         }
+    }
+}
+
+/* ag[t] += gate row wg . xg[t], au[t] += up row wu . xu[t]: one unit of each
+ * in flight, both issued before the wait, in row_dotq's order per lane (so
+ * the same sums as two row_dotq calls). */
+template <int T, int NT>
+static __device__ __forceinline__ void rows_dotq2(const uint8_t *__restrict__ wg,
+                                                  const uint8_t *__restrict__ wu,
+                                                  const xq_view &xg, const xq_view &xu, int n,
+                                                  float (&ag)[NT], float (&au)[NT], int lane,
+                                                  int step)
+{
+    const int nu = xg.K / 32;
+    for (int u = lane; u < nu; u += step) {
+        uraw rg, ru;
+        unit_load<T>(wg + unit_off<T>(u), u & 7, rg);
+        unit_load<T>(wu + unit_off<T>(u), u & 7, ru);
+        if (u == lane) griddep_wait();
+        unit_dot<T, NT>(rg, xg, u, n, ag, true);
+        unit_dot<T, NT>(ru, xu, u, n, au, true);
     }
 }
 
@@ -329,7 +403,14 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
 #pragma unroll
     for (int t = 0; t < NT; t++)
         ag[t] = au[t] = 0.f;
-    if (row < N) {
+    /* Gate and up together where a lane has one unit of each (short rows:
+     * row_dotq would leave its second load slot empty and load up after the
+     * wait) or several tokens share the loads; one row after the other for
+     * long rows at batch 1 (7B: 397 vs 384 tok/s). Both give the same sums. */
+    if (row < N && (NT > 1 || xg.K / 32 <= 32 * wpr)) {
+        rows_dotq2<T, NT>(wg + (size_t)row * rb, wu + (size_t)row * rb, xg, xu, n, ag, au,
+                          sub * 32 + lane, 32 * wpr);
+    } else if (row < N) {
         row_dotq<T, NT>(wg + (size_t)row * rb, xg, n, ag, sub * 32 + lane, 32 * wpr);
         row_dotq<T, NT>(wu + (size_t)row * rb, xu, n, au, sub * 32 + lane, 32 * wpr);
     }
@@ -375,16 +456,23 @@ template <int T, int T2 = T>
 static int mvq_launch(cudaStream_t st, const struct mv_args *a, int rows, const struct xq_view &x,
                       int n)
 {
-    int wpr = mvq_wpr(rows, a->K), rpb = MVQ_WARPS / wpr;
+    int wpr = mvq_wpr(rows, a->K);
+    if (a->rope.tab && wpr > 2) wpr = 2; /* rope pairs in one block */
+    int rpb = MVQ_WARPS / wpr;
     unsigned grid = (unsigned)((rows + rpb - 1) / rpb);
+    const bool rope = a->rope.tab != NULL;
+#define MVQ_GO(NT)                                                                                 \
+    CUDA_TRY(launch_pdl(rope ? mvq_kernel<T, T2, NT, true> : mvq_kernel<T, T2, NT, false>, grid,  \
+                        MVQ_WARPS * 32, 0, st, *a, x, n, wpr))
     if (n == 1)
-        CUDA_TRY(launch_pdl(mvq_kernel<T, T2, 1>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
+        MVQ_GO(1);
     else if (n == 2)
-        CUDA_TRY(launch_pdl(mvq_kernel<T, T2, 2>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
+        MVQ_GO(2);
     else if (n <= 4)
-        CUDA_TRY(launch_pdl(mvq_kernel<T, T2, 4>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
+        MVQ_GO(4);
     else
-        CUDA_TRY(launch_pdl(mvq_kernel<T, T2, 8>, grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
+        MVQ_GO(8);
+#undef MVQ_GO
     return 0;
 }
 

@@ -23,7 +23,8 @@
 
 /* y[t][r] = (add ? y : 0) + W_r . x[t] + bias[r] for the segments of a (all
  * quantized, of x's activation class; a->x is not read), x->n <= MATVEC_MAX_N
- * tokens of a->K elements. One launch per weight type among the segments. */
+ * tokens of a->K elements. One launch per weight type among the segments.
+ * With a->rope set, q/k/v with rope and the cache store (kernels.cuh). */
 int k_mvq(cudaStream_t st, const struct mv_args *a, const struct mmq_act *x);
 /* h[t][r] = silu(Wg_r . xg[t]) * (Wu_r . xu[t]); gate and up of one
  * quantized type (xg and xu may be the same). */
