@@ -212,6 +212,53 @@ static void test_mmq_types(void **state)
     }
 }
 
+/* The decode kernels on rows long enough to be split over 2 and 4 warps
+ * (mvq.cu's mvq_wpr; test_mmq_types' rows take one warp each): against the
+ * reference, and each token's bits the same in batches of 8, 3 and 1. */
+static void test_mvq_split_rows(void **state)
+{
+    if (!gpu_or_skip()) skip();
+    static const struct {
+        uint32_t t;
+        int K, N;
+    } cases[] = {
+        {GGML_TYPE_Q4_K, 2048, 70}, /* 64 units per row: 2 warps */
+        {GGML_TYPE_Q6_K, 4864, 37}, /* 152 units (the 0.5B down shape's rows): 4 warps */
+        {GGML_TYPE_Q5_0, 4864, 9},  /* 2-byte aligned blocks, 4 warps */
+    };
+    uint64_t seed = 0x2545f4914f6cdd1dull;
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        uint32_t t = cases[c].t;
+        int K = cases[c].K, N = cases[c].N, n = 8;
+        size_t rb = quant_row_size(t, K);
+        uint8_t *w = malloc(rb * N);
+        float *row = malloc(sizeof(float) * K), *x = malloc(sizeof(float) * K * n);
+        float *y = malloc(sizeof(float) * N * n), *y1 = malloc(sizeof(float) * N * n);
+        assert_non_null(w);
+        for (int r = 0; r < N; r++) {
+            for (int k = 0; k < K; k++)
+                row[k] = rnd(&seed) + 0.3f;
+            assert_int_equal(quantize_row(t, row, w + rb * r, K), 0);
+        }
+        for (int i = 0; i < K * n; i++)
+            x[i] = rnd(&seed) * (1.f + (float)(i / 32 % 7));
+        assert_int_equal(cuda_mmq_product((int)t, N, K, n, w, x, y, true), 0);
+        double rel = rel_to_ref(t, K, N, n, w, x, y);
+        print_message("mvq type %2u K %4d N %2d: relative RMS error vs the CPU reference %.2e\n",
+                      t, K, N, rel);
+        assert_true(rel < 1e-6);
+        for (int nb = 3; nb >= 1; nb -= 2) {
+            assert_int_equal(cuda_mmq_product((int)t, N, K, nb, w, x, y1, true), 0);
+            assert_memory_equal(y, y1, sizeof(float) * N * nb);
+        }
+        free(w);
+        free(row);
+        free(x);
+        free(y);
+        free(y1);
+    }
+}
+
 /* ref-qwen2.Q4_K_M rewritten with general.alignment 8 and an 8-byte tensor
  * first, so that its quantized tensors start off 16-byte boundaries: the
  * check refuses it, naming the tensor and the alignment (the kernels would
@@ -856,6 +903,7 @@ static void test_ref_model(void **state)
 #define test_ipc_fault test_ref_model
 #define test_mmq_types test_ref_model
 #define test_misaligned_refused test_ref_model
+#define test_mvq_split_rows test_ref_model
 #define test_logits_summary_kernel test_ref_model
 #define test_logits_summary_backend test_ref_model
 static int child_main(const char *mode, const char *hex, const char *gpath, const char *lpath)
@@ -868,9 +916,10 @@ int main(int argc, char **argv)
 {
     if (argc == 6 && strcmp(argv[1], "--child") == 0)
         return child_main(argv[2], argv[3], argv[4], argv[5]);
-    struct CMUnitTest tests[sizeof(k_cases) / sizeof(k_cases[0]) + 7];
+    struct CMUnitTest tests[sizeof(k_cases) / sizeof(k_cases[0]) + 8];
     size_t n = 0;
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_mmq_types);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_mvq_split_rows);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_upload_verify_repair);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_stories_greedy);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_ipc_fault);
