@@ -22,11 +22,11 @@
  * the reference's own order (exact.cuh) or in integers with its block
  * arithmetic (mmq.cuh, tensor cores, batch-invariant), for every batch size.
  *
- * Execution: batches of up to 8 tokens run a fused path (9 kernels per
+ * Execution: batches of up to 8 tokens run a fused path (8 kernels per
  * layer of a quantized model: norm + quantization, q/k/v in one launch with
- * biases, rope + cache store, attention (quantizing its output), o with the
- * residual add, norm + quantization, gate/up with SwiGLU, quantization, down
- * with the residual add). Forward passes of up to 64 tokens are captured once
+ * biases, rope and the cache store in its epilogue, attention (quantizing its
+ * output), o with the residual add, norm + quantization, gate/up with
+ * SwiGLU, quantization, down with the residual add). Forward passes of up to 64 tokens are captured once
  * per (tokens, logits rows) shape as CUDA graphs and replayed; the kernels of
  * the fused path start while their predecessor ends (programmatic dependent
  * launch: the products load their first weights before they wait).
