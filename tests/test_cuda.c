@@ -150,6 +150,34 @@ static double rel_to_ref(uint32_t t, int K, int N, int ntok, const uint8_t *w, c
     return sqrt(err / ref2);
 }
 
+/* N random rows of K elements quantized as type t (values offset by `bias`,
+ * which k-quants' mins need), and n tokens of activations with a spread of
+ * block magnitudes. */
+static uint8_t *random_rows(uint32_t t, int N, int K, float bias, uint64_t *seed)
+{
+    size_t rb = quant_row_size(t, K);
+    uint8_t *w = malloc(rb * N);
+    float *row = malloc(sizeof(float) * K);
+    assert_non_null(w);
+    assert_non_null(row);
+    for (int r = 0; r < N; r++) {
+        for (int k = 0; k < K; k++)
+            row[k] = rnd(seed) + bias;
+        assert_int_equal(quantize_row(t, row, w + rb * r, K), 0);
+    }
+    free(row);
+    return w;
+}
+
+static float *random_acts(int K, int n, uint64_t *seed)
+{
+    float *x = malloc(sizeof(float) * K * n);
+    assert_non_null(x);
+    for (int i = 0; i < K * n; i++)
+        x[i] = rnd(seed) * (1.f + (float)(i / 32 % 7));
+    return x;
+}
+
 /* The batched integer product of each quantized type against the CPU
  * reference (quant_vec_dot_ref on quant_quantize_row'd activations): N rows
  * not a multiple of the tile, a legacy K that ends in a partial chunk, 75
@@ -167,19 +195,9 @@ static void test_mmq_types(void **state)
         uint32_t t = types[ti];
         bool kq = t >= GGML_TYPE_Q2_K;
         int K = kq ? 768 : 288;
-        size_t rb = quant_row_size(t, K);
-        uint8_t *w = malloc(rb * N);
-        float *row = malloc(sizeof(float) * K), *x = malloc(sizeof(float) * K * n);
+        uint8_t *w = random_rows(t, N, K, kq ? 0.3f : 0.f, &seed);
+        float *x = random_acts(K, n, &seed);
         float *y = malloc(sizeof(float) * N * n), *y9 = malloc(sizeof(float) * N * n_small);
-        assert_non_null(w);
-        for (int r = 0; r < N; r++) {
-            for (int k = 0; k < K; k++)
-                row[k] = rnd(&seed) + (kq ? 0.3f : 0.f);
-            assert_int_equal(quantize_row(t, row, w + rb * r, K), 0);
-        }
-        /* activations with a spread of block magnitudes */
-        for (int i = 0; i < K * n; i++)
-            x[i] = rnd(&seed) * (1.f + (float)(i / 32 % 7));
         assert_int_equal(cuda_mmq_product((int)t, N, K, n, w, x, y, false), 0);
         double rel = rel_to_ref(t, K, N, n, w, x, y);
         assert_int_equal(cuda_mmq_product((int)t, N, K, n_small, w, x, y9, false), 0);
@@ -205,7 +223,6 @@ static void test_mmq_types(void **state)
             }
         }
         free(w);
-        free(row);
         free(x);
         free(y);
         free(y9);
@@ -230,18 +247,9 @@ static void test_mvq_split_rows(void **state)
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         uint32_t t = cases[c].t;
         int K = cases[c].K, N = cases[c].N, n = 8;
-        size_t rb = quant_row_size(t, K);
-        uint8_t *w = malloc(rb * N);
-        float *row = malloc(sizeof(float) * K), *x = malloc(sizeof(float) * K * n);
+        uint8_t *w = random_rows(t, N, K, 0.3f, &seed);
+        float *x = random_acts(K, n, &seed);
         float *y = malloc(sizeof(float) * N * n), *y1 = malloc(sizeof(float) * N * n);
-        assert_non_null(w);
-        for (int r = 0; r < N; r++) {
-            for (int k = 0; k < K; k++)
-                row[k] = rnd(&seed) + 0.3f;
-            assert_int_equal(quantize_row(t, row, w + rb * r, K), 0);
-        }
-        for (int i = 0; i < K * n; i++)
-            x[i] = rnd(&seed) * (1.f + (float)(i / 32 % 7));
         assert_int_equal(cuda_mmq_product((int)t, N, K, n, w, x, y, true), 0);
         double rel = rel_to_ref(t, K, N, n, w, x, y);
         print_message("mvq type %2u K %4d N %2d: relative RMS error vs the CPU reference %.2e\n",
@@ -252,7 +260,6 @@ static void test_mvq_split_rows(void **state)
             assert_memory_equal(y, y1, sizeof(float) * N * nb);
         }
         free(w);
-        free(row);
         free(x);
         free(y);
         free(y1);
