@@ -52,4 +52,9 @@ BENCHES += bench-cuda
 bench-cuda_SRC := gpu_worker/cuda/bench_cuda.c gpu_worker/sample.c
 bench-cuda_DEPS := $(CUDA_CU_OBJ) $(GPU_UPLOAD_OBJ)
 bench-cuda_LIBS := $(CUDA_LINK)
+
+# the GPU's read bandwidth and kernel-boundary cost (scripts/gpu-bench)
+BENCHES += bench-ceilings
+bench-ceilings_DEPS := $(BUILD)/gpu_worker/cuda/bench_ceilings.cu.o
+bench-ceilings_LIBS := $(CUDA_LINK)
 endif
