@@ -3,6 +3,8 @@
 #include "gpu_worker/cuda/mvq.cuh"
 #include "gpu_worker/cuda/quant.cuh"
 
+#include <type_traits>
+
 #define MVQ_WARPS 4
 
 /* The activations of one product as the kernels read them (mmq.cuh). */
@@ -319,9 +321,7 @@ static __device__ __forceinline__ void rope_epilogue(const struct mv_args &a, co
             out = first ? __fmaf_rn(x0, c.x, -__fmul_rn(x1, c.y))
                         : __fmaf_rn(x0, c.y, __fmul_rn(x1, c.x));
         }
-        if (me.role == MV_ROPE_Q)
-            me.y[(size_t)t * me.N + me.r] = out;
-        else if (me.role == MV_ROPE_K)
+        if (me.role == MV_ROPE_K)
             rp.kc[dst + me.r] = __float2half_rn(out);
         else if (me.role == MV_CACHE_V)
             rp.vc[dst + me.r] = __float2half_rn(out);
@@ -437,6 +437,16 @@ static int mvq_wpr(int rows, int K)
     return wpr;
 }
 
+/* f(std::integral_constant<int, NT>()) for the kernels' token count NT
+ * (1, 2, 4 or 8) that takes n <= MATVEC_MAX_N tokens. */
+template <typename F> static int by_tokens(int n, F f)
+{
+    if (n == 1) return f(std::integral_constant<int, 1>());
+    if (n == 2) return f(std::integral_constant<int, 2>());
+    if (n <= 4) return f(std::integral_constant<int, 4>());
+    return f(std::integral_constant<int, 8>());
+}
+
 static bool view_ok(const struct mmq_act *x, int type, int K, const char *what)
 {
     bool kq = mmq_class(type) == 4;
@@ -466,19 +476,12 @@ static int mvq_launch(cudaStream_t st, const struct mv_args *a, int rows, const 
     int rpb = MVQ_WARPS / wpr;
     unsigned grid = (unsigned)((rows + rpb - 1) / rpb);
     const bool rope = a->rope.tab != NULL;
-#define MVQ_GO(NT)                                                                                 \
-    CUDA_TRY(launch_pdl(rope ? mvq_kernel<T, T2, NT, true> : mvq_kernel<T, T2, NT, false>, grid,  \
-                        MVQ_WARPS * 32, 0, st, *a, x, n, wpr))
-    if (n == 1)
-        MVQ_GO(1);
-    else if (n == 2)
-        MVQ_GO(2);
-    else if (n <= 4)
-        MVQ_GO(4);
-    else
-        MVQ_GO(8);
-#undef MVQ_GO
-    return 0;
+    return by_tokens(n, [&](auto nt) -> int {
+        constexpr int NT = decltype(nt)::value;
+        CUDA_TRY(launch_pdl(rope ? mvq_kernel<T, T2, NT, true> : mvq_kernel<T, T2, NT, false>,
+                            grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
+        return 0;
+    });
 }
 
 static int mvq_group(cudaStream_t st, int type, const struct mv_args *a, int rows,
@@ -550,19 +553,11 @@ static int swiglu_q_launch(cudaStream_t st, const void *wg, const void *wu, int 
     unsigned grid = (unsigned)((N + rpb - 1) / rpb);
     const uint8_t *g = (const uint8_t *)wg, *u = (const uint8_t *)wu;
     size_t rb = qt_row_bytes(T, K);
-    if (n == 1)
-        CUDA_TRY(launch_pdl(swiglu_q_kernel<T, 1>, grid, MVQ_WARPS * 32, 0, st, g, u, rb, N, xg, xu,
-                            n, wpr, h));
-    else if (n == 2)
-        CUDA_TRY(launch_pdl(swiglu_q_kernel<T, 2>, grid, MVQ_WARPS * 32, 0, st, g, u, rb, N, xg, xu,
-                            n, wpr, h));
-    else if (n <= 4)
-        CUDA_TRY(launch_pdl(swiglu_q_kernel<T, 4>, grid, MVQ_WARPS * 32, 0, st, g, u, rb, N, xg, xu,
-                            n, wpr, h));
-    else
-        CUDA_TRY(launch_pdl(swiglu_q_kernel<T, 8>, grid, MVQ_WARPS * 32, 0, st, g, u, rb, N, xg, xu,
-                            n, wpr, h));
-    return 0;
+    return by_tokens(n, [&](auto nt) -> int {
+        CUDA_TRY(launch_pdl(swiglu_q_kernel<T, decltype(nt)::value>, grid, MVQ_WARPS * 32, 0, st, g,
+                            u, rb, N, xg, xu, n, wpr, h));
+        return 0;
+    });
 }
 
 int k_swiglu_q(cudaStream_t st, const void *wg, const void *wu, int type, int N, int K,
