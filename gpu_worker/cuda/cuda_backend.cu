@@ -102,7 +102,7 @@ struct backend {
     int last_n_out; /* logits rows of the last forward call, in lg */
     bool unfused;     /* STAGED_CUDA_UNFUSED=1: small batches take the unfused path too */
     bool ref;         /* STAGED_CUDA_REF=1: the reference's operations in its order */
-    float2 *rope_tab; /* ref: (cos, sin) [max_ctx][rope_dim / 2], computed as the reference */
+    float2 *rope_tab; /* (cos, sin) [max_ctx][rope_dim / 2] (see backend create) */
 };
 
 static volatile int g_inject_fault;
@@ -187,6 +187,19 @@ extern "C" void cuda_ipc_close(void *dev_ptr)
         cudaError_t e = cudaIpcCloseMemHandle(dev_ptr);
         if (e != cudaSuccess) log_warn("cuda: cudaIpcCloseMemHandle: %s", cudaGetErrorString(e));
     }
+}
+
+/* The rope table's entry (p, i) with rope_store_kernel's arithmetic: the
+ * angle p * theta_scale^i by repeated products, the device's cosf/sinf. */
+static __global__ void rope_table_kernel(float2 *tab, int max_ctx, int half, float theta_scale)
+{
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (size_t)max_ctx * half) return;
+    int p = (int)(e / half), i = (int)(e % half);
+    float theta = (float)p;
+    for (int j = 0; j < i; j++)
+        theta *= theta_scale;
+    tab[e] = make_float2(cosf(theta), sinf(theta));
 }
 
 /* ---- model setup ---- */
@@ -436,28 +449,36 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
         CREATE_CUDA(dev_malloc((void **)&b->d_meta, B * 4 * sizeof(int32_t)));
         CREATE_CUDA(cudaMallocHost((void **)&b->h_meta, B * 4 * sizeof(int32_t)));
     }
-    if (b->ref) {
-        /* the CPU backend's angles: pos * theta_scale^i by repeated products, libm cos/sin */
+    {
+        /* (cos, sin) of every position's rope angles. The reference mode takes
+         * the CPU backend's (libm cos/sin); otherwise the device's, the values
+         * rope_store_kernel computed per call before: the table lets the
+         * q/k/v product rotate in its epilogue (struct mv_rope). */
         int half = (int)hp->rope_dim / 2;
         size_t nt = (size_t)cfg->max_ctx * half;
-        float2 *tab = (float2 *)malloc(nt * sizeof(float2));
-        if (!tab) {
-            rc = st_errf(eb, ST_ENOMEM, "cuda: out of memory");
-            goto fail;
-        }
         float theta_scale = powf(hp->rope_base, -2.0f / (float)hp->rope_dim);
-        for (int p = 0; p < cfg->max_ctx; p++) {
-            float theta = (float)p;
-            for (int i = 0; i < half; i++) {
-                tab[(size_t)p * half + i] = make_float2(cosf(theta), sinf(theta));
-                theta *= theta_scale;
+        CREATE_CUDA(dev_malloc((void **)&b->rope_tab, (nt ? nt : 1) * sizeof(float2)));
+        if (b->ref) {
+            float2 *tab = (float2 *)malloc((nt ? nt : 1) * sizeof(float2));
+            if (!tab) {
+                rc = st_errf(eb, ST_ENOMEM, "cuda: out of memory");
+                goto fail;
             }
+            for (int p = 0; p < cfg->max_ctx; p++) {
+                float theta = (float)p;
+                for (int i = 0; i < half; i++) {
+                    tab[(size_t)p * half + i] = make_float2(cosf(theta), sinf(theta));
+                    theta *= theta_scale;
+                }
+            }
+            cudaError_t e = cudaMemcpy(b->rope_tab, tab, nt * sizeof(float2), cudaMemcpyHostToDevice);
+            free(tab);
+            CREATE_CUDA(e);
+        } else if (nt) {
+            rope_table_kernel<<<(unsigned)((nt + 255) / 256), 256, 0, b->st>>>(
+                b->rope_tab, cfg->max_ctx, half, theta_scale);
+            CREATE_CUDA(cudaGetLastError());
         }
-        cudaError_t e = dev_malloc((void **)&b->rope_tab, nt * sizeof(float2));
-        if (e == cudaSuccess)
-            e = cudaMemcpy(b->rope_tab, tab, nt * sizeof(float2), cudaMemcpyHostToDevice);
-        free(tab);
-        CREATE_CUDA(e);
     }
     CREATE_CUDA(cudaMallocHost((void **)&b->h_lg, (size_t)LG_STAGE_ROWS * hp->n_vocab * 4));
     if (topk_supported((int)hp->n_vocab)) {
