@@ -28,8 +28,9 @@ struct backend_config {
     int max_batch;   /* maximum tokens per forward call */
     int device;      /* CUDA device ordinal */
     /* CUDA: device address of the loader's copy of the tensor data region
-     * (tensor i at dev_weights + gguf->tensors[i].offset), mapped from its
-     * IPC handle; NULL means upload a private copy. */
+     * (tensor i at dev_weights + gguf->tensors[i].offset, in the device
+     * layout of loader/gpu_layout.h), mapped from its IPC handle; NULL means
+     * upload a private copy (and group it the same way). */
     void *dev_weights;
 };
 

@@ -23,6 +23,7 @@
 #include "gpu_worker/cuda/cuda_backend.h"
 #include "gpu_worker/registry.h"
 #include "gpu_worker/server.h"
+#include "loader/gpu_layout.h"
 #include "shm/seg.h"
 
 #include <signal.h>
@@ -33,19 +34,30 @@
 #include <zmq.h>
 
 /* The loader's device copy: its IPC handle and the loader's pid, from the
- * manifest. Returns true when the loader answered with a handle. */
-static bool loader_gpu_handle(void *z, const struct staged_config *cfg, char *hex, size_t cap,
-                              int *pid)
+ * manifest. Returns 1 when the loader answered with a handle, 0 when it did
+ * not (yet), ST_EUNSUPPORTED when its copy is in another device layout than
+ * this worker's kernels read (a loader of another version). */
+static int loader_gpu_handle(void *z, const struct staged_config *cfg, char *hex, size_t cap,
+                             int *pid)
 {
     json_t *req = json_pack("{s:s}", "op", "manifest");
     json_t *r = proto_request(z, cfg->loader.endpoint, req, 1000);
     json_decref(req);
-    bool ok = false;
-    const char *h = json_string_value(json_object_get(json_object_get(r, "gpu"), "ipc_handle"));
-    if (h && strlen(h) < cap) {
+    int ok = 0;
+    json_t *gpu = json_object_get(r, "gpu");
+    const char *h = json_string_value(json_object_get(gpu, "ipc_handle"));
+    json_t *layout = json_object_get(gpu, "layout");
+    if (h && (!json_is_integer(layout) || json_integer_value(layout) != GPU_LAYOUT_VERSION)) {
+        log_error("the loader's device copy of the weights has layout %s%lld; this worker reads "
+                  "layout %d (restart the loader with this version of staged)",
+                  json_is_integer(layout) ? "" : "(none) ",
+                  json_is_integer(layout) ? (long long)json_integer_value(layout) : 0LL,
+                  GPU_LAYOUT_VERSION);
+        ok = ST_EUNSUPPORTED;
+    } else if (h && strlen(h) < cap) {
         snprintf(hex, cap, "%s", h);
         *pid = (int)json_integer_value(json_object_get(r, "pid"));
-        ok = true;
+        ok = 1;
     }
     if (r) json_decref(r);
     return ok;
@@ -186,10 +198,13 @@ int worker_serve_main(int argc, char **argv)
     bool shared_gpu = !strcmp(cfg.worker.backend, "cuda") && !strcmp(cfg.loader.upload, "cuda");
     if (shared_gpu) {
         char hex[256];
-        for (int tries = 0; !stage_stop && !loader_gpu_handle(watch.zctx, &cfg, hex, sizeof(hex),
-                                                              &watch.pid); tries++)
+        int got = 0;
+        for (int tries = 0; !stage_stop && !(got = loader_gpu_handle(watch.zctx, &cfg, hex,
+                                                                     sizeof(hex), &watch.pid));
+             tries++)
             if (tries % 10 == 0) log_info("waiting for the loader's device copy of the weights");
-        if (stage_stop) goto out_seg;
+        if (got < 0) rc = got;
+        if (stage_stop || got < 0) goto out_seg;
         if (!standby) loader_verify(watch.zctx, &cfg);
         rc = cuda_ipc_open(hex, bc.device, &dev_map, &eb);
         if (rc) {

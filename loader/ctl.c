@@ -3,6 +3,7 @@
 #include "common/gguf.h"
 #include "common/log.h"
 #include "common/proto.h"
+#include "loader/gpu_layout.h"
 #include "loader/gpu_upload.h"
 
 #include <inttypes.h>
@@ -76,9 +77,10 @@ static json_t *manifest_json(struct loader_ctl *c)
     if (c->gpu) {
         char handle[GPU_IPC_HEX_LEN + 1];
         gpu_upload_ipc_handle(c->gpu, handle);
-        json_object_set_new(r, "gpu", json_pack("{s:i,s:s,s:I}", "device", (int)c->cfg->loader.device,
-                                                "ipc_handle", handle,
-                                                "size", (json_int_t)h->data_size));
+        json_object_set_new(r, "gpu", json_pack("{s:i,s:s,s:I,s:i}", "device",
+                                                (int)c->cfg->loader.device, "ipc_handle", handle,
+                                                "size", (json_int_t)h->data_size, "layout",
+                                                GPU_LAYOUT_VERSION));
     } else {
         json_object_set_new(r, "gpu", json_null());
     }
@@ -161,7 +163,9 @@ int loader_ctl_new(const struct staged_config *cfg, struct seg *seg, const struc
         /* through the staging ring main.c made at start-up (gpu_upload_init) */
         int rc = gpu_upload_create(seg_data(seg), h->data_size, (int)cfg->loader.device,
                                    &c->gpu, eb);
+        if (!rc) rc = gpu_upload_group(c->gpu, seg, eb);
         if (rc) {
+            gpu_upload_destroy(&c->gpu);
             free(c);
             return rc;
         }

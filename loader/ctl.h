@@ -6,7 +6,8 @@
  *                 "segment":NAME,"generation":"HEX","reattached":B,"file_bytes_read":N}
  *   manifest  -> health fields plus "model" (architecture and hyperparameters),
  *                "source" (path, size, content_hash), "tensors" ([{name,type,ne,
- *                offset,size,wsum}]) and "gpu" (null, or {device, ipc_handle, size})
+ *                offset,size,wsum}]) and "gpu" (null, or {device, ipc_handle, size,
+ *                layout}: layout is the GPU_LAYOUT_VERSION of loader/gpu_layout.h)
  *   verify    -> re-hash every tensor of the segment (and of the device copy when
  *                uploaded; bad device tensors are repaired from the segment):
  *                {"ok":true,"bad_segment":[..],"bad_device":[..],"repaired":N};

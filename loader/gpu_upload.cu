@@ -44,6 +44,7 @@
 
 extern "C" {
 #include "loader/gpu_upload.h"
+#include "loader/gpu_layout.h"
 }
 
 #include <errno.h>
@@ -67,6 +68,7 @@ struct gpu_weights {
     int device;
     uint8_t *dev; /* len + GPU_UPLOAD_PAD bytes, one cudaMalloc */
     size_t len;
+    bool grouped; /* gpu_upload_group ran: tensors in the layout of gpu_layout.h */
 };
 
 /* The process's staging ring (made by gpu_upload_init, kept until
@@ -513,21 +515,39 @@ static __device__ __forceinline__ uint32_t fmix32(uint32_t x)
     return x;
 }
 
-static __global__ void wsum_kernel(const uint8_t *p, size_t len, uint32_t *acc)
+/* Byte at original offset o of a tensor at p, grouped (gpu_layout.h) when
+ * gbytes != 0 (the group's size). */
+static __device__ __forceinline__ uint32_t orig_byte(const uint8_t *p, uint32_t type,
+                                                     unsigned gbytes, size_t o)
+{
+    if (!gbytes) return p[o];
+    size_t g = o / gbytes;
+    return p[g * gbytes + gpu_layout_dst(type, (unsigned)(o % gbytes))];
+}
+
+/* The wsum of a tensor's original bytes; a grouped tensor is read through
+ * the layout (4 byte loads per word instead of one word). */
+static __global__ void wsum_kernel(const uint8_t *p, size_t len, uint32_t type, unsigned gbytes,
+                                   uint32_t *acc)
 {
     size_t nw = len / 4;
     const uint32_t *w = (const uint32_t *)p;
     uint32_t hi = 0, lo = 0;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < nw;
          i += (size_t)gridDim.x * blockDim.x) {
-        uint32_t v = w[i], idx = (uint32_t)i;
+        uint32_t v = 0, idx = (uint32_t)i;
+        if (gbytes)
+            for (int k = 0; k < 4; k++)
+                v |= orig_byte(p, type, gbytes, 4 * i + k) << 8 * k;
+        else
+            v = w[i];
         hi += v * (2u * idx + 1u);
         lo += fmix32(v + idx * 0x9e3779b9u);
     }
     if (blockIdx.x == 0 && threadIdx.x == 0 && (len & 3)) {
         uint32_t v = 0;
         for (size_t k = 0; k < (len & 3); k++)
-            v |= (uint32_t)p[nw * 4 + k] << (8 * k);
+            v |= orig_byte(p, type, gbytes, nw * 4 + k) << (8 * k);
         uint32_t idx = (uint32_t)nw;
         hi += v * (2u * idx + 1u);
         lo += fmix32(v + idx * 0x9e3779b9u);
@@ -542,6 +562,14 @@ static __global__ void wsum_kernel(const uint8_t *p, size_t len, uint32_t *acc)
     }
 }
 
+/* The group size of tensor t in w's copy (0: not grouped). */
+static unsigned group_bytes(const struct gpu_weights *w, const struct seg_tensor *t)
+{
+    return w->grouped && gpu_layout_grouped(t->type, t->size)
+               ? GPU_LAYOUT_GROUP * gpu_layout_block_bytes(t->type)
+               : 0u;
+}
+
 static int wsum_all(struct gpu_weights *w, const struct seg_tensor *dir, uint64_t n, uint64_t *out)
 {
     uint32_t *d_acc = NULL;
@@ -554,7 +582,8 @@ static int wsum_all(struct gpu_weights *w, const struct seg_tensor *dir, uint64_
         size_t words = dir[i].size / 4 + 1;
         unsigned blocks = (unsigned)((words + 2047) / 2048);
         if (blocks > 4096) blocks = 4096;
-        wsum_kernel<<<blocks, 256>>>(w->dev + dir[i].offset, dir[i].size, d_acc + 2 * i);
+        wsum_kernel<<<blocks, 256>>>(w->dev + dir[i].offset, dir[i].size, dir[i].type,
+                                     group_bytes(w, &dir[i]), d_acc + 2 * i);
         e = cudaGetLastError();
     }
     if (e == cudaSuccess) e = cudaDeviceSynchronize();
@@ -569,6 +598,38 @@ static int wsum_all(struct gpu_weights *w, const struct seg_tensor *dir, uint64_
     }
     if (d_acc) cudaFree(d_acc);
     free(h_acc);
+    return rc;
+}
+
+extern "C" int gpu_upload_group_tensors(struct gpu_weights *w, const struct gpu_layout_tensor *t,
+                                        size_t n, struct st_errbuf *eb)
+{
+    if (w->grouped) return st_errf(eb, ST_ESTATE, "gpu_upload: the device copy is grouped already");
+    for (size_t i = 0; i < n; i++)
+        if (t[i].offset > w->len || t[i].size > w->len - t[i].offset || t[i].offset % 16)
+            return st_errf(eb, ST_EFORMAT, "gpu_upload: tensor %zu (offset %llu, %llu bytes) "
+                           "is not a 16-byte aligned part of the device copy", i,
+                           (unsigned long long)t[i].offset, (unsigned long long)t[i].size);
+    if (cudaSetDevice(w->device) != cudaSuccess)
+        return st_errf(eb, ST_EDEVICE, "gpu_upload: cudaSetDevice(%d) failed", w->device);
+    int rc = gpu_layout_apply(w->dev, t, n, eb);
+    if (rc < 0) return rc;
+    w->grouped = true;
+    return 0;
+}
+
+extern "C" int gpu_upload_group(struct gpu_weights *w, const struct seg *seg,
+                                struct st_errbuf *eb)
+{
+    const struct seg_header *hdr = seg_header(seg);
+    const struct seg_tensor *dir = seg_dir(seg);
+    struct gpu_layout_tensor *t =
+        (struct gpu_layout_tensor *)malloc((hdr->n_tensors ? hdr->n_tensors : 1) * sizeof(*t));
+    if (!t) return st_errf(eb, ST_ENOMEM, "gpu_upload: out of memory");
+    for (uint64_t i = 0; i < hdr->n_tensors; i++)
+        t[i] = {dir[i].type, dir[i].offset, dir[i].size};
+    int rc = gpu_upload_group_tensors(w, t, hdr->n_tensors, eb);
+    free(t);
     return rc;
 }
 
@@ -603,6 +664,13 @@ extern "C" int gpu_upload_verify_repair(struct gpu_weights *w, const struct seg 
         if (e != cudaSuccess) {
             log_error("gpu_upload: repair copy of %s: %s", dir[i].name, cudaGetErrorString(e));
             rc = ST_EDEVICE;
+        } else if (group_bytes(w, &dir[i])) { /* back into the device layout */
+            struct gpu_layout_tensor lt = {dir[i].type, dir[i].offset, dir[i].size};
+            struct st_errbuf eb;
+            if (gpu_layout_apply(w->dev, &lt, 1, &eb) < 0) {
+                log_error("gpu_upload: repair of %s: %s", dir[i].name, eb.msg);
+                rc = ST_EDEVICE;
+            }
         }
     }
     if (rc == 0 && mism > 0) {

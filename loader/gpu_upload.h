@@ -64,6 +64,20 @@ void gpu_upload_shutdown(void);
 int gpu_upload_create(const void *host, size_t len, int device, struct gpu_weights **out,
                       struct st_errbuf *eb);
 
+/* Rearrange the device copy's tensors into the device layout of
+ * loader/gpu_layout.h (version GPU_LAYOUT_VERSION), in place, as the worker's
+ * kernels read them; verify_repair then checks grouped tensors through the
+ * layout. Call once, after gpu_upload_create. Returns 0 or ST_EFORMAT (a
+ * tensor of the directory outside the copy or not 16-byte aligned) /
+ * ST_EDEVICE / ST_ESTATE (grouped already) with eb set. */
+int gpu_upload_group(struct gpu_weights *w, const struct seg *seg, struct st_errbuf *eb);
+
+/* The same for a tensor list (offsets from the region's start) instead of a
+ * segment's directory (bench-cuda's upload from a model file). */
+struct gpu_layout_tensor;
+int gpu_upload_group_tensors(struct gpu_weights *w, const struct gpu_layout_tensor *t, size_t n,
+                             struct st_errbuf *eb);
+
 /* Write the IPC handle of the device region as GPU_IPC_HEX_LEN hex digits + NUL. */
 void gpu_upload_ipc_handle(const struct gpu_weights *w, char *hex_out);
 

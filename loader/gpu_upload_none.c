@@ -18,6 +18,17 @@ int gpu_upload_create(const void *host, size_t len, int device, struct gpu_weigh
                    "[loader] upload = cuda, but this staged was built without CUDA (no nvcc)");
 }
 
+int gpu_upload_group(struct gpu_weights *w, const struct seg *seg, struct st_errbuf *eb)
+{
+    return st_errf(eb, ST_EUNSUPPORTED, "this staged was built without CUDA (no nvcc)");
+}
+
+int gpu_upload_group_tensors(struct gpu_weights *w, const struct gpu_layout_tensor *t, size_t n,
+                             struct st_errbuf *eb)
+{
+    return st_errf(eb, ST_EUNSUPPORTED, "this staged was built without CUDA (no nvcc)");
+}
+
 void gpu_upload_ipc_handle(const struct gpu_weights *w, char *hex_out)
 {
     hex_out[0] = 0;

@@ -36,6 +36,7 @@
 #include "gpu_worker/cuda/cuda_backend.h"
 #include "gpu_worker/quant.h"
 #include "gpu_worker/quantize.h"
+#include "loader/gpu_layout.h"
 #include "loader/gpu_upload.h"
 #include "shm/seg.h"
 
@@ -178,18 +179,34 @@ static float *random_acts(int K, int n, uint64_t *seed)
     return x;
 }
 
+/* The same product with the rows grouped on the device (loader/gpu_layout.h,
+ * type + 100) gives the same bits as with the file's layout in y. */
+static void check_grouped(uint32_t t, int N, int K, int n, const uint8_t *w, const float *x,
+                          const float *y, bool small)
+{
+    if (!gpu_layout_block_bytes(t)) return;
+    float *yg = malloc(sizeof(float) * N * n);
+    assert_non_null(yg);
+    assert_int_equal(cuda_mmq_product((int)t + 100, N, K, n, w, x, yg, small), 0);
+    print_message("%s type %2u grouped, %d tokens: %s\n", small ? "mvq" : "mmq", t, n,
+                  memcmp(y, yg, sizeof(float) * N * n) ? "DIFFERS" : "identical");
+    assert_memory_equal(y, yg, sizeof(float) * N * n);
+    free(yg);
+}
+
 /* The batched integer product of each quantized type against the CPU
  * reference (quant_vec_dot_ref on quant_quantize_row'd activations): N rows
  * not a multiple of the tile, a legacy K that ends in a partial chunk, 75
  * tokens (a partial token tile); then the first 9 tokens alone give the same
- * bits as in the batch of 75. */
+ * bits as in the batch of 75, and the grouped device layout the same bits as
+ * the file's (N * blocks per row a multiple of 8). */
 static void test_mmq_types(void **state)
 {
     if (!gpu_or_skip()) skip();
     static const uint32_t types[] = {GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1,
                                      GGML_TYPE_Q8_0, GGML_TYPE_Q2_K, GGML_TYPE_Q3_K, GGML_TYPE_Q4_K,
                                      GGML_TYPE_Q5_K, GGML_TYPE_Q6_K};
-    const int N = 70, n = 75, n_small = 9;
+    const int N = 72, n = 75, n_small = 9;
     uint64_t seed = 0x9e3779b97f4a7c15ull;
     for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
         uint32_t t = types[ti];
@@ -207,6 +224,7 @@ static void test_mmq_types(void **state)
             n_small, same ? "identical" : "DIFFERS");
         assert_true(rel < 1e-6);
         assert_true(same);
+        check_grouped(t, N, K, n, w, x, y, false);
         /* the decode kernels: batches of 1, 3 and 8 against the reference,
          * and each token's bits the same in every batch */
         static const int nd[] = {8, 3, 1};
@@ -221,6 +239,7 @@ static void test_mmq_types(void **state)
             } else {
                 assert_memory_equal(y, y9, sizeof(float) * N * nd[b]);
             }
+            check_grouped(t, N, K, nd[b], w, x, y9, true);
         }
         free(w);
         free(x);
@@ -240,8 +259,8 @@ static void test_mvq_split_rows(void **state)
         int K, N;
     } cases[] = {
         {GGML_TYPE_Q4_K, 2048, 70}, /* 64 units per row: 2 warps */
-        {GGML_TYPE_Q6_K, 4864, 37}, /* 152 units (the 0.5B down shape's rows): 4 warps */
-        {GGML_TYPE_Q5_0, 4864, 9},  /* 2-byte aligned blocks, 4 warps */
+        {GGML_TYPE_Q6_K, 4864, 40}, /* 152 units (the 0.5B down shape's rows): 4 warps */
+        {GGML_TYPE_Q5_0, 4864, 8},  /* 2-byte aligned blocks, 4 warps */
     };
     uint64_t seed = 0x2545f4914f6cdd1dull;
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
@@ -259,6 +278,8 @@ static void test_mvq_split_rows(void **state)
             assert_int_equal(cuda_mmq_product((int)t, N, K, nb, w, x, y1, true), 0);
             assert_memory_equal(y, y1, sizeof(float) * N * nb);
         }
+        check_grouped(t, N, K, n, w, x, y, true);
+        check_grouped(t, N, K, 1, w, x, y, true);
         free(w);
         free(x);
         free(y);
@@ -774,8 +795,7 @@ static void test_upload_verify_repair(void **state)
 {
     if (!gpu_or_skip()) skip();
     char gpath[512];
-    snprintf(gpath, sizeof(gpath), "%s/ref/ref-qwen2.Q3_K_S.gguf", models_dir());
-    if (!file_exists(gpath)) snprintf(gpath, sizeof(gpath), "%s/stories260K.gguf", models_dir());
+    snprintf(gpath, sizeof(gpath), "%s/ref/ref-qwen2.Q4_K_M.gguf", models_dir());
     if (!file_exists(gpath)) skip();
     struct seg *s = stage(gpath);
     const struct seg_header *h = seg_header(s);
@@ -799,9 +819,23 @@ static void test_upload_verify_repair(void **state)
     assert_int_equal(gpu_upload_flip_byte(w, dir[last].offset + dir[last].size - 1), 0);
     assert_int_equal(gpu_upload_verify_repair(w, s, bad, 8, &repaired), 1);
     assert_int_equal(bad[0], (uint32_t)last);
-    print_message("upload/verify: %llu tensors, device wsum == CPU wsum, flips found and "
-                  "repaired\n",
-                  (unsigned long long)h->n_tensors);
+    /* grouped into the device layout: the checksums through the layout are
+     * the file's; a flip in a grouped tensor is found, and the repair groups
+     * the re-copied tensor again */
+    assert_int_equal(gpu_upload_group(w, s, &eb), 0);
+    assert_int_equal(gpu_upload_verify_repair(w, s, bad, 8, &repaired), 0);
+    uint64_t g = 0, ngrouped = 0;
+    for (uint64_t i = 0; i < h->n_tensors; i++)
+        if (gpu_layout_grouped(dir[i].type, dir[i].size)) g = i, ngrouped++;
+    assert_true(ngrouped > 0);
+    assert_int_equal(gpu_upload_flip_byte(w, dir[g].offset + dir[g].size / 3), 0);
+    assert_int_equal(gpu_upload_verify_repair(w, s, bad, 8, &repaired), 1);
+    assert_int_equal(bad[0], (uint32_t)g);
+    assert_int_equal(repaired, 1);
+    assert_int_equal(gpu_upload_verify_repair(w, s, bad, 8, &repaired), 0);
+    print_message("upload/verify: %llu tensors (%llu grouped), device wsum == CPU wsum, flips "
+                  "found and repaired\n",
+                  (unsigned long long)h->n_tensors, (unsigned long long)ngrouped);
     gpu_upload_destroy(&w);
     seg_detach(&s);
     seg_unlink(g_seg_name);
@@ -879,6 +913,7 @@ static void test_ipc_fault(void **state)
     struct gpu_weights *w = NULL;
     struct st_errbuf eb = {{0}};
     assert_int_equal(gpu_upload_create(seg_data(s), seg_header(s)->data_size, 0, &w, &eb), 0);
+    assert_int_equal(gpu_upload_group(w, s, &eb), 0); /* as the loader does */
     char hex[GPU_IPC_HEX_LEN + 1];
     gpu_upload_ipc_handle(w, hex);
     assert_int_equal(strlen(hex), GPU_IPC_HEX_LEN);

@@ -5,8 +5,9 @@
  *                         [--logits rows|summary] [--profile-n N]
  *
  * Prints a table and one JSON line with:
- *   upload_gbs       gpu_upload_create of the model's data region (pageable
- *                    source, like the loader's shm mapping), GB/s, after the
+ *   upload_gbs       gpu_upload_create + gpu_upload_group_tensors of the model's
+ *                    data region (pageable source, like the loader's shm
+ *                    mapping; the device layout as the loader makes it), GB/s, after the
  *                    CUDA context exists (the log line splits registration
  *                    and copy)
  *   worker_mib       device memory the backend allocates at start beyond the
@@ -33,6 +34,7 @@
 #include "common/model.h"
 #include "gpu_worker/backend.h"
 #include "gpu_worker/cuda/cuda_backend.h"
+#include "loader/gpu_layout.h"
 #include "loader/gpu_upload.h"
 
 #include <stdio.h>
@@ -177,11 +179,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench-cuda: %s\n", eb.msg);
         return 1;
     }
+    /* upload, then the device layout (loader/gpu_layout.h), as the loader does */
+    struct gpu_layout_tensor *lt = malloc(sizeof(*lt) * (m->gguf->n_tensors + 1));
+    if (!lt) return 1;
+    for (uint64_t i = 0; i < m->gguf->n_tensors; i++)
+        lt[i] = (struct gpu_layout_tensor){m->gguf->tensors[i].type, m->gguf->tensors[i].offset,
+                                           m->gguf->tensors[i].size};
     double t0 = now_s();
-    if (gpu_upload_create(host, region, 0, &w, &eb)) {
+    if (gpu_upload_create(host, region, 0, &w, &eb) ||
+        gpu_upload_group_tensors(w, lt, m->gguf->n_tensors, &eb)) {
         fprintf(stderr, "bench-cuda: %s\n", eb.msg);
         return 1;
     }
+    free(lt);
     double upload_gbs = region / (now_s() - t0) / 1e9;
     free(host);
     int max_batch = n_prompt > 512 ? n_prompt : 512;

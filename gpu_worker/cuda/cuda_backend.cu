@@ -228,7 +228,8 @@ static int bind_mat(const struct st_model *m, const struct backend *b, const cha
     bool ok = layer < 0 ? model_tensor(m, name, &t) : model_tensor_l(m, (uint32_t)layer, name, &t);
     if (!ok) return st_errf(eb, ST_EFORMAT, "cuda: tensor %s (layer %d) missing", name, layer);
     out->w = b->base + ((const uint8_t *)t.data - m->data);
-    out->type = (int)t.type;
+    /* the device copy groups these tensors' blocks (loader/gpu_layout.h) */
+    out->type = (int)t.type + (gpu_layout_grouped(t.type, t.size) ? 100 : 0);
     out->K = (int)t.ne[0];
     out->N = (int)t.ne[1];
     if (!ggml_type_supported(t.type))
@@ -371,6 +372,20 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
             size_t len = region - off < chunk ? (size_t)(region - off) : chunk;
             CREATE_CUDA(cudaMemcpy(b->base + off, m->data + off, len, cudaMemcpyHostToDevice));
         }
+        /* into the loader's device layout */
+        struct gpu_layout_tensor *lt = (struct gpu_layout_tensor *)malloc(
+            (m->gguf->n_tensors ? m->gguf->n_tensors : 1) * sizeof(*lt));
+        if (!lt) {
+            rc = st_errf(eb, ST_ENOMEM, "cuda: out of memory");
+            goto fail;
+        }
+        for (uint64_t i = 0; i < m->gguf->n_tensors; i++)
+            lt[i] = {m->gguf->tensors[i].type, m->gguf->tensors[i].offset,
+                     m->gguf->tensors[i].size};
+        rc = gpu_layout_apply(b->base, lt, m->gguf->n_tensors, eb);
+        free(lt);
+        if (rc < 0) goto fail;
+        rc = 0;
     }
 
     /* tensors */

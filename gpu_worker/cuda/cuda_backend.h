@@ -8,7 +8,9 @@
  * read up to 256 bytes past the last tensor, which gpu_upload allocates) when
  * set, else uploads a private copy of the model's tensor-data region (tensor
  * i at base + gguf->tensors[i].offset; the region ends with the last
- * tensor). The backend allocates its own KV cache (half precision,
+ * tensor) and groups it. Either copy is in the device layout of
+ * loader/gpu_layout.h: Q5_0, Q8_0 and Q6_K tensors carry the device-only
+ * type ids of quant.cuh (QT_Q5_0G..) in their struct cmat. The backend allocates its own KV cache (half precision,
  * [layer][seq][pos][n_kv_heads * head_dim] for K and for V) and scratch.
  *
  * Numerics: activations stay float32; before a product with weights of type
@@ -107,8 +109,10 @@ int cuda_check_alignment(const struct st_model *m, struct st_errbuf *eb);
 /* For tests: y[t][r] = W_r . x[t] by the batched integer product (mmq.cuh),
  * or with small the decode kernels (mvq.cuh, n <= 8), for n tokens (x: n rows
  * of K floats; W: N rows of K elements of a quantized ggml type, host
- * memory); y is n rows of N floats. Returns 0, ST_EINVAL for a type or batch
- * the kernels do not take, ST_EDEVICE (logged) for CUDA errors. */
+ * memory, in the file's layout; type + 100 for Q5_0, Q8_0, Q6_K: the same
+ * rows grouped on the device as loader/gpu_layout.h, which needs N * K a
+ * multiple of 8 blocks); y is n rows of N floats. Returns 0, ST_EINVAL for a
+ * type or batch the kernels do not take, ST_EDEVICE (logged) for CUDA errors. */
 int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *x, float *y,
                      bool small);
 

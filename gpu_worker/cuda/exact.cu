@@ -7,7 +7,9 @@
 #include <cuda_fp16.h>
 
 /* The types with a reference-order kernel. */
-#define EXACT_TYPES(X) X(QT_F32) X(QT_F16) X(QT_BF16) X(QT_Q4_0) X(QT_Q5_0) X(QT_Q8_0) X(QT_Q6_K)
+#define EXACT_TYPES(X)                                                                             \
+    X(QT_F32) X(QT_F16) X(QT_BF16) X(QT_Q4_0) X(QT_Q5_0) X(QT_Q8_0) X(QT_Q6_K) X(QT_Q5_0G)          \
+        X(QT_Q8_0G) X(QT_Q6_KG)
 #define EXACT_CASE(T) case T:
 
 bool mm_exact_supported(int type)
@@ -77,32 +79,39 @@ static __device__ float dot_32(const uint8_t *wr, const int8_t *xq, const float 
     if (L < 8)
         for (int b = 0; b < K / 32; b++) {
             const uint8_t *blk = wr + (size_t)b * qtraits<T>::BS;
-            float d = __fmul_rn(ld_f16(blk), xd[b]);
+            float d = __fmul_rn(block_d<T>(blk), xd[b]);
             int p = __dp4a((int)quants4<T>(blk, 4 * L), *(const int *)(xq + 32 * b + 4 * L), 0);
             acc = __fmaf_rn(d, (float)p, acc);
         }
     return sum8(acc);
 }
 
-/* Q6_K with Q8_K activations: lane L < 8 of 16. */
+/* Q6_K (T: QT_Q6_K or QT_Q6_KG) with Q8_K activations: lane L < 8 of 16. */
+template <int T>
 static __device__ float dot_q6_k(const uint8_t *wr, const int8_t *xq, const float *xd,
                                  const int32_t *xb, int K, int L)
 {
     float acc = 0.f;
     if (L < 8)
         for (int b = 0; b < K / 256; b++) {
-            const uint8_t *blk = wr + (size_t)b * qtraits<QT_Q6_K>::BS;
-            const int8_t *sc = (const int8_t *)(blk + 192);
+            const uint8_t *blk = wr + (size_t)b * qtraits<T>::BS;
+            int sc[16];
+            for (int s = 0; s < 16; s++) {
+                int mn;
+                kscale<T>(blk, s, sc[s], mn);
+            }
             const int8_t *x = xq + 256 * b;
             const int32_t *bs = xb + 16 * b;
             int sumi = -32 * (sc[2 * L] * bs[2 * L] + sc[2 * L + 1] * bs[2 * L + 1]);
             for (int h = 0; h < 2; h++)
                 for (int g = 0; g < 4; g++) {
                     int e = 128 * h + 32 * g + 4 * L;
-                    uint32_t q = __vadd4(quants4<QT_Q6_K>(blk, e), 0x20202020u); /* 0..63 */
+                    uint32_t q = __vadd4(quants4<T>(blk, e), 0x20202020u); /* 0..63 */
                     sumi += sc[8 * h + 2 * g + L / 4] * __dp4a((int)q, *(const int *)(x + e), 0);
                 }
-            float d = __fmul_rn(xd[b], ld_f16(blk + 208));
+            float d, dm;
+            kdmin<T>(blk, d, dm);
+            d = __fmul_rn(xd[b], d);
             acc = __fmaf_rn(d, (float)sumi, acc);
         }
     return sum8(acc);
@@ -123,8 +132,8 @@ static __global__ void __launch_bounds__(128)
         v = dot_float<T>(wr, xf + (size_t)t * K, K, L);
     } else if (T == QT_F16 || T == QT_BF16) {
         v = dot_float<T>(wr, (const uint16_t *)xh + (size_t)t * K, K, L);
-    } else if (T == QT_Q6_K) {
-        v = dot_q6_k(wr, a.q + (size_t)t * K, a.d + (size_t)t * (K / 256),
+    } else if (qbase(T) == QT_Q6_K) {
+        v = dot_q6_k<T>(wr, a.q + (size_t)t * K, a.d + (size_t)t * (K / 256),
                      a.bsum + (size_t)t * (K / 16), K, L);
     } else {
         v = dot_32<T>(wr, a.q + (size_t)t * K, a.d + (size_t)t * (K / 32), K, L);

@@ -34,7 +34,7 @@ bool mmq_supported(int type)
 int mmq_class(int type)
 {
     return type == QT_Q2_K || type == QT_Q3_K || type == QT_Q4_K || type == QT_Q5_K ||
-                   type == QT_Q6_K
+                   type == QT_Q6_K || type == QT_Q6_KG
                ? 4
                : 3;
 }
@@ -166,7 +166,7 @@ static __global__ void __launch_bounds__(MMQ_THREADS)
 #pragma unroll
                 for (int i = 0; i < 8; i++)
                     *(uint32_t *)&sm.w[row][32 * blk + 4 * i] = b ? quants4<T>(b, 4 * i) : 0u;
-                sm.wd[row][blk] = b ? ld_f16(b) : 0.f;
+                sm.wd[row][blk] = b ? block_d<T>(b) : 0.f;
                 sm.wm[row][blk] = b && HAS_M ? ld_f16(b + 2) : 0.f;
             }
         }
@@ -376,7 +376,14 @@ extern "C" int cuda_mmq_product(int type, int N, int K, int n, const void *w, co
         cudaMalloc(&a.part, mmq_part_elems(n) * 4) == cudaSuccess &&
         cudaMemcpy(dw, w, rb * N, cudaMemcpyHostToDevice) == cudaSuccess &&
         cudaMemcpy(dx, x, nk * 4, cudaMemcpyHostToDevice) == cudaSuccess) {
-        rc = k_mmq_quantize(0, mmq_class(type), dx, n, K, &a);
+        rc = 0;
+        if (type != qbase(type)) { /* a grouped type: the rows into the device layout */
+            struct gpu_layout_tensor lt = {(uint32_t)qbase(type), 0, rb * N};
+            rc = gpu_layout_grouped(lt.type, lt.size) && gpu_layout_apply(dw, &lt, 1, NULL) == 1
+                     ? 0
+                     : ST_EINVAL;
+        }
+        if (rc == 0) rc = k_mmq_quantize(0, mmq_class(type), dx, n, K, &a);
         if (rc == 0 && small) {
             struct mv_args m = {};
             m.nseg = 1;

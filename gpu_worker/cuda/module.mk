@@ -1,5 +1,5 @@
 # gpu_worker/cuda/: the CUDA backend of the worker, and the loader's GPU upload
-# (loader/gpu_upload.cu). Included by the top Makefile after every */module.mk,
+# (loader/gpu_upload.cu) and device layout (loader/gpu_layout.cu, in both). Included by the top Makefile after every */module.mk,
 # so the += below add to what gpu_worker/ and loader/ define.
 #
 # With nvcc (HAVE_CUDA): .cu files compile with nvcc for sm_90 (+ compute_90
@@ -10,10 +10,10 @@
 CUDA_CU_OBJ := $(BUILD)/gpu_worker/cuda/cuda_backend.cu.o $(BUILD)/gpu_worker/cuda/kernels.cu.o \
                $(BUILD)/gpu_worker/cuda/mmq.cu.o $(BUILD)/gpu_worker/cuda/exact.cu.o \
                $(BUILD)/gpu_worker/cuda/kvpool.cu.o $(BUILD)/gpu_worker/cuda/mvq.cu.o \
-               $(BUILD)/gpu_worker/cuda/topk.cu.o
-GPU_UPLOAD_OBJ := $(BUILD)/loader/gpu_upload.cu.o
+               $(BUILD)/gpu_worker/cuda/topk.cu.o $(BUILD)/loader/gpu_layout.cu.o
+GPU_UPLOAD_OBJ := $(BUILD)/loader/gpu_upload.cu.o $(BUILD)/loader/gpu_layout.cu.o
 CUDA_HDRS := $(wildcard gpu_worker/cuda/*.cuh gpu_worker/cuda/*.h) gpu_worker/backend.h \
-             loader/gpu_upload.h common/model.h common/gguf.h common/err.h shm/seg.h \
+             loader/gpu_upload.h loader/gpu_layout.h common/model.h common/gguf.h common/err.h shm/seg.h \
              gpu_worker/sample.h
 NVCCFLAGS ?= -O3 -lineinfo -std=c++17 \
              -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90

@@ -84,6 +84,26 @@ template <int T> static __device__ __forceinline__ size_t unit_off(int u)
 template <int T>
 static __device__ __forceinline__ void unit_load(const uint8_t *__restrict__ b, int s, uraw &r)
 {
+    if (T == QT_Q8_0G || T == QT_Q5_0G || T == QT_Q6_KG) { /* grouped: aligned loads */
+        const gfields f = gblock<T>(b);
+        r.w[T == QT_Q6_KG ? 7 : 0] = ld_u16(f.d);
+        if (T == QT_Q8_0G) {
+            uint4 a = __ldg((const uint4 *)f.q), c = __ldg((const uint4 *)f.q + 1);
+            r.w[1] = a.x, r.w[2] = a.y, r.w[3] = a.z, r.w[4] = a.w;
+            r.w[5] = c.x, r.w[6] = c.y, r.w[7] = c.z, r.w[8] = c.w;
+        } else if (T == QT_Q5_0G) {
+            uint4 a = __ldg((const uint4 *)f.q);
+            r.w[1] = __ldg((const uint32_t *)f.h);
+            r.w[2] = a.x, r.w[3] = a.y, r.w[4] = a.z, r.w[5] = a.w;
+        } else { /* the A-block's unit s: gpu_layout.h */
+            uint4 a = __ldg((const uint4 *)(f.q + 16 * s));
+            uint2 h = __ldg((const uint2 *)(f.q + 128 + 8 * s));
+            r.w[0] = a.x, r.w[1] = a.y, r.w[2] = a.z, r.w[3] = a.w;
+            r.w[4] = h.x, r.w[5] = h.y;
+            r.w[6] = __ldg((const uint32_t *)(f.q + 192 + 4 * (s >> 1)));
+        }
+        return;
+    }
     if (qtraits<T>::QK == 32) {
         if (T == QT_Q4_1 || T == QT_Q5_1) {
             r.w[0] = __ldg((const uint32_t *)b);
@@ -147,20 +167,21 @@ template <int T, int NT>
 static __device__ __forceinline__ void unit_dot(const uraw &r, const xq_view &x, int u, int n,
                                                 float (&acc)[NT], bool ok)
 {
+    constexpr int B = qbase(T); /* grouped types decode as their base type */
     const int K = x.K;
     if (qtraits<T>::QK == 32) {
-        constexpr bool HAS_M = T == QT_Q4_1 || T == QT_Q5_1;
+        constexpr bool HAS_M = B == QT_Q4_1 || B == QT_Q5_1;
         uint32_t q[8]; /* quants of elements 4i..4i+3 */
-        if (T == QT_Q8_0) {
+        if (B == QT_Q8_0) {
 #pragma unroll
             for (int i = 0; i < 8; i++)
                 q[i] = r.w[1 + i];
-        } else if (T == QT_Q4_0 || T == QT_Q4_1) {
+        } else if (B == QT_Q4_0 || B == QT_Q4_1) {
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 q[i] = r.w[1 + i] & 0x0F0F0F0Fu;
                 q[i + 4] = r.w[1 + i] >> 4 & 0x0F0F0F0Fu;
-                if (T == QT_Q4_0) {
+                if (B == QT_Q4_0) {
                     q[i] = __vsub4(q[i], 0x08080808u);
                     q[i + 4] = __vsub4(q[i + 4], 0x08080808u);
                 }
@@ -171,7 +192,7 @@ static __device__ __forceinline__ void unit_dot(const uraw &r, const xq_view &x,
             for (int i = 0; i < 4; i++) {
                 q[i] = (r.w[2 + i] & 0x0F0F0F0Fu) | bit4_bytes(qh >> 4 * i);
                 q[i + 4] = (r.w[2 + i] >> 4 & 0x0F0F0F0Fu) | bit4_bytes(qh >> (16 + 4 * i));
-                if (T == QT_Q5_0) {
+                if (B == QT_Q5_0) {
                     q[i] = __vsub4(q[i], 0x10101010u);
                     q[i + 4] = __vsub4(q[i + 4], 0x10101010u);
                 }
@@ -227,7 +248,7 @@ static __device__ __forceinline__ void unit_dot(const uraw &r, const xq_view &x,
     uint32_t q[4][2]; /* j, word */
     uint32_t scw, mnw = 0;
     float d, dm = 0.f;
-    if (T == QT_Q6_K) {
+    if (B == QT_Q6_K) {
 #pragma unroll
         for (int j = 0; j < 4; j++)
 #pragma unroll
@@ -505,6 +526,11 @@ static int mvq_pair(cudaStream_t st, int t0, int t1, const struct mv_args *a, in
     MVQ_PAIR(QT_Q4_0, QT_Q8_0);
     MVQ_PAIR(QT_Q4_K, QT_Q6_K);
     MVQ_PAIR(QT_Q5_K, QT_Q6_K);
+    MVQ_PAIR(QT_Q5_0G, QT_Q8_0G);
+    MVQ_PAIR(QT_Q4_0, QT_Q8_0G);
+    MVQ_PAIR(QT_Q5_0, QT_Q8_0G); /* a grouped v with an ungrouped q/k */
+    MVQ_PAIR(QT_Q4_K, QT_Q6_KG);
+    MVQ_PAIR(QT_Q5_K, QT_Q6_KG);
 #undef MVQ_PAIR
     return 0;
 }

@@ -39,6 +39,7 @@
 #define STAGED_QUANT_CUH
 
 #include "gpu_worker/cuda/cuda_util.cuh"
+#include "loader/gpu_layout.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -58,8 +59,19 @@ enum {
     QT_Q4_K = 12,
     QT_Q5_K = 13,
     QT_Q6_K = 14,
-    QT_BF16 = 30
+    QT_BF16 = 30,
+    /* device-only ids: a tensor of ggml type t - 100 whose blocks the upload
+     * grouped (loader/gpu_layout.h); cmat.type carries them */
+    QT_Q5_0G = 106,
+    QT_Q8_0G = 108,
+    QT_Q6_KG = 114
 };
+
+/* The ggml type whose values a (possibly grouped) type T encodes. */
+static constexpr __host__ __device__ int qbase(int T)
+{
+    return T >= 100 ? T - 100 : T;
+}
 
 template <int T> struct qtraits;
 template <> struct qtraits<QT_F32> {
@@ -101,6 +113,46 @@ template <> struct qtraits<QT_Q5_K> {
 template <> struct qtraits<QT_Q6_K> {
     enum { QK = 256, BS = 210 };
 };
+template <> struct qtraits<QT_Q5_0G> : qtraits<QT_Q5_0> {};
+template <> struct qtraits<QT_Q8_0G> : qtraits<QT_Q8_0> {};
+template <> struct qtraits<QT_Q6_KG> : qtraits<QT_Q6_K> {};
+
+/* Where the fields of a block of a grouped type T lie (gpu_layout.h), from
+ * the block's original address b: q = the quants (Q6_K: the A-block), 16-byte
+ * aligned; h = Q5_0's qh; d = the f16 scale. */
+struct gfields {
+    const uint8_t *q, *h, *d;
+};
+template <int T> static __device__ __forceinline__ gfields gblock(const uint8_t *b)
+{
+    constexpr unsigned BS = qtraits<T>::BS;
+    const unsigned slot = gpu_layout_slot(BS, (uintptr_t)b);
+    const uint8_t *G = b - BS * slot;
+    gfields f;
+    if (T == QT_Q8_0G) {
+        f.q = G + 32 * slot, f.h = nullptr, f.d = G + 256 + 2 * slot;
+    } else if (T == QT_Q5_0G) {
+        f.q = G + 16 * slot, f.h = G + 128 + 4 * slot, f.d = G + 160 + 2 * slot;
+    } else {
+        f.q = G + 208 * slot, f.h = nullptr, f.d = G + 1664 + 2 * slot;
+    }
+    return f;
+}
+
+/* A Q6_K A-block (gpu_layout.h) for element l (0..31, a multiple of 4) of
+ * 32-group j of half h: its low-nibble byte, high-bits byte and scale. */
+static __device__ __forceinline__ int q6g_ql(int h, int j, int l)
+{
+    return 16 * (4 * h + l / 8) + 8 * (j & 1) + l % 8;
+}
+static __device__ __forceinline__ int q6g_qh(int h, int l)
+{
+    return 128 + 8 * (4 * h + l / 8) + l % 8;
+}
+static __device__ __forceinline__ int q6g_sc(int h, int j, int l)
+{
+    return 192 + 4 * (2 * h + l / 16) + j;
+}
 
 /* Size of a row of K elements in bytes. */
 static __host__ __device__ inline size_t qt_row_bytes(int t, int K)
@@ -116,10 +168,12 @@ static __host__ __device__ inline size_t qt_row_bytes(int t, int K)
     case QT_Q4_1:
         return (size_t)K / 32 * 20;
     case QT_Q5_0:
+    case QT_Q5_0G:
         return (size_t)K / 32 * 22;
     case QT_Q5_1:
         return (size_t)K / 32 * 24;
     case QT_Q8_0:
+    case QT_Q8_0G:
         return (size_t)K / 32 * 34;
     case QT_Q2_K:
         return (size_t)K / 256 * 84;
@@ -130,6 +184,7 @@ static __host__ __device__ inline size_t qt_row_bytes(int t, int K)
     case QT_Q5_K:
         return (size_t)K / 256 * 176;
     case QT_Q6_K:
+    case QT_Q6_KG:
         return (size_t)K / 256 * 210;
     }
     return 0;
@@ -166,6 +221,36 @@ static __host__ __device__ __forceinline__ void deq8(const uint8_t *row, int e, 
     const int QK = qtraits<T>::QK, BS = qtraits<T>::BS;
     const uint8_t *b = row + (size_t)(e / QK) * BS;
     const int i = e % QK;
+#ifdef __CUDA_ARCH__
+    if (T == QT_Q8_0G || T == QT_Q5_0G) {
+        const gfields f = gblock<T>(b);
+        const float d = ld_f16(f.d);
+        const uint32_t qh = T == QT_Q5_0G ? *(const uint32_t *)f.h : 0u;
+        const int hi = i >= 16, base = i & 15;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            if (T == QT_Q8_0G) {
+                o[k] = (int8_t)f.q[i + k] * d;
+            } else {
+                int q = (hi ? f.q[base + k] >> 4 : f.q[base + k] & 15) | ((qh >> (i + k)) & 1) << 4;
+                o[k] = (q - 16) * d;
+            }
+        }
+        return;
+    }
+    if (T == QT_Q6_KG) {
+        const gfields f = gblock<T>(b);
+        const int n = i / 128, g = (i % 128) / 32, l = i % 32;
+        const uint8_t *ql = f.q + q6g_ql(n, g, l), *qh = f.q + q6g_qh(n, l);
+        const float d = ld_f16(f.d) * (float)(int8_t)f.q[q6g_sc(n, g, l)];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            int lo = g >= 2 ? ql[k] >> 4 : ql[k] & 15;
+            o[k] = d * (float)((lo | (((qh[k] >> (2 * g)) & 3) << 4)) - 32);
+        }
+        return;
+    }
+#endif
     if (T == QT_Q4_0 || T == QT_Q4_1 || T == QT_Q5_0 || T == QT_Q5_1) {
         const bool has_m = (T == QT_Q4_1 || T == QT_Q5_1);
         const bool has_h = (T == QT_Q5_0 || T == QT_Q5_1);
@@ -252,6 +337,21 @@ template <int T> static __host__ __device__ __forceinline__ float deq1(const voi
  * handled by the scaled sums). */
 template <int T> static __device__ __forceinline__ uint32_t quants4(const uint8_t *b, int e)
 {
+    if (T == QT_Q8_0G || T == QT_Q5_0G || T == QT_Q6_KG) {
+        const gfields f = gblock<T>(b);
+        if (T == QT_Q8_0G) return *(const uint32_t *)(f.q + e);
+        if (T == QT_Q5_0G) {
+            uint32_t v = *(const uint32_t *)(f.q + (e & 15));
+            uint32_t q = e < 16 ? v & 0x0F0F0F0Fu : (v >> 4) & 0x0F0F0F0Fu;
+            uint32_t h = *(const uint32_t *)f.h >> e;
+            q |= (h & 1u) << 4 | (h >> 1 & 1u) << 12 | (h >> 2 & 1u) << 20 | (h >> 3 & 1u) << 28;
+            return __vsub4(q, 0x10101010u);
+        }
+        const int h = e / 128, j = e % 128 / 32, l = e % 32;
+        uint32_t lo = (*(const uint32_t *)(f.q + q6g_ql(h, j, l)) >> (4 * (j >> 1))) & 0x0F0F0F0Fu;
+        uint32_t hi = (*(const uint32_t *)(f.q + q6g_qh(h, l)) >> (2 * j)) & 0x03030303u;
+        return __vsub4(lo | hi << 4, 0x20202020u);
+    }
     if (T == QT_Q4_0 || T == QT_Q4_1 || T == QT_Q5_0 || T == QT_Q5_1) {
         const bool has_m = T == QT_Q4_1 || T == QT_Q5_1, has_h = T == QT_Q5_0 || T == QT_Q5_1;
         const int qs = 2 + (has_m ? 2 : 0) + (has_h ? 4 : 0);
@@ -286,6 +386,13 @@ template <int T> static __device__ __forceinline__ uint32_t quants4(const uint8_
     return __vsub4(lo | hi << 4, 0x20202020u);
 }
 
+/* d of a 32-element block (the legacy types) at b. */
+template <int T> static __device__ __forceinline__ float block_d(const uint8_t *b)
+{
+    if (T == QT_Q8_0G || T == QT_Q5_0G) return ld_f16(gblock<T>(b).d);
+    return ld_f16(b);
+}
+
 /* Scale (and min) of 16-element sub-block s of a k-quant super-block, and
  * the super-block's d and dmin. */
 template <int T>
@@ -302,6 +409,8 @@ static __device__ __forceinline__ void kscale(const uint8_t *b, int s, int &sc, 
         sc = (lo | hi << 4) - 32;
     } else if (T == QT_Q4_K || T == QT_Q5_K) {
         k4_scale_min(b + 4, s / 2, sc, mn);
+    } else if (T == QT_Q6_KG) { /* scales[8h + r]: 32-group r / 2, 16-half r % 2 */
+        sc = (int8_t)gblock<T>(b).q[q6g_sc(s / 8, s % 8 / 2, 16 * (s % 2))];
     } else {
         sc = (int8_t)b[192 + s];
     }
@@ -318,6 +427,8 @@ template <int T> static __device__ __forceinline__ void kdmin(const uint8_t *b, 
     } else if (T == QT_Q4_K || T == QT_Q5_K) {
         d = ld_f16(b);
         dm = ld_f16(b + 2);
+    } else if (T == QT_Q6_KG) {
+        d = ld_f16(gblock<T>(b).d);
     } else {
         d = ld_f16(b + 208);
     }
@@ -435,7 +546,13 @@ static __device__ __forceinline__ void q8_k_store(const float *src, int lane, si
     case QT_Q5_K:                                                                                  \
         return F<QT_Q5_K>(__VA_ARGS__);                                                            \
     case QT_Q6_K:                                                                                  \
-        return F<QT_Q6_K>(__VA_ARGS__);
+        return F<QT_Q6_K>(__VA_ARGS__);                                                            \
+    case QT_Q5_0G:                                                                                 \
+        return F<QT_Q5_0G>(__VA_ARGS__);                                                           \
+    case QT_Q8_0G:                                                                                 \
+        return F<QT_Q8_0G>(__VA_ARGS__);                                                           \
+    case QT_Q6_KG:                                                                                 \
+        return F<QT_Q6_KG>(__VA_ARGS__);
 
 #define DISPATCH_QUANT(t, F, ...)                                                                  \
     switch (t) {                                                                                   \
