@@ -287,6 +287,66 @@ static void test_mvq_split_rows(void **state)
     }
 }
 
+/* The serving attention kernel for one decoding token against a double
+ * precision softmax over half K/V rows: head_dim 64 and 128 (the decode
+ * tiles that load V with K), one to three tiles of 256 positions, grouped
+ * heads. Float accumulation of half inputs: within 1e-5 of the largest
+ * output. */
+static void test_attention_decode(void **state)
+{
+    if (!gpu_or_skip()) skip();
+    static const int hds[] = {64, 128}, nps[] = {1, 7, 256, 257, 700};
+    const int n_heads = 14, n_kv = 2;
+    uint64_t seed = 0x51ed270b27b1f1a5ull;
+    for (size_t a = 0; a < 2; a++)
+        for (size_t b = 0; b < sizeof(nps) / sizeof(nps[0]); b++) {
+            int hd = hds[a], np = nps[b];
+            size_t kvd = (size_t)n_kv * hd;
+            float *q = malloc(sizeof(float) * n_heads * hd), *out = malloc(sizeof(float) * n_heads * hd);
+            uint16_t *k = malloc(2 * kvd * np), *v = malloc(2 * kvd * np);
+            double *s = malloc(sizeof(double) * np);
+            assert_true(q && out && k && v && s);
+            for (int i = 0; i < n_heads * hd; i++)
+                q[i] = 2.f * rnd(&seed);
+            for (size_t i = 0; i < kvd * np; i++) {
+                k[i] = quant_f32_to_f16(rnd(&seed));
+                v[i] = quant_f32_to_f16(rnd(&seed) + 0.1f * (float)(i / kvd % 5));
+            }
+            assert_int_equal(cuda_attention_check(n_heads, n_kv, hd, np, q, k, v, out), 0);
+            double err = 0, top = 0;
+            for (int h = 0; h < n_heads; h++) {
+                int kvh = h / (n_heads / n_kv);
+                double mx = -1e300, sum = 0;
+                for (int p = 0; p < np; p++) {
+                    double d = 0;
+                    for (int e = 0; e < hd; e++)
+                        d += (double)q[h * hd + e] *
+                             quant_f16_to_f32(k[(size_t)p * kvd + (size_t)kvh * hd + e]);
+                    s[p] = d / sqrt((double)hd);
+                    if (s[p] > mx) mx = s[p];
+                }
+                for (int p = 0; p < np; p++)
+                    sum += s[p] = exp(s[p] - mx);
+                for (int e = 0; e < hd; e++) {
+                    double o = 0;
+                    for (int p = 0; p < np; p++)
+                        o += s[p] * quant_f16_to_f32(v[(size_t)p * kvd + (size_t)kvh * hd + e]);
+                    o /= sum;
+                    if (fabs(o) > top) top = fabs(o);
+                    if (fabs(o - out[h * hd + e]) > err) err = fabs(o - out[h * hd + e]);
+                }
+            }
+            print_message("attention hd %3d, %3d positions: max error %.2e of max %.2f\n", hd, np,
+                          err, top);
+            assert_true(err < 1e-5 * top);
+            free(q);
+            free(out);
+            free(k);
+            free(v);
+            free(s);
+        }
+}
+
 /* ref-qwen2.Q4_K_M rewritten with general.alignment 8 and an 8-byte tensor
  * first, so that its quantized tensors start off 16-byte boundaries: the
  * check refuses it, naming the tensor and the alignment (the kernels would
@@ -946,6 +1006,7 @@ static void test_ref_model(void **state)
 #define test_mmq_types test_ref_model
 #define test_misaligned_refused test_ref_model
 #define test_mvq_split_rows test_ref_model
+#define test_attention_decode test_ref_model
 #define test_logits_summary_kernel test_ref_model
 #define test_logits_summary_backend test_ref_model
 static int child_main(const char *mode, const char *hex, const char *gpath, const char *lpath)
@@ -958,10 +1019,11 @@ int main(int argc, char **argv)
 {
     if (argc == 6 && strcmp(argv[1], "--child") == 0)
         return child_main(argv[2], argv[3], argv[4], argv[5]);
-    struct CMUnitTest tests[sizeof(k_cases) / sizeof(k_cases[0]) + 8];
+    struct CMUnitTest tests[sizeof(k_cases) / sizeof(k_cases[0]) + 12];
     size_t n = 0;
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_mmq_types);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_mvq_split_rows);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_attention_decode);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_upload_verify_repair);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_stories_greedy);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_ipc_fault);

@@ -64,6 +64,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct st_model;
 
@@ -115,6 +116,13 @@ int cuda_check_alignment(const struct st_model *m, struct st_errbuf *eb);
  * type or batch the kernels do not take, ST_EDEVICE (logged) for CUDA errors. */
 int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *x, float *y,
                      bool small);
+
+/* For tests: the serving attention kernel for one token at position np - 1
+ * of one sequence (q: n_heads * hd floats, scaled by 1/sqrt(hd) inside; k, v:
+ * np rows of n_kv * hd half bits, host memory) into out (n_heads * hd).
+ * Returns 0, ST_EINVAL, ST_EUNSUPPORTED (head_dim) or ST_EDEVICE (logged). */
+int cuda_attention_check(int n_heads, int n_kv, int hd, int np, const float *q, const uint16_t *k,
+                         const uint16_t *v, float *out);
 
 /* For benchmarks: start (on) or stop the range a profiler started with
  * "--profile-from-start off" (ncu, nsys) records. */

@@ -404,21 +404,41 @@ static __global__ void __launch_bounds__(TP)
     __shared__ float red[TP / 32];
     __shared__ float vpart[8 * TP]; /* [TP / G][head_dim] */
     griddep_launch();
-    griddep_wait();
+    /* pos and seq are the batch's (copied before the step's first kernel),
+     * so they load while the previous kernel ends */
     const int h = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
+    const int np = pos[t] + 1;
+    const size_t sq = (size_t)seq[t] * kl.sstride;
+    griddep_wait();
     const int kvh = h / (n_heads / n_kv), G = hd / 8, PG = TP / G;
     const int g = tid % G, pg = tid / G;
     const float *qh = q + ((size_t)t * n_heads + h) * hd;
     for (int e = tid; e < hd; e += TP)
         qs[e] = qh[e] * scale;
-    const int np = pos[t] + 1;
-    const __half *kb = kc + (size_t)seq[t] * kl.sstride + (size_t)kvh * hd;
-    const __half *vb = vc + (size_t)seq[t] * kl.sstride + (size_t)kvh * hd + 8 * g;
+    const __half *kb = kc + sq + (size_t)kvh * hd;
+    const __half *vb = vc + sq + (size_t)kvh * hd + 8 * g;
+    /* decode tiles (TP 256, a few blocks) of head_dim <= 128: every V row a
+     * thread adds (at most NV; NV * PG >= TP for every G <= GMAX <= 16) is
+     * loaded at the tile's start, together with its K row, so the tile costs
+     * one memory round trip; prompt tiles (many blocks) keep fewer registers
+     * and load V after the softmax */
+    constexpr bool DEC = TP == 256, PRE = DEC && GMAX <= 16;
+    constexpr int NV = GMAX <= 16 ? GMAX : 4;
+    uint4 vpre[PRE ? NV : 1];
+    if (PRE && pg < PG && np <= TP) /* the only tile's rows, before the barrier */
+#pragma unroll
+        for (int k = 0; k < NV; k++)
+            if (pg + k * PG < np) vpre[k] = *(const uint4 *)(vb + (size_t)(pg + k * PG) * kl.pstride);
     __syncthreads();
     float m = -INFINITY, l = 0.f, o = 0.f; /* o: element tid of the output (tid < hd) */
     for (int p0 = 0; p0 < np; p0 += TP) {
         const int cnt = np - p0 < TP ? np - p0 : TP;
         float s = -INFINITY;
+        if (PRE && pg < PG && np > TP)
+#pragma unroll
+            for (int k = 0; k < NV; k++)
+                if (pg + k * PG < cnt)
+                    vpre[k] = *(const uint4 *)(vb + (size_t)(p0 + pg + k * PG) * kl.pstride);
         if (tid < cnt) {
             const uint4 *kr = (const uint4 *)(kb + (size_t)(p0 + tid) * kl.pstride);
             uint4 kv[GMAX];
@@ -444,11 +464,8 @@ static __global__ void __launch_bounds__(TP)
         ws[tid] = w;
         l = l * corr + block_reduce<false>(w, red); /* its barriers publish ws */
         float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        /* decode tiles (TP 256, a few blocks): all of a thread's positions (at
-         * most G <= GMAX) with their loads in flight and the partial sums
-         * added in two steps, to shorten the chain of dependent steps; prompt
-         * tiles (many blocks) keep fewer registers */
-        constexpr bool DEC = TP == 256;
+        /* decode tiles: the partial sums added in two steps, to shorten the
+         * chain of dependent steps */
         if (pg < PG && !DEC) {
 #pragma unroll 4
             for (int p = pg; p < cnt; p += PG) {
@@ -462,8 +479,20 @@ static __global__ void __launch_bounds__(TP)
                     acc[2 * j + 1] += wp * f.y;
                 }
             }
-        } else if (pg < PG) {
-            constexpr int NV = GMAX <= 16 ? GMAX : 4;
+        } else if (pg < PG && PRE) { /* vpre holds all of the thread's rows */
+#pragma unroll
+            for (int k = 0; k < NV; k++) {
+                if (pg + k * PG >= cnt) break;
+                const __half2 *h2 = (const __half2 *)&vpre[k];
+                const float wp = ws[pg + k * PG];
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    float2 f = __half22float2(h2[j]);
+                    acc[2 * j] += wp * f.x;
+                    acc[2 * j + 1] += wp * f.y;
+                }
+            }
+        } else if (pg < PG) { /* head_dim > 128: NV rows in flight at a time */
             for (int p = pg; p < cnt; p += NV * PG) {
                 uint4 u[NV];
 #pragma unroll
@@ -978,4 +1007,41 @@ int k_swiglu_fast(cudaStream_t st, const void *wg, const void *wu, int type, int
                   const float *xg, const float *xu, int n, float *h)
 {
     DISPATCH_FLOAT(type, swiglu_fast_launch, st, wg, wu, N, K, xg, xu, n, h);
+}
+
+/* ---- test entry (cuda_backend.h) ---- */
+
+extern "C" int cuda_attention_check(int n_heads, int n_kv, int hd, int np, const float *q,
+                                    const uint16_t *k, const uint16_t *v, float *out)
+{
+    if (n_heads < 1 || n_kv < 1 || n_heads % n_kv || np < 1) return ST_EINVAL;
+    const size_t kvd = (size_t)n_kv * hd, cache = kvd * np;
+    float *dq = nullptr, *dout = nullptr;
+    __half *dk = nullptr, *dv = nullptr;
+    int32_t *dps = nullptr;
+    const int32_t ps[2] = {np - 1, 0}; /* pos, seq */
+    int rc = ST_EDEVICE;
+    if (cudaMalloc(&dq, sizeof(float) * n_heads * hd) == cudaSuccess &&
+        cudaMalloc(&dout, sizeof(float) * n_heads * hd) == cudaSuccess &&
+        cudaMalloc(&dk, 2 * cache) == cudaSuccess && cudaMalloc(&dv, 2 * cache) == cudaSuccess &&
+        cudaMalloc(&dps, sizeof(ps)) == cudaSuccess &&
+        cudaMemcpy(dq, q, sizeof(float) * n_heads * hd, cudaMemcpyHostToDevice) == cudaSuccess &&
+        cudaMemcpy(dk, k, 2 * cache, cudaMemcpyHostToDevice) == cudaSuccess &&
+        cudaMemcpy(dv, v, 2 * cache, cudaMemcpyHostToDevice) == cudaSuccess &&
+        cudaMemcpy(dps, ps, sizeof(ps), cudaMemcpyHostToDevice) == cudaSuccess) {
+        struct kv_layout kl = {cache, kvd};
+        rc = k_attention(0, dq, dk, dv, dout, 1, n_heads, n_kv, hd, kl, 1.f / sqrtf((float)hd),
+                         dps, dps + 1, false, NULL);
+        if (rc == 0 && (cudaDeviceSynchronize() != cudaSuccess ||
+                        cudaMemcpy(out, dout, sizeof(float) * n_heads * hd,
+                                   cudaMemcpyDeviceToHost) != cudaSuccess))
+            rc = ST_EDEVICE;
+    }
+    if (rc == ST_EDEVICE) log_error("cuda: attention check: %s", cudaGetErrorString(cudaGetLastError()));
+    cudaFree(dq);
+    cudaFree(dout);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(dps);
+    return rc;
 }
