@@ -222,17 +222,20 @@ static __host__ __device__ __forceinline__ void deq8(const uint8_t *row, int e, 
     const uint8_t *b = row + (size_t)(e / QK) * BS;
     const int i = e % QK;
 #ifdef __CUDA_ARCH__
+    /* grouped types: the 8 quant bytes are one aligned 8-byte word */
     if (T == QT_Q8_0G || T == QT_Q5_0G) {
         const gfields f = gblock<T>(b);
         const float d = ld_f16(f.d);
         const uint32_t qh = T == QT_Q5_0G ? *(const uint32_t *)f.h : 0u;
-        const int hi = i >= 16, base = i & 15;
+        const uint2 w = *(const uint2 *)(f.q + (T == QT_Q8_0G ? i : (i & 15)));
+        const int hi = i >= 16;
 #pragma unroll
         for (int k = 0; k < 8; k++) {
+            const int byte = (int)((k < 4 ? w.x : w.y) >> 8 * (k % 4) & 255u);
             if (T == QT_Q8_0G) {
-                o[k] = (int8_t)f.q[i + k] * d;
+                o[k] = (int8_t)byte * d;
             } else {
-                int q = (hi ? f.q[base + k] >> 4 : f.q[base + k] & 15) | ((qh >> (i + k)) & 1) << 4;
+                int q = (hi ? byte >> 4 : byte & 15) | ((qh >> (i + k)) & 1) << 4;
                 o[k] = (q - 16) * d;
             }
         }
@@ -241,12 +244,15 @@ static __host__ __device__ __forceinline__ void deq8(const uint8_t *row, int e, 
     if (T == QT_Q6_KG) {
         const gfields f = gblock<T>(b);
         const int n = i / 128, g = (i % 128) / 32, l = i % 32;
-        const uint8_t *ql = f.q + q6g_ql(n, g, l), *qh = f.q + q6g_qh(n, l);
+        const uint2 ql = *(const uint2 *)(f.q + q6g_ql(n, g, l)),
+                    qh = *(const uint2 *)(f.q + q6g_qh(n, l));
         const float d = ld_f16(f.d) * (float)(int8_t)f.q[q6g_sc(n, g, l)];
 #pragma unroll
         for (int k = 0; k < 8; k++) {
-            int lo = g >= 2 ? ql[k] >> 4 : ql[k] & 15;
-            o[k] = d * (float)((lo | (((qh[k] >> (2 * g)) & 3) << 4)) - 32);
+            const uint32_t lw = k < 4 ? ql.x : ql.y, hw = k < 4 ? qh.x : qh.y;
+            const int lb = (int)(lw >> 8 * (k % 4) & 255u), hb = (int)(hw >> 8 * (k % 4) & 255u);
+            int lo = g >= 2 ? lb >> 4 : lb & 15;
+            o[k] = d * (float)((lo | (((hb >> (2 * g)) & 3) << 4)) - 32);
         }
         return;
     }
