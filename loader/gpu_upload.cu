@@ -605,11 +605,17 @@ extern "C" int gpu_upload_group_tensors(struct gpu_weights *w, const struct gpu_
                                         size_t n, struct st_errbuf *eb)
 {
     if (w->grouped) return st_errf(eb, ST_ESTATE, "gpu_upload: the device copy is grouped already");
-    for (size_t i = 0; i < n; i++)
-        if (t[i].offset > w->len || t[i].size > w->len - t[i].offset || t[i].offset % 16)
+    for (size_t i = 0; i < n; i++) {
+        if (t[i].offset > w->len || t[i].size > w->len - t[i].offset)
             return st_errf(eb, ST_EFORMAT, "gpu_upload: tensor %zu (offset %llu, %llu bytes) "
-                           "is not a 16-byte aligned part of the device copy", i,
-                           (unsigned long long)t[i].offset, (unsigned long long)t[i].size);
+                           "is not inside the device copy", i, (unsigned long long)t[i].offset,
+                           (unsigned long long)t[i].size);
+        if (gpu_layout_grouped(t[i].type, t[i].size) && t[i].offset % 16)
+            return st_errf(eb, ST_EFORMAT, "gpu_upload: tensor %zu (type %u) starts at data "
+                           "offset %llu, not a multiple of 16 bytes: the CUDA kernels read its "
+                           "blocks in 16-byte words", i, t[i].type,
+                           (unsigned long long)t[i].offset);
+    }
     if (cudaSetDevice(w->device) != cudaSuccess)
         return st_errf(eb, ST_EDEVICE, "gpu_upload: cudaSetDevice(%d) failed", w->device);
     int rc = gpu_layout_apply(w->dev, t, n, eb);

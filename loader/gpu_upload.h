@@ -68,8 +68,8 @@ int gpu_upload_create(const void *host, size_t len, int device, struct gpu_weigh
  * loader/gpu_layout.h (version GPU_LAYOUT_VERSION), in place, as the worker's
  * kernels read them; verify_repair then checks grouped tensors through the
  * layout. Call once, after gpu_upload_create. Returns 0 or ST_EFORMAT (a
- * tensor of the directory outside the copy or not 16-byte aligned) /
- * ST_EDEVICE / ST_ESTATE (grouped already) with eb set. */
+ * tensor of the directory outside the copy, or one to group not 16-byte
+ * aligned) / ST_EDEVICE / ST_ESTATE (grouped already) with eb set. */
 int gpu_upload_group(struct gpu_weights *w, const struct seg *seg, struct st_errbuf *eb);
 
 /* The same for a tensor list (offsets from the region's start) instead of a

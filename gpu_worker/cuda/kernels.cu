@@ -385,6 +385,18 @@ int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n
 #define ATT_MAXD 256               /* head_dim */
 #define ATT_REF_ND (ATT_MAXD / 32) /* values per lane in the reference kernel */
 
+/* acc[0..8) += wp * the 8 half values in u (a V row's 8 elements). */
+static __device__ __forceinline__ void v_accum(const uint4 &u, float wp, float (&acc)[8])
+{
+    const __half2 *h2 = (const __half2 *)&u;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        float2 f = __half22float2(h2[j]);
+        acc[2 * j] += wp * f.x;
+        acc[2 * j + 1] += wp * f.y;
+    }
+}
+
 /* Fast attention (head_dim % 8 == 0): block = (head, token), TP threads,
  * positions in tiles of TP (256 for batches of up to MATVEC_MAX_N tokens,
  * 128 for larger ones, whose many blocks fill the GPU anyway). Per tile: thread j scores position j
@@ -470,27 +482,13 @@ static __global__ void __launch_bounds__(TP)
 #pragma unroll 4
             for (int p = pg; p < cnt; p += PG) {
                 uint4 u = *(const uint4 *)(vb + (size_t)(p0 + p) * kl.pstride);
-                const __half2 *h2 = (const __half2 *)&u;
-                const float wp = ws[p];
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    float2 f = __half22float2(h2[j]);
-                    acc[2 * j] += wp * f.x;
-                    acc[2 * j + 1] += wp * f.y;
-                }
+                v_accum(u, ws[p], acc);
             }
         } else if (pg < PG && PRE) { /* vpre holds all of the thread's rows */
 #pragma unroll
             for (int k = 0; k < NV; k++) {
                 if (pg + k * PG >= cnt) break;
-                const __half2 *h2 = (const __half2 *)&vpre[k];
-                const float wp = ws[pg + k * PG];
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    float2 f = __half22float2(h2[j]);
-                    acc[2 * j] += wp * f.x;
-                    acc[2 * j + 1] += wp * f.y;
-                }
+                v_accum(vpre[k], ws[pg + k * PG], acc);
             }
         } else if (pg < PG) { /* head_dim > 128: NV rows in flight at a time */
             for (int p = pg; p < cnt; p += NV * PG) {
@@ -502,14 +500,7 @@ static __global__ void __launch_bounds__(TP)
 #pragma unroll
                 for (int k = 0; k < NV; k++) {
                     if (p + k * PG >= cnt) break;
-                    const __half2 *h2 = (const __half2 *)&u[k];
-                    const float wp = ws[p + k * PG];
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        float2 f = __half22float2(h2[j]);
-                        acc[2 * j] += wp * f.x;
-                        acc[2 * j + 1] += wp * f.y;
-                    }
+                    v_accum(u[k], ws[p + k * PG], acc);
                 }
             }
         }

@@ -528,7 +528,7 @@ static int mvq_pair(cudaStream_t st, int t0, int t1, const struct mv_args *a, in
     MVQ_PAIR(QT_Q5_K, QT_Q6_K);
     MVQ_PAIR(QT_Q5_0G, QT_Q8_0G);
     MVQ_PAIR(QT_Q4_0, QT_Q8_0G);
-    MVQ_PAIR(QT_Q5_0, QT_Q8_0G); /* a grouped v with an ungrouped q/k */
+    MVQ_PAIR(QT_Q5_0, QT_Q8_0G);
     MVQ_PAIR(QT_Q4_K, QT_Q6_KG);
     MVQ_PAIR(QT_Q5_K, QT_Q6_KG);
 #undef MVQ_PAIR

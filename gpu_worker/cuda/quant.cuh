@@ -34,6 +34,11 @@
  *         scale scales[8n+l/16+2g]
  * Q4_K/Q5_K scale j (0..7): j < 4: sc = s[j] & 63, m = s[j+4] & 63;
  *   else sc = s[j+4] & 15 | (s[j-4] >> 6) << 4, m = s[j+4] >> 4 | (s[j] >> 6) << 4.
+ *
+ * On the device, Q5_0, Q8_0 and Q6_K tensors are usually grouped
+ * (loader/gpu_layout.h): their types are then QT_Q5_0G, QT_Q8_0G, QT_Q6_KG,
+ * blocks are still addressed at their original offsets, and gblock() finds
+ * the fields.
  */
 #ifndef STAGED_QUANT_CUH
 #define STAGED_QUANT_CUH
