@@ -47,12 +47,15 @@ static int loader_gpu_handle(void *z, const struct staged_config *cfg, char *hex
     json_t *gpu = json_object_get(r, "gpu");
     const char *h = json_string_value(json_object_get(gpu, "ipc_handle"));
     json_t *layout = json_object_get(gpu, "layout");
-    if (h && (!json_is_integer(layout) || json_integer_value(layout) != GPU_LAYOUT_VERSION)) {
-        log_error("the loader's device copy of the weights has layout %s%lld; this worker reads "
-                  "layout %d (restart the loader with this version of staged)",
-                  json_is_integer(layout) ? "" : "(none) ",
-                  json_is_integer(layout) ? (long long)json_integer_value(layout) : 0LL,
+    if (h && !json_is_integer(layout)) {
+        log_error("the loader's device copy of the weights does not say its layout; this worker "
+                  "reads layout %d (restart the loader with this version of staged)",
                   GPU_LAYOUT_VERSION);
+        ok = ST_EUNSUPPORTED;
+    } else if (h && json_integer_value(layout) != GPU_LAYOUT_VERSION) {
+        log_error("the loader's device copy of the weights has layout %lld; this worker reads "
+                  "layout %d (restart the loader with this version of staged)",
+                  (long long)json_integer_value(layout), GPU_LAYOUT_VERSION);
         ok = ST_EUNSUPPORTED;
     } else if (h && strlen(h) < cap) {
         snprintf(hex, cap, "%s", h);
