@@ -515,18 +515,20 @@ static __device__ __forceinline__ uint32_t fmix32(uint32_t x)
     return x;
 }
 
-/* Byte at original offset o of a tensor at p, grouped (gpu_layout.h) when
- * gbytes != 0 (the group's size). */
-static __device__ __forceinline__ uint32_t orig_byte(const uint8_t *p, uint32_t type,
-                                                     unsigned gbytes, size_t o)
+/* Word i (bytes 4i..4i+3) of the original bytes of a grouped tensor at p
+ * (gpu_layout.h; gbytes, the group's size, is a multiple of 4, so the word's
+ * bytes lie in one group). */
+static __device__ __forceinline__ uint32_t orig_word(const uint8_t *p, uint32_t type,
+                                                     unsigned gbytes, size_t i)
 {
-    if (!gbytes) return p[o];
-    size_t g = o / gbytes;
-    return p[g * gbytes + gpu_layout_dst(type, (unsigned)(o % gbytes))];
+    const size_t o = 4 * i, g0 = o / gbytes * gbytes;
+    const unsigned in = (unsigned)(o - g0);
+    uint32_t v = 0;
+    for (unsigned k = 0; k < 4; k++)
+        v |= (uint32_t)p[g0 + gpu_layout_dst(type, in + k)] << 8 * k;
+    return v;
 }
 
-/* The wsum of a tensor's original bytes; a grouped tensor is read through
- * the layout (4 byte loads per word instead of one word). */
 static __global__ void wsum_kernel(const uint8_t *p, size_t len, uint32_t type, unsigned gbytes,
                                    uint32_t *acc)
 {
@@ -535,19 +537,14 @@ static __global__ void wsum_kernel(const uint8_t *p, size_t len, uint32_t type, 
     uint32_t hi = 0, lo = 0;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < nw;
          i += (size_t)gridDim.x * blockDim.x) {
-        uint32_t v = 0, idx = (uint32_t)i;
-        if (gbytes)
-            for (int k = 0; k < 4; k++)
-                v |= orig_byte(p, type, gbytes, 4 * i + k) << 8 * k;
-        else
-            v = w[i];
+        uint32_t v = gbytes ? orig_word(p, type, gbytes, i) : w[i], idx = (uint32_t)i;
         hi += v * (2u * idx + 1u);
         lo += fmix32(v + idx * 0x9e3779b9u);
     }
-    if (blockIdx.x == 0 && threadIdx.x == 0 && (len & 3)) {
+    if (blockIdx.x == 0 && threadIdx.x == 0 && (len & 3)) { /* never grouped: 16-byte groups */
         uint32_t v = 0;
         for (size_t k = 0; k < (len & 3); k++)
-            v |= orig_byte(p, type, gbytes, nw * 4 + k) << (8 * k);
+            v |= (uint32_t)p[nw * 4 + k] << (8 * k);
         uint32_t idx = (uint32_t)nw;
         hi += v * (2u * idx + 1u);
         lo += fmix32(v + idx * 0x9e3779b9u);

@@ -194,6 +194,33 @@ static void check_grouped(uint32_t t, int N, int K, int n, const uint8_t *w, con
     free(yg);
 }
 
+/* The decode kernels (mvq) on N rows of type t and the first 8 tokens of x:
+ * the batch of 8 against the CPU reference, each token's bits the same in
+ * batches of 3 and 1, and the grouped device layout the same bits at every
+ * batch size. */
+static void check_decode(uint32_t t, int N, int K, const uint8_t *w, const float *x)
+{
+    float *y8 = malloc(sizeof(float) * N * 8), *y = malloc(sizeof(float) * N * 8);
+    assert_non_null(y8);
+    assert_non_null(y);
+    static const int nd[] = {8, 3, 1};
+    for (size_t b = 0; b < sizeof(nd) / sizeof(nd[0]); b++) {
+        float *out = b == 0 ? y8 : y;
+        assert_int_equal(cuda_mmq_product((int)t, N, K, nd[b], w, x, out, true), 0);
+        if (b == 0) {
+            double rel = rel_to_ref(t, K, N, 8, w, x, y8);
+            print_message("mvq type %2u K %4d N %2d: relative RMS error vs the CPU reference "
+                          "%.2e\n", t, K, N, rel);
+            assert_true(rel < 1e-6);
+        } else {
+            assert_memory_equal(y8, y, sizeof(float) * N * nd[b]);
+        }
+        check_grouped(t, N, K, nd[b], w, x, out, true);
+    }
+    free(y8);
+    free(y);
+}
+
 /* The batched integer product of each quantized type against the CPU
  * reference (quant_vec_dot_ref on quant_quantize_row'd activations): N rows
  * not a multiple of the tile, a legacy K that ends in a partial chunk, 75
@@ -225,22 +252,7 @@ static void test_mmq_types(void **state)
         assert_true(rel < 1e-6);
         assert_true(same);
         check_grouped(t, N, K, n, w, x, y, false);
-        /* the decode kernels: batches of 1, 3 and 8 against the reference,
-         * and each token's bits the same in every batch */
-        static const int nd[] = {8, 3, 1};
-        for (size_t b = 0; b < sizeof(nd) / sizeof(nd[0]); b++) {
-            assert_int_equal(cuda_mmq_product((int)t, N, K, nd[b], w, x, y9, true), 0);
-            if (b == 0) {
-                rel = rel_to_ref(t, K, N, nd[b], w, x, y9);
-                memcpy(y, y9, sizeof(float) * N * nd[b]);
-                print_message("mvq type %2u: relative RMS error vs the CPU reference %.2e\n", t,
-                              rel);
-                assert_true(rel < 1e-6);
-            } else {
-                assert_memory_equal(y, y9, sizeof(float) * N * nd[b]);
-            }
-            check_grouped(t, N, K, nd[b], w, x, y9, true);
-        }
+        check_decode(t, N, K, w, x);
         free(w);
         free(x);
         free(y);
@@ -265,25 +277,12 @@ static void test_mvq_split_rows(void **state)
     uint64_t seed = 0x2545f4914f6cdd1dull;
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         uint32_t t = cases[c].t;
-        int K = cases[c].K, N = cases[c].N, n = 8;
+        int K = cases[c].K, N = cases[c].N;
         uint8_t *w = random_rows(t, N, K, 0.3f, &seed);
-        float *x = random_acts(K, n, &seed);
-        float *y = malloc(sizeof(float) * N * n), *y1 = malloc(sizeof(float) * N * n);
-        assert_int_equal(cuda_mmq_product((int)t, N, K, n, w, x, y, true), 0);
-        double rel = rel_to_ref(t, K, N, n, w, x, y);
-        print_message("mvq type %2u K %4d N %2d: relative RMS error vs the CPU reference %.2e\n",
-                      t, K, N, rel);
-        assert_true(rel < 1e-6);
-        for (int nb = 3; nb >= 1; nb -= 2) {
-            assert_int_equal(cuda_mmq_product((int)t, N, K, nb, w, x, y1, true), 0);
-            assert_memory_equal(y, y1, sizeof(float) * N * nb);
-        }
-        check_grouped(t, N, K, n, w, x, y, true);
-        check_grouped(t, N, K, 1, w, x, y, true);
+        float *x = random_acts(K, 8, &seed);
+        check_decode(t, N, K, w, x);
         free(w);
         free(x);
-        free(y);
-        free(y1);
     }
 }
 
