@@ -261,8 +261,9 @@ static void test_mmq_types(void **state)
 }
 
 /* The decode kernels on rows long enough to be split over 2 and 4 warps
- * (mvq.cu's mvq_wpr; test_mmq_types' rows take one warp each): against the
- * reference, and each token's bits the same in batches of 8, 3 and 1. */
+ * (mvq.cu's mvq_wpr; test_mmq_types' rows take one warp each), up to 7B's
+ * down rows: against the reference, and each token's bits the same in
+ * batches of 8, 3 and 1. */
 static void test_mvq_split_rows(void **state)
 {
     if (!gpu_or_skip()) skip();
@@ -273,6 +274,8 @@ static void test_mvq_split_rows(void **state)
         {GGML_TYPE_Q4_K, 2048, 70}, /* 64 units per row: 2 warps */
         {GGML_TYPE_Q6_K, 4864, 40}, /* 152 units (the 0.5B down shape's rows): 4 warps */
         {GGML_TYPE_Q5_0, 4864, 8},  /* 2-byte aligned blocks, 4 warps */
+        {GGML_TYPE_Q6_K, 18944, 24}, /* 592 units (7B down's rows): 4 warps */
+        {GGML_TYPE_Q8_0, 16416, 16}, /* 513 units: lanes with 4 and 5 */
     };
     uint64_t seed = 0x2545f4914f6cdd1dull;
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {

@@ -39,6 +39,12 @@ struct cmat {
  * 9 tokens on, so mmq serves the reference mode only unless
  * STAGED_CUDA_GEMM_MIN_N raises this. */
 #define GEMM_MIN_N (MATVEC_MAX_N + 1)
+/* The half copies of quantized W for cuBLAS rotate through DEQ_SLOTS buffers
+ * (larger matrices go in row chunks, see deq_rows): a second stream decodes
+ * the next chunks while cuBLAS multiplies the current one, so the decoding is
+ * off the step's critical path. */
+#define DEQ_SLOTS 4
+#define DEQ_SLOT_MAX_ELEMS ((size_t)32 << 20)
 
 struct fgraph {
     int n, n_out;
@@ -71,6 +77,7 @@ struct backend {
     struct kv_layout kl;
     /* scratch, [max_batch][...] floats */
     float *x, *xn, *q, *k, *v, *att, *g, *u, *tmp, *xr, *xr2, *xo, *lg;
+    float *qkv; /* [max_batch][q_dim + 2 kv_dim]: q/k/v as one product's output */
     void *a16;                /* activations as half / bfloat16 for cuBLAS (F16/BF16 weights) */
     struct mmq_act mq;        /* activations as 8-bit blocks for the integer products */
     struct mmq_act sq;        /* a second input's (up's class differs from gate's) */
@@ -86,10 +93,18 @@ struct backend {
     const float *a16_src; /* half / bfloat16 in a16 (of the rounded input for class 3/4) */
     int a16_cls, a16_n;
     /* quantized products of at least gemm_min_n tokens: W decoded to half
-     * in chunks of wdeq_elems elements, cuBLAS */
+     * on stream dst into slot deq_next % DEQ_SLOTS of wdeq (DEQ_SLOTS chunks
+     * of wdeq_elems elements; deq_target: see deq_rows), cuBLAS on st. ev_deq[s]: slot s written;
+     * ev_use[s]: its product done (deq_used[s]: recorded in this pass);
+     * ev_fork / ev_join bracket a pass's use of dst (deq_forked) */
     __half *wdeq;
-    size_t wdeq_elems;
+    size_t wdeq_elems, deq_target;
     int gemm_min_n;
+    cudaStream_t dst;
+    cudaEvent_t ev_deq[DEQ_SLOTS], ev_use[DEQ_SLOTS], ev_fork, ev_join;
+    bool deq_used[DEQ_SLOTS];
+    unsigned deq_next;
+    bool deq_forked;
     /* CUDA graphs of whole forward passes, keyed by (n_tokens, n_out) */
     struct fgraph graphs[CUDA_MAX_GRAPHS];
     unsigned long long graph_clock;
@@ -294,6 +309,20 @@ static cudaError_t dev_malloc(void **p, size_t n)
 
 static void cuda_destroy(struct backend **pb);
 
+/* The rows of W decoded at a time for cuBLAS: all of them when W has at
+ * most deq_target elements, else equal chunks of about deq_target elements
+ * rounded up to 128 rows (each chunk's output then starts 512-byte aligned:
+ * an unaligned one costs cuBLAS its fast kernels, 7B's prompt 14.5k -> 5.1k
+ * tokens/s). */
+static int deq_rows(const struct backend *b, const struct cmat *W)
+{
+    size_t elems = (size_t)W->N * W->K;
+    if (elems <= b->deq_target) return W->N;
+    size_t chunks = (elems + b->deq_target - 1) / b->deq_target;
+    size_t rows = ((W->N + chunks - 1) / chunks + 127) & ~(size_t)127;
+    return rows < (size_t)W->N ? (int)rows : W->N;
+}
+
 /* Buffers of quantized activations for up to `tokens` rows of wmax
  * elements (mmq's K-split partial sums too when part). */
 static cudaError_t act_alloc(struct mmq_act *a, size_t tokens, size_t wmax, bool part)
@@ -416,14 +445,34 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
                                 &L->kn, eb));
             const struct cmat *ms[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
             for (int i = 0; i < 7; i++)
-                if (mmq_supported(ms[i]->type) && (size_t)ms[i]->N * ms[i]->K > b->wdeq_elems)
-                    b->wdeq_elems = (size_t)ms[i]->N * ms[i]->K;
+                if (mmq_supported(ms[i]->type) && (size_t)ms[i]->N * ms[i]->K > b->deq_target)
+                    b->deq_target = (size_t)ms[i]->N * ms[i]->K;
         }
-        /* the output matrix goes through in row chunks of the largest layer matrix */
-        if (mmq_supported(b->out.type) && b->wdeq_elems < (size_t)b->out.K)
-            b->wdeq_elems = (size_t)b->out.K * 256;
-        if (b->wdeq_elems && cfg->max_batch >= b->gemm_min_n && !b->ref)
-            CREATE_CUDA(dev_malloc((void **)&b->wdeq, b->wdeq_elems * sizeof(__half)));
+        /* chunks of about the largest layer matrix (the output matrix in at
+         * least 256 rows), DEQ_SLOT_MAX_ELEMS at most; a slot holds the
+         * largest chunk */
+        if (mmq_supported(b->out.type) && b->deq_target < (size_t)b->out.K * 256)
+            b->deq_target = (size_t)b->out.K * 256;
+        if (b->deq_target > DEQ_SLOT_MAX_ELEMS) b->deq_target = DEQ_SLOT_MAX_ELEMS;
+        for (int l = 0; l < (int)hp->n_layers; l++) {
+            const struct clayer *L = &b->L[l];
+            const struct cmat *ms[8] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down, &b->out};
+            for (int i = 0; i < 8; i++)
+                if (mmq_supported(ms[i]->type) &&
+                    (size_t)deq_rows(b, ms[i]) * ms[i]->K > b->wdeq_elems)
+                    b->wdeq_elems = (size_t)deq_rows(b, ms[i]) * ms[i]->K;
+        }
+        if (b->wdeq_elems && cfg->max_batch >= b->gemm_min_n && !b->ref) {
+            CREATE_CUDA(
+                dev_malloc((void **)&b->wdeq, DEQ_SLOTS * b->wdeq_elems * sizeof(__half)));
+            CREATE_CUDA(cudaStreamCreateWithFlags(&b->dst, cudaStreamNonBlocking));
+            for (int i = 0; i < DEQ_SLOTS; i++) {
+                CREATE_CUDA(cudaEventCreateWithFlags(&b->ev_deq[i], cudaEventDisableTiming));
+                CREATE_CUDA(cudaEventCreateWithFlags(&b->ev_use[i], cudaEventDisableTiming));
+            }
+            CREATE_CUDA(cudaEventCreateWithFlags(&b->ev_fork, cudaEventDisableTiming));
+            CREATE_CUDA(cudaEventCreateWithFlags(&b->ev_join, cudaEventDisableTiming));
+        }
     }
 
     /* KV cache and scratch */
@@ -446,8 +495,10 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
         CREATE_CUDA(dev_malloc((void **)&b->att, B * b->q_dim * 4));
         CREATE_CUDA(dev_malloc((void **)&b->k, B * b->kv_dim * 4));
         CREATE_CUDA(dev_malloc((void **)&b->v, B * b->kv_dim * 4));
-        CREATE_CUDA(dev_malloc((void **)&b->g, B * F * 4));
-        CREATE_CUDA(dev_malloc((void **)&b->u, B * F * 4));
+        CREATE_CUDA(dev_malloc((void **)&b->qkv, B * (b->q_dim + 2 * b->kv_dim) * 4));
+        /* g and u in one allocation: gate/up as one strided product */
+        CREATE_CUDA(dev_malloc((void **)&b->g, 2 * B * F * 4));
+        b->u = b->g + B * F;
         CREATE_CUDA(dev_malloc((void **)&b->tmp, B * wmax * 4));
         CREATE_CUDA(dev_malloc((void **)&b->xr, B * wmax * 4));
         CREATE_CUDA(dev_malloc((void **)&b->xr2, B * wmax * 4));
@@ -529,13 +580,20 @@ static void cuda_destroy(struct backend **pb)
     kvpool_destroy(&b->kpool);
     kvpool_destroy(&b->vpool);
     void *dev[] = {b->x,        b->xn,   b->xo,   b->q,    b->att,     b->k,       b->v,
-                   b->g,        b->u,    b->tmp,  b->xr,   b->xr2,     b->a16,     b->lg,
+                   b->g,        b->qkv,  b->tmp,  b->xr,   b->xr2,     b->a16,     b->lg,
                    b->d_meta,   b->mq.q, b->mq.d, b->mq.s, b->mq.bsum, b->mq.part, b->wdeq,
                    b->rope_tab, b->sq.q, b->sq.d, b->sq.s, b->sq.bsum, b->d_top, b->top_scratch};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
         if (dev[i]) cudaFree(dev[i]);
     if (b->h_meta) cudaFreeHost(b->h_meta);
     if (b->own_base && b->base) cudaFree(b->base);
+    for (int i = 0; i < DEQ_SLOTS; i++) {
+        if (b->ev_deq[i]) cudaEventDestroy(b->ev_deq[i]);
+        if (b->ev_use[i]) cudaEventDestroy(b->ev_use[i]);
+    }
+    if (b->ev_fork) cudaEventDestroy(b->ev_fork);
+    if (b->ev_join) cudaEventDestroy(b->ev_join);
+    if (b->dst) cudaStreamDestroy(b->dst);
     if (b->st) cudaStreamDestroy(b->st);
     free(b->L);
     free(b->seq_len);
@@ -597,25 +655,151 @@ static int half_input(struct backend *b, const struct cmat *W, const float *x, i
     return 0;
 }
 
+/* The dequantization ring (DEQ_SLOTS): the next slot, once the product that
+ * last read it is done; the first use in a pass forks dst from st (deq_join
+ * ends the pass's use). */
+static int deq_slot(struct backend *b, int *s)
+{
+    if (!b->deq_forked) {
+        CUDA_TRY(cudaEventRecord(b->ev_fork, b->st));
+        CUDA_TRY(cudaStreamWaitEvent(b->dst, b->ev_fork, 0));
+        b->deq_forked = true;
+        b->deq_next = 0;
+        memset(b->deq_used, 0, sizeof(b->deq_used));
+    }
+    *s = (int)(b->deq_next++ % DEQ_SLOTS);
+    if (b->deq_used[*s]) CUDA_TRY(cudaStreamWaitEvent(b->dst, b->ev_use[*s], 0));
+    return 0;
+}
+
+static __half *slot_ptr(const struct backend *b, int s)
+{
+    return b->wdeq + (size_t)s * b->wdeq_elems;
+}
+
+/* Rows [r0, r0 + nr) of W decoded to half at out, on dst. */
+static int deq_decode(struct backend *b, const struct cmat *W, int r0, int nr, __half *out)
+{
+    size_t rb = qt_row_bytes(W->type, W->K);
+    return k_dequant_f16(b->dst, (const uint8_t *)W->w + (size_t)r0 * rb, W->type, nr, W->K, out);
+}
+
+/* st waits for what dst wrote up to now (into slot s). */
+static int deq_ready(struct backend *b, int s)
+{
+    CUDA_TRY(cudaEventRecord(b->ev_deq[s], b->dst));
+    CUDA_TRY(cudaStreamWaitEvent(b->st, b->ev_deq[s], 0));
+    return 0;
+}
+
+/* Slot s is free once st's work up to now is done. */
+static int deq_done(struct backend *b, int s)
+{
+    CUDA_TRY(cudaEventRecord(b->ev_use[s], b->st));
+    b->deq_used[s] = true;
+    return 0;
+}
+
+/* y[n][N] = x W^T for a cuBLAS product of half a16 and slot A (nr rows),
+ * beta * y added; ldc: y's row stride. */
+static int gemm_half(struct backend *b, const __half *A, int nr, int K, int n, float beta,
+                     float *y, int ldc)
+{
+    const float one = 1.f;
+    CUBLAS_TRY(cublasGemmEx(b->cb, CUBLAS_OP_T, CUBLAS_OP_N, nr, n, K, &one, A, CUDA_R_16F, K,
+                            b->a16, CUDA_R_16F, K, &beta, y, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
 /* A quantized W times a large batch: the input rounded as the reference
- * rounds it, then to half; W decoded to half in row chunks; cuBLAS with
- * float accumulation. Faster than mmq for large batches, but each weight
- * and input is rounded to half (2^-11 relative) on the way. */
+ * rounds it, then to half; W decoded to half in row chunks (deq_rows) on dst
+ * into the ring's slots; cuBLAS with float accumulation on st. Faster than
+ * mmq for large batches, but each weight and input is rounded to half
+ * (2^-11 relative) on the way. */
 static int mm_dequant(struct backend *b, const struct cmat *W, const float *x, float *y, int n,
                       float beta)
 {
-    const float one = 1.f;
     ST_TRY(half_input(b, W, x, n));
-    int rows = (int)(b->wdeq_elems / (size_t)W->K);
-    size_t rb = qt_row_bytes(W->type, W->K);
+    int rows = deq_rows(b, W), s;
     for (int r0 = 0; r0 < W->N; r0 += rows) {
         int nr = W->N - r0 < rows ? W->N - r0 : rows;
-        ST_TRY(k_dequant_f16(b->st, (const uint8_t *)W->w + (size_t)r0 * rb, W->type, nr, W->K,
-                             b->wdeq));
-        CUBLAS_TRY(cublasGemmEx(b->cb, CUBLAS_OP_T, CUBLAS_OP_N, nr, n, W->K, &one, b->wdeq,
-                                CUDA_R_16F, W->K, b->a16, CUDA_R_16F, W->K, &beta, y + r0,
-                                CUDA_R_32F, W->N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        ST_TRY(deq_slot(b, &s));
+        ST_TRY(deq_decode(b, W, r0, nr, slot_ptr(b, s)));
+        ST_TRY(deq_ready(b, s));
+        ST_TRY(gemm_half(b, slot_ptr(b, s), nr, W->K, n, beta, y + r0, W->N));
+        ST_TRY(deq_done(b, s));
     }
+    return 0;
+}
+
+/* Whether mm_stack / mm_pair take these matrices for n tokens: quantized,
+ * one input rounding, the same K, and (stack) all rows in one slot. */
+static bool dequant_together(const struct backend *b, const struct cmat *const *W, int nw, int n,
+                             bool stack)
+{
+    if (b->ref || n < b->gemm_min_n || !b->wdeq) return false;
+    size_t rows = 0;
+    for (int i = 0; i < nw; i++) {
+        if (!mmq_supported(W[i]->type) || act_class(W[i]->type) != act_class(W[0]->type) ||
+            W[i]->K != W[0]->K)
+            return false;
+        rows += (size_t)W[i]->N;
+    }
+    return !stack || rows * W[0]->K <= b->wdeq_elems;
+}
+
+/* y[n][sum N] = x [W0; W1; ..]^T: the matrices decoded one after the other
+ * into one slot, one cuBLAS product (q, k and v; see dequant_together). */
+static int mm_stack(struct backend *b, const struct cmat *const *W, int nw, const float *x,
+                    float *y, int n)
+{
+    ST_TRY(half_input(b, W[0], x, n));
+    int s, rows = 0;
+    ST_TRY(deq_slot(b, &s));
+    for (int i = 0; i < nw; i++) {
+        ST_TRY(deq_decode(b, W[i], 0, W[i]->N, slot_ptr(b, s) + (size_t)rows * W[0]->K));
+        rows += W[i]->N;
+    }
+    ST_TRY(deq_ready(b, s));
+    ST_TRY(gemm_half(b, slot_ptr(b, s), rows, W[0]->K, n, 0.f, y, rows));
+    return deq_done(b, s);
+}
+
+/* ya = x Wa^T and yb = x Wb^T (same shape; yb = ya + ystride) as one
+ * strided-batched cuBLAS product per row chunk: Wa's chunk in an even slot,
+ * Wb's in the next (gate and up; see dequant_together). */
+static int mm_pair(struct backend *b, const struct cmat *Wa, const struct cmat *Wb,
+                   const float *x, float *ya, long long ystride, int n)
+{
+    const float one = 1.f, zero = 0.f;
+    ST_TRY(half_input(b, Wa, x, n));
+    int rows = deq_rows(b, Wa), K = Wa->K, sa, sb;
+    for (int r0 = 0; r0 < Wa->N; r0 += rows) {
+        int nr = Wa->N - r0 < rows ? Wa->N - r0 : rows;
+        if (b->deq_forked && b->deq_next % 2) b->deq_next++; /* the pair in slots 2i, 2i + 1 */
+        ST_TRY(deq_slot(b, &sa));
+        ST_TRY(deq_slot(b, &sb));
+        ST_TRY(deq_decode(b, Wa, r0, nr, slot_ptr(b, sa)));
+        ST_TRY(deq_decode(b, Wb, r0, nr, slot_ptr(b, sb)));
+        ST_TRY(deq_ready(b, sb));
+        CUBLAS_TRY(cublasGemmStridedBatchedEx(
+            b->cb, CUBLAS_OP_T, CUBLAS_OP_N, nr, n, K, &one, slot_ptr(b, sa), CUDA_R_16F, K,
+            (long long)b->wdeq_elems, b->a16, CUDA_R_16F, K, 0, &zero, ya + r0, CUDA_R_32F, Wa->N,
+            ystride, 2, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        ST_TRY(deq_done(b, sa));
+        ST_TRY(deq_done(b, sb));
+    }
+    return 0;
+}
+
+/* The end of a pass's products: st waits for everything dst was given. */
+static int deq_join(struct backend *b)
+{
+    if (!b->deq_forked) return 0;
+    b->deq_forked = false;
+    CUDA_TRY(cudaEventRecord(b->ev_join, b->dst));
+    CUDA_TRY(cudaStreamWaitEvent(b->st, b->ev_join, 0));
     return 0;
 }
 
@@ -822,7 +1006,8 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
         ST_TRY(k_rmsnorm(st, b->k, L->kn, b->k, n * (int)hp->n_kv_heads, hd, hp->rms_eps));
     }
     if (!rope.tab)
-        ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, qkv_bias{}, n, (int)hp->n_heads,
+        ST_TRY(k_rope_store(st, qkv_in{b->q, b->k, b->v, b->q_dim, b->kv_dim}, b->q, kc, vc,
+                            qkv_bias{}, n, (int)hp->n_heads,
                             (int)hp->n_kv_heads, hd, (int)hp->rope_dim, (int)hp->rope_kind,
                             hp->rope_base, b->rope_tab, b->kl, d_pos, d_seq));
     /* the attention kernel quantizes its output for o when it can */
@@ -863,6 +1048,7 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
     cudaStream_t st = b->st;
     int D = (int)hp->dim, hd = (int)hp->head_dim, F = (int)hp->ffn_dim;
     memo_reset(b);
+    b->deq_forked = false; /* a failed pass may have left it set */
     ST_TRY(k_embed(st, b->embd.w, b->embd.type, D, d_tok, n, b->x));
     for (int l = 0; l < (int)hp->n_layers; l++) {
         const struct clayer *L = &b->L[l];
@@ -871,9 +1057,17 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
             continue;
         }
         ST_TRY(norm_rows(b, b->x, L->attn_norm, b->xn, &L->q, n));
-        ST_TRY(mm(b, &L->q, b->xn, b->q, n));
-        ST_TRY(mm(b, &L->k, b->xn, b->k, n));
-        ST_TRY(mm(b, &L->v, b->xn, b->v, n));
+        const struct cmat *qkv[3] = {&L->q, &L->k, &L->v};
+        struct qkv_in in = {b->q, b->k, b->v, b->q_dim, b->kv_dim};
+        if (!L->qn && dequant_together(b, qkv, 3, n, true)) { /* one product, [n][q | k | v] */
+            int ld = b->q_dim + 2 * b->kv_dim;
+            ST_TRY(mm_stack(b, qkv, 3, b->xn, b->qkv, n));
+            in = qkv_in{b->qkv, b->qkv + b->q_dim, b->qkv + b->q_dim + b->kv_dim, ld, ld};
+        } else {
+            ST_TRY(mm(b, &L->q, b->xn, b->q, n));
+            ST_TRY(mm(b, &L->k, b->xn, b->k, n));
+            ST_TRY(mm(b, &L->v, b->xn, b->v, n));
+        }
         /* the biases are added by rope_store, unless q/k norms come between */
         struct qkv_bias bias = {L->bq, L->bk, L->bv};
         if (L->qn) {
@@ -885,7 +1079,7 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
             ST_TRY(k_rmsnorm(st, b->k, L->kn, b->k, n * (int)hp->n_kv_heads, hd, hp->rms_eps));
         }
         __half *kc = b->kc + (size_t)l * b->kv_dim, *vc = b->vc + (size_t)l * b->kv_dim;
-        ST_TRY(k_rope_store(st, b->q, b->k, b->v, kc, vc, bias, n, (int)hp->n_heads,
+        ST_TRY(k_rope_store(st, in, b->q, kc, vc, bias, n, (int)hp->n_heads,
                             (int)hp->n_kv_heads, hd, (int)hp->rope_dim, (int)hp->rope_kind,
                             hp->rope_base, b->rope_tab, b->kl, d_pos, d_seq));
         ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
@@ -893,10 +1087,23 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
         memo_reset(b);
         ST_TRY(mm_residual(b, &L->o, b->att, n));
         ST_TRY(norm_rows(b, b->x, L->ffn_norm, b->xn, &L->gate, n));
-        ST_TRY(mm(b, &L->gate, b->xn, b->g, n));
-        ST_TRY(mm(b, &L->up, b->xn, b->u, n));
-        ST_TRY(k_swiglu(st, b->g, b->u, b->g, (size_t)n * F, b->ref));
+        const struct cmat *gu[2] = {&L->gate, &L->up};
+        if (dequant_together(b, gu, 2, n, false)) {
+            ST_TRY(mm_pair(b, &L->gate, &L->up, b->xn, b->g, b->u - b->g, n));
+        } else {
+            ST_TRY(mm(b, &L->gate, b->xn, b->g, n));
+            ST_TRY(mm(b, &L->up, b->xn, b->u, n));
+        }
         memo_reset(b);
+        if (!b->ref && n >= b->gemm_min_n && mmq_supported(L->down.type)) {
+            /* SwiGLU leaves down's half input in a16 (the memo half_input would make) */
+            ST_TRY(k_swiglu_f16(st, b->g, b->u, b->g, (__half *)b->a16, L->down.type, n, F));
+            b->a16_src = b->g;
+            b->a16_cls = act_class(L->down.type);
+            b->a16_n = n;
+        } else {
+            ST_TRY(k_swiglu(st, b->g, b->u, b->g, (size_t)n * F, b->ref));
+        }
         ST_TRY(mm_residual(b, &L->down, b->g, n));
     }
     if (n_out > 0) {
@@ -904,7 +1111,7 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
         ST_TRY(norm_rows(b, b->xo, b->out_norm, b->xo, &b->out, n_out));
         ST_TRY(mm(b, &b->out, b->xo, b->lg, n_out));
     }
-    return 0;
+    return deq_join(b);
 }
 
 /* Run the forward pass through a cached CUDA graph of its shape (captured on

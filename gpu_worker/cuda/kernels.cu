@@ -380,6 +380,46 @@ int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n
     return 0;
 }
 
+/* A warp per BS-element block of h (BS = 32: Q8_0 rounding, 256: Q8_K):
+ * swiglu_kernel's values, then round_q8_*_warp from them (each lane reads
+ * back only what it wrote). */
+template <int BS>
+static __global__ void swiglu_f16_kernel(const float *g, const float *u, float *h, __half *o,
+                                         size_t nblk)
+{
+    size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (blk >= nblk) return;
+    const int lane = threadIdx.x & 31;
+    const size_t b0 = blk * BS;
+#pragma unroll
+    for (int k = 0; k < BS / 32; k++) {
+        size_t i = b0 + 32 * k + lane;
+        float a = g[i];
+        h[i] = a / (1.f + expf(-a)) * u[i];
+    }
+    if (BS == 32)
+        round_q8_0_warp(h + b0, o + b0, lane);
+    else
+        round_q8_k_warp(h + b0, o + b0, lane);
+}
+
+int k_swiglu_f16(cudaStream_t st, const float *g, const float *u, float *h, __half *o, int wtype,
+                 int n, int F)
+{
+    size_t total = (size_t)n * F;
+    if (mmq_class(wtype) == 3) {
+        if (F % 32 != 0) return ST_EINVAL;
+        swiglu_f16_kernel<32><<<(unsigned)((total / 32 + 7) / 8), 256, 0, st>>>(g, u, h, o,
+                                                                                total / 32);
+    } else {
+        if (F % 256 != 0) return ST_EINVAL;
+        swiglu_f16_kernel<256><<<(unsigned)((total / 256 + 7) / 8), 256, 0, st>>>(g, u, h, o,
+                                                                                  total / 256);
+    }
+    CUDA_LAUNCHED("swiglu_f16");
+    return 0;
+}
+
 /* ---- attention ---- */
 
 #define ATT_MAXD 256               /* head_dim */
@@ -795,18 +835,19 @@ int k_norm_quant(cudaStream_t st, const float *x, const float *w, float eps, int
  * pair i (q back into q, k straight into the cache as half); a k head's
  * block also stores its v and the unrotated tail of k. One memory round
  * trip per thread. */
-static __global__ void rope_store_kernel(float *q, const float *k, const float *v, __half *kc,
-                                         __half *vc, struct qkv_bias bias, int n_heads, int n_kv,
-                                         int hd, int rope_dim, int kind, float theta_scale,
+static __global__ void rope_store_kernel(struct qkv_in in, float *q, __half *kc, __half *vc,
+                                         struct qkv_bias bias, int n_heads, int n_kv, int hd,
+                                         int rope_dim, int kind, float theta_scale,
                                          const float2 *tab, struct kv_layout kl,
                                          const int32_t *pos, const int32_t *seq)
 {
     griddep_launch();
     griddep_wait();
     const int h = blockIdx.x, t = blockIdx.y, i = threadIdx.x;
-    const int half_rd = rope_dim / 2, P = pos[t], kv_dim = n_kv * hd;
+    const int half_rd = rope_dim / 2, P = pos[t];
     const size_t dst = (size_t)seq[t] * kl.sstride + (size_t)P * kl.pstride;
-    const float *kt = k + (size_t)t * kv_dim;
+    const float *kt = in.k + (size_t)t * in.ldkv, *qin = in.q + (size_t)t * in.ldq;
+    float *qt = q + (size_t)t * n_heads * hd;
     const size_t ko = dst + (size_t)(h - n_heads) * hd;
     if (i < half_rd) {
         float sn, cs;
@@ -823,8 +864,8 @@ static __global__ void rope_store_kernel(float *q, const float *k, const float *
         }
         int i0 = kind == 0 ? 2 * i : i;
         int i1 = kind == 0 ? 2 * i + 1 : i + half_rd;
-        float *qh = q + ((size_t)t * n_heads + h) * hd;
-        const float *xh = h < n_heads ? qh : kt + (size_t)(h - n_heads) * hd;
+        float *qh = qt + (size_t)h * hd;
+        const float *xh = h < n_heads ? qin + (size_t)h * hd : kt + (size_t)(h - n_heads) * hd;
         const float *bh = h < n_heads ? (bias.q ? bias.q + (size_t)h * hd : NULL)
                                       : (bias.k ? bias.k + (size_t)(h - n_heads) * hd : NULL);
         float a = xh[i0], b = xh[i1];
@@ -842,26 +883,28 @@ static __global__ void rope_store_kernel(float *q, const float *k, const float *
             kc[ko + i1] = __float2half_rn(r1);
         }
     }
-    if (h < n_heads && bias.q) /* the unrotated rest of q gets its bias too */
-        for (int j = rope_dim + i; j < hd; j += blockDim.x)
-            q[((size_t)t * n_heads + h) * hd + j] += bias.q[(size_t)h * hd + j];
+    if (h < n_heads && (bias.q || qin != qt)) /* the unrotated rest of q, with its bias */
+        for (int j = rope_dim + i; j < hd; j += blockDim.x) {
+            size_t e = (size_t)h * hd + j;
+            qt[e] = bias.q ? qin[e] + bias.q[e] : qin[e];
+        }
     if (h >= n_heads)
         for (int j = i; j < hd; j += blockDim.x) {
             size_t e = (size_t)(h - n_heads) * hd + j;
-            float vv = v[(size_t)t * kv_dim + e];
+            float vv = in.v[(size_t)t * in.ldkv + e];
             vc[dst + e] = __float2half_rn(bias.v ? vv + bias.v[e] : vv);
             if (j >= rope_dim) kc[dst + e] = __float2half_rn(bias.k ? kt[e] + bias.k[e] : kt[e]);
         }
 }
 
-int k_rope_store(cudaStream_t st, float *q, const float *k, const float *v, __half *kc, __half *vc,
+int k_rope_store(cudaStream_t st, struct qkv_in in, float *q, __half *kc, __half *vc,
                  struct qkv_bias bias, int n, int n_heads, int n_kv, int hd, int rope_dim, int kind,
                  float base, const float2 *tab, struct kv_layout kl, const int32_t *pos,
                  const int32_t *seq)
 {
     float theta_scale = powf(base, -2.0f / (float)rope_dim); /* on the host, as the reference */
     dim3 grid(n_heads + n_kv, n);
-    CUDA_TRY(launch_pdl(rope_store_kernel, grid, (hd + 31) / 32 * 32, 0, st, q, k, v, kc, vc, bias,
+    CUDA_TRY(launch_pdl(rope_store_kernel, grid, (hd + 31) / 32 * 32, 0, st, in, q, kc, vc, bias,
                         n_heads, n_kv, hd, rope_dim, kind, theta_scale, tab, kl, pos, seq));
     return 0;
 }

@@ -57,6 +57,10 @@ int k_add_bias(cudaStream_t st, float *y, const float *b, int n, int N);
 int k_add(cudaStream_t st, float *x, const float *y, size_t n);
 /* h = silu(g) * u, n floats; ref: exp correctly rounded, as the reference. */
 int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n, bool ref);
+/* k_swiglu (serving's exp) of n tokens' rows of F, and h rounded as the input
+ * of quantized weights of type wtype (k_act_f16) into o in the same kernel. */
+int k_swiglu_f16(cudaStream_t st, const float *g, const float *u, float *h, __half *o, int wtype,
+                 int n, int F);
 /* Causal attention of each token over its sequence's positions 0..pos[t]:
  * out[t][h*hd..] = softmax(q.K^T * scale) V, with GQA (kv head = h / (n_heads/n_kv)).
  * head_dim: a multiple of 8, at most 256 (else ST_EUNSUPPORTED).
@@ -164,12 +168,19 @@ int k_swiglu_fast(cudaStream_t st, const void *wg, const void *wu, int type, int
 struct qkv_bias {
     const float *q, *k, *v;
 };
-/* Rotary embedding of q in place and of k into the cache, v into the cache (rope kind 0 =
- * adjacent pairs, 1 = halves (NEOX); the first rope_dim elements of each head
- * rotate; the cache is kl), each with its bias first. Angles from tab
+/* The inputs of k_rope_store: token t's q at q + t * ldq, its k and v at
+ * k + t * ldkv and v + t * ldkv (one product's [n][q | k | v] output, or
+ * the three buffers: ldq = q_dim, ldkv = kv_dim). */
+struct qkv_in {
+    const float *q, *k, *v;
+    int ldq, ldkv;
+};
+/* Rotary embedding of in.q into q ([n][q_dim]; q may be in.q) and of in.k into the cache, in.v
+ * into the cache (rope kind 0 = adjacent pairs, 1 = halves (NEOX); the first rope_dim elements of
+ * each head rotate; the cache is kl), each with its bias first. Angles from tab
  * ([pos][rope_dim / 2] of (cos, sin), computed on the host as the reference
  * does) when given, else computed here (sinf/cosf may differ in the last bit). */
-int k_rope_store(cudaStream_t st, float *q, const float *k, const float *v, __half *kc, __half *vc,
+int k_rope_store(cudaStream_t st, struct qkv_in in, float *q, __half *kc, __half *vc,
                  struct qkv_bias bias, int n, int n_heads, int n_kv, int hd, int rope_dim, int kind,
                  float base, const float2 *tab, struct kv_layout kl, const int32_t *pos,
                  const int32_t *seq);
