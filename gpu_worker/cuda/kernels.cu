@@ -169,12 +169,8 @@ static __device__ __forceinline__ void round_q8_0_warp(const float *src, O *dst,
  * magnitude m (first one on ties), iscale = -127/m,
  * q = min(127, rint(iscale*x)), x' = q / iscale. */
 template <typename O>
-static __device__ __forceinline__ void round_q8_k_warp(const float *src, O *dst, int lane)
+static __device__ __forceinline__ void round_q8_k_regs(const float (&xv)[8], O *dst, int lane)
 {
-    float xv[8];
-#pragma unroll
-    for (int k = 0; k < 8; k++)
-        xv[k] = src[k * 32 + lane];
     float iscale = q8_k_iscale(xv, lane, false);
     if (iscale == 0.f) {
 #pragma unroll
@@ -186,6 +182,17 @@ static __device__ __forceinline__ void round_q8_k_warp(const float *src, O *dst,
 #pragma unroll
     for (int k = 0; k < 8; k++)
         dst[k * 32 + lane] = act_out<O>(fminf(127.f, rintf(iscale * xv[k])) * d);
+}
+
+/* The same, the block read from src (xv[k] = src[k * 32 + lane]). */
+template <typename O>
+static __device__ __forceinline__ void round_q8_k_warp(const float *src, O *dst, int lane)
+{
+    float xv[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+        xv[k] = src[k * 32 + lane];
+    round_q8_k_regs(xv, dst, lane);
 }
 
 template <typename O> static __global__ void q8_0_round_kernel(const float *x, O *y, size_t nblk)
@@ -381,8 +388,8 @@ int k_swiglu(cudaStream_t st, const float *g, const float *u, float *h, size_t n
 }
 
 /* A warp per BS-element block of h (BS = 32: Q8_0 rounding, 256: Q8_K):
- * swiglu_kernel's values, then round_q8_*_warp from them (each lane reads
- * back only what it wrote). */
+ * swiglu_kernel's values, then the rounding of round_q8_*_warp. h may be g:
+ * every load comes before the first store. */
 template <int BS>
 static __global__ void swiglu_f16_kernel(const float *g, const float *u, float *h, __half *o,
                                          size_t nblk)
@@ -390,17 +397,24 @@ static __global__ void swiglu_f16_kernel(const float *g, const float *u, float *
     size_t blk = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (blk >= nblk) return;
     const int lane = threadIdx.x & 31;
-    const size_t b0 = blk * BS;
+    const size_t b0 = blk * BS + lane;
+    constexpr int NV = BS / 32;
+    float gv[NV], uv[NV];
 #pragma unroll
-    for (int k = 0; k < BS / 32; k++) {
-        size_t i = b0 + 32 * k + lane;
-        float a = g[i];
-        h[i] = a / (1.f + expf(-a)) * u[i];
+    for (int k = 0; k < NV; k++) {
+        gv[k] = g[b0 + 32 * k];
+        uv[k] = u[b0 + 32 * k];
     }
-    if (BS == 32)
-        round_q8_0_warp(h + b0, o + b0, lane);
+    float hv[NV == 8 ? 8 : 1];
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        hv[k] = gv[k] / (1.f + expf(-gv[k])) * uv[k];
+        h[b0 + 32 * k] = hv[k];
+    }
+    if constexpr (BS == 32)
+        o[b0] = __float2half_rn(round_q8_0_reg(hv[0]));
     else
-        round_q8_k_warp(h + b0, o + b0, lane);
+        round_q8_k_regs(hv, o + blk * BS, lane);
 }
 
 int k_swiglu_f16(cudaStream_t st, const float *g, const float *u, float *h, __half *o, int wtype,
