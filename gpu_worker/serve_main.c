@@ -10,6 +10,10 @@
  * one-token CUDA graph captured), reports STAGED_STANDBY_READY_FILE and waits
  * for SIGUSR1; then it checks that the loader is the one whose weights it
  * mapped, has the device copy verified, and serves.
+ *
+ * A worker whose loader restarted (its device copy is gone) exits with
+ * WORKER_EXIT_REMAP (serve_main.h), which the supervisor does not count as
+ * a failure.
  */
 #include "gpu_worker/serve_main.h"
 
@@ -197,6 +201,7 @@ int worker_serve_main(int argc, char **argv)
         .device = (int)cfg.worker.device,
     };
     void *dev_map = NULL;
+    bool remap = false; /* stopping because the loader restarted */
     struct loader_watch watch = {.zctx = zmq_ctx_new(), .cfg = &cfg};
     bool shared_gpu = !strcmp(cfg.worker.backend, "cuda") && !strcmp(cfg.loader.upload, "cuda");
     if (shared_gpu) {
@@ -232,14 +237,20 @@ int worker_serve_main(int argc, char **argv)
         if (shared_gpu) {
             /* weights mapped from a loader that has since restarted are gone:
              * exit, the supervisor starts a fresh worker */
-            if (!loader_same(&watch)) goto out_backend;
+            if (!loader_same(&watch)) {
+                remap = true;
+                goto out_backend;
+            }
             loader_verify(watch.zctx, &cfg);
         }
     }
     ready_signal();
     rc = server_run(&cfg, seg_model(seg), ops, b, shared_gpu ? loader_same : NULL, &watch,
                     &stage_stop);
-    if (rc) log_error("worker stops: %s", st_strerror(rc));
+    if (rc == ST_ESTATE) /* the loader restarted (loader_same) */
+        remap = true;
+    else if (rc)
+        log_error("worker stops: %s", st_strerror(rc));
 out_backend:
     ops->destroy(&b);
 out_map:
@@ -247,5 +258,5 @@ out_map:
 out_seg:
     seg_detach(&seg);
     zmq_ctx_term(watch.zctx);
-    return rc ? 1 : 0;
+    return remap ? WORKER_EXIT_REMAP : rc ? 1 : 0;
 }
