@@ -150,7 +150,8 @@ static int standby_wait(const struct backend_ops *ops, struct backend *b, int n_
     }
     ready_signal_env("STAGED_STANDBY_READY_FILE");
     log_info("standby: ready to take over");
-    while (!g_take_over && !stage_stop) usleep(500);
+    while (!g_take_over && !stage_stop)
+        usleep(500);
     if (stage_stop) return 1;
     log_info("standby: taking over");
     return 0;

@@ -77,7 +77,7 @@ struct backend {
     struct kv_layout kl;
     /* scratch, [max_batch][...] floats */
     float *x, *xn, *q, *k, *v, *att, *g, *u, *tmp, *xr, *xr2, *xo, *lg;
-    float *qkv; /* [max_batch][q_dim + 2 kv_dim]: q/k/v as one product's output */
+    float *qkv;               /* [max_batch][q_dim + 2 kv_dim]: q/k/v as one product's output */
     void *a16;                /* activations as half / bfloat16 for cuBLAS (F16/BF16 weights) */
     struct mmq_act mq;        /* activations as 8-bit blocks for the integer products */
     struct mmq_act sq;        /* a second input's (up's class differs from gate's) */
@@ -110,11 +110,11 @@ struct backend {
     unsigned long long graph_clock;
     bool use_graphs;
     void *cublas_ws;
-    float *h_lg;      /* pinned staging for logits, LG_STAGE_ROWS rows */
+    float *h_lg; /* pinned staging for logits, LG_STAGE_ROWS rows */
     /* logits summaries (topk.cuh): [max_batch] on the device and pinned */
     struct logits_top *d_top, *h_top;
     void *top_scratch;
-    int last_n_out; /* logits rows of the last forward call, in lg */
+    int last_n_out;   /* logits rows of the last forward call, in lg */
     bool unfused;     /* STAGED_CUDA_UNFUSED=1: small batches take the unfused path too */
     bool ref;         /* STAGED_CUDA_REF=1: the reference's operations in its order */
     float2 *rope_tab; /* (cos, sin) [max_ctx][rope_dim / 2] (see backend create) */
@@ -456,15 +456,15 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
         if (b->deq_target > DEQ_SLOT_MAX_ELEMS) b->deq_target = DEQ_SLOT_MAX_ELEMS;
         for (int l = 0; l < (int)hp->n_layers; l++) {
             const struct clayer *L = &b->L[l];
-            const struct cmat *ms[8] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down, &b->out};
+            const struct cmat *ms[8] = {&L->q,    &L->k,  &L->v,    &L->o,
+                                        &L->gate, &L->up, &L->down, &b->out};
             for (int i = 0; i < 8; i++)
                 if (mmq_supported(ms[i]->type) &&
                     (size_t)deq_rows(b, ms[i]) * ms[i]->K > b->wdeq_elems)
                     b->wdeq_elems = (size_t)deq_rows(b, ms[i]) * ms[i]->K;
         }
         if (b->wdeq_elems && cfg->max_batch >= b->gemm_min_n && !b->ref) {
-            CREATE_CUDA(
-                dev_malloc((void **)&b->wdeq, DEQ_SLOTS * b->wdeq_elems * sizeof(__half)));
+            CREATE_CUDA(dev_malloc((void **)&b->wdeq, DEQ_SLOTS * b->wdeq_elems * sizeof(__half)));
             CREATE_CUDA(cudaStreamCreateWithFlags(&b->dst, cudaStreamNonBlocking));
             for (int i = 0; i < DEQ_SLOTS; i++) {
                 CREATE_CUDA(cudaEventCreateWithFlags(&b->ev_deq[i], cudaEventDisableTiming));
@@ -537,7 +537,8 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
                     theta *= theta_scale;
                 }
             }
-            cudaError_t e = cudaMemcpy(b->rope_tab, tab, nt * sizeof(float2), cudaMemcpyHostToDevice);
+            cudaError_t e =
+                cudaMemcpy(b->rope_tab, tab, nt * sizeof(float2), cudaMemcpyHostToDevice);
             free(tab);
             CREATE_CUDA(e);
         } else if (nt) {
@@ -551,7 +552,8 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
         size_t B = (size_t)cfg->max_batch;
         CREATE_CUDA(dev_malloc((void **)&b->d_top, B * sizeof(struct logits_top)));
         CREATE_CUDA(cudaMallocHost((void **)&b->h_top, B * sizeof(struct logits_top)));
-        CREATE_CUDA(dev_malloc(&b->top_scratch, topk_scratch_bytes(cfg->max_batch, (int)hp->n_vocab)));
+        CREATE_CUDA(
+            dev_malloc(&b->top_scratch, topk_scratch_bytes(cfg->max_batch, (int)hp->n_vocab)));
     }
     CREATE_CUDA(dev_malloc(&b->cublas_ws, CUBLAS_WS_BYTES));
     if (cublasCreate(&b->cb) != CUBLAS_STATUS_SUCCESS || cublasSetStream(b->cb, b->st) != 0 ||
@@ -582,7 +584,7 @@ static void cuda_destroy(struct backend **pb)
     void *dev[] = {b->x,        b->xn,   b->xo,   b->q,    b->att,     b->k,       b->v,
                    b->g,        b->qkv,  b->tmp,  b->xr,   b->xr2,     b->a16,     b->lg,
                    b->d_meta,   b->mq.q, b->mq.d, b->mq.s, b->mq.bsum, b->mq.part, b->wdeq,
-                   b->rope_tab, b->sq.q, b->sq.d, b->sq.s, b->sq.bsum, b->d_top, b->top_scratch};
+                   b->rope_tab, b->sq.q, b->sq.d, b->sq.s, b->sq.bsum, b->d_top,   b->top_scratch};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
         if (dev[i]) cudaFree(dev[i]);
     if (b->h_meta) cudaFreeHost(b->h_meta);
@@ -702,8 +704,8 @@ static int deq_done(struct backend *b, int s)
 
 /* y[n][N] = x W^T for a cuBLAS product of half a16 and slot A (nr rows),
  * beta * y added; ldc: y's row stride. */
-static int gemm_half(struct backend *b, const __half *A, int nr, int K, int n, float beta,
-                     float *y, int ldc)
+static int gemm_half(struct backend *b, const __half *A, int nr, int K, int n, float beta, float *y,
+                     int ldc)
 {
     const float one = 1.f;
     CUBLAS_TRY(cublasGemmEx(b->cb, CUBLAS_OP_T, CUBLAS_OP_N, nr, n, K, &one, A, CUDA_R_16F, K,
@@ -769,8 +771,8 @@ static int mm_stack(struct backend *b, const struct cmat *const *W, int nw, cons
 /* ya = x Wa^T and yb = x Wb^T (same shape; yb = ya + ystride) as one
  * strided-batched cuBLAS product per row chunk: Wa's chunk in an even slot,
  * Wb's in the next (gate and up; see dequant_together). */
-static int mm_pair(struct backend *b, const struct cmat *Wa, const struct cmat *Wb,
-                   const float *x, float *ya, long long ystride, int n)
+static int mm_pair(struct backend *b, const struct cmat *Wa, const struct cmat *Wb, const float *x,
+                   float *ya, long long ystride, int n)
 {
     const float one = 1.f, zero = 0.f;
     ST_TRY(half_input(b, Wa, x, n));
@@ -1007,9 +1009,9 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
     }
     if (!rope.tab)
         ST_TRY(k_rope_store(st, qkv_in{b->q, b->k, b->v, b->q_dim, b->kv_dim}, b->q, kc, vc,
-                            qkv_bias{}, n, (int)hp->n_heads,
-                            (int)hp->n_kv_heads, hd, (int)hp->rope_dim, (int)hp->rope_kind,
-                            hp->rope_base, b->rope_tab, b->kl, d_pos, d_seq));
+                            qkv_bias{}, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
+                            (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->rope_tab,
+                            b->kl, d_pos, d_seq));
     /* the attention kernel quantizes its output for o when it can */
     bool att_q = act_class(L->o.type) == 3 && hd % 32 == 0;
     if (att_q) b->mq_src = NULL;
@@ -1079,9 +1081,9 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
             ST_TRY(k_rmsnorm(st, b->k, L->kn, b->k, n * (int)hp->n_kv_heads, hd, hp->rms_eps));
         }
         __half *kc = b->kc + (size_t)l * b->kv_dim, *vc = b->vc + (size_t)l * b->kv_dim;
-        ST_TRY(k_rope_store(st, in, b->q, kc, vc, bias, n, (int)hp->n_heads,
-                            (int)hp->n_kv_heads, hd, (int)hp->rope_dim, (int)hp->rope_kind,
-                            hp->rope_base, b->rope_tab, b->kl, d_pos, d_seq));
+        ST_TRY(k_rope_store(st, in, b->q, kc, vc, bias, n, (int)hp->n_heads, (int)hp->n_kv_heads,
+                            hd, (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->rope_tab,
+                            b->kl, d_pos, d_seq));
         ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
                            b->kl, 1.f / sqrtf((float)hd), d_pos, d_seq, b->ref, NULL));
         memo_reset(b);
@@ -1174,8 +1176,8 @@ static int copy_rows(struct backend *b, float *logits, bool pinned, int r0, int 
 /* The logits rows to the caller: summaries of all n_out rows when bt->top
  * is set (computed here, or from copied rows on the host for vocabularies
  * topk.cuh does not take), and the rows asked as LOGITS_ROW, in runs. */
-static int deliver_logits(struct backend *b, const struct batch *bt, const int32_t *orow,
-                          int n_out, float *logits)
+static int deliver_logits(struct backend *b, const struct batch *bt, const int32_t *orow, int n_out,
+                          float *logits)
 {
     int V = (int)b->hp.n_vocab;
     bool gpu_top = bt->top && b->d_top, every_row = bt->top && !gpu_top;
@@ -1187,8 +1189,8 @@ static int deliver_logits(struct backend *b, const struct batch *bt, const int32
     bool pinned = false;
     if (logits) {
         cudaPointerAttributes pa;
-        pinned = cudaPointerGetAttributes(&pa, logits) == cudaSuccess &&
-                 pa.type == cudaMemoryTypeHost;
+        pinned =
+            cudaPointerGetAttributes(&pa, logits) == cudaSuccess && pa.type == cudaMemoryTypeHost;
         if (!pinned) (void)cudaGetLastError(); /* a pageable pointer is not an error */
     }
     for (int r = 0; r < n_out;) { /* runs of rows copied / not copied */
@@ -1222,8 +1224,7 @@ static int cuda_forward(struct backend *b, const struct batch *bt, float *logits
         return ST_EINVAL;
     }
     if (!b->d_top && bt->top && !logits) {
-        log_warn("cuda: summaries of a %u-token vocabulary need the logits buffer",
-                 b->hp.n_vocab);
+        log_warn("cuda: summaries of a %u-token vocabulary need the logits buffer", b->hp.n_vocab);
         return ST_EINVAL;
     }
     memset(b->seq_cnt, 0, sizeof(int) * (size_t)b->cfg.max_seqs);

@@ -423,12 +423,12 @@ int k_swiglu_f16(cudaStream_t st, const float *g, const float *u, float *h, __ha
     size_t total = (size_t)n * F;
     if (mmq_class(wtype) == 3) {
         if (F % 32 != 0) return ST_EINVAL;
-        swiglu_f16_kernel<32><<<(unsigned)((total / 32 + 7) / 8), 256, 0, st>>>(g, u, h, o,
-                                                                                total / 32);
+        swiglu_f16_kernel<32>
+            <<<(unsigned)((total / 32 + 7) / 8), 256, 0, st>>>(g, u, h, o, total / 32);
     } else {
         if (F % 256 != 0) return ST_EINVAL;
-        swiglu_f16_kernel<256><<<(unsigned)((total / 256 + 7) / 8), 256, 0, st>>>(g, u, h, o,
-                                                                                  total / 256);
+        swiglu_f16_kernel<256>
+            <<<(unsigned)((total / 256 + 7) / 8), 256, 0, st>>>(g, u, h, o, total / 256);
     }
     CUDA_LAUNCHED("swiglu_f16");
     return 0;
@@ -494,7 +494,8 @@ static __global__ void __launch_bounds__(TP)
     if (PRE && pg < PG && np <= TP) /* the only tile's rows, before the barrier */
 #pragma unroll
         for (int k = 0; k < NV; k++)
-            if (pg + k * PG < np) vpre[k] = *(const uint4 *)(vb + (size_t)(pg + k * PG) * kl.pstride);
+            if (pg + k * PG < np)
+                vpre[k] = *(const uint4 *)(vb + (size_t)(pg + k * PG) * kl.pstride);
     __syncthreads();
     float m = -INFINITY, l = 0.f, o = 0.f; /* o: element tid of the output (tid < hd) */
     for (int p0 = 0; p0 < np; p0 += TP) {
@@ -852,8 +853,8 @@ int k_norm_quant(cudaStream_t st, const float *x, const float *w, float eps, int
 static __global__ void rope_store_kernel(struct qkv_in in, float *q, __half *kc, __half *vc,
                                          struct qkv_bias bias, int n_heads, int n_kv, int hd,
                                          int rope_dim, int kind, float theta_scale,
-                                         const float2 *tab, struct kv_layout kl,
-                                         const int32_t *pos, const int32_t *seq)
+                                         const float2 *tab, struct kv_layout kl, const int32_t *pos,
+                                         const int32_t *seq)
 {
     griddep_launch();
     griddep_wait();
@@ -1078,14 +1079,15 @@ extern "C" int cuda_attention_check(int n_heads, int n_kv, int hd, int np, const
         cudaMemcpy(dv, v, 2 * cache, cudaMemcpyHostToDevice) == cudaSuccess &&
         cudaMemcpy(dps, ps, sizeof(ps), cudaMemcpyHostToDevice) == cudaSuccess) {
         struct kv_layout kl = {cache, kvd};
-        rc = k_attention(0, dq, dk, dv, dout, 1, n_heads, n_kv, hd, kl, 1.f / sqrtf((float)hd),
-                         dps, dps + 1, false, NULL);
+        rc = k_attention(0, dq, dk, dv, dout, 1, n_heads, n_kv, hd, kl, 1.f / sqrtf((float)hd), dps,
+                         dps + 1, false, NULL);
         if (rc == 0 && (cudaDeviceSynchronize() != cudaSuccess ||
                         cudaMemcpy(out, dout, sizeof(float) * n_heads * hd,
                                    cudaMemcpyDeviceToHost) != cudaSuccess))
             rc = ST_EDEVICE;
     }
-    if (rc == ST_EDEVICE) log_error("cuda: attention check: %s", cudaGetErrorString(cudaGetLastError()));
+    if (rc == ST_EDEVICE)
+        log_error("cuda: attention check: %s", cudaGetErrorString(cudaGetLastError()));
     cudaFree(dq);
     cudaFree(dout);
     cudaFree(dk);
