@@ -458,10 +458,11 @@ static int cuda_create(const struct st_model *m, const struct backend_config *cf
             const struct clayer *L = &b->L[l];
             const struct cmat *ms[8] = {&L->q,    &L->k,  &L->v,    &L->o,
                                         &L->gate, &L->up, &L->down, &b->out};
-            for (int i = 0; i < 8; i++)
-                if (mmq_supported(ms[i]->type) &&
-                    (size_t)deq_rows(b, ms[i]) * ms[i]->K > b->wdeq_elems)
-                    b->wdeq_elems = (size_t)deq_rows(b, ms[i]) * ms[i]->K;
+            for (int i = 0; i < 8; i++) {
+                if (!mmq_supported(ms[i]->type)) continue; /* (deq_target is 0 without one) */
+                size_t chunk = (size_t)deq_rows(b, ms[i]) * ms[i]->K;
+                if (chunk > b->wdeq_elems) b->wdeq_elems = chunk;
+            }
         }
         if (b->wdeq_elems && cfg->max_batch >= b->gemm_min_n && !b->ref) {
             CREATE_CUDA(dev_malloc((void **)&b->wdeq, DEQ_SLOTS * b->wdeq_elems * sizeof(__half)));

@@ -112,6 +112,13 @@ static __device__ __forceinline__ float exp_ref(float x)
     return (float)exp((double)x);
 }
 
+/* SwiGLU's silu(g) * u as serving computes it: every serving kernel that
+ * applies SwiGLU calls this, so batches of any size get the same bits. */
+static __device__ __forceinline__ float silu_mul(float g, float u)
+{
+    return g / (1.f + expf(-g)) * u;
+}
+
 /* Programmatic dependent launch (sm_90). A kernel started by launch_pdl may
  * begin while its predecessor in the stream still runs: it must call
  * griddep_wait() before it reads anything an earlier kernel wrote and before

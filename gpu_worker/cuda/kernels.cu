@@ -376,7 +376,7 @@ static __global__ void swiglu_kernel(const float *g, const float *u, float *h, s
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float a = g[i];
-        h[i] = a / (1.f + (ref ? exp_ref(-a) : expf(-a))) * u[i];
+        h[i] = ref ? a / (1.f + exp_ref(-a)) * u[i] : silu_mul(a, u[i]);
     }
 }
 
@@ -408,7 +408,7 @@ static __global__ void swiglu_f16_kernel(const float *g, const float *u, float *
     float hv[NV == 8 ? 8 : 1];
 #pragma unroll
     for (int k = 0; k < NV; k++) {
-        hv[k] = gv[k] / (1.f + expf(-gv[k])) * uv[k];
+        hv[k] = silu_mul(gv[k], uv[k]);
         h[b0 + 32 * k] = hv[k];
     }
     if constexpr (BS == 32)
@@ -1033,7 +1033,7 @@ static __global__ void __launch_bounds__(128)
     if (!live || sub != 0 || lane != 0) return;
 #pragma unroll
     for (int t = 0; t < NT; t++)
-        if (NT == 1 || t < n) h[(size_t)t * N + row] = ag[t] / (1.f + expf(-ag[t])) * au[t];
+        if (NT == 1 || t < n) h[(size_t)t * N + row] = silu_mul(ag[t], au[t]);
 }
 
 template <int T>

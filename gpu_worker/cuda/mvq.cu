@@ -441,7 +441,7 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
     if (row >= N || sub != 0) return;
 #pragma unroll
     for (int t = 0; t < NT; t++)
-        if (lane == t && t < n) h[(size_t)t * N + row] = ag[t] / (1.f + expf(-ag[t])) * au[t];
+        if (lane == t && t < n) h[(size_t)t * N + row] = silu_mul(ag[t], au[t]);
 }
 
 /* Warps per row: more for long rows of few-row matrices (more loads in
