@@ -48,6 +48,7 @@ struct cmat {
 
 struct fgraph {
     int n, n_out;
+    bool top; /* ends with the summaries copied to h_top */
     unsigned long long used;
     cudaGraphExec_t exec;
 };
@@ -1044,9 +1045,19 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
     return mv_residual(b, &L->down, b->g, n, false);
 }
 
-static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
-                      const int32_t *d_pos, const int32_t *d_seq, const int32_t *d_out)
+/* One forward pass as the stream runs it (a graph's shape): n tokens, the
+ * rows d_out[0..n_out) to logits, and with top their summaries computed and
+ * copied to h_top. The device pointers are the batch's metadata. */
+struct pass {
+    int n, n_out;
+    bool top;
+    const int32_t *tok, *pos, *seq, *out;
+};
+
+static int run_layers(struct backend *b, const struct pass *ps)
 {
+    const int n = ps->n, n_out = ps->n_out;
+    const int32_t *d_tok = ps->tok, *d_pos = ps->pos, *d_seq = ps->seq, *d_out = ps->out;
     const struct model_hparams *hp = &b->hp;
     cudaStream_t st = b->st;
     int D = (int)hp->dim, hd = (int)hp->head_dim, F = (int)hp->ffn_dim;
@@ -1114,20 +1125,25 @@ static int run_layers(struct backend *b, int n, int n_out, const int32_t *d_tok,
         ST_TRY(norm_rows(b, b->xo, b->out_norm, b->xo, &b->out, n_out));
         ST_TRY(mm(b, &b->out, b->xo, b->lg, n_out));
     }
-    return deq_join(b);
+    ST_TRY(deq_join(b));
+    if (ps->top) {
+        ST_TRY(k_logits_top(st, b->lg, n_out, (int)hp->n_vocab, b->top_scratch, b->d_top));
+        CUDA_TRY(cudaMemcpyAsync(b->h_top, b->d_top, sizeof(struct logits_top) * n_out,
+                                 cudaMemcpyDeviceToHost, st));
+    }
+    return 0;
 }
 
 /* Run the forward pass through a cached CUDA graph of its shape (captured on
  * first use), or directly for large batches. */
-static int run_forward(struct backend *b, int n, int n_out, const int32_t *d_tok,
-                       const int32_t *d_pos, const int32_t *d_seq, const int32_t *d_out)
+static int run_forward(struct backend *b, const struct pass *ps)
 {
-    if (!b->use_graphs || n > GRAPH_MAX_TOKENS)
-        return run_layers(b, n, n_out, d_tok, d_pos, d_seq, d_out);
+    const int n = ps->n, n_out = ps->n_out;
+    if (!b->use_graphs || n > GRAPH_MAX_TOKENS) return run_layers(b, ps);
     struct fgraph *g = NULL, *victim = &b->graphs[0];
     for (int i = 0; i < CUDA_MAX_GRAPHS; i++) {
         struct fgraph *c = &b->graphs[i];
-        if (c->exec && c->n == n && c->n_out == n_out) g = c;
+        if (c->exec && c->n == n && c->n_out == n_out && c->top == ps->top) g = c;
         if (!c->exec || c->used < victim->used) victim = c;
     }
     if (!g) {
@@ -1137,7 +1153,7 @@ static int run_forward(struct backend *b, int n, int n_out, const int32_t *d_tok
         }
         cudaGraph_t graph;
         CUDA_TRY(cudaStreamBeginCapture(b->st, cudaStreamCaptureModeThreadLocal));
-        int rc = run_layers(b, n, n_out, d_tok, d_pos, d_seq, d_out);
+        int rc = run_layers(b, ps);
         cudaError_t e = cudaStreamEndCapture(b->st, &graph);
         if (rc < 0) return rc;
         CUDA_TRY(e);
@@ -1146,6 +1162,7 @@ static int run_forward(struct backend *b, int n, int n_out, const int32_t *d_tok
         CUDA_TRY(e);
         victim->n = n;
         victim->n_out = n_out;
+        victim->top = ps->top;
         g = victim;
     }
     g->used = ++b->graph_clock;
@@ -1174,26 +1191,23 @@ static int copy_rows(struct backend *b, float *logits, bool pinned, int r0, int 
     return 0;
 }
 
-/* The logits rows to the caller: summaries of all n_out rows when bt->top
- * is set (computed here, or from copied rows on the host for vocabularies
- * topk.cuh does not take), and the rows asked as LOGITS_ROW, in runs. */
-static int deliver_logits(struct backend *b, const struct batch *bt, const int32_t *orow, int n_out,
-                          float *logits)
+/* Whether logits is page-locked host memory (copies into it are queued). */
+static bool host_pinned(const float *logits)
 {
-    int V = (int)b->hp.n_vocab;
-    bool gpu_top = bt->top && b->d_top, every_row = bt->top && !gpu_top;
-    if (gpu_top) {
-        ST_TRY(k_logits_top(b->st, b->lg, n_out, V, b->top_scratch, b->d_top));
-        CUDA_TRY(cudaMemcpyAsync(b->h_top, b->d_top, sizeof(struct logits_top) * n_out,
-                                 cudaMemcpyDeviceToHost, b->st));
-    }
-    bool pinned = false;
-    if (logits) {
-        cudaPointerAttributes pa;
-        pinned =
-            cudaPointerGetAttributes(&pa, logits) == cudaSuccess && pa.type == cudaMemoryTypeHost;
-        if (!pinned) (void)cudaGetLastError(); /* a pageable pointer is not an error */
-    }
+    cudaPointerAttributes pa;
+    if (!logits) return false;
+    if (cudaPointerGetAttributes(&pa, logits) == cudaSuccess && pa.type == cudaMemoryTypeHost)
+        return true;
+    (void)cudaGetLastError(); /* a pageable pointer is not an error */
+    return false;
+}
+
+/* The rows the caller asked as LOGITS_ROW (every row when the summaries are
+ * made on the host), copied in runs: queued into pinned memory, or staged. */
+static int copy_wanted(struct backend *b, const struct batch *bt, const int32_t *orow, int n_out,
+                       float *logits, bool pinned)
+{
+    bool every_row = bt->top && !b->d_top;
     for (int r = 0; r < n_out;) { /* runs of rows copied / not copied */
         bool want = every_row || bt->logits[orow[r]] == LOGITS_ROW;
         int e = r + 1;
@@ -1201,13 +1215,6 @@ static int deliver_logits(struct backend *b, const struct batch *bt, const int32
             e++;
         if (want) ST_TRY(copy_rows(b, logits, pinned, r, e - r));
         r = e;
-    }
-    CUDA_TRY(cudaStreamSynchronize(b->st));
-    if (gpu_top) {
-        memcpy(bt->top, b->h_top, sizeof(struct logits_top) * n_out);
-    } else if (bt->top) {
-        for (int r = 0; r < n_out; r++)
-            logits_summarize(logits + (size_t)r * V, V, &bt->top[r]);
     }
     return 0;
 }
@@ -1266,7 +1273,12 @@ static int cuda_forward(struct backend *b, const struct batch *bt, float *logits
         rc = ST_EDEVICE;
     }
     if (rc == 0 && (b->fault || g_inject_fault)) rc = k_fault(b->st);
-    if (rc == 0) rc = run_forward(b, n, n_out, d_tok, d_pos, d_seq, d_out);
+    /* the step's graph makes the summaries and copies them to h_top; rows
+     * into pinned memory are queued behind it, so that one wait ends the step */
+    struct pass ps = {n, n_out, n_out > 0 && bt->top && b->d_top, d_tok, d_pos, d_seq, d_out};
+    bool pinned = n_out > 0 && host_pinned(logits);
+    if (rc == 0) rc = run_forward(b, &ps);
+    if (rc == 0 && pinned) rc = copy_wanted(b, bt, orow, n_out, logits, true);
     if (rc == 0) {
         e = cudaStreamSynchronize(b->st);
         if (e != cudaSuccess) {
@@ -1276,7 +1288,14 @@ static int cuda_forward(struct backend *b, const struct batch *bt, float *logits
         }
     }
     b->last_n_out = 0;
-    if (rc == 0 && n_out > 0) rc = deliver_logits(b, bt, orow, n_out, logits);
+    if (rc == 0 && n_out > 0 && logits && !pinned)
+        rc = copy_wanted(b, bt, orow, n_out, logits, false);
+    if (rc == 0 && ps.top) {
+        memcpy(bt->top, b->h_top, sizeof(struct logits_top) * n_out);
+    } else if (rc == 0 && bt->top) { /* a vocabulary topk.cuh does not take */
+        for (int r = 0; r < n_out; r++)
+            logits_summarize(logits + (size_t)r * b->hp.n_vocab, (int)b->hp.n_vocab, &bt->top[r]);
+    }
     if (rc < 0) {
         b->dead = true;
         return rc == ST_EUNSUPPORTED ? rc : ST_EDEVICE;

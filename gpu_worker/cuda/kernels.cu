@@ -475,12 +475,8 @@ static __global__ void __launch_bounds__(TP)
     const int h = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
     const int np = pos[t] + 1;
     const size_t sq = (size_t)seq[t] * kl.sstride;
-    griddep_wait();
     const int kvh = h / (n_heads / n_kv), G = hd / 8, PG = TP / G;
     const int g = tid % G, pg = tid / G;
-    const float *qh = q + ((size_t)t * n_heads + h) * hd;
-    for (int e = tid; e < hd; e += TP)
-        qs[e] = qh[e] * scale;
     const __half *kb = kc + sq + (size_t)kvh * hd;
     const __half *vb = vc + sq + (size_t)kvh * hd + 8 * g;
     /* decode tiles (TP 256, a few blocks) of head_dim <= 128: every V row a
@@ -490,11 +486,34 @@ static __global__ void __launch_bounds__(TP)
      * and load V after the softmax */
     constexpr bool DEC = TP == 256, PRE = DEC && GMAX <= 16;
     constexpr int NV = GMAX <= 16 ? GMAX : 4;
+    /* Decode tiles load the first tile's rows that earlier steps wrote
+     * (positions below fresh, the first this batch writes for the sequence:
+     * its positions are contiguous) before the wait, so that only q and the
+     * batch's own rows load after it. */
+    int fresh = np - 1;
+    if (DEC)
+        for (int i = 0; i < t; i++)
+            fresh -= seq[i] == seq[t];
+    const int cnt0 = np < TP ? np : TP;
+    uint4 kv[GMAX]; /* the K row of position p0 + tid */
     uint4 vpre[PRE ? NV : 1];
-    if (PRE && pg < PG && np <= TP) /* the only tile's rows, before the barrier */
+    if (DEC && tid < cnt0 && tid < fresh)
+#pragma unroll
+        for (int j = 0; j < GMAX; j++)
+            if (j < G) kv[j] = ((const uint4 *)(kb + (size_t)tid * kl.pstride))[j];
+    if (PRE && pg < PG && np <= TP) /* the only tile's rows */
 #pragma unroll
         for (int k = 0; k < NV; k++)
-            if (pg + k * PG < np)
+            if (pg + k * PG < fresh)
+                vpre[k] = *(const uint4 *)(vb + (size_t)(pg + k * PG) * kl.pstride);
+    griddep_wait();
+    const float *qh = q + ((size_t)t * n_heads + h) * hd;
+    for (int e = tid; e < hd; e += TP)
+        qs[e] = qh[e] * scale;
+    if (PRE && pg < PG && np <= TP)
+#pragma unroll
+        for (int k = 0; k < NV; k++)
+            if (pg + k * PG >= fresh && pg + k * PG < np)
                 vpre[k] = *(const uint4 *)(vb + (size_t)(pg + k * PG) * kl.pstride);
     __syncthreads();
     float m = -INFINITY, l = 0.f, o = 0.f; /* o: element tid of the output (tid < hd) */
@@ -508,10 +527,10 @@ static __global__ void __launch_bounds__(TP)
                     vpre[k] = *(const uint4 *)(vb + (size_t)(p0 + pg + k * PG) * kl.pstride);
         if (tid < cnt) {
             const uint4 *kr = (const uint4 *)(kb + (size_t)(p0 + tid) * kl.pstride);
-            uint4 kv[GMAX];
+            if (!DEC || p0 > 0 || tid >= fresh)
 #pragma unroll
-            for (int j = 0; j < GMAX; j++)
-                if (j < G) kv[j] = kr[j];
+                for (int j = 0; j < GMAX; j++)
+                    if (j < G) kv[j] = kr[j];
             float d = 0.f;
 #pragma unroll
             for (int j = 0; j < GMAX; j++) {

@@ -146,6 +146,8 @@ static __global__ void __launch_bounds__(TOPK_THREADS)
 {
     __shared__ struct select_smem sm;
     __shared__ float sh[TOPK_THREADS / 32];
+    griddep_launch();
+    griddep_wait();
     int c = blockIdx.x, r = blockIdx.y;
     const float *row = lg + (size_t)r * V;
     uint64_t key[TOPK_PER];
@@ -180,6 +182,8 @@ static __global__ void __launch_bounds__(TOPK_THREADS)
     __shared__ struct select_smem sm;
     __shared__ struct chunk_stat sh[TOPK_THREADS / 32];
     __shared__ uint64_t best[LOGITS_TOP];
+    griddep_launch();
+    griddep_wait();
     int r = blockIdx.x;
     const uint64_t *rc = cand + (size_t)r * nchunk * LOGITS_TOP;
     uint64_t key[TOPK_PER];
@@ -228,11 +232,10 @@ int k_logits_top(cudaStream_t st, const float *lg, int rows, int V, void *scratc
     int nchunk = (V + TOPK_CHUNK - 1) / TOPK_CHUNK;
     uint64_t *cand = (uint64_t *)scratch;
     struct chunk_stat *stats = (struct chunk_stat *)(cand + (size_t)rows * nchunk * LOGITS_TOP);
-    topk_chunks<<<dim3((unsigned)nchunk, (unsigned)rows), TOPK_THREADS, 0, st>>>(lg, V, nchunk,
-                                                                                 cand, stats);
-    CUDA_LAUNCHED("topk_chunks");
-    topk_rows<<<(unsigned)rows, TOPK_THREADS, 0, st>>>(cand, stats, V, nchunk, out);
-    CUDA_LAUNCHED("topk_rows");
+    CUDA_TRY(launch_pdl(topk_chunks, dim3((unsigned)nchunk, (unsigned)rows), TOPK_THREADS, 0, st,
+                        lg, V, nchunk, cand, stats));
+    CUDA_TRY(launch_pdl(topk_rows, (unsigned)rows, TOPK_THREADS, 0, st, cand, stats, V, nchunk,
+                        out));
     return 0;
 }
 
