@@ -276,6 +276,7 @@ static void test_mvq_split_rows(void **state)
         {GGML_TYPE_Q5_0, 4864, 8},  /* 2-byte aligned blocks, 4 warps */
         {GGML_TYPE_Q6_K, 18944, 24}, /* 592 units (7B down's rows): 4 warps */
         {GGML_TYPE_Q8_0, 16416, 16}, /* 513 units: lanes with 4 and 5 */
+        {GGML_TYPE_Q4_1, 4096, 8},  /* 128 units, 4 warps: each lane one, alone */
     };
     uint64_t seed = 0x2545f4914f6cdd1dull;
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
@@ -286,6 +287,81 @@ static void test_mvq_split_rows(void **state)
         check_decode(t, N, K, w, x);
         free(w);
         free(x);
+    }
+}
+
+/* The decode path's rmsnorm + 8-bit quantization (k_norm_quant) against a
+ * double-precision norm, for rows of the bench shapes and longer ones (6 to
+ * 32 warps, 1 to 16 blocks per warp): each dequantized value within half a
+ * step (plus the rounding of the scale) of the exact one, the block scale
+ * amax/127 (class 3, kept as half) or 1/iscale (class 4) within rounding, the
+ * sums exact; and a token's bits the same alone as in a batch of 8. */
+static void test_norm_quant(void **state)
+{
+    if (!gpu_or_skip()) skip();
+    static const struct {
+        int cls, D;
+    } cases[] = {{3, 896},  {3, 1536}, {3, 3584}, {3, 16384},
+                 {4, 1536}, {4, 3584}, {4, 8192}, {4, 20480}};
+    const int n = 8;
+    const float eps = 1e-6f;
+    uint64_t seed = 0x7f4a7c159e3779b9ull;
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        int cls = cases[c].cls, D = cases[c].D, BS = cls == 3 ? 32 : 256;
+        float *x = random_acts(D, n, &seed), *w = random_acts(D, 1, &seed);
+        int8_t *q = malloc((size_t)n * D), *q1 = malloc((size_t)D);
+        float *d = malloc(sizeof(float) * n * D / 32), *s = malloc(sizeof(float) * n * D / 32);
+        float *d1 = malloc(sizeof(float) * D / 32);
+        int32_t *bs = malloc(sizeof(int32_t) * n * D / 16);
+        assert_true(q && q1 && d && s && d1 && bs);
+        assert_int_equal(cuda_norm_quant_check(cls, n, D, x, w, eps, q, d, s, bs), 0);
+        double worst = 0;
+        for (int t = 0; t < n; t++) {
+            double ss = 0;
+            for (int i = 0; i < D; i++)
+                ss += (double)x[t * D + i] * x[t * D + i];
+            double sc = 1.0 / sqrt(ss / D + eps);
+            for (int b = 0; b < D / BS; b++) {
+                size_t blk = (size_t)t * (D / BS) + b;
+                double amax = 0;
+                long sum = 0;
+                for (int i = 0; i < BS; i++)
+                    amax = fmax(amax, fabs(x[t * D + b * BS + i] * sc * w[b * BS + i]));
+                double step = d[blk];
+                /* class 4's scale has the sign of the largest-magnitude element */
+                assert_true(fabs(fabs(step) - amax / 127) <= amax / 127 * (cls == 3 ? 1e-3 : 1e-6));
+                for (int i = 0; i < BS; i++) {
+                    double v = x[t * D + b * BS + i] * sc * w[b * BS + i];
+                    int qi = q[blk * BS + i];
+                    double e = fabs(qi * step - v) / (amax / 127);
+                    if (e > worst) worst = e;
+                    sum += qi;
+                    if (cls == 4 && i % 16 == 15) {
+                        long s16 = 0;
+                        for (int j = i - 15; j <= i; j++)
+                            s16 += q[blk * BS + j];
+                        assert_int_equal(bs[blk * 16 + i / 16], s16);
+                    }
+                }
+                if (cls == 3) assert_true(fabs(s[blk] - step * sum) <= fabs(step * sum) * 2e-3);
+            }
+        }
+        /* half a step, plus the half rounding of the class 3 scale (127 steps x
+         * 2^-11) or float rounding */
+        print_message("norm_quant class %d, D %5d: worst error %.4f steps\n", cls, D, worst);
+        assert_true(worst <= 0.5 + (cls == 3 ? 0.13 : 1e-4));
+        assert_int_equal(cuda_norm_quant_check(cls, 1, D, x + (size_t)3 * D, w, eps, q1, d1, s, bs),
+                         0);
+        assert_memory_equal(q1, q + (size_t)3 * D, D);
+        assert_memory_equal(d1, d + (size_t)3 * (D / BS), sizeof(float) * (D / BS));
+        free(x);
+        free(w);
+        free(q);
+        free(q1);
+        free(d);
+        free(s);
+        free(d1);
+        free(bs);
     }
 }
 
@@ -304,7 +380,8 @@ static void test_attention_decode(void **state)
         for (size_t b = 0; b < sizeof(nps) / sizeof(nps[0]); b++) {
             int hd = hds[a], np = nps[b];
             size_t kvd = (size_t)n_kv * hd;
-            float *q = malloc(sizeof(float) * n_heads * hd), *out = malloc(sizeof(float) * n_heads * hd);
+            float *q = malloc(sizeof(float) * n_heads * hd),
+                  *out = malloc(sizeof(float) * n_heads * hd);
             uint16_t *k = malloc(2 * kvd * np), *v = malloc(2 * kvd * np);
             double *s = malloc(sizeof(double) * np);
             assert_true(q && out && k && v && s);
@@ -1025,6 +1102,7 @@ int main(int argc, char **argv)
     size_t n = 0;
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_mmq_types);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_mvq_split_rows);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_norm_quant);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_attention_decode);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_upload_verify_repair);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_stories_greedy);

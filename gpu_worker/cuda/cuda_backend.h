@@ -28,10 +28,12 @@
  * layer of a quantized model: norm + quantization, q/k/v in one launch with
  * biases, rope and the cache store in its epilogue, attention (quantizing its
  * output), o with the residual add, norm + quantization, gate/up with
- * SwiGLU, quantization, down with the residual add). Forward passes of up to 64 tokens are captured once
- * per (tokens, logits rows) shape as CUDA graphs and replayed; the kernels of
- * the fused path start while their predecessor ends (programmatic dependent
- * launch: the products load their first weights before they wait).
+ * SwiGLU, quantization, down with the residual add). Forward passes of up
+ * to 128 tokens are captured once per (tokens, logits rows, summaries) shape
+ * as CUDA graphs and replayed (with the logits summaries and their copy to
+ * the host); the kernels of the fused path start while their predecessor
+ * ends (programmatic dependent launch: the products load their first
+ * weights before they wait).
  * Attention keeps float accumulators over tiles of 128-256 positions.
  *
  * Logits: every logits row is summarized on the GPU when the caller asks
@@ -123,6 +125,13 @@ int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *
  * Returns 0, ST_EINVAL, ST_EUNSUPPORTED (head_dim) or ST_EDEVICE (logged). */
 int cuda_attention_check(int n_heads, int n_kv, int hd, int np, const float *q, const uint16_t *k,
                          const uint16_t *v, float *out);
+
+/* For tests: k_norm_quant, the decode path's rmsnorm of n rows of D floats
+ * x (weights w) quantized to activation class cls: 3 (Q8_0 blocks: q, d, s
+ * per 32) or 4 (Q8_K: q, d per 256, bsum per 16). Host memory. Returns 0,
+ * ST_EINVAL for a row the kernel does not take, ST_EDEVICE (logged). */
+int cuda_norm_quant_check(int cls, int n, int D, const float *x, const float *w, float eps,
+                          int8_t *q, float *d, float *s, int32_t *bsum);
 
 /* For benchmarks: start (on) or stop the range a profiler started with
  * "--profile-from-start off" (ncu, nsys) records. */

@@ -48,6 +48,12 @@ int cuda_attention_check(int n_heads, int n_kv, int hd, int np, const float *q, 
     return ST_EUNSUPPORTED;
 }
 
+int cuda_norm_quant_check(int cls, int n, int D, const float *x, const float *w, float eps,
+                          int8_t *q, float *d, float *s, int32_t *bsum)
+{
+    return ST_EUNSUPPORTED;
+}
+
 void cuda_profile_range(bool on) {}
 
 int cuda_logits_summary(const float *rows, int n, int V, struct logits_top *out)

@@ -289,13 +289,25 @@ static __device__ __forceinline__ void unit_dot(const uraw &r, const xq_view &x,
 }
 
 /* acc[t] += the units of row w this thread takes (lane, lane + step, ..),
- * two at a time: both units' loads are issued before either is used. Waits
- * for the previous kernel (griddep_wait) after the first loads. */
+ * two at a time: both units' loads are issued before either is used (a
+ * unit past the row's end reloads the first and adds nothing). A warp
+ * whose lanes have one unit at most takes it alone (a pair would load and
+ * multiply one for nothing; the sums are the same). Waits for the previous
+ * kernel (griddep_wait) after the first loads. */
 template <int T, int NT>
 static __device__ __forceinline__ void row_dotq(const uint8_t *__restrict__ w, const xq_view &x,
                                                 int n, float (&acc)[NT], int lane, int step)
 {
     const int nu = x.K / 32;
+    if ((lane & ~31) + step >= nu) { /* the warp's first lane, which has the most, has one */
+        if (lane < nu) {
+            uraw r1;
+            unit_load<T>(w + unit_off<T>(lane), lane & 7, r1);
+            griddep_wait();
+            unit_dot<T, NT>(r1, x, lane, n, acc, true);
+        }
+        return;
+    }
     for (int u = lane; u < nu; u += 2 * step) {
         const bool ok2 = u + step < nu;
         const int u2 = ok2 ? u + step : u; /* past the end: reload u, add nothing */

@@ -510,14 +510,12 @@ static __device__ __forceinline__ void q8_0_store(float v, int lane, size_t blk,
     }
 }
 
-/* Q8_K: the 256 values at src (16-byte aligned); q = min(127, rint(iscale *
- * x)), d = 1/iscale, and bsum = the sums of each 16 quants. The lane takes 8
- * consecutive elements, so a 16-sum is two lanes'. */
-static __device__ __forceinline__ void q8_k_store(const float *src, int lane, size_t blk, int8_t *q,
-                                                  float *dd, int32_t *bsum)
+/* Q8_K of the 256-block whose elements 8 * lane + k this lane holds in xv;
+ * q = min(127, rint(iscale * x)), d = 1/iscale, and bsum = the sums of each
+ * 16 quants (a 16-sum is two lanes'). */
+static __device__ __forceinline__ void q8_k_store_regs(const float (&xv)[8], int lane, size_t blk,
+                                                       int8_t *q, float *dd, int32_t *bsum)
 {
-    float4 a = ((const float4 *)src)[2 * lane], b = ((const float4 *)src)[2 * lane + 1];
-    float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
     float iscale = q8_k_iscale(xv, lane, true);
     uint32_t w[2] = {0u, 0u};
     int sum = 0;
@@ -531,6 +529,15 @@ static __device__ __forceinline__ void q8_k_store(const float *src, int lane, si
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     if ((lane & 1) == 0) bsum[blk * 16 + lane / 2] = sum;
     if (lane == 0) dd[blk] = iscale == 0.f ? 0.f : 1.f / iscale;
+}
+
+/* The same from the 256 values at src (16-byte aligned). */
+static __device__ __forceinline__ void q8_k_store(const float *src, int lane, size_t blk, int8_t *q,
+                                                  float *dd, int32_t *bsum)
+{
+    float4 a = ((const float4 *)src)[2 * lane], b = ((const float4 *)src)[2 * lane + 1];
+    const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    q8_k_store_regs(xv, lane, blk, q, dd, bsum);
 }
 
 /* Call F<T>(args...) for the runtime type t: DISPATCH_QUANT over the

@@ -34,33 +34,31 @@ static __device__ __forceinline__ int32_t key_id(uint64_t k)
     return (int32_t)~(uint32_t)k;
 }
 
-/* (max, sum of exp(v - max)) of two parts. */
-static __device__ __forceinline__ struct chunk_stat stat_merge(struct chunk_stat a,
-                                                               struct chunk_stat b)
-{
-    struct chunk_stat o;
-    o.max = fmax(a.max, b.max);
-    if (o.max == -INFINITY) {
-        o.sum = 0;
-        return o;
-    }
-    o.sum = a.sum * exp(a.max - o.max) + b.sum * exp(b.max - o.max);
-    return o;
-}
-
-static __device__ struct chunk_stat block_stat(struct chunk_stat s, struct chunk_stat *sh)
+/* The (max, sum of exp(v - max)) of the block's parts s: the largest max,
+ * then each part's sum scaled to it (one exp per part, all in parallel) and
+ * summed, the same in every thread. */
+static __device__ struct chunk_stat block_stat(struct chunk_stat s, double *sh)
 {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int o = 16; o > 0; o >>= 1) {
-        struct chunk_stat t = {__shfl_xor_sync(~0u, s.max, o), __shfl_xor_sync(~0u, s.sum, o)};
-        s = stat_merge(s, t);
-    }
-    if (lane == 0) sh[warp] = s;
+    double m = s.max;
+    for (int o = 16; o > 0; o >>= 1)
+        m = fmax(m, __shfl_xor_sync(~0u, m, o));
+    if (lane == 0) sh[warp] = m;
     __syncthreads();
-    s = sh[0];
+    m = sh[0];
     for (int w = 1; w < TOPK_THREADS / 32; w++)
-        s = stat_merge(s, sh[w]);
-    return s;
+        m = fmax(m, sh[w]);
+    double v = s.max == -INFINITY ? 0. : s.sum * exp(s.max - m);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(~0u, v, o);
+    __syncthreads(); /* every thread has read sh */
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    v = sh[0];
+    for (int w = 1; w < TOPK_THREADS / 32; w++)
+        v += sh[w];
+    struct chunk_stat r = {m, m == -INFINITY ? 0. : v};
+    return r;
 }
 
 struct select_smem {
@@ -75,7 +73,8 @@ struct select_smem {
  * that match the boundary prefix so far, the next 8 bits; warp 0 finds the
  * bin that holds the LOGITS_TOP-th key and extends the prefix; it stops when
  * that bin holds exactly the keys still wanted (keys are unique, except the
- * 0s of NaNs and padding, which are never taken).
+ * 0s of NaNs and padding, which are neither counted nor taken; with fewer
+ * nonzero keys than wanted no bin is chosen and all of them are taken).
  */
 static __device__ int select_top(const uint64_t (&key)[TOPK_PER], struct select_smem &sm,
                                  uint64_t *out)
@@ -96,7 +95,8 @@ static __device__ int select_top(const uint64_t (&key)[TOPK_PER], struct select_
         uint64_t prefix = sm.prefix, mask = sm.mask;
 #pragma unroll
         for (int j = 0; j < TOPK_PER; j++)
-            if ((key[j] & mask) == prefix) atomicAdd(&sm.hist[(key[j] >> shift) & 255], 1u);
+            if (key[j] && (key[j] & mask) == prefix) /* 0s (NaN, padding) are never taken */
+                atomicAdd(&sm.hist[(key[j] >> shift) & 255], 1u);
         __syncthreads();
         if (tid < 32) {
             /* lane l holds bins 255 - 8l .. 248 - 8l, highest first */
@@ -180,7 +180,7 @@ static __global__ void __launch_bounds__(TOPK_THREADS)
               int V, int nchunk, struct logits_top *top)
 {
     __shared__ struct select_smem sm;
-    __shared__ struct chunk_stat sh[TOPK_THREADS / 32];
+    __shared__ double sh[TOPK_THREADS / 32];
     __shared__ uint64_t best[LOGITS_TOP];
     griddep_launch();
     griddep_wait();
@@ -197,11 +197,16 @@ static __global__ void __launch_bounds__(TOPK_THREADS)
     s = block_stat(s, sh);
     int n = select_top(key, sm, best);
     struct logits_top *t = top + r;
-    if ((int)threadIdx.x < n) {
-        uint64_t k = best[threadIdx.x];
-        int rank = 0;
-        for (int i = 0; i < n; i++)
-            rank += best[i] > k;
+    /* candidate c's rank: 4 adjacent threads count a quarter of the others each */
+    const int c = threadIdx.x / 4, q = threadIdx.x % 4, QN = LOGITS_TOP / 4;
+    _Static_assert(LOGITS_TOP * 4 <= TOPK_THREADS, "four threads per candidate");
+    const uint64_t k = c < n ? best[c] : 0;
+    int rank = 0;
+    for (int i = q * QN; i < q * QN + QN && i < n; i++)
+        rank += best[i] > k;
+    rank += __shfl_xor_sync(~0u, rank, 1);
+    rank += __shfl_xor_sync(~0u, rank, 2);
+    if (c < n && q == 0) {
         t->id[rank] = key_id(k);
         t->logit[rank] = key_logit(k);
         if (rank == 0) t->max = key_logit(k);
@@ -234,8 +239,8 @@ int k_logits_top(cudaStream_t st, const float *lg, int rows, int V, void *scratc
     struct chunk_stat *stats = (struct chunk_stat *)(cand + (size_t)rows * nchunk * LOGITS_TOP);
     CUDA_TRY(launch_pdl(topk_chunks, dim3((unsigned)nchunk, (unsigned)rows), TOPK_THREADS, 0, st,
                         lg, V, nchunk, cand, stats));
-    CUDA_TRY(launch_pdl(topk_rows, (unsigned)rows, TOPK_THREADS, 0, st, cand, stats, V, nchunk,
-                        out));
+    CUDA_TRY(
+        launch_pdl(topk_rows, (unsigned)rows, TOPK_THREADS, 0, st, cand, stats, V, nchunk, out));
     return 0;
 }
 
