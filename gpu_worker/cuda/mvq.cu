@@ -6,6 +6,12 @@
 #include <type_traits>
 
 #define MVQ_WARPS 4
+/* One token's rows of at least this many 32-element units load two pairs
+ * at a time (row_dotq's U4): 7B ffn_down (592 units) 444 / 447 / 450 ->
+ * 468 / 469 / 468 tok/s (one call, interleaved); shorter rows untried with
+ * this loop (an earlier one with masked groups cost 1.5B's down, 280 units,
+ * 7%). */
+#define MVQ_U4_UNITS 512
 
 /* The activations of one product as the kernels read them (mmq.cuh). */
 struct xq_view {
@@ -292,9 +298,13 @@ static __device__ __forceinline__ void unit_dot(const uraw &r, const xq_view &x,
  * two at a time: both units' loads are issued before either is used (a
  * unit past the row's end reloads the first and adds nothing). A warp
  * whose lanes have one unit at most takes it alone (a pair would load and
- * multiply one for nothing; the sums are the same). Waits for the previous
- * kernel (griddep_wait) after the first loads. */
-template <int T, int NT>
+ * multiply one for nothing; the sums are the same). With U4, two pairs'
+ * loads at a time while the warp's first lane has four units left (more
+ * bytes in flight, more registers); each unit is added by the same code as
+ * in the pairs (the first of a pair unmasked, the second masked), so the
+ * bits do not change. Waits for the previous kernel (griddep_wait) after the
+ * first loads. */
+template <int T, int NT, bool U4 = false>
 static __device__ __forceinline__ void row_dotq(const uint8_t *__restrict__ w, const xq_view &x,
                                                 int n, float (&acc)[NT], int lane, int step)
 {
@@ -308,7 +318,23 @@ static __device__ __forceinline__ void row_dotq(const uint8_t *__restrict__ w, c
         }
         return;
     }
-    for (int u = lane; u < nu; u += 2 * step) {
+    int u = lane;
+    if (U4)
+        for (; (lane & ~31) + (u - lane) + 3 * step < nu; u += 4 * step) {
+            const bool ok2 = u + step < nu, ok4 = u + 3 * step < nu; /* ok2: always */
+            const int u2 = u + step, u3 = u + 2 * step, u4 = ok4 ? u + 3 * step : u2;
+            uraw r1, r2, r3, r4;
+            unit_load<T>(w + unit_off<T>(u), u & 7, r1);
+            unit_load<T>(w + unit_off<T>(u2), u2 & 7, r2);
+            unit_load<T>(w + unit_off<T>(u3), u3 & 7, r3);
+            unit_load<T>(w + unit_off<T>(u4), u4 & 7, r4);
+            if (u == lane) griddep_wait();
+            unit_dot<T, NT>(r1, x, u, n, acc, true);
+            unit_dot<T, NT>(r2, x, u2, n, acc, ok2);
+            unit_dot<T, NT>(r3, x, u3, n, acc, true);
+            unit_dot<T, NT>(r4, x, u4, n, acc, ok4);
+        }
+    for (; u < nu; u += 2 * step) {
         const bool ok2 = u + step < nu;
         const int u2 = ok2 ? u + step : u; /* past the end: reload u, add nothing */
         uraw r1, r2;
@@ -367,7 +393,7 @@ static __device__ __forceinline__ void rope_epilogue(const struct mv_args &a, co
  * a row's first warp writes token t. Segments of type T, or (T2 != T) of T
  * and T2: q/k/v of two types in one launch. ROPE: the rope epilogue (a.rope
  * set), a separate instance so that the other products keep their registers. */
-template <int T, int T2, int NT, bool ROPE>
+template <int T, int T2, int NT, bool ROPE, bool U4 = false>
 static __global__ void __launch_bounds__(MVQ_WARPS * 32)
     mvq_kernel(struct mv_args a, struct xq_view x, int n, int wpr)
 {
@@ -379,9 +405,9 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
     for (int t = 0; t < NT; t++)
         acc[t] = 0.f;
     if (me.w && (T2 == T || me.type == T))
-        row_dotq<T, NT>(me.w, x, n, acc, sub * 32 + lane, 32 * wpr);
+        row_dotq<T, NT, U4>(me.w, x, n, acc, sub * 32 + lane, 32 * wpr);
     else if (me.w)
-        row_dotq<T2, NT>(me.w, x, n, acc, sub * 32 + lane, 32 * wpr);
+        row_dotq<T2, NT, U4>(me.w, x, n, acc, sub * 32 + lane, 32 * wpr);
     griddep_wait(); /* (threads without units: before the writes) */
     rows_reduce<NT>(acc, wpr);
     if (ROPE) {
@@ -509,8 +535,16 @@ static int mvq_launch(cudaStream_t st, const struct mv_args *a, int rows, const 
     int rpb = MVQ_WARPS / wpr;
     unsigned grid = (unsigned)((rows + rpb - 1) / rpb);
     const bool rope = a->rope.tab != NULL;
+    const bool u4 = !rope && a->K / 32 >= MVQ_U4_UNITS;
     return by_tokens(n, [&](auto nt) -> int {
         constexpr int NT = decltype(nt)::value;
+        if constexpr (NT == 1 && T2 == T) {
+            if (u4) {
+                CUDA_TRY(launch_pdl(mvq_kernel<T, T2, NT, false, true>, grid, MVQ_WARPS * 32, 0, st,
+                                    *a, x, n, wpr));
+                return 0;
+            }
+        }
         CUDA_TRY(launch_pdl(rope ? mvq_kernel<T, T2, NT, true> : mvq_kernel<T, T2, NT, false>,
                             grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
         return 0;
