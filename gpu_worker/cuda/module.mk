@@ -57,4 +57,12 @@ bench-cuda_LIBS := $(CUDA_LINK)
 BENCHES += bench-ceilings
 bench-ceilings_DEPS := $(BUILD)/gpu_worker/cuda/bench_ceilings.cu.o
 bench-ceilings_LIBS := $(CUDA_LINK)
+
+# the CUPTI tracer of scripts/gpu-timeline (built by gpu-check prepare bench;
+# finds libcupti next to itself on the GPU machine)
+KTRACE_LIB := $(BUILD)/ktrace/libktrace.so
+$(KTRACE_LIB): gpu_worker/cuda/ktrace.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -Wall -Wextra -shared -fPIC -I$(CUDA_HOME)/include -o $@ $< \
+	    -L$(CUDA_HOME)/lib -L$(CUDA_HOME)/lib64 -lcupti -Wl,-rpath,'$$ORIGIN'
 endif
