@@ -799,6 +799,23 @@ static __device__ __forceinline__ double block_sum_all(double v)
  * 4 (256-blocks) the 8 consecutive elements 256 b + 8 l + [0, 8); each warp
  * quantizes its blocks from its registers (quant.cuh). With late, the next
  * kernel may start once this one has waited for its predecessor. */
+/* This lane's elements of activation block b of row p (norm_quant_kernel's
+ * layout): element 32 b + lane (E = 1), or 256 b + 8 lane + [0, 8) (E = 8). */
+template <int E>
+static __device__ __forceinline__ void lane_block(const float *p, int b, int lane, float (&v)[E])
+{
+    if (E == 1) {
+        v[0] = p[32 * b + lane];
+    } else {
+        const float4 *q = (const float4 *)(p + 256 * b + 8 * lane);
+        const float4 u = q[0], t = q[1];
+        const float f[8] = {u.x, u.y, u.z, u.w, t.x, t.y, t.z, t.w};
+#pragma unroll
+        for (int e = 0; e < E; e++)
+            v[e] = f[e % 8];
+    }
+}
+
 template <int NK, int CLS>
 static __global__ void __launch_bounds__(1024)
     norm_quant_kernel(const float *x, const float *w, float eps, int D, struct mmq_act a, int late)
@@ -811,17 +828,7 @@ static __global__ void __launch_bounds__(1024)
 #pragma unroll
     for (int k = 0; k < NK; k++) {
         const int b = k * nw + warp;
-        if (b >= nblk) continue;
-        if (CLS == 3) {
-            wv[k][0] = w[BS * b + lane];
-        } else {
-            const float4 *p = (const float4 *)(w + BS * b + 8 * lane);
-            float4 u = p[0], v = p[1];
-            const float t[8] = {u.x, u.y, u.z, u.w, v.x, v.y, v.z, v.w};
-#pragma unroll
-            for (int e = 0; e < E; e++)
-                wv[k][e] = t[e % 8];
-        }
+        if (b < nblk) lane_block<E>(w, b, lane, wv[k]);
     }
     griddep_wait();
     if (late) griddep_launch();
@@ -831,16 +838,7 @@ static __global__ void __launch_bounds__(1024)
     for (int k = 0; k < NK; k++) {
         const int b = k * nw + warp;
         if (b >= nblk) continue;
-        if (CLS == 3) {
-            xv[k][0] = xt[BS * b + lane];
-        } else {
-            const float4 *p = (const float4 *)(xt + BS * b + 8 * lane);
-            float4 u = p[0], v = p[1];
-            const float t[8] = {u.x, u.y, u.z, u.w, v.x, v.y, v.z, v.w};
-#pragma unroll
-            for (int e = 0; e < E; e++)
-                xv[k][e] = t[e % 8];
-        }
+        lane_block<E>(xt, b, lane, xv[k]);
 #pragma unroll
         for (int e = 0; e < E; e++)
             ss += (double)(xv[k][e] * xv[k][e]);
