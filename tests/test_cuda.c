@@ -1085,6 +1085,7 @@ static void test_ref_model(void **state)
 #define test_mmq_types test_ref_model
 #define test_misaligned_refused test_ref_model
 #define test_mvq_split_rows test_ref_model
+#define test_norm_quant test_ref_model
 #define test_attention_decode test_ref_model
 #define test_logits_summary_kernel test_ref_model
 #define test_logits_summary_backend test_ref_model
