@@ -792,13 +792,6 @@ static __device__ __forceinline__ double block_sum_all(double v)
     return v;
 }
 
-/* Block per token of nw warps (one per activation block, at most 32), the
- * row in registers (the weights load before the wait for the previous
- * kernel), one barrier (the sum of squares). Warp w holds activation blocks
- * k nw + w, k < NK: of class 3 (32-blocks) lane l element 32 b + l, of class
- * 4 (256-blocks) the 8 consecutive elements 256 b + 8 l + [0, 8); each warp
- * quantizes its blocks from its registers (quant.cuh). With late, the next
- * kernel may start once this one has waited for its predecessor. */
 /* This lane's elements of activation block b of row p (norm_quant_kernel's
  * layout): element 32 b + lane (E = 1), or 256 b + 8 lane + [0, 8) (E = 8). */
 template <int E>
@@ -816,6 +809,13 @@ static __device__ __forceinline__ void lane_block(const float *p, int b, int lan
     }
 }
 
+/* Block per token of nw warps (one per activation block, at most 32), the
+ * row in registers (the weights load before the wait for the previous
+ * kernel), one barrier (the sum of squares). Warp w holds activation blocks
+ * k nw + w, k < NK: of class 3 (32-blocks) lane l element 32 b + l, of class
+ * 4 (256-blocks) the 8 consecutive elements 256 b + 8 l + [0, 8); each warp
+ * quantizes its blocks from its registers (quant.cuh). With late, the next
+ * kernel may start once this one has waited for its predecessor. */
 template <int NK, int CLS>
 static __global__ void __launch_bounds__(1024)
     norm_quant_kernel(const float *x, const float *w, float eps, int D, struct mmq_act a, int late)

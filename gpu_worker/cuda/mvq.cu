@@ -321,7 +321,9 @@ static __device__ __forceinline__ void row_dotq(const uint8_t *__restrict__ w, c
     int u = lane;
     if (U4)
         for (; (lane & ~31) + (u - lane) + 3 * step < nu; u += 4 * step) {
-            const bool ok2 = u + step < nu, ok4 = u + 3 * step < nu; /* ok2: always */
+            /* ok2 is always true here; a runtime value, so that the unit is
+             * compiled as a pair's second */
+            const bool ok2 = u + step < nu, ok4 = u + 3 * step < nu;
             const int u2 = u + step, u3 = u + 2 * step, u4 = ok4 ? u + 3 * step : u2;
             uraw r1, r2, r3, r4;
             unit_load<T>(w + unit_off<T>(u), u & 7, r1);
