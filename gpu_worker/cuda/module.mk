@@ -58,8 +58,8 @@ BENCHES += bench-ceilings
 bench-ceilings_DEPS := $(BUILD)/gpu_worker/cuda/bench_ceilings.cu.o
 bench-ceilings_LIBS := $(CUDA_LINK)
 
-# the CUPTI tracer of scripts/gpu-timeline (built by gpu-check prepare bench;
-# finds libcupti next to itself on the GPU machine)
+# the CUPTI tracer of scripts/gpu-timeline (built by gpu-check prepare bench,
+# whose bundle-libs puts libcupti into .devlibs beside the other libraries)
 KTRACE_LIB := $(BUILD)/ktrace/libktrace.so
 $(KTRACE_LIB): gpu_worker/cuda/ktrace.c
 	@mkdir -p $(@D)
