@@ -290,6 +290,62 @@ static void test_mvq_split_rows(void **state)
     }
 }
 
+/* The decode kernel of gate/up with SwiGLU (k_swiglu_q) against the CPU
+ * reference's dot products (silu in double), and each token's bits the same
+ * in batches of 8, 3 and 1: short rows (a unit per lane, 0.5B), 1.5B's and
+ * 7B's rows (a lane's units in masked pairs) and rows split over 4 warps. */
+static void test_swiglu_rows(void **state)
+{
+    if (!gpu_or_skip()) skip();
+    static const struct {
+        uint32_t t;
+        int K, N;
+    } cases[] = {
+        {GGML_TYPE_Q5_0, 896, 72},  {GGML_TYPE_Q8_0, 896, 40}, {GGML_TYPE_Q4_K, 1536, 40},
+        {GGML_TYPE_Q4_K, 3584, 24}, {GGML_TYPE_Q6_K, 3584, 24}, {GGML_TYPE_Q4_K, 8192, 16},
+    };
+    uint64_t seed = 0x3c6ef372fe94f82bull;
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        uint32_t t = cases[c].t;
+        int K = cases[c].K, N = cases[c].N;
+        size_t rb = quant_row_size(t, K);
+        uint8_t *w = random_rows(t, 2 * N, K, 0.3f, &seed);
+        uint8_t *act = malloc(quant_row_size(quant_vec_dot_type(t), K));
+        float *x = random_acts(K, 8, &seed);
+        float *y8 = malloc(sizeof(float) * N * 8), *y = malloc(sizeof(float) * N * 8);
+        assert_true(act && y8 && y);
+        assert_int_equal(cuda_swiglu_product((int)t, N, K, 8, w, x, y8), 0);
+        double err = 0, ref2 = 0;
+        for (int tok = 0; tok < 8; tok++) {
+            quant_quantize_row(quant_vec_dot_type(t), x + (size_t)tok * K, act, K);
+            for (int r = 0; r < N; r++) {
+                double g = quant_vec_dot_ref(t, K, w + rb * r, act);
+                double u = quant_vec_dot_ref(t, K, w + rb * (N + r), act);
+                double ref = g / (1 + exp(-g)) * u, d = y8[(size_t)tok * N + r] - ref;
+                err += d * d;
+                ref2 += ref * ref;
+            }
+        }
+        double rel = sqrt(err / ref2);
+        static const int nd[] = {3, 1};
+        bool same = true;
+        for (int b = 0; b < 2; b++) {
+            assert_int_equal(cuda_swiglu_product((int)t, N, K, nd[b], w, x, y), 0);
+            same = same && memcmp(y, y8, sizeof(float) * N * nd[b]) == 0;
+        }
+        print_message("swiglu type %2u K %4d: relative RMS error vs the CPU reference %.2e, "
+                      "batches of 3 and 1 %s\n",
+                      t, K, rel, same ? "identical" : "DIFFER");
+        assert_true(rel < 1e-5);
+        assert_true(same);
+        free(w);
+        free(act);
+        free(x);
+        free(y8);
+        free(y);
+    }
+}
+
 /* The decode path's rmsnorm + 8-bit quantization (k_norm_quant) against a
  * double-precision norm, for rows of the bench shapes and longer ones (6 to
  * 32 warps, 1 to 16 blocks per warp): each dequantized value within half a
@@ -1086,6 +1142,7 @@ static void test_ref_model(void **state)
 #define test_misaligned_refused test_ref_model
 #define test_mvq_split_rows test_ref_model
 #define test_norm_quant test_ref_model
+#define test_swiglu_rows test_ref_model
 #define test_attention_decode test_ref_model
 #define test_logits_summary_kernel test_ref_model
 #define test_logits_summary_backend test_ref_model
@@ -1103,6 +1160,7 @@ int main(int argc, char **argv)
     size_t n = 0;
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_mmq_types);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_mvq_split_rows);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_swiglu_rows);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_norm_quant);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_attention_decode);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_upload_verify_repair);

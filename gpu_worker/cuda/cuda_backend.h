@@ -119,6 +119,12 @@ int cuda_check_alignment(const struct st_model *m, struct st_errbuf *eb);
 int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *x, float *y,
                      bool small);
 
+/* For tests: h = silu(Wg x) * (Wu x) by the decode kernel (k_swiglu_q) for
+ * n <= 8 tokens; w is N gate rows then N up rows of K elements of a
+ * quantized ggml type (host memory, the file's layout), x n rows of K
+ * floats, y n rows of N. Returns 0, ST_EINVAL, ST_EDEVICE (logged). */
+int cuda_swiglu_product(int type, int N, int K, int n, const void *w, const float *x, float *y);
+
 /* For tests: the serving attention kernel for one token at position np - 1
  * of one sequence (q: n_heads * hd floats, scaled by 1/sqrt(hd) inside; k, v:
  * np rows of n_kv * hd half bits, host memory) into out (n_heads * hd).

@@ -42,6 +42,11 @@ int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *
     return ST_EUNSUPPORTED;
 }
 
+int cuda_swiglu_product(int type, int N, int K, int n, const void *w, const float *x, float *y)
+{
+    return ST_EUNSUPPORTED;
+}
+
 int cuda_attention_check(int n_heads, int n_kv, int hd, int np, const float *q, const uint16_t *k,
                          const uint16_t *v, float *out)
 {

@@ -1,4 +1,5 @@
 /* Integer products of quantized weights with up to MATVEC_MAX_N tokens (see mvq.cuh). */
+#include "gpu_worker/cuda/cuda_backend.h"
 #include "gpu_worker/cuda/cuda_util.cuh"
 #include "gpu_worker/cuda/mvq.cuh"
 #include "gpu_worker/cuda/quant.cuh"
@@ -8,9 +9,8 @@
 #define MVQ_WARPS 4
 /* One token's rows of at least this many 32-element units load two pairs
  * at a time (row_dotq's U4): 7B ffn_down (592 units) 444 / 447 / 450 ->
- * 468 / 469 / 468 tok/s (one call, interleaved); shorter rows untried with
- * this loop (an earlier one with masked groups cost 1.5B's down, 280 units,
- * 7%). */
+ * 468 / 469 / 468 tok/s (one call, interleaved); at 256 (1.5B's down, 280
+ * units) 1.5B lost 2% and 7B gained 0.5%. */
 #define MVQ_U4_UNITS 512
 
 /* The activations of one product as the kernels read them (mmq.cuh). */
@@ -168,10 +168,14 @@ static __device__ __forceinline__ int ubyte(uint32_t w, int j)
     return (int)(w >> 8 * j & 255u);
 }
 
-/* acc[t] += unit u (loaded in r) . token t, when ok. */
+/* acc[t] += unit u (loaded in r) . token t. Every path adds a unit by this
+ * same code, unconditionally or inside a branch that skips a unit past the
+ * row's end (a select on the sum instead let the compiler fuse the additions
+ * differently: a token's bits depended on the path, so on its batch; the
+ * branch also skips the work where a whole warp's unit is past the end). */
 template <int T, int NT>
 static __device__ __forceinline__ void unit_dot(const uraw &r, const xq_view &x, int u, int n,
-                                                float (&acc)[NT], bool ok)
+                                                float (&acc)[NT])
 {
     constexpr int B = qbase(T); /* grouped types decode as their base type */
     const int K = x.K;
@@ -213,7 +217,7 @@ static __device__ __forceinline__ void unit_dot(const uraw &r, const xq_view &x,
             size_t bi = (size_t)t * (K / 32) + u;
             float v = (float)s * (d * x.d[bi]);
             if (HAS_M) v += m * x.s[bi];
-            acc[t] += ok ? v : 0.f;
+            acc[t] += v;
         }
         return;
     }
@@ -246,7 +250,7 @@ static __device__ __forceinline__ void unit_dot(const uraw &r, const xq_view &x,
             float dx = x.d[(size_t)t * (K / 256) + sb];
             float v = (dx * d) * (float)(sc0 * il + sc1 * ih) -
                       (dx * dm) * (float)(m0 * bs[0] + m1 * bs[2]);
-            acc[t] += ok ? v : 0.f;
+            acc[t] += v;
         }
         return;
     }
@@ -290,7 +294,7 @@ static __device__ __forceinline__ void unit_dot(const uraw &r, const xq_view &x,
         float dx = x.d[(size_t)t * (K / 256) + sb];
         float v = (dx * d) * (float)isum;
         if (T == QT_Q2_K) v -= (dx * dm) * (float)msum;
-        acc[t] += ok ? v : 0.f;
+        acc[t] += v;
     }
 }
 
@@ -301,9 +305,8 @@ static __device__ __forceinline__ void unit_dot(const uraw &r, const xq_view &x,
  * multiply one for nothing; the sums are the same). With U4, two pairs'
  * loads at a time while the warp's first lane has four units left (more
  * bytes in flight, more registers); each unit is added by the same code as
- * in the pairs (the first of a pair unmasked, the second masked), so the
- * bits do not change. Waits for the previous kernel (griddep_wait) after the
- * first loads. */
+ * in the pairs (unit_dot), so the bits do not change. Waits for the
+ * previous kernel (griddep_wait) after the first loads. */
 template <int T, int NT, bool U4 = false>
 static __device__ __forceinline__ void row_dotq(const uint8_t *__restrict__ w, const xq_view &x,
                                                 int n, float (&acc)[NT], int lane, int step)
@@ -314,16 +317,14 @@ static __device__ __forceinline__ void row_dotq(const uint8_t *__restrict__ w, c
             uraw r1;
             unit_load<T>(w + unit_off<T>(lane), lane & 7, r1);
             griddep_wait();
-            unit_dot<T, NT>(r1, x, lane, n, acc, true);
+            unit_dot<T, NT>(r1, x, lane, n, acc);
         }
         return;
     }
     int u = lane;
     if (U4)
         for (; (lane & ~31) + (u - lane) + 3 * step < nu; u += 4 * step) {
-            /* ok2 is always true here; a runtime value, so that the unit is
-             * compiled as a pair's second */
-            const bool ok2 = u + step < nu, ok4 = u + 3 * step < nu;
+            const bool ok4 = u + 3 * step < nu;
             const int u2 = u + step, u3 = u + 2 * step, u4 = ok4 ? u + 3 * step : u2;
             uraw r1, r2, r3, r4;
             unit_load<T>(w + unit_off<T>(u), u & 7, r1);
@@ -331,10 +332,10 @@ static __device__ __forceinline__ void row_dotq(const uint8_t *__restrict__ w, c
             unit_load<T>(w + unit_off<T>(u3), u3 & 7, r3);
             unit_load<T>(w + unit_off<T>(u4), u4 & 7, r4);
             if (u == lane) griddep_wait();
-            unit_dot<T, NT>(r1, x, u, n, acc, true);
-            unit_dot<T, NT>(r2, x, u2, n, acc, ok2);
-            unit_dot<T, NT>(r3, x, u3, n, acc, true);
-            unit_dot<T, NT>(r4, x, u4, n, acc, ok4);
+            unit_dot<T, NT>(r1, x, u, n, acc);
+            unit_dot<T, NT>(r2, x, u2, n, acc);
+            unit_dot<T, NT>(r3, x, u3, n, acc);
+            if (ok4) unit_dot<T, NT>(r4, x, u4, n, acc);
         }
     for (; u < nu; u += 2 * step) {
         const bool ok2 = u + step < nu;
@@ -343,8 +344,8 @@ static __device__ __forceinline__ void row_dotq(const uint8_t *__restrict__ w, c
         unit_load<T>(w + unit_off<T>(u), u & 7, r1);
         unit_load<T>(w + unit_off<T>(u2), u2 & 7, r2);
         if (u == lane) griddep_wait(); /* the first weights load while the previous kernel ends */
-        unit_dot<T, NT>(r1, x, u, n, acc, true);
-        unit_dot<T, NT>(r2, x, u2, n, acc, ok2);
+        unit_dot<T, NT>(r1, x, u, n, acc);
+        if (ok2) unit_dot<T, NT>(r2, x, u2, n, acc);
     }
 }
 
@@ -431,24 +432,22 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
     }
 }
 
-/* ag[t] += gate row wg . xg[t], au[t] += up row wu . xu[t]: one unit of each
- * in flight, both issued before the wait, in row_dotq's order per lane (so
- * the same sums as two row_dotq calls). */
+/* ag[t] += gate row wg . xg[t], au[t] += up row wu . xu[t] for rows of at
+ * most one unit per lane: both loads issued before the wait (the sums of
+ * two row_dotq calls). */
 template <int T, int NT>
 static __device__ __forceinline__ void rows_dotq2(const uint8_t *__restrict__ wg,
                                                   const uint8_t *__restrict__ wu,
                                                   const xq_view &xg, const xq_view &xu, int n,
-                                                  float (&ag)[NT], float (&au)[NT], int lane,
-                                                  int step)
+                                                  float (&ag)[NT], float (&au)[NT], int lane)
 {
-    const int nu = xg.K / 32;
-    for (int u = lane; u < nu; u += step) {
+    if (lane < xg.K / 32) {
         uraw rg, ru;
-        unit_load<T>(wg + unit_off<T>(u), u & 7, rg);
-        unit_load<T>(wu + unit_off<T>(u), u & 7, ru);
-        if (u == lane) griddep_wait();
-        unit_dot<T, NT>(rg, xg, u, n, ag, true);
-        unit_dot<T, NT>(ru, xu, u, n, au, true);
+        unit_load<T>(wg + unit_off<T>(lane), lane & 7, rg);
+        unit_load<T>(wu + unit_off<T>(lane), lane & 7, ru);
+        griddep_wait();
+        unit_dot<T, NT>(rg, xg, lane, n, ag);
+        unit_dot<T, NT>(ru, xu, lane, n, au);
     }
 }
 
@@ -466,11 +465,13 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
         ag[t] = au[t] = 0.f;
     /* Gate and up together where a lane has one unit of each (short rows:
      * row_dotq would leave its second load slot empty and load up after the
-     * wait) or several tokens share the loads; one row after the other for
-     * long rows at batch 1 (7B: 397 vs 384 tok/s). Both give the same sums. */
-    if (row < N && (NT > 1 || xg.K / 32 <= 32 * wpr)) {
+     * wait); else one row after the other (7B at batch 1: 397 vs 384 tok/s).
+     * The choice depends on the shape only, so a token's bits do not depend
+     * on its batch; at batch 8 the pairs also beat gate and up one unit at a
+     * time (1.5B 2,527 -> 2,621 tok/s, 7B 884 -> 923). */
+    if (row < N && xg.K / 32 <= 32 * wpr) {
         rows_dotq2<T, NT>(wg + (size_t)row * rb, wu + (size_t)row * rb, xg, xu, n, ag, au,
-                          sub * 32 + lane, 32 * wpr);
+                          sub * 32 + lane);
     } else if (row < N) {
         row_dotq<T, NT>(wg + (size_t)row * rb, xg, n, ag, sub * 32 + lane, 32 * wpr);
         row_dotq<T, NT>(wu + (size_t)row * rb, xu, n, au, sub * 32 + lane, 32 * wpr);
@@ -637,7 +638,43 @@ static int swiglu_q_launch(cudaStream_t st, const void *wg, const void *wu, int 
 int k_swiglu_q(cudaStream_t st, const void *wg, const void *wu, int type, int N, int K,
                const struct mmq_act *xg, const struct mmq_act *xu, float *h)
 {
+
     if (!view_ok(xg, type, K, "swiglu_q") || !view_ok(xu, type, K, "swiglu_q") || xg->n != xu->n)
         return ST_EINVAL;
     DISPATCH_QUANT(type, swiglu_q_launch, st, wg, wu, N, K, view(xg), view(xu), xg->n, h);
+}
+
+extern "C" int cuda_swiglu_product(int type, int N, int K, int n, const void *w, const float *x,
+                                   float *y)
+{
+    if (!mmq_supported(type) || n < 1 || n > MATVEC_MAX_N) return ST_EINVAL;
+    const size_t rb = qt_row_bytes(type, K), nk = (size_t)n * K;
+    uint8_t *dw = nullptr;
+    float *dx = nullptr, *dy = nullptr;
+    struct mmq_act a = {};
+    int rc = ST_EDEVICE;
+    /* + 256: the kernels may read a 16-byte word past a row's last block */
+    if (cudaMalloc(&dw, rb * N * 2 + 256) == cudaSuccess &&
+        cudaMalloc(&dx, nk * 4) == cudaSuccess &&
+        cudaMalloc(&dy, (size_t)n * N * 4) == cudaSuccess && cudaMalloc(&a.q, nk) == cudaSuccess &&
+        cudaMalloc(&a.d, nk / 32 * 4) == cudaSuccess &&
+        cudaMalloc(&a.s, nk / 32 * 4) == cudaSuccess &&
+        cudaMalloc(&a.bsum, nk / 16 * 4) == cudaSuccess &&
+        cudaMemcpy(dw, w, rb * N * 2, cudaMemcpyHostToDevice) == cudaSuccess &&
+        cudaMemcpy(dx, x, nk * 4, cudaMemcpyHostToDevice) == cudaSuccess) {
+        rc = k_mmq_quantize(0, mmq_class(type), dx, n, K, &a);
+        if (rc == 0) rc = k_swiglu_q(0, dw, dw + rb * N, type, N, K, &a, &a, dy);
+        if (rc == 0 && cudaMemcpy(y, dy, (size_t)n * N * 4, cudaMemcpyDeviceToHost) != cudaSuccess)
+            rc = ST_EDEVICE;
+    }
+    if (rc == ST_EDEVICE)
+        log_error("cuda: swiglu product: %s", cudaGetErrorString(cudaGetLastError()));
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dy);
+    cudaFree(a.q);
+    cudaFree(a.d);
+    cudaFree(a.s);
+    cudaFree(a.bsum);
+    return rc;
 }
