@@ -422,17 +422,17 @@ static void test_norm_quant(void **state)
 }
 
 /* The serving attention kernel for one decoding token against a double
- * precision softmax over half K/V rows: head_dim 64 and 128 (the decode
- * tiles that load V with K), one to three tiles of 256 positions, grouped
- * heads. Float accumulation of half inputs: within 1e-5 of the largest
- * output. */
+ * precision softmax over half K/V rows: head_dim 64 and 128 (the warp-chunk
+ * decode kernel: one to three chunks per warp), 96 (the decode tiles that
+ * load V with K: one to three tiles of 256 positions), grouped heads. Float
+ * accumulation of half inputs: within 1e-5 of the largest output. */
 static void test_attention_decode(void **state)
 {
     if (!gpu_or_skip()) skip();
-    static const int hds[] = {64, 128}, nps[] = {1, 7, 256, 257, 700};
+    static const int hds[] = {64, 128, 96}, nps[] = {1, 7, 256, 257, 700};
     const int n_heads = 14, n_kv = 2;
     uint64_t seed = 0x51ed270b27b1f1a5ull;
-    for (size_t a = 0; a < 2; a++)
+    for (size_t a = 0; a < sizeof(hds) / sizeof(hds[0]); a++)
         for (size_t b = 0; b < sizeof(nps) / sizeof(nps[0]); b++) {
             int hd = hds[a], np = nps[b];
             size_t kvd = (size_t)n_kv * hd;
