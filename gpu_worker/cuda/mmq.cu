@@ -355,12 +355,14 @@ int k_mmq(cudaStream_t st, const void *w, int type, int N, int K, const struct m
 
 /* ---- test entry (cuda_backend.h) ---- */
 
-extern "C" int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *x,
-                                float *y, bool small)
+/* The products the tests ask for: k_mmq, k_mvq (small) or k_swiglu_q
+ * (swiglu: w is N gate rows then N up rows, file layout only). */
+static int product_check(int type, int N, int K, int n, const void *w, const float *x, float *y,
+                         bool small, bool swiglu)
 {
-    if (small && (n < 1 || n > MATVEC_MAX_N)) return ST_EINVAL;
-    if (!mmq_supported(type)) return ST_EINVAL;
-    size_t rb = qt_row_bytes(type, K);
+    if ((small || swiglu) && (n < 1 || n > MATVEC_MAX_N)) return ST_EINVAL;
+    if (!mmq_supported(type) || (swiglu && type != qbase(type))) return ST_EINVAL;
+    const size_t rb = qt_row_bytes(type, K), wb = rb * N * (swiglu ? 2 : 1);
     uint8_t *dw = nullptr;
     float *dx = nullptr, *dy = nullptr;
     struct mmq_act a = {};
@@ -368,13 +370,13 @@ extern "C" int cuda_mmq_product(int type, int N, int K, int n, const void *w, co
     int rc = ST_EDEVICE;
     size_t nk = (size_t)n * K;
     /* + 256: the kernels may read a 16-byte word past a row's last block */
-    if (cudaMalloc(&dw, rb * N + 256) == cudaSuccess && cudaMalloc(&dx, nk * 4) == cudaSuccess &&
+    if (cudaMalloc(&dw, wb + 256) == cudaSuccess && cudaMalloc(&dx, nk * 4) == cudaSuccess &&
         cudaMalloc(&dy, (size_t)n * N * 4) == cudaSuccess && cudaMalloc(&a.q, nk) == cudaSuccess &&
         cudaMalloc(&a.d, nk / 32 * 4) == cudaSuccess &&
         cudaMalloc(&a.s, nk / 32 * 4) == cudaSuccess &&
         cudaMalloc(&a.bsum, nk / 16 * 4) == cudaSuccess &&
         cudaMalloc(&a.part, mmq_part_elems(n) * 4) == cudaSuccess &&
-        cudaMemcpy(dw, w, rb * N, cudaMemcpyHostToDevice) == cudaSuccess &&
+        cudaMemcpy(dw, w, wb, cudaMemcpyHostToDevice) == cudaSuccess &&
         cudaMemcpy(dx, x, nk * 4, cudaMemcpyHostToDevice) == cudaSuccess) {
         rc = 0;
         if (type != qbase(type)) { /* a grouped type: the rows into the device layout */
@@ -384,7 +386,9 @@ extern "C" int cuda_mmq_product(int type, int N, int K, int n, const void *w, co
                      : ST_EINVAL;
         }
         if (rc == 0) rc = k_mmq_quantize(0, mmq_class(type), dx, n, K, &a);
-        if (rc == 0 && small) {
+        if (rc == 0 && swiglu) {
+            rc = k_swiglu_q(0, dw, dw + rb * N, type, N, K, &a, &a, dy);
+        } else if (rc == 0 && small) {
             struct mv_args m = {};
             m.nseg = 1;
             m.K = K;
@@ -411,4 +415,16 @@ extern "C" int cuda_mmq_product(int type, int N, int K, int n, const void *w, co
     cudaFree(a.bsum);
     cudaFree(a.part);
     return rc;
+}
+
+extern "C" int cuda_mmq_product(int type, int N, int K, int n, const void *w, const float *x,
+                                float *y, bool small)
+{
+    return product_check(type, N, K, n, w, x, y, small, false);
+}
+
+extern "C" int cuda_swiglu_product(int type, int N, int K, int n, const void *w, const float *x,
+                                   float *y)
+{
+    return product_check(type, N, K, n, w, x, y, true, true);
 }

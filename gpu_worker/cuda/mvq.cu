@@ -1,5 +1,4 @@
 /* Integer products of quantized weights with up to MATVEC_MAX_N tokens (see mvq.cuh). */
-#include "gpu_worker/cuda/cuda_backend.h"
 #include "gpu_worker/cuda/cuda_util.cuh"
 #include "gpu_worker/cuda/mvq.cuh"
 #include "gpu_worker/cuda/quant.cuh"
@@ -642,39 +641,4 @@ int k_swiglu_q(cudaStream_t st, const void *wg, const void *wu, int type, int N,
     if (!view_ok(xg, type, K, "swiglu_q") || !view_ok(xu, type, K, "swiglu_q") || xg->n != xu->n)
         return ST_EINVAL;
     DISPATCH_QUANT(type, swiglu_q_launch, st, wg, wu, N, K, view(xg), view(xu), xg->n, h);
-}
-
-extern "C" int cuda_swiglu_product(int type, int N, int K, int n, const void *w, const float *x,
-                                   float *y)
-{
-    if (!mmq_supported(type) || n < 1 || n > MATVEC_MAX_N) return ST_EINVAL;
-    const size_t rb = qt_row_bytes(type, K), nk = (size_t)n * K;
-    uint8_t *dw = nullptr;
-    float *dx = nullptr, *dy = nullptr;
-    struct mmq_act a = {};
-    int rc = ST_EDEVICE;
-    /* + 256: the kernels may read a 16-byte word past a row's last block */
-    if (cudaMalloc(&dw, rb * N * 2 + 256) == cudaSuccess &&
-        cudaMalloc(&dx, nk * 4) == cudaSuccess &&
-        cudaMalloc(&dy, (size_t)n * N * 4) == cudaSuccess && cudaMalloc(&a.q, nk) == cudaSuccess &&
-        cudaMalloc(&a.d, nk / 32 * 4) == cudaSuccess &&
-        cudaMalloc(&a.s, nk / 32 * 4) == cudaSuccess &&
-        cudaMalloc(&a.bsum, nk / 16 * 4) == cudaSuccess &&
-        cudaMemcpy(dw, w, rb * N * 2, cudaMemcpyHostToDevice) == cudaSuccess &&
-        cudaMemcpy(dx, x, nk * 4, cudaMemcpyHostToDevice) == cudaSuccess) {
-        rc = k_mmq_quantize(0, mmq_class(type), dx, n, K, &a);
-        if (rc == 0) rc = k_swiglu_q(0, dw, dw + rb * N, type, N, K, &a, &a, dy);
-        if (rc == 0 && cudaMemcpy(y, dy, (size_t)n * N * 4, cudaMemcpyDeviceToHost) != cudaSuccess)
-            rc = ST_EDEVICE;
-    }
-    if (rc == ST_EDEVICE)
-        log_error("cuda: swiglu product: %s", cudaGetErrorString(cudaGetLastError()));
-    cudaFree(dw);
-    cudaFree(dx);
-    cudaFree(dy);
-    cudaFree(a.q);
-    cudaFree(a.d);
-    cudaFree(a.s);
-    cudaFree(a.bsum);
-    return rc;
 }
