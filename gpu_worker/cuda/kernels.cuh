@@ -64,7 +64,9 @@ int k_swiglu_f16(cudaStream_t st, const float *g, const float *u, float *h, __ha
 /* Causal attention of each token over its sequence's positions 0..pos[t]:
  * out[t][h*hd..] = softmax(q.K^T * scale) V, with GQA (kv head = h / (n_heads/n_kv)).
  * head_dim: a multiple of 8, at most 256 (else ST_EUNSUPPORTED).
- * ref = false: float accumulation, positions in tiles of 128-256 (fast);
+ * ref = false: float accumulation (fast): for batches of up to
+ * MATVEC_MAX_N tokens with head_dim 64 or 128, warps over chunks of 32
+ * positions; else positions in tiles of 128-256;
  * ref = true: the reference engine's operations in its order (q and the
  * running sum of V in half precision, positions in order, its dot-product
  * order and correctly rounded expf), one warp per head and token.
