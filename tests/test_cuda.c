@@ -275,6 +275,7 @@ static void test_mvq_split_rows(void **state)
         {GGML_TYPE_Q6_K, 4864, 40}, /* 152 units (the 0.5B down shape's rows): 4 warps */
         {GGML_TYPE_Q5_0, 4864, 8},  /* 2-byte aligned blocks, 4 warps */
         {GGML_TYPE_Q6_K, 18944, 24}, /* 592 units (7B down's rows): 4 warps */
+        {GGML_TYPE_Q6_K, 8960, 16},  /* 280 units (1.5B down's rows): lanes with 3 and 2 */
         {GGML_TYPE_Q8_0, 16416, 16}, /* 513 units: lanes with 4 and 5 */
         {GGML_TYPE_Q4_1, 4096, 8},  /* 128 units, 4 warps: each lane one, alone */
     };

@@ -8,9 +8,10 @@
 #define MVQ_WARPS 4
 /* One token's rows of at least this many 32-element units load two pairs
  * at a time (row_dotq's U4): 7B ffn_down (592 units) 444 / 447 / 450 ->
- * 468 / 469 / 468 tok/s (one call, interleaved); at 256 (1.5B's down, 280
- * units) 1.5B lost 2% and 7B gained 0.5%. */
-#define MVQ_U4_UNITS 512
+ * 468 / 469 / 468 tok/s (one call, interleaved); 1.5B's down (280 units: a
+ * warp's first lane has 3, loaded together instead of in two round trips)
+ * 1,054 -> 1,071. */
+#define MVQ_U4_UNITS 256
 
 /* The activations of one product as the kernels read them (mmq.cuh). */
 struct xq_view {
@@ -302,8 +303,8 @@ static __device__ __forceinline__ void unit_dot(const uraw &r, const xq_view &x,
  * unit past the row's end reloads the first and adds nothing). A warp
  * whose lanes have one unit at most takes it alone (a pair would load and
  * multiply one for nothing; the sums are the same). With U4, two pairs'
- * loads at a time while the warp's first lane has four units left (more
- * bytes in flight, more registers); each unit is added by the same code as
+ * loads at a time while the warp's first lane has three units left or more
+ * (more bytes in flight, more registers); each unit is added by the same code as
  * in the pairs (unit_dot), so the bits do not change. Waits for the
  * previous kernel (griddep_wait) after the first loads. */
 template <int T, int NT, bool U4 = false>
@@ -322,9 +323,10 @@ static __device__ __forceinline__ void row_dotq(const uint8_t *__restrict__ w, c
     }
     int u = lane;
     if (U4)
-        for (; (lane & ~31) + (u - lane) + 3 * step < nu; u += 4 * step) {
-            const bool ok4 = u + 3 * step < nu;
-            const int u2 = u + step, u3 = u + 2 * step, u4 = ok4 ? u + 3 * step : u2;
+        for (; (lane & ~31) + (u - lane) + 2 * step < nu; u += 4 * step) {
+            /* the warp's first lane has 3 units left at least; others may have 2 */
+            const bool ok3 = u + 2 * step < nu, ok4 = u + 3 * step < nu;
+            const int u2 = u + step, u3 = ok3 ? u + 2 * step : u, u4 = ok4 ? u + 3 * step : u2;
             uraw r1, r2, r3, r4;
             unit_load<T>(w + unit_off<T>(u), u & 7, r1);
             unit_load<T>(w + unit_off<T>(u2), u2 & 7, r2);
@@ -333,7 +335,7 @@ static __device__ __forceinline__ void row_dotq(const uint8_t *__restrict__ w, c
             if (u == lane) griddep_wait();
             unit_dot<T, NT>(r1, x, u, n, acc);
             unit_dot<T, NT>(r2, x, u2, n, acc);
-            unit_dot<T, NT>(r3, x, u3, n, acc);
+            if (ok3) unit_dot<T, NT>(r3, x, u3, n, acc);
             if (ok4) unit_dot<T, NT>(r4, x, u4, n, acc);
         }
     for (; u < nu; u += 2 * step) {
