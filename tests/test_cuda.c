@@ -128,27 +128,44 @@ static float rnd(uint64_t *s)
     return a;
 }
 
-/* Relative RMS difference of y (ntok rows of N) from the CPU reference's
- * dot products of W (N rows of type t, K elements) with x quantized as the
- * reference quantizes activations. */
-static double rel_to_ref(uint32_t t, int K, int N, int ntok, const uint8_t *w, const float *x,
-                         const float *y)
+/* The CPU reference's dot products of W (N rows of type t, K elements)
+ * with x (ntok rows) quantized as the reference quantizes activations:
+ * ntok rows of N (the caller frees them). */
+static double *ref_products(uint32_t t, int K, int N, int ntok, const uint8_t *w, const float *x)
 {
     size_t rb = quant_row_size(t, K);
     uint8_t *act = malloc(quant_row_size(quant_vec_dot_type(t), K));
-    assert_non_null(act);
-    double err = 0, ref2 = 0;
+    double *ref = malloc(sizeof(double) * N * ntok);
+    assert_true(act && ref);
     for (int tok = 0; tok < ntok; tok++) {
         quant_quantize_row(quant_vec_dot_type(t), x + (size_t)tok * K, act, K);
-        for (int r = 0; r < N; r++) {
-            double ref = quant_vec_dot_ref(t, K, w + rb * r, act);
-            double d = y[(size_t)tok * N + r] - ref;
-            err += d * d;
-            ref2 += ref * ref;
-        }
+        for (int r = 0; r < N; r++)
+            ref[(size_t)tok * N + r] = quant_vec_dot_ref(t, K, w + rb * r, act);
     }
     free(act);
+    return ref;
+}
+
+/* Relative RMS difference of the n values y from ref. */
+static double rel_err(const float *y, const double *ref, size_t n)
+{
+    double err = 0, ref2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = y[i] - ref[i];
+        err += d * d;
+        ref2 += ref[i] * ref[i];
+    }
     return sqrt(err / ref2);
+}
+
+/* Relative RMS difference of y (ntok rows of N) from ref_products. */
+static double rel_to_ref(uint32_t t, int K, int N, int ntok, const uint8_t *w, const float *x,
+                         const float *y)
+{
+    double *ref = ref_products(t, K, N, ntok, w, x);
+    double e = rel_err(y, ref, (size_t)N * ntok);
+    free(ref);
+    return e;
 }
 
 /* N random rows of K elements quantized as type t (values offset by `bias`,
@@ -309,25 +326,18 @@ static void test_swiglu_rows(void **state)
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         uint32_t t = cases[c].t;
         int K = cases[c].K, N = cases[c].N;
-        size_t rb = quant_row_size(t, K);
         uint8_t *w = random_rows(t, 2 * N, K, 0.3f, &seed);
-        uint8_t *act = malloc(quant_row_size(quant_vec_dot_type(t), K));
         float *x = random_acts(K, 8, &seed);
         float *y8 = malloc(sizeof(float) * N * 8), *y = malloc(sizeof(float) * N * 8);
-        assert_true(act && y8 && y);
+        assert_true(y8 && y);
         assert_int_equal(cuda_swiglu_product((int)t, N, K, 8, w, x, y8), 0);
-        double err = 0, ref2 = 0;
-        for (int tok = 0; tok < 8; tok++) {
-            quant_quantize_row(quant_vec_dot_type(t), x + (size_t)tok * K, act, K);
-            for (int r = 0; r < N; r++) {
-                double g = quant_vec_dot_ref(t, K, w + rb * r, act);
-                double u = quant_vec_dot_ref(t, K, w + rb * (N + r), act);
-                double ref = g / (1 + exp(-g)) * u, d = y8[(size_t)tok * N + r] - ref;
-                err += d * d;
-                ref2 += ref * ref;
-            }
-        }
-        double rel = sqrt(err / ref2);
+        double *g = ref_products(t, K, N, 8, w, x);
+        double *u = ref_products(t, K, N, 8, w + quant_row_size(t, K) * N, x);
+        for (int i = 0; i < 8 * N; i++)
+            g[i] = g[i] / (1 + exp(-g[i])) * u[i];
+        double rel = rel_err(y8, g, (size_t)8 * N);
+        free(g);
+        free(u);
         static const int nd[] = {3, 1};
         bool same = true;
         for (int b = 0; b < 2; b++) {
@@ -340,7 +350,6 @@ static void test_swiglu_rows(void **state)
         assert_true(rel < 1e-5);
         assert_true(same);
         free(w);
-        free(act);
         free(x);
         free(y8);
         free(y);
