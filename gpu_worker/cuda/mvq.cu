@@ -452,7 +452,35 @@ static __device__ __forceinline__ void rows_dotq2(const uint8_t *__restrict__ wg
     }
 }
 
+/* The same for rows of at most two units per lane (lane, lane + step): the
+ * four loads issued before the wait, instead of row_dotq's pairs of gate and
+ * then of up, whose second pair loads after the wait (one memory round trip
+ * instead of two). Each matrix's units are added as row_dotq's pairs add
+ * them, so the bits are the same. */
 template <int T, int NT>
+static __device__ __forceinline__ void rows_dotq4(const uint8_t *__restrict__ wg,
+                                                  const uint8_t *__restrict__ wu,
+                                                  const xq_view &xg, const xq_view &xu, int n,
+                                                  float (&ag)[NT], float (&au)[NT], int lane,
+                                                  int step)
+{
+    const int nu = xg.K / 32;
+    if (lane >= nu) return;
+    const bool ok2 = lane + step < nu;
+    const int u2 = ok2 ? lane + step : lane;
+    uraw g1, g2, r1, r2;
+    unit_load<T>(wg + unit_off<T>(lane), lane & 7, g1);
+    unit_load<T>(wg + unit_off<T>(u2), u2 & 7, g2);
+    unit_load<T>(wu + unit_off<T>(lane), lane & 7, r1);
+    unit_load<T>(wu + unit_off<T>(u2), u2 & 7, r2);
+    griddep_wait();
+    unit_dot<T, NT>(g1, xg, lane, n, ag);
+    if (ok2) unit_dot<T, NT>(g2, xg, u2, n, ag);
+    unit_dot<T, NT>(r1, xu, lane, n, au);
+    if (ok2) unit_dot<T, NT>(r2, xu, u2, n, au);
+}
+
+template <int T, int NT, bool QUAD>
 static __global__ void __launch_bounds__(MVQ_WARPS * 32)
     swiglu_q_kernel(const uint8_t *wg, const uint8_t *wu, size_t rb, int N, struct xq_view xg,
                     struct xq_view xu, int n, int wpr, float *h)
@@ -466,11 +494,15 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
         ag[t] = au[t] = 0.f;
     /* Gate and up together where a lane has one unit of each (short rows:
      * row_dotq would leave its second load slot empty and load up after the
-     * wait); else one row after the other (7B at batch 1: 397 vs 384 tok/s).
+     * wait) or two (QUAD); else one row after the other (7B at batch 1: 397
+     * vs 384 tok/s).
      * The choice depends on the shape only, so a token's bits do not depend
      * on its batch; at batch 8 the pairs also beat gate and up one unit at a
      * time (1.5B 2,527 -> 2,621 tok/s, 7B 884 -> 923). */
-    if (row < N && xg.K / 32 <= 32 * wpr) {
+    if (QUAD && row < N) {
+        rows_dotq4<T, NT>(wg + (size_t)row * rb, wu + (size_t)row * rb, xg, xu, n, ag, au,
+                          sub * 32 + lane, 32 * wpr);
+    } else if (row < N && xg.K / 32 <= 32 * wpr) {
         rows_dotq2<T, NT>(wg + (size_t)row * rb, wu + (size_t)row * rb, xg, xu, n, ag, au,
                           sub * 32 + lane);
     } else if (row < N) {
@@ -487,14 +519,16 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
 }
 
 /* Warps per row: more for long rows of few-row matrices (more loads in
- * flight), while each lane keeps at least 4 units, or 2 for matrices of at
+ * flight), while each lane keeps at least 8 units, or 2 for matrices of at
  * most 1,024 rows (whose grid would leave most of the GPU idle: 0.5B down,
- * 896 x 4,864, 1,510 -> 1,577 tok/s; 2 everywhere cost 7B 1.5%). The choice
+ * 896 x 4,864, 1,510 -> 1,577 tok/s; 2 everywhere cost 7B 1.5%). 8 rather
+ * than 4: 1.5B's down (1,536 x 8,960) takes 2 warps a row, one wave of
+ * blocks instead of 1.45 (b=1 1,060 -> 1,094 tok/s, N=8 2,620 -> 2,747). The choice
  * depends on the shape only, so a token's sum order does not depend on its
  * batch. */
 static int mvq_wpr(int rows, int K)
 {
-    int wpr = 1, nu = K / 32, min_units = rows <= 1024 ? 2 : 4;
+    int wpr = 1, nu = K / 32, min_units = rows <= 1024 ? 2 : 8;
     while (wpr < MVQ_WARPS && (size_t)rows * wpr < 8192 && nu / (32 * wpr) >= min_units)
         wpr *= 2;
     return wpr;
@@ -629,9 +663,15 @@ static int swiglu_q_launch(cudaStream_t st, const void *wg, const void *wu, int 
     unsigned grid = (unsigned)((N + rpb - 1) / rpb);
     const uint8_t *g = (const uint8_t *)wg, *u = (const uint8_t *)wu;
     size_t rb = qt_row_bytes(T, K);
+    /* rows of two units per lane: 1.5B b=1 1,060 -> 1,128 tok/s with the
+     * wpr rule's 8 units (one call, interleaved); the four loads spill at 8
+     * tokens, which take the pairs (the same bits) */
+    const bool quad = K / 32 > 32 * wpr && K / 32 <= 64 * wpr;
     return by_tokens(n, [&](auto nt) -> int {
-        CUDA_TRY(launch_pdl(swiglu_q_kernel<T, decltype(nt)::value>, grid, MVQ_WARPS * 32, 0, st, g,
-                            u, rb, N, xg, xu, n, wpr, h));
+        constexpr int NT = decltype(nt)::value;
+        CUDA_TRY(launch_pdl(quad && NT < 8 ? swiglu_q_kernel<T, NT, NT < 8>
+                                           : swiglu_q_kernel<T, NT, false>,
+                            grid, MVQ_WARPS * 32, 0, st, g, u, rb, N, xg, xu, n, wpr, h));
         return 0;
     });
 }
