@@ -226,7 +226,7 @@ static void check_decode(uint32_t t, int N, int K, const uint8_t *w, const float
         assert_int_equal(cuda_mmq_product((int)t, N, K, nd[b], w, x, out, true), 0);
         if (b == 0) {
             double rel = rel_to_ref(t, K, N, 8, w, x, y8);
-            print_message("mvq type %2u K %4d N %2d: relative RMS error vs the CPU reference "
+            print_message("mvq type %2u K %5d N %5d: relative RMS error vs the CPU reference "
                           "%.2e\n", t, K, N, rel);
             assert_true(rel < 1e-6);
         } else {
@@ -279,8 +279,9 @@ static void test_mmq_types(void **state)
 
 /* The decode kernels on rows long enough to be split over 2 and 4 warps
  * (mvq.cu's mvq_wpr; test_mmq_types' rows take one warp each), up to 7B's
- * down rows: against the reference, and each token's bits the same in
- * batches of 8, 3 and 1. */
+ * down rows, and a vocabulary-sized product (mvq_rows_kernel for one
+ * token): against the reference, and each token's bits the same in batches
+ * of 8, 3 and 1. */
 static void test_mvq_split_rows(void **state)
 {
     if (!gpu_or_skip()) skip();
@@ -295,6 +296,8 @@ static void test_mvq_split_rows(void **state)
         {GGML_TYPE_Q6_K, 8960, 16},  /* 280 units (1.5B down's rows): lanes with 3 and 2 */
         {GGML_TYPE_Q8_0, 16416, 16}, /* 513 units: lanes with 4 and 5 */
         {GGML_TYPE_Q4_1, 4096, 8},  /* 128 units, 4 warps: each lane one, alone */
+        {GGML_TYPE_Q6_K, 8960, 1536}, /* 1.5B's down itself: 2 warps, lanes with 5 and 4 */
+        {GGML_TYPE_Q8_0, 896, 32768}, /* vocabulary-sized: one token takes two rows a warp */
     };
     uint64_t seed = 0x2545f4914f6cdd1dull;
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {

@@ -1123,7 +1123,21 @@ static int run_layers(struct backend *b, const struct pass *ps)
         }
         ST_TRY(mm_residual(b, &L->down, b->g, n));
     }
-    if (n_out > 0) {
+    int oc = act_class(b->out.type);
+    if (n_out > 0 && n <= MATVEC_MAX_N && !b->unfused && !b->ref && mmq_supported(b->out.type)) {
+        /* decode: the output rows' norm quantizes them for the product in one
+         * kernel (x itself when every row is one, else gathered first), as
+         * the layers' norms do: two kernels less (0.5B b=1 +0.5%) */
+        const float *xs = b->x;
+        if (n_out < n) {
+            ST_TRY(k_gather_rows(st, b->x, d_out, b->xo, n_out, D));
+            xs = b->xo;
+        }
+        b->mq_src = NULL;
+        ST_TRY(k_norm_quant(st, xs, b->out_norm, hp->rms_eps, n_out, D, oc, &b->mq));
+        struct mv_args a = mv_one(&b->out, n_out, xs, b->lg);
+        ST_TRY(mv_small(b, &a, &b->mq));
+    } else if (n_out > 0) {
         ST_TRY(k_gather_rows(st, b->x, d_out, b->xo, n_out, D));
         ST_TRY(norm_rows(b, b->xo, b->out_norm, b->xo, &b->out, n_out));
         ST_TRY(mm(b, &b->out, b->xo, b->lg, n_out));

@@ -397,6 +397,56 @@ static __device__ __forceinline__ void rope_epilogue(const struct mv_args &a, co
  * a row's first warp writes token t. Segments of type T, or (T2 != T) of T
  * and T2: q/k/v of two types in one launch. ROPE: the rope epilogue (a.rope
  * set), a separate instance so that the other products keep their registers. */
+/* R rows per warp for rows of at most 32 units (one per lane): the R
+ * units' loads in flight together. The output product's one row per warp
+ * left a single 16-34-byte load per lane: with 2, 0.5B b=1 1,871 -> 1,932
+ * tok/s (4: no better; at 8 tokens 2 cost 2.6%, so one token only). Each
+ * row's sum is the one-row kernel's (a unit, then the warp's sum), so the
+ * bits are the same. */
+template <int T, int NT, int R>
+static __global__ void __launch_bounds__(MVQ_WARPS * 32)
+    mvq_rows_kernel(struct mv_args a, struct xq_view x, int n)
+{
+    griddep_launch();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r0 = R * (blockIdx.x * MVQ_WARPS + warp);
+    struct seg_row m[R];
+    float acc[R][NT];
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        m[i] = find_row(a, r0 + i);
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            acc[i][t] = 0.f;
+    }
+    if (lane < x.K / 32) {
+        uraw r[R];
+#pragma unroll
+        for (int i = 0; i < R; i++)
+            if (m[i].w) unit_load<T>(m[i].w + unit_off<T>(lane), lane & 7, r[i]);
+        griddep_wait();
+#pragma unroll
+        for (int i = 0; i < R; i++)
+            if (m[i].w) unit_dot<T, NT>(r[i], x, lane, n, acc[i]);
+    }
+    griddep_wait();
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            acc[i][t] = warp_sum(acc[i][t]);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (lane == t && t < n && m[i].w) {
+                float v = acc[i][t];
+                if (m[i].bias) v += m[i].bias[m[i].r];
+                float *yp = m[i].y + (size_t)t * m[i].N + m[i].r;
+                *yp = a.add ? *yp + v : v;
+            }
+        }
+    }
+}
+
 template <int T, int T2, int NT, bool ROPE, bool U4 = false>
 static __global__ void __launch_bounds__(MVQ_WARPS * 32)
     mvq_kernel(struct mv_args a, struct xq_view x, int n, int wpr)
@@ -574,9 +624,16 @@ static int mvq_launch(cudaStream_t st, const struct mv_args *a, int rows, const 
     unsigned grid = (unsigned)((rows + rpb - 1) / rpb);
     const bool rope = a->rope.tab != NULL;
     const bool u4 = !rope && a->K / 32 >= MVQ_U4_UNITS;
+    /* vocabulary-sized products of short rows: two rows a warp */
+    const bool r2 = !rope && rows >= 32768 && a->K / 32 <= 32;
     return by_tokens(n, [&](auto nt) -> int {
         constexpr int NT = decltype(nt)::value;
         if constexpr (NT == 1 && T2 == T) {
+            if (r2) {
+                CUDA_TRY(launch_pdl(mvq_rows_kernel<T, NT, 2>, (unsigned)((rows + 7) / 8),
+                                    MVQ_WARPS * 32, 0, st, *a, x, n));
+                return 0;
+            }
             if (u4) {
                 CUDA_TRY(launch_pdl(mvq_kernel<T, T2, NT, false, true>, grid, MVQ_WARPS * 32, 0, st,
                                     *a, x, n, wpr));
