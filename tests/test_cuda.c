@@ -279,9 +279,9 @@ static void test_mmq_types(void **state)
 
 /* The decode kernels on rows long enough to be split over 2 and 4 warps
  * (mvq.cu's mvq_wpr; test_mmq_types' rows take one warp each), up to 7B's
- * down rows, and a vocabulary-sized product (mvq_rows_kernel for one
- * token): against the reference, and each token's bits the same in batches
- * of 8, 3 and 1. */
+ * down rows (a lane's 5 units loaded at once for one token), and
+ * vocabulary-sized products (mvq_rows_kernel for one token): against the
+ * reference, and each token's bits the same in batches of 8, 3 and 1. */
 static void test_mvq_split_rows(void **state)
 {
     if (!gpu_or_skip()) skip();
@@ -298,6 +298,7 @@ static void test_mvq_split_rows(void **state)
         {GGML_TYPE_Q4_1, 4096, 8},  /* 128 units, 4 warps: each lane one, alone */
         {GGML_TYPE_Q6_K, 8960, 1536}, /* 1.5B's down itself: 2 warps, lanes with 5 and 4 */
         {GGML_TYPE_Q8_0, 896, 32768}, /* vocabulary-sized: one token takes two rows a warp */
+        {GGML_TYPE_Q6_K, 1536, 32768}, /* the same, 48 units: a lane's pair in each row */
     };
     uint64_t seed = 0x2545f4914f6cdd1dull;
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {

@@ -304,14 +304,37 @@ static __device__ __forceinline__ void unit_dot(const uraw &r, const xq_view &x,
  * whose lanes have one unit at most takes it alone (a pair would load and
  * multiply one for nothing; the sums are the same). With U4, two pairs'
  * loads at a time while the warp's first lane has three units left or more
- * (more bytes in flight, more registers); each unit is added by the same code as
- * in the pairs (unit_dot), so the bits do not change. Waits for the
- * previous kernel (griddep_wait) after the first loads. */
-template <int T, int NT, bool U4 = false>
+ * (more bytes in flight, more registers); with U6, all of a lane's units at
+ * once where the warp's first lane has 5 or 6 (one memory round trip instead
+ * of two: 1.5B b=1 1,164 -> 1,178 tok/s, 7B 475 -> 480). Each unit is added
+ * by the same code as in the pairs (unit_dot), in the same order, so the
+ * bits do not change. Waits for the previous kernel (griddep_wait) after the
+ * first loads. */
+template <int T, int NT, bool U4 = false, bool U6 = false>
 static __device__ __forceinline__ void row_dotq(const uint8_t *__restrict__ w, const xq_view &x,
                                                 int n, float (&acc)[NT], int lane, int step)
 {
     const int nu = x.K / 32;
+    if (U6) {
+        const int first = lane & ~31, c0 = (nu - first + step - 1) / step;
+        if (c0 >= 5 && c0 <= 6) {
+            uraw r[6];
+            int uu[6];
+            bool ok[6];
+#pragma unroll
+            for (int k = 0; k < 6; k++) {
+                uu[k] = lane + k * step;
+                ok[k] = uu[k] < nu;
+                if (!ok[k]) uu[k] = lane;
+                unit_load<T>(w + unit_off<T>(uu[k]), uu[k] & 7, r[k]);
+            }
+            griddep_wait();
+#pragma unroll
+            for (int k = 0; k < 6; k++)
+                if (k < 2 || ok[k]) unit_dot<T, NT>(r[k], x, uu[k], n, acc);
+            return;
+        }
+    }
     if ((lane & ~31) + step >= nu) { /* the warp's first lane, which has the most, has one */
         if (lane < nu) {
             uraw r1;
@@ -397,13 +420,14 @@ static __device__ __forceinline__ void rope_epilogue(const struct mv_args &a, co
  * a row's first warp writes token t. Segments of type T, or (T2 != T) of T
  * and T2: q/k/v of two types in one launch. ROPE: the rope epilogue (a.rope
  * set), a separate instance so that the other products keep their registers. */
-/* R rows per warp for rows of at most 32 units (one per lane): the R
- * units' loads in flight together. The output product's one row per warp
- * left a single 16-34-byte load per lane: with 2, 0.5B b=1 1,871 -> 1,932
- * tok/s (4: no better; at 8 tokens 2 cost 2.6%, so one token only). Each
- * row's sum is the one-row kernel's (a unit, then the warp's sum), so the
+/* R rows per warp for rows of at most 64 units (P: two per lane, as
+ * row_dotq's pairs; else one): the R rows' loads in flight together. The
+ * output product's one row per warp left one or two 16-34-byte loads per
+ * lane: with 2, 0.5B b=1 1,871 -> 1,932 tok/s, 1.5B 1,140 -> 1,164,
+ * Llama-1B 1,834 -> 1,871 (4: no better; at 8 tokens 2 cost 2.6%, so one
+ * token only). Each row's sum is the one-row kernel's, unit by unit, so the
  * bits are the same. */
-template <int T, int NT, int R>
+template <int T, int NT, int R, bool P>
 static __global__ void __launch_bounds__(MVQ_WARPS * 32)
     mvq_rows_kernel(struct mv_args a, struct xq_view x, int n)
 {
@@ -419,7 +443,25 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
         for (int t = 0; t < NT; t++)
             acc[i][t] = 0.f;
     }
-    if (lane < x.K / 32) {
+    const int nu = x.K / 32;
+    if (P && lane < nu) { /* rows of 33-64 units: row_dotq's pairs */
+        const bool ok2 = lane + 32 < nu;
+        const int u2 = ok2 ? lane + 32 : lane;
+        uraw r[R], r2[R];
+#pragma unroll
+        for (int i = 0; i < R; i++)
+            if (m[i].w) {
+                unit_load<T>(m[i].w + unit_off<T>(lane), lane & 7, r[i]);
+                unit_load<T>(m[i].w + unit_off<T>(u2), u2 & 7, r2[i]);
+            }
+        griddep_wait();
+#pragma unroll
+        for (int i = 0; i < R; i++)
+            if (m[i].w) {
+                unit_dot<T, NT>(r[i], x, lane, n, acc[i]);
+                if (ok2) unit_dot<T, NT>(r2[i], x, u2, n, acc[i]);
+            }
+    } else if (lane < nu) {
         uraw r[R];
 #pragma unroll
         for (int i = 0; i < R; i++)
@@ -447,7 +489,7 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
     }
 }
 
-template <int T, int T2, int NT, bool ROPE, bool U4 = false>
+template <int T, int T2, int NT, bool ROPE, bool U4 = false, bool U6 = false>
 static __global__ void __launch_bounds__(MVQ_WARPS * 32)
     mvq_kernel(struct mv_args a, struct xq_view x, int n, int wpr)
 {
@@ -459,9 +501,9 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
     for (int t = 0; t < NT; t++)
         acc[t] = 0.f;
     if (me.w && (T2 == T || me.type == T))
-        row_dotq<T, NT, U4>(me.w, x, n, acc, sub * 32 + lane, 32 * wpr);
+        row_dotq<T, NT, U4, U6>(me.w, x, n, acc, sub * 32 + lane, 32 * wpr);
     else if (me.w)
-        row_dotq<T2, NT, U4>(me.w, x, n, acc, sub * 32 + lane, 32 * wpr);
+        row_dotq<T2, NT, U4, U6>(me.w, x, n, acc, sub * 32 + lane, 32 * wpr);
     griddep_wait(); /* (threads without units: before the writes) */
     rows_reduce<NT>(acc, wpr);
     if (ROPE) {
@@ -624,19 +666,26 @@ static int mvq_launch(cudaStream_t st, const struct mv_args *a, int rows, const 
     unsigned grid = (unsigned)((rows + rpb - 1) / rpb);
     const bool rope = a->rope.tab != NULL;
     const bool u4 = !rope && a->K / 32 >= MVQ_U4_UNITS;
-    /* vocabulary-sized products of short rows: two rows a warp */
-    const bool r2 = !rope && rows >= 32768 && a->K / 32 <= 32;
+    /* a warp's first lane with 5 or 6 units loads them all at once (1.5B's
+     * and 7B's down); the kernel's registers (72 instead of 61-63) are paid
+     * only there (Llama-1B's down, 4 units a lane, lost 6% with them) */
+    const int lane_units = (a->K / 32 + 32 * wpr - 1) / (32 * wpr);
+    const bool u6 = u4 && lane_units >= 5 && lane_units <= 6;
+    /* vocabulary-sized products of rows of 1 or 2 units a lane: two rows a warp */
+    const bool r2 = !rope && rows >= 32768 && a->K / 32 <= 64;
     return by_tokens(n, [&](auto nt) -> int {
         constexpr int NT = decltype(nt)::value;
         if constexpr (NT == 1 && T2 == T) {
             if (r2) {
-                CUDA_TRY(launch_pdl(mvq_rows_kernel<T, NT, 2>, (unsigned)((rows + 7) / 8),
-                                    MVQ_WARPS * 32, 0, st, *a, x, n));
+                CUDA_TRY(launch_pdl(a->K / 32 > 32 ? mvq_rows_kernel<T, NT, 2, true>
+                                                   : mvq_rows_kernel<T, NT, 2, false>,
+                                    (unsigned)((rows + 7) / 8), MVQ_WARPS * 32, 0, st, *a, x, n));
                 return 0;
             }
             if (u4) {
-                CUDA_TRY(launch_pdl(mvq_kernel<T, T2, NT, false, true>, grid, MVQ_WARPS * 32, 0, st,
-                                    *a, x, n, wpr));
+                CUDA_TRY(launch_pdl(u6 ? mvq_kernel<T, T2, NT, false, true, true>
+                                       : mvq_kernel<T, T2, NT, false, true>,
+                                    grid, MVQ_WARPS * 32, 0, st, *a, x, n, wpr));
                 return 0;
             }
         }
