@@ -6,7 +6,8 @@
  *
  * The arithmetic is the reference's (mmq.cuh): an integer sum per weight
  * block or sub-block, scaled; only the order of the float additions differs.
- * A warp takes a row. Each lane takes 32 elements of it at a time: a whole
+ * A warp takes a row (or part of a long one; two rows of a vocabulary-sized
+ * product for one token). Each lane takes 32 elements of it at a time: a whole
  * 32-element block of the legacy types, or one eighth of a 256-element
  * super-block (the 8 lanes of a super-block read adjacent bytes), loading its
  * quants with few wide loads and dotting them with every token's activation
