@@ -1123,7 +1123,6 @@ static int run_layers(struct backend *b, const struct pass *ps)
         }
         ST_TRY(mm_residual(b, &L->down, b->g, n));
     }
-    int oc = act_class(b->out.type);
     if (n_out > 0 && n <= MATVEC_MAX_N && !b->unfused && !b->ref && mmq_supported(b->out.type)) {
         /* decode: the output rows' norm quantizes them for the product in one
          * kernel (x itself when every row is one, else gathered first), as
@@ -1134,7 +1133,8 @@ static int run_layers(struct backend *b, const struct pass *ps)
             xs = b->xo;
         }
         b->mq_src = NULL;
-        ST_TRY(k_norm_quant(st, xs, b->out_norm, hp->rms_eps, n_out, D, oc, &b->mq));
+        ST_TRY(k_norm_quant(st, xs, b->out_norm, hp->rms_eps, n_out, D, mmq_class(b->out.type),
+                            &b->mq));
         struct mv_args a = mv_one(&b->out, n_out, xs, b->lg);
         ST_TRY(mv_small(b, &a, &b->mq));
     } else if (n_out > 0) {

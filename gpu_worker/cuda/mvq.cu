@@ -474,15 +474,15 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
             acc[i][t] = 0.f;
     }
     const int nu = x.K / 32;
-    if (P && lane < nu) { /* rows of 33-64 units: row_dotq's pairs */
-        const bool ok2 = lane + 32 < nu;
+    if (lane < nu) { /* with P, rows of 33-64 units: row_dotq's pairs */
+        const bool ok2 = P && lane + 32 < nu;
         const int u2 = ok2 ? lane + 32 : lane;
         uraw r[R], r2[R];
 #pragma unroll
         for (int i = 0; i < R; i++)
             if (m[i].w) {
                 unit_load<T>(m[i].w + unit_off<T>(lane), lane & 7, r[i]);
-                unit_load<T>(m[i].w + unit_off<T>(u2), u2 & 7, r2[i]);
+                if (P) unit_load<T>(m[i].w + unit_off<T>(u2), u2 & 7, r2[i]);
             }
         griddep_wait();
 #pragma unroll
@@ -491,15 +491,6 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
                 unit_dot<T, NT>(r[i], x, lane, n, acc[i]);
                 if (ok2) unit_dot<T, NT>(r2[i], x, u2, n, acc[i]);
             }
-    } else if (lane < nu) {
-        uraw r[R];
-#pragma unroll
-        for (int i = 0; i < R; i++)
-            if (m[i].w) unit_load<T>(m[i].w + unit_off<T>(lane), lane & 7, r[i]);
-        griddep_wait();
-#pragma unroll
-        for (int i = 0; i < R; i++)
-            if (m[i].w) unit_dot<T, NT>(r[i], x, lane, n, acc[i]);
     }
     griddep_wait();
 #pragma unroll
