@@ -324,7 +324,7 @@ static void test_swiglu_rows(void **state)
         int K, N;
     } cases[] = {
         {GGML_TYPE_Q5_0, 896, 72},  {GGML_TYPE_Q8_0, 896, 40}, {GGML_TYPE_Q4_K, 1536, 40},
-        {GGML_TYPE_Q4_K, 3584, 24}, {GGML_TYPE_Q6_K, 3584, 24}, {GGML_TYPE_Q4_K, 8192, 16},
+        {GGML_TYPE_Q4_K, 2048, 36}, {GGML_TYPE_Q4_K, 3584, 24}, {GGML_TYPE_Q6_K, 3584, 24}, {GGML_TYPE_Q4_K, 8192, 16},
     };
     uint64_t seed = 0x3c6ef372fe94f82bull;
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
@@ -461,7 +461,7 @@ static void test_attention_decode(void **state)
                 k[i] = quant_f32_to_f16(rnd(&seed));
                 v[i] = quant_f32_to_f16(rnd(&seed) + 0.1f * (float)(i / kvd % 5));
             }
-            assert_int_equal(cuda_attention_check(n_heads, n_kv, hd, np, q, k, v, out), 0);
+            assert_int_equal(cuda_attention_check(n_heads, n_kv, hd, np, q, k, v, 0, out), 0);
             double err = 0, top = 0;
             for (int h = 0; h < n_heads; h++) {
                 int kvh = h / (n_heads / n_kv);
@@ -494,6 +494,46 @@ static void test_attention_decode(void **state)
             free(v);
             free(s);
         }
+}
+
+/* The decode attention's own quantization of its output for o (class 3:
+ * each warp's 32 values; class 4: a cluster of the 256 / head_dim heads of a
+ * Q8_K block, gathered in one block's shared memory) byte for byte what
+ * k_mmq_quantize makes of its float output: head_dim 64 (clusters of 4) and
+ * 128 (of 2), one to three chunks of positions per warp. */
+static void test_attention_quantized(void **state)
+{
+    if (!gpu_or_skip()) skip();
+    static const int hds[] = {64, 128}, nps[] = {1, 7, 257, 700}, clss[] = {3, 4};
+    const int n_heads = 16, n_kv = 4;
+    uint64_t seed = 0x2545f4914f6cdd1dull;
+    for (size_t a = 0; a < sizeof(hds) / sizeof(hds[0]); a++)
+        for (size_t b = 0; b < sizeof(nps) / sizeof(nps[0]); b++) {
+            int hd = hds[a], np = nps[b];
+            size_t kvd = (size_t)n_kv * hd;
+            float *q = malloc(sizeof(float) * n_heads * hd),
+                  *out = malloc(sizeof(float) * n_heads * hd);
+            uint16_t *k = malloc(2 * kvd * np), *v = malloc(2 * kvd * np);
+            assert_true(q && out && k && v);
+            for (int i = 0; i < n_heads * hd; i++)
+                q[i] = 2.f * rnd(&seed);
+            for (size_t i = 0; i < kvd * np; i++) {
+                k[i] = quant_f32_to_f16(rnd(&seed));
+                v[i] = quant_f32_to_f16(rnd(&seed) - 0.05f * (float)(i % 7));
+            }
+            for (size_t c = 0; c < sizeof(clss) / sizeof(clss[0]); c++)
+                assert_int_equal(
+                    cuda_attention_check(n_heads, n_kv, hd, np, q, k, v, clss[c], out), 0);
+            free(q);
+            free(out);
+            free(k);
+            free(v);
+        }
+    float q1[4 * 64] = {0};
+    uint16_t kv1[64] = {0};
+    /* 4 heads of 32 (not a cluster of whole heads) or 2 heads of 64 (128 elements): refused */
+    assert_int_equal(cuda_attention_check(4, 1, 32, 1, q1, kv1, kv1, 4, q1), ST_EINVAL);
+    assert_int_equal(cuda_attention_check(2, 1, 64, 1, q1, kv1, kv1, 4, q1), ST_EINVAL);
 }
 
 /* ref-qwen2.Q4_K_M rewritten with general.alignment 8 and an 8-byte tensor
@@ -1158,6 +1198,7 @@ static void test_ref_model(void **state)
 #define test_norm_quant test_ref_model
 #define test_swiglu_rows test_ref_model
 #define test_attention_decode test_ref_model
+#define test_attention_quantized test_ref_model
 #define test_logits_summary_kernel test_ref_model
 #define test_logits_summary_backend test_ref_model
 static int child_main(const char *mode, const char *hex, const char *gpath, const char *lpath)
@@ -1170,13 +1211,14 @@ int main(int argc, char **argv)
 {
     if (argc == 6 && strcmp(argv[1], "--child") == 0)
         return child_main(argv[2], argv[3], argv[4], argv[5]);
-    struct CMUnitTest tests[sizeof(k_cases) / sizeof(k_cases[0]) + 12];
+    struct CMUnitTest tests[sizeof(k_cases) / sizeof(k_cases[0]) + 16];
     size_t n = 0;
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_mmq_types);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_mvq_split_rows);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_swiglu_rows);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_norm_quant);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_attention_decode);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_attention_quantized);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_upload_verify_repair);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_stories_greedy);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_ipc_fault);

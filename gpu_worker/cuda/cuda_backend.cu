@@ -955,7 +955,7 @@ static int mv_residual(struct backend *b, const struct cmat *W, const float *y, 
  * quantized model: norm with the input's quantization, q/k/v in one launch
  * (with their biases; two types in one launch for the pairs k_mvq knows)
  * whose epilogue does rope and the cache store, attention (quantizing its
- * output for Q4_0..Q8_0 o; a k-quant o adds a quantization kernel), o
+ * output for o: k_attention_quantizes; else a quantization kernel), o
  * (residual add in the product), norm, gate/up with SwiGLU, quantization of
  * its output, down. */
 static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
@@ -1018,10 +1018,12 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
                             (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->rope_tab,
                             b->kl, d_pos, d_seq));
     /* the attention kernel quantizes its output for o when it can */
-    bool att_q = act_class(L->o.type) == 3 && hd % 32 == 0;
+    const int oc = act_class(L->o.type);
+    bool att_q = oc >= 3 && k_attention_quantizes(oc, n, hd, (int)hp->n_heads);
     if (att_q) b->mq_src = NULL;
     ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
-                       b->kl, 1.f / sqrtf((float)hd), d_pos, d_seq, false, att_q ? &b->mq : NULL));
+                       b->kl, 1.f / sqrtf((float)hd), d_pos, d_seq, false, oc,
+                       att_q ? &b->mq : NULL));
     ST_TRY(mv_residual(b, &L->o, b->att, n, att_q));
     /* g = silu(Wg xn) * (Wu xn) */
     int cg = act_class(L->gate.type), cu = act_class(L->up.type);
@@ -1100,7 +1102,7 @@ static int run_layers(struct backend *b, const struct pass *ps)
                             hd, (int)hp->rope_dim, (int)hp->rope_kind, hp->rope_base, b->rope_tab,
                             b->kl, d_pos, d_seq));
         ST_TRY(k_attention(st, b->q, kc, vc, b->att, n, (int)hp->n_heads, (int)hp->n_kv_heads, hd,
-                           b->kl, 1.f / sqrtf((float)hd), d_pos, d_seq, b->ref, NULL));
+                           b->kl, 1.f / sqrtf((float)hd), d_pos, d_seq, b->ref, 0, NULL));
         memo_reset(b);
         ST_TRY(mm_residual(b, &L->o, b->att, n));
         ST_TRY(norm_rows(b, b->x, L->ffn_norm, b->xn, &L->gate, n));

@@ -128,9 +128,12 @@ int cuda_swiglu_product(int type, int N, int K, int n, const void *w, const floa
 /* For tests: the serving attention kernel for one token at position np - 1
  * of one sequence (q: n_heads * hd floats, scaled by 1/sqrt(hd) inside; k, v:
  * np rows of n_kv * hd half bits, host memory) into out (n_heads * hd).
- * Returns 0, ST_EINVAL, ST_EUNSUPPORTED (head_dim) or ST_EDEVICE (logged). */
+ * With qcls 3 or 4, also the kernel's own quantization of its output for o
+ * (k_attention_quantizes), compared byte for byte with k_mmq_quantize of out:
+ * 1 where they differ. Returns 0, 1, ST_EINVAL (also a qcls the kernel does
+ * not take), ST_EUNSUPPORTED (head_dim) or ST_EDEVICE (logged). */
 int cuda_attention_check(int n_heads, int n_kv, int hd, int np, const float *q, const uint16_t *k,
-                         const uint16_t *v, float *out);
+                         const uint16_t *v, int qcls, float *out);
 
 /* For tests: k_norm_quant, the decode path's rmsnorm of n rows of D floats
  * x (weights w) quantized to activation class cls: 3 (Q8_0 blocks: q, d, s

@@ -48,7 +48,7 @@ int cuda_swiglu_product(int type, int N, int K, int n, const void *w, const floa
 }
 
 int cuda_attention_check(int n_heads, int n_kv, int hd, int np, const float *q, const uint16_t *k,
-                         const uint16_t *v, float *out)
+                         const uint16_t *v, int qcls, float *out)
 {
     return ST_EUNSUPPORTED;
 }

@@ -4,6 +4,7 @@
 #include "gpu_worker/cuda/mmq.cuh"
 #include "gpu_worker/cuda/quant.cuh"
 
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 
 bool g_cuda_pdl = true;
@@ -646,8 +647,11 @@ template <int E> static __device__ __forceinline__ vpart_t<E> v_load(const __hal
  * load before the grid-dependency wait, so a context of up to 32 NW
  * positions costs one memory round trip after it. Against the tiles' 8
  * barriers: 0.5B b=1 1,864 -> 1,887 tok/s, 1.5B 1,009 -> 1,049, 7B 472 ->
- * 477 (one call, interleaved). */
-template <int HD>
+ * 477 (one call, interleaved). KQ: the output as Q8_K for a k-quant o,
+ * launched in clusters of the 256 / HD heads of a Q8_K block (no kernel of
+ * its own: 1.5B b=1 1,191 / 1,193 -> 1,206 / 1,197 tok/s, Llama-1B 1,861 /
+ * 1,882 -> 1,899 / 1,888). */
+template <int HD, bool KQ>
 static __global__ void __launch_bounds__(256)
     attention_dec_kernel(const float *q, const __half *kc, const __half *vc, float *out,
                          int n_heads, int n_kv, struct kv_layout kl, float scale,
@@ -656,7 +660,9 @@ static __global__ void __launch_bounds__(256)
     constexpr int NW = 8, G = HD / 8, E = HD / 32;
     __shared__ float wm[NW], wl[NW];
     __shared__ __align__(16) float wo[NW][HD];
+    __shared__ __align__(16) float kq_row[KQ ? 256 : 4]; /* rank 0's: the cluster's outputs */
     griddep_launch();
+    if (KQ) __cluster_barrier_arrive_relaxed(); /* phase 1: this block has started */
     const int h = blockIdx.x, t = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int np = pos[t] + 1;
     const size_t sq = (size_t)seq[t] * kl.sstride;
@@ -744,19 +750,39 @@ static __global__ void __launch_bounds__(256)
     }
     __syncthreads();
     const int e = threadIdx.x;
-    if (e >= HD) return;
-    float M = wm[0];
+    if (!KQ && e >= HD) return;
+    float r = 0.f;
+    if (e < HD) {
+        float M = wm[0];
 #pragma unroll
-    for (int i = 1; i < NW; i++)
-        M = fmaxf(M, wm[i]);
-    float L = 0.f, O = 0.f;
+        for (int i = 1; i < NW; i++)
+            M = fmaxf(M, wm[i]);
+        float L = 0.f, O = 0.f;
 #pragma unroll
-    for (int i = 0; i < NW; i++) { /* a warp without positions: exp(-inf) = 0 */
-        const float f = __expf(wm[i] - M);
-        L += wl[i] * f;
-        O += wo[i][e] * f;
+        for (int i = 0; i < NW; i++) { /* a warp without positions: exp(-inf) = 0 */
+            const float f = __expf(wm[i] - M);
+            L += wl[i] * f;
+            O += wo[i][e] * f;
+        }
+        r = O / L;
     }
-    const float r = O / L;
+    if (KQ) {
+        /* Q8_K blocks of 256 elements = the 256 / HD heads of this block's
+         * cluster: each block puts its values into rank 0's row, whose first
+         * warp quantizes them as quant_q8_k_kernel does (the same bits) */
+        namespace cg = cooperative_groups;
+        cg::cluster_group cl = cg::this_cluster();
+        const unsigned rank = cl.block_rank();
+        __cluster_barrier_wait(); /* phase 1: every block of the cluster has started */
+        if (e < HD) *cl.map_shared_rank(&kq_row[rank * HD + e], 0) = r;
+        __cluster_barrier_arrive(); /* phase 2 (release): the values are in rank 0's row */
+        if (rank != 0 || warp != 0) return;
+        __cluster_barrier_wait();
+        const float4 a = ((const float4 *)kq_row)[2 * lane], b = ((const float4 *)kq_row)[2 * lane + 1];
+        const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+        q8_k_store_regs(xv, lane, ((size_t)t * n_heads + h - rank) * HD / 256, qo.q, qo.d, qo.bsum);
+        return;
+    }
     if (qo.q) /* warps below HD / 32 hold one 32-block each */
         q8_0_store(r, lane, (((size_t)t * n_heads + h) * HD + e) / 32, qo.q, qo.d, qo.s);
     else
@@ -834,9 +860,15 @@ static __global__ void attention_ref_kernel(const float *q, const __half *kc, co
     }
 }
 
+bool k_attention_quantizes(int cls, int n, int hd, int n_heads)
+{
+    if (cls == 3) return hd % 32 == 0;
+    return cls == 4 && n == 1 && (hd == 64 || hd == 128) && n_heads * hd % 256 == 0;
+}
+
 int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half *vc, float *out,
                 int n, int n_heads, int n_kv, int hd, struct kv_layout kl, float scale,
-                const int32_t *pos, const int32_t *seq, bool ref, struct mmq_act *qo)
+                const int32_t *pos, const int32_t *seq, bool ref, int qcls, struct mmq_act *qo)
 {
     if (hd > ATT_MAXD || hd % 8 != 0) {
         log_error("cuda: attention: head_dim %d unsupported (a multiple of 8 up to %d)", hd,
@@ -852,14 +884,25 @@ int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half 
     }
     struct mmq_act oq = {};
     if (qo) {
-        if (hd % 32 != 0) {
-            log_error("cuda: attention: quantized output needs head_dim %% 32 == 0 (%d)", hd);
+        if (!k_attention_quantizes(qcls, n, hd, n_heads)) {
+            log_error("cuda: attention: no quantized output of class %d for head_dim %d, %d heads, "
+                      "%d tokens",
+                      qcls, hd, n_heads, n);
             return ST_EINVAL;
         }
         qo->n = n;
         qo->K = n_heads * hd;
-        qo->cls = 3;
+        qo->cls = qcls;
         oq = *qo;
+    }
+    if (qo && qcls == 4) { /* a cluster of the 256 / hd heads of each Q8_K block */
+        if (hd == 64)
+            CUDA_TRY(launch_pdl_cluster(attention_dec_kernel<64, true>, grid, 256, 0, st, 4u, q, kc,
+                                        vc, out, n_heads, n_kv, kl, scale, pos, seq, oq));
+        else
+            CUDA_TRY(launch_pdl_cluster(attention_dec_kernel<128, true>, grid, 256, 0, st, 2u, q,
+                                        kc, vc, out, n_heads, n_kv, kl, scale, pos, seq, oq));
+        return 0;
     }
 #define ATT_TILE(GM, TP)                                                                           \
     CUDA_TRY(launch_pdl(attention_tile_kernel<GM, TP>, grid, TP, 0, st, q, kc, vc, out, n_heads,   \
@@ -867,10 +910,10 @@ int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half 
     bool small = n <= MATVEC_MAX_N;
     if (small && (hd == 64 || hd == 128)) {
         if (hd == 64)
-            CUDA_TRY(launch_pdl(attention_dec_kernel<64>, grid, 256, 0, st, q, kc, vc, out,
+            CUDA_TRY(launch_pdl(attention_dec_kernel<64, false>, grid, 256, 0, st, q, kc, vc, out,
                                 n_heads, n_kv, kl, scale, pos, seq, oq));
         else
-            CUDA_TRY(launch_pdl(attention_dec_kernel<128>, grid, 256, 0, st, q, kc, vc, out,
+            CUDA_TRY(launch_pdl(attention_dec_kernel<128, false>, grid, 256, 0, st, q, kc, vc, out,
                                 n_heads, n_kv, kl, scale, pos, seq, oq));
         return 0;
     }
@@ -1314,31 +1357,91 @@ extern "C" int cuda_norm_quant_check(int cls, int n, int D, const float *x, cons
     return rc;
 }
 
+/* Device copies of a class-cls activation for n tokens of K (cuda_attention_check). */
+struct act_buf {
+    struct mmq_act a;
+    size_t nq, nd, nb;
+};
+
+static bool act_alloc(struct act_buf *b, int cls, int n, int K)
+{
+    memset(b, 0, sizeof(*b));
+    b->nq = (size_t)n * K;
+    b->nd = b->nq / (cls == 4 ? 256 : 32);
+    b->nb = cls == 4 ? b->nq / 16 : b->nd; /* bsum, or s */
+    return cudaMalloc(&b->a.q, b->nq) == cudaSuccess &&
+           cudaMalloc(&b->a.d, sizeof(float) * b->nd) == cudaSuccess &&
+           cudaMalloc(&b->a.s, sizeof(float) * b->nb) == cudaSuccess &&
+           cudaMalloc(&b->a.bsum, sizeof(int32_t) * b->nb) == cudaSuccess;
+}
+
+static void act_free(struct act_buf *b)
+{
+    cudaFree(b->a.q);
+    cudaFree(b->a.d);
+    cudaFree(b->a.s);
+    cudaFree(b->a.bsum);
+}
+
+/* 1 where the two activations' bytes differ, 0 where equal, ST_EDEVICE. */
+static int act_cmp(const struct act_buf *x, const struct act_buf *y, int cls)
+{
+    const size_t n = x->nq + sizeof(float) * x->nd + 4 * x->nb;
+    uint8_t *h = (uint8_t *)malloc(2 * n);
+    if (!h) return ST_ENOMEM;
+    int rc = ST_EDEVICE;
+    uint8_t *p[2] = {h, h + n};
+    const struct act_buf *b[2] = {x, y};
+    bool ok = true;
+    for (int i = 0; i < 2 && ok; i++)
+        ok = cudaMemcpy(p[i], b[i]->a.q, x->nq, cudaMemcpyDeviceToHost) == cudaSuccess &&
+             cudaMemcpy(p[i] + x->nq, b[i]->a.d, sizeof(float) * x->nd,
+                        cudaMemcpyDeviceToHost) == cudaSuccess &&
+             cudaMemcpy(p[i] + x->nq + sizeof(float) * x->nd,
+                        cls == 4 ? (const void *)b[i]->a.bsum : (const void *)b[i]->a.s, 4 * x->nb,
+                        cudaMemcpyDeviceToHost) == cudaSuccess;
+    if (ok) rc = memcmp(p[0], p[1], n) != 0;
+    free(h);
+    return rc;
+}
+
 extern "C" int cuda_attention_check(int n_heads, int n_kv, int hd, int np, const float *q,
-                                    const uint16_t *k, const uint16_t *v, float *out)
+                                    const uint16_t *k, const uint16_t *v, int qcls, float *out)
 {
     if (n_heads < 1 || n_kv < 1 || n_heads % n_kv || np < 1) return ST_EINVAL;
+    if (qcls && !k_attention_quantizes(qcls, 1, hd, n_heads)) return ST_EINVAL;
     const size_t kvd = (size_t)n_kv * hd, cache = kvd * np;
     float *dq = nullptr, *dout = nullptr;
     __half *dk = nullptr, *dv = nullptr;
     int32_t *dps = nullptr;
+    struct act_buf ref = {}, own = {};
     const int32_t ps[2] = {np - 1, 0}; /* pos, seq */
     int rc = ST_EDEVICE;
     if (cudaMalloc(&dq, sizeof(float) * n_heads * hd) == cudaSuccess &&
         cudaMalloc(&dout, sizeof(float) * n_heads * hd) == cudaSuccess &&
         cudaMalloc(&dk, 2 * cache) == cudaSuccess && cudaMalloc(&dv, 2 * cache) == cudaSuccess &&
         cudaMalloc(&dps, sizeof(ps)) == cudaSuccess &&
+        (!qcls || (act_alloc(&ref, qcls, 1, n_heads * hd) &&
+                   act_alloc(&own, qcls, 1, n_heads * hd))) &&
         cudaMemcpy(dq, q, sizeof(float) * n_heads * hd, cudaMemcpyHostToDevice) == cudaSuccess &&
         cudaMemcpy(dk, k, 2 * cache, cudaMemcpyHostToDevice) == cudaSuccess &&
         cudaMemcpy(dv, v, 2 * cache, cudaMemcpyHostToDevice) == cudaSuccess &&
         cudaMemcpy(dps, ps, sizeof(ps), cudaMemcpyHostToDevice) == cudaSuccess) {
         struct kv_layout kl = {cache, kvd};
-        rc = k_attention(0, dq, dk, dv, dout, 1, n_heads, n_kv, hd, kl, 1.f / sqrtf((float)hd), dps,
-                         dps + 1, false, NULL);
+        const float scale = 1.f / sqrtf((float)hd);
+        rc = k_attention(0, dq, dk, dv, dout, 1, n_heads, n_kv, hd, kl, scale, dps, dps + 1, false,
+                         0, NULL);
+        if (rc == 0 && qcls) {
+            rc = k_mmq_quantize(0, qcls, dout, 1, n_heads * hd, &ref.a);
+            if (rc == 0)
+                rc = k_attention(0, dq, dk, dv, dout, 1, n_heads, n_kv, hd, kl, scale, dps,
+                                 dps + 1, false, qcls, &own.a);
+        }
         if (rc == 0 && (cudaDeviceSynchronize() != cudaSuccess ||
                         cudaMemcpy(out, dout, sizeof(float) * n_heads * hd,
                                    cudaMemcpyDeviceToHost) != cudaSuccess))
             rc = ST_EDEVICE;
+        if (rc == 0 && qcls) rc = act_cmp(&ref, &own, qcls);
     }
     if (rc == ST_EDEVICE)
         log_error("cuda: attention check: %s", cudaGetErrorString(cudaGetLastError()));
@@ -1347,5 +1450,7 @@ extern "C" int cuda_attention_check(int n_heads, int n_kv, int hd, int np, const
     cudaFree(dk);
     cudaFree(dv);
     cudaFree(dps);
+    act_free(&ref);
+    act_free(&own);
     return rc;
 }

@@ -70,12 +70,18 @@ int k_swiglu_f16(cudaStream_t st, const float *g, const float *u, float *h, __ha
  * ref = true: the reference engine's operations in its order (q and the
  * running sum of V in half precision, positions in order, its dot-product
  * order and correctly rounded expf), one warp per head and token.
- * qo (fast mode, head_dim % 32 == 0 only; else NULL): the output goes there
- * as Q8_0 / Q8_1 activation blocks (what a product with Q4_0..Q8_0 weights
- * reads) instead of into out. */
+ * qo (fast mode, where k_attention_quantizes(qcls, ..); else NULL): the
+ * output goes there as activations of class qcls (3: Q8_0 / Q8_1 blocks, what
+ * a product with Q4_0..Q8_0 weights reads; 4: Q8_K, k-quant weights) instead
+ * of into out, with the bits k_mmq_quantize gives. */
 int k_attention(cudaStream_t st, const float *q, const __half *kc, const __half *vc, float *out,
                 int n, int n_heads, int n_kv, int hd, struct kv_layout kl, float scale,
-                const int32_t *pos, const int32_t *seq, bool ref, struct mmq_act *qo);
+                const int32_t *pos, const int32_t *seq, bool ref, int qcls, struct mmq_act *qo);
+/* Whether k_attention can quantize its output as class cls: 3 for head_dim
+ * % 32 == 0; 4 (a Q8_K block is 256 / head_dim heads, whose blocks form a
+ * cluster) for one token with head_dim 64 or 128 and n_heads * head_dim a
+ * multiple of 256 (at 8 tokens the clusters cost Llama-1B 3%). */
+bool k_attention_quantizes(int cls, int n, int hd, int n_heads);
 /* out[i] = x[idx[i]] rows of dim. */
 int k_gather_rows(cudaStream_t st, const float *x, const int32_t *idx, float *out, int n_out,
                   int dim);

@@ -516,9 +516,10 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
  * set), a separate instance so that the other products keep their registers.
  * Lane t of a writing warp loads what no earlier kernel writes before the
  * wait (with rope: the bias, the table entry, the positions) and right after
- * it the residual it adds to (o and down, but U4's): not dependent loads
- * after the sum (0.5B b=1 1,935 -> 2,065 tok/s, N=8 +8%; 1.5B, Llama-1B and
- * 7B N=8 +5-8%). */
+ * it the residual it adds to (o and down, except in U4's instance without
+ * U6): not dependent loads after the sum (0.5B b=1 1,935 -> 2,065 tok/s, N=8
+ * +8%; 1.5B, Llama-1B and 7B N=8 +5-8%; U6's instance, 80 registers instead
+ * of 72: 1.5B b=1 1,206 / 1,197 -> 1,221 / 1,205). */
 template <int T, int T2, int NT, bool ROPE, bool U4 = false, bool U6 = false>
 static __global__ void __launch_bounds__(MVQ_WARPS * 32)
     mvq_kernel(struct mv_args a, struct xq_view x, int n, int wpr)
@@ -533,8 +534,9 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
         if (me.bias) bv = me.bias[me.r];
         ra = rope_pre(a.rope, me, lane);
     }
-    /* (not in the long rows' instances, whose extra registers cost more) */
-    const float *pre = !ROPE && !U4 && a.add && mine ? me.y + (size_t)lane * me.N + me.r : nullptr;
+    /* (not in U4's instance without U6, where the extra registers cost more) */
+    constexpr bool PRE = !ROPE && (!U4 || U6);
+    const float *pre = PRE && a.add && mine ? me.y + (size_t)lane * me.N + me.r : nullptr;
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++)
@@ -559,7 +561,7 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32)
             float v = acc[t];
             if (me.bias) v += me.bias[me.r];
             float *yp = me.y + (size_t)t * me.N + me.r;
-            *yp = a.add ? (U4 ? *yp : pv) + v : v;
+            *yp = a.add ? (PRE ? pv : *yp) + v : v;
         }
     }
 }
