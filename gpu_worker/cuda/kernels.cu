@@ -778,7 +778,8 @@ static __global__ void __launch_bounds__(256)
         __cluster_barrier_arrive(); /* phase 2 (release): the values are in rank 0's row */
         if (rank != 0 || warp != 0) return;
         __cluster_barrier_wait();
-        const float4 a = ((const float4 *)kq_row)[2 * lane], b = ((const float4 *)kq_row)[2 * lane + 1];
+        const float4 a = ((const float4 *)kq_row)[2 * lane],
+                     b = ((const float4 *)kq_row)[2 * lane + 1];
         const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
         q8_k_store_regs(xv, lane, ((size_t)t * n_heads + h - rank) * HD / 256, qo.q, qo.d, qo.bsum);
         return;
