@@ -139,6 +139,8 @@ static __device__ __forceinline__ void griddep_launch()
 
 extern bool g_cuda_pdl;
 
+/* launch_pdl of a grid in clusters of cluster_x blocks along x (1: none; the
+ * kernel then may use distributed shared memory and cluster barriers). */
 template <typename... KArgs, typename... Args>
 static cudaError_t launch_pdl_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 block,
                                       size_t smem, cudaStream_t st, unsigned cluster_x,
