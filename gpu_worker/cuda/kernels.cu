@@ -1384,7 +1384,7 @@ static void act_free(struct act_buf *b)
     cudaFree(b->a.bsum);
 }
 
-/* 1 where the two activations' bytes differ, 0 where equal, ST_EDEVICE. */
+/* 1 where the two activations' bytes differ, 0 where equal, ST_ENOMEM, ST_EDEVICE. */
 static int act_cmp(const struct act_buf *x, const struct act_buf *y, int cls)
 {
     const size_t n = x->nq + sizeof(float) * x->nd + 4 * x->nb;
