@@ -911,18 +911,18 @@ static int mm_residual(struct backend *b, const struct cmat *W, const float *y, 
     return k_add(b->st, b->x, b->tmp, (size_t)n * W->N);
 }
 
-/* The input of products with weights of activation class cls for a batch of
- * at most MATVEC_MAX_N tokens: rmsnorm(x) * w quantized into q (quantized
- * weights), else rounded into xr. */
-static int norm_input(struct backend *b, const float *w, int n, int cls, float *xr,
-                      struct mmq_act *q)
+/* The input of products with weights of activation class cls for n <=
+ * MATVEC_MAX_N rows x (dim floats each): rmsnorm(x) * w quantized into q
+ * (quantized weights), else rounded into xr. */
+static int norm_input(struct backend *b, const float *x, const float *w, int n, int cls,
+                      float *xr, struct mmq_act *q)
 {
     const struct model_hparams *hp = &b->hp;
     if (cls >= 3) {
         if (q == &b->mq) b->mq_src = NULL; /* no longer quantize_input's memo */
-        return k_norm_quant(b->st, b->x, w, hp->rms_eps, n, (int)hp->dim, cls, q);
+        return k_norm_quant(b->st, x, w, hp->rms_eps, n, (int)hp->dim, cls, q);
     }
-    return k_norm_round(b->st, b->x, w, hp->rms_eps, n, (int)hp->dim, cls, xr);
+    return k_norm_round(b->st, x, w, hp->rms_eps, n, (int)hp->dim, cls, xr);
 }
 
 /* Products for a batch of at most MATVEC_MAX_N tokens: integer products on
@@ -988,7 +988,7 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
     for (int i = 0; i < 3; i++) {
         if (done[i]) continue;
         int c = act_class(qkv[i]->type);
-        ST_TRY(norm_input(b, L->attn_norm, n, c, b->xr, &b->mq));
+        ST_TRY(norm_input(b, b->x, L->attn_norm, n, c, b->xr, &b->mq));
         struct mv_args a;
         memset(&a, 0, sizeof(a));
         a.K = D;
@@ -1027,8 +1027,8 @@ static int layer_small(struct backend *b, const struct clayer *L, int l, int n,
     ST_TRY(mv_residual(b, &L->o, b->att, n, att_q));
     /* g = silu(Wg xn) * (Wu xn) */
     int cg = act_class(L->gate.type), cu = act_class(L->up.type);
-    ST_TRY(norm_input(b, L->ffn_norm, n, cg, b->xr, &b->mq));
-    if (cu != cg) ST_TRY(norm_input(b, L->ffn_norm, n, cu, b->xr2, &b->sq));
+    ST_TRY(norm_input(b, b->x, L->ffn_norm, n, cg, b->xr, &b->mq));
+    if (cu != cg) ST_TRY(norm_input(b, b->x, L->ffn_norm, n, cu, b->xr2, &b->sq));
     const struct mmq_act *qu = cu != cg ? &b->sq : &b->mq;
     if (L->gate.type == L->up.type && cg >= 3) {
         ST_TRY(k_swiglu_q(st, L->gate.w, L->up.w, L->gate.type, L->gate.N, D, &b->mq, qu, b->g));
@@ -1134,9 +1134,7 @@ static int run_layers(struct backend *b, const struct pass *ps)
             ST_TRY(k_gather_rows(st, b->x, d_out, b->xo, n_out, D));
             xs = b->xo;
         }
-        b->mq_src = NULL;
-        ST_TRY(k_norm_quant(st, xs, b->out_norm, hp->rms_eps, n_out, D, mmq_class(b->out.type),
-                            &b->mq));
+        ST_TRY(norm_input(b, xs, b->out_norm, n_out, mmq_class(b->out.type), NULL, &b->mq));
         struct mv_args a = mv_one(&b->out, n_out, xs, b->lg);
         ST_TRY(mv_small(b, &a, &b->mq));
     } else if (n_out > 0) {
