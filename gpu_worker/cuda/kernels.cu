@@ -1319,52 +1319,13 @@ int k_swiglu_fast(cudaStream_t st, const void *wg, const void *wu, int type, int
 
 /* ---- test entries (cuda_backend.h) ---- */
 
-extern "C" int cuda_norm_quant_check(int cls, int n, int D, const float *x, const float *w,
-                                     float eps, int8_t *q, float *d, float *s, int32_t *bsum)
-{
-    if ((cls != 3 && cls != 4) || n < 1 || D < 1) return ST_EINVAL;
-    const size_t nb = (size_t)n * D / 32; /* blocks of 32: d and s (class 3) or bsum halves */
-    float *dx = nullptr, *dw = nullptr;
-    struct mmq_act a = {};
-    int rc = ST_EDEVICE;
-    if (cudaMalloc(&dx, sizeof(float) * n * D) == cudaSuccess &&
-        cudaMalloc(&dw, sizeof(float) * D) == cudaSuccess &&
-        cudaMalloc(&a.q, (size_t)n * D) == cudaSuccess &&
-        cudaMalloc(&a.d, sizeof(float) * nb) == cudaSuccess &&
-        cudaMalloc(&a.s, sizeof(float) * nb) == cudaSuccess &&
-        cudaMalloc(&a.bsum, sizeof(int32_t) * nb * 2) == cudaSuccess &&
-        cudaMemcpy(dx, x, sizeof(float) * n * D, cudaMemcpyHostToDevice) == cudaSuccess &&
-        cudaMemcpy(dw, w, sizeof(float) * D, cudaMemcpyHostToDevice) == cudaSuccess) {
-        rc = k_norm_quant(0, dx, dw, eps, n, D, cls, &a);
-        const size_t nd = cls == 3 ? nb : nb / 8;
-        if (rc == 0 &&
-            (cudaDeviceSynchronize() != cudaSuccess ||
-             cudaMemcpy(q, a.q, (size_t)n * D, cudaMemcpyDeviceToHost) != cudaSuccess ||
-             cudaMemcpy(d, a.d, sizeof(float) * nd, cudaMemcpyDeviceToHost) != cudaSuccess ||
-             (cls == 3 &&
-              cudaMemcpy(s, a.s, sizeof(float) * nb, cudaMemcpyDeviceToHost) != cudaSuccess) ||
-             (cls == 4 && cudaMemcpy(bsum, a.bsum, sizeof(int32_t) * nb * 2,
-                                     cudaMemcpyDeviceToHost) != cudaSuccess)))
-            rc = ST_EDEVICE;
-    }
-    if (rc == ST_EDEVICE)
-        log_error("cuda: norm_quant check: %s", cudaGetErrorString(cudaGetLastError()));
-    cudaFree(dx);
-    cudaFree(dw);
-    cudaFree(a.q);
-    cudaFree(a.d);
-    cudaFree(a.s);
-    cudaFree(a.bsum);
-    return rc;
-}
-
-/* Device copies of a class-cls activation for n tokens of K (cuda_attention_check). */
+/* Device copies of a class-cls activation for n tokens of K (the checks below). */
 struct act_buf {
     struct mmq_act a;
     size_t nq, nd, nb;
 };
 
-static bool act_alloc(struct act_buf *b, int cls, int n, int K)
+static bool act_buf_alloc(struct act_buf *b, int cls, int n, int K)
 {
     memset(b, 0, sizeof(*b));
     b->nq = (size_t)n * K;
@@ -1376,7 +1337,7 @@ static bool act_alloc(struct act_buf *b, int cls, int n, int K)
            cudaMalloc(&b->a.bsum, sizeof(int32_t) * b->nb) == cudaSuccess;
 }
 
-static void act_free(struct act_buf *b)
+static void act_buf_free(struct act_buf *b)
 {
     cudaFree(b->a.q);
     cudaFree(b->a.d);
@@ -1384,25 +1345,55 @@ static void act_free(struct act_buf *b)
     cudaFree(b->a.bsum);
 }
 
+/* Its q, d and (class 3) s or (class 4) bsum into host memory; false on a
+ * CUDA error. */
+static bool act_buf_download(const struct act_buf *b, int cls, int8_t *q, float *d, void *sb)
+{
+    const void *src = cls == 4 ? (const void *)b->a.bsum : (const void *)b->a.s;
+    return cudaMemcpy(q, b->a.q, b->nq, cudaMemcpyDeviceToHost) == cudaSuccess &&
+           cudaMemcpy(d, b->a.d, sizeof(float) * b->nd, cudaMemcpyDeviceToHost) == cudaSuccess &&
+           cudaMemcpy(sb, src, 4 * b->nb, cudaMemcpyDeviceToHost) == cudaSuccess;
+}
+
 /* 1 where the two activations' bytes differ, 0 where equal, ST_ENOMEM, ST_EDEVICE. */
-static int act_cmp(const struct act_buf *x, const struct act_buf *y, int cls)
+static int act_buf_cmp(const struct act_buf *x, const struct act_buf *y, int cls)
 {
     const size_t n = x->nq + sizeof(float) * x->nd + 4 * x->nb;
     uint8_t *h = (uint8_t *)malloc(2 * n);
     if (!h) return ST_ENOMEM;
-    int rc = ST_EDEVICE;
-    uint8_t *p[2] = {h, h + n};
     const struct act_buf *b[2] = {x, y};
     bool ok = true;
-    for (int i = 0; i < 2 && ok; i++)
-        ok = cudaMemcpy(p[i], b[i]->a.q, x->nq, cudaMemcpyDeviceToHost) == cudaSuccess &&
-             cudaMemcpy(p[i] + x->nq, b[i]->a.d, sizeof(float) * x->nd,
-                        cudaMemcpyDeviceToHost) == cudaSuccess &&
-             cudaMemcpy(p[i] + x->nq + sizeof(float) * x->nd,
-                        cls == 4 ? (const void *)b[i]->a.bsum : (const void *)b[i]->a.s, 4 * x->nb,
-                        cudaMemcpyDeviceToHost) == cudaSuccess;
-    if (ok) rc = memcmp(p[0], p[1], n) != 0;
+    for (int i = 0; i < 2 && ok; i++) {
+        uint8_t *p = h + i * n;
+        ok = act_buf_download(b[i], cls, (int8_t *)p, (float *)(p + x->nq),
+                              p + x->nq + sizeof(float) * x->nd);
+    }
+    const int rc = ok ? (int)(memcmp(h, h + n, n) != 0) : (int)ST_EDEVICE;
     free(h);
+    return rc;
+}
+
+extern "C" int cuda_norm_quant_check(int cls, int n, int D, const float *x, const float *w,
+                                     float eps, int8_t *q, float *d, float *s, int32_t *bsum)
+{
+    if ((cls != 3 && cls != 4) || n < 1 || D < 1) return ST_EINVAL;
+    float *dx = nullptr, *dw = nullptr;
+    struct act_buf a = {};
+    int rc = ST_EDEVICE;
+    if (cudaMalloc(&dx, sizeof(float) * n * D) == cudaSuccess &&
+        cudaMalloc(&dw, sizeof(float) * D) == cudaSuccess && act_buf_alloc(&a, cls, n, D) &&
+        cudaMemcpy(dx, x, sizeof(float) * n * D, cudaMemcpyHostToDevice) == cudaSuccess &&
+        cudaMemcpy(dw, w, sizeof(float) * D, cudaMemcpyHostToDevice) == cudaSuccess) {
+        rc = k_norm_quant(0, dx, dw, eps, n, D, cls, &a.a);
+        if (rc == 0 && (cudaDeviceSynchronize() != cudaSuccess ||
+                        !act_buf_download(&a, cls, q, d, cls == 3 ? (void *)s : (void *)bsum)))
+            rc = ST_EDEVICE;
+    }
+    if (rc == ST_EDEVICE)
+        log_error("cuda: norm_quant check: %s", cudaGetErrorString(cudaGetLastError()));
+    cudaFree(dx);
+    cudaFree(dw);
+    act_buf_free(&a);
     return rc;
 }
 
@@ -1422,8 +1413,8 @@ extern "C" int cuda_attention_check(int n_heads, int n_kv, int hd, int np, const
         cudaMalloc(&dout, sizeof(float) * n_heads * hd) == cudaSuccess &&
         cudaMalloc(&dk, 2 * cache) == cudaSuccess && cudaMalloc(&dv, 2 * cache) == cudaSuccess &&
         cudaMalloc(&dps, sizeof(ps)) == cudaSuccess &&
-        (!qcls || (act_alloc(&ref, qcls, 1, n_heads * hd) &&
-                   act_alloc(&own, qcls, 1, n_heads * hd))) &&
+        (!qcls || (act_buf_alloc(&ref, qcls, 1, n_heads * hd) &&
+                   act_buf_alloc(&own, qcls, 1, n_heads * hd))) &&
         cudaMemcpy(dq, q, sizeof(float) * n_heads * hd, cudaMemcpyHostToDevice) == cudaSuccess &&
         cudaMemcpy(dk, k, 2 * cache, cudaMemcpyHostToDevice) == cudaSuccess &&
         cudaMemcpy(dv, v, 2 * cache, cudaMemcpyHostToDevice) == cudaSuccess &&
@@ -1442,7 +1433,7 @@ extern "C" int cuda_attention_check(int n_heads, int n_kv, int hd, int np, const
                         cudaMemcpy(out, dout, sizeof(float) * n_heads * hd,
                                    cudaMemcpyDeviceToHost) != cudaSuccess))
             rc = ST_EDEVICE;
-        if (rc == 0 && qcls) rc = act_cmp(&ref, &own, qcls);
+        if (rc == 0 && qcls) rc = act_buf_cmp(&ref, &own, qcls);
     }
     if (rc == ST_EDEVICE)
         log_error("cuda: attention check: %s", cudaGetErrorString(cudaGetLastError()));
@@ -1451,7 +1442,7 @@ extern "C" int cuda_attention_check(int n_heads, int n_kv, int hd, int np, const
     cudaFree(dk);
     cudaFree(dv);
     cudaFree(dps);
-    act_free(&ref);
-    act_free(&own);
+    act_buf_free(&ref);
+    act_buf_free(&own);
     return rc;
 }
